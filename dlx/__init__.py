@@ -1,0 +1,1 @@
+"""dlx: a JAX deep-learning research codebase."""
