@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dlx.data.builders import OFFLINE_BUILDERS, missing_hint, offline_files_present
-from dlx.data.pipeline import (ArraySource, Batch, batch_dtype, eval_batches, load_into_memory,
-                               num_eval_batches, read_rows, train_iterator)
+from dlx.data.pipeline import (ArraySource, Batch, NumpyRecords, RandomAccessSource, batch_dtype,
+                               eval_batches, load_into_memory, num_eval_batches, read_rows,
+                               train_iterator)
 from dlx.errors import DataError
 
-__all__ = ["ArraySource", "Batch", "DataInfo", "FeatureInfo", "OFFLINE_BUILDERS", "default_data_dir",
-           "eval_batches", "get_builder", "info", "load_into_memory", "num_eval_batches", "prepare",
-           "read_rows", "source", "train_iterator"]
+__all__ = ["ArraySource", "Batch", "DataInfo", "FeatureInfo", "NumpyRecords", "OFFLINE_BUILDERS",
+           "RandomAccessSource", "default_data_dir", "eval_batches", "get_builder", "info",
+           "load_into_memory", "num_eval_batches", "prepare", "read_rows", "source",
+           "train_iterator"]
 
 FILE_FORMAT = "array_record"
 IN_MEMORY_MAX_BYTES = 1 << 30  # `source` loads a split into memory when its files are this small
@@ -43,13 +46,31 @@ def _offline_names() -> str:
     return ", ".join(OFFLINE_BUILDERS)
 
 
+def _internet_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick look before a catalog download, which offline retries for minutes before failing.
+    Behind a proxy it answers yes and lets TFDS (whose requests use the proxy) find out."""
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                                           "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    # TFDS's `is_prepared` logs a warning for every directory it finds empty; look first.
+    return builder.data_path.exists() and builder.is_prepared()
+
+
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """The TFDS builder behind `name` (not prepared yet, perhaps)."""
     data_dir = data_dir or default_data_dir()
     if name in OFFLINE_BUILDERS:
         builder = OFFLINE_BUILDERS[name](data_dir=data_dir, file_format=FILE_FORMAT)
         # fashion_mnist alone has a catalog twin to fall back on when the local files are absent.
-        if name != "fashion_mnist" or builder.is_prepared() or offline_files_present(name):
+        if name != "fashion_mnist" or _is_prepared(builder) or offline_files_present(name):
             return builder
     try:
         return tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
@@ -65,43 +86,63 @@ def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """Generates (or downloads) `name` as array_record files unless already there; returns its
     builder. Not safe to run from several processes at once on one data_dir: prepare first."""
     builder = get_builder(name, data_dir)
-    if builder.is_prepared():
+    if _is_prepared(builder):
         return builder
-    if name in OFFLINE_BUILDERS and name != "fashion_mnist" and not offline_files_present(name):
+    offline_source_missing = name in OFFLINE_BUILDERS and not offline_files_present(name)
+    if offline_source_missing and (name != "fashion_mnist" or not _internet_reachable()):
         raise DataError(missing_hint(name))
+    if name not in OFFLINE_BUILDERS and not _internet_reachable():
+        raise DataError(f"{name!r} is a TFDS catalog data set, not prepared in "
+                        f"{builder.data_dir} and this machine has no internet to download it; "
+                        f"dlx's offline data sets are {_offline_names()}")
     try:
         builder.download_and_prepare(file_format=FILE_FORMAT)
     except DataError:
         raise
     except Exception as error:
-        if name in OFFLINE_BUILDERS and not offline_files_present(name):
+        if offline_source_missing:
             raise DataError(f"{missing_hint(name)} (TFDS download failed: "
                             f"{_one_line(error)})") from error
         if name in OFFLINE_BUILDERS:
             raise  # the local files are there, so this is a bug: keep the traceback
-        raise DataError(f"TFDS could not download and prepare {name!r} (no internet? dlx's "
-                        f"offline data sets are {_offline_names()}): {_one_line(error)}") from error
+        raise DataError(f"TFDS could not download and prepare {name!r}: "
+                        f"{_one_line(error)}") from error
     return builder
 
 
 def _split_num_bytes(builder: tfds.core.DatasetBuilder, split: str) -> int:
-    base = split.split("[", 1)[0]  # "train[:10%]" -> "train"
-    if base not in builder.info.splits:
-        raise DataError(f"{builder.name} has no split {split!r}; it has "
-                        f"{', '.join(builder.info.splits)}")
-    return builder.info.splits[base].num_bytes
+    """Bytes on disk of the splits named in `split` ("train", "train[:10%]", "train+test")."""
+    total = 0
+    for part in split.split("+"):
+        base = part.split("[", 1)[0].strip()
+        if base not in builder.info.splits:
+            raise DataError(f"{builder.name} has no split {base!r}; it has "
+                            f"{', '.join(builder.info.splits)}")
+        total += builder.info.splits[base].num_bytes
+    return total
+
+
+_in_memory_splits: dict[tuple[str, str], ArraySource] = {}
 
 
 def source(name: str, split: str, data_dir: str | None = None, *,
-           in_memory: bool | None = None):
-    """Random-access examples of one split (prepared first if needed). `in_memory=None` reads the
-    split into an `ArraySource` when its files hold at most IN_MEMORY_MAX_BYTES."""
+           in_memory: bool | None = None) -> RandomAccessSource:
+    """Random-access examples of one split (prepared first if needed), records as dicts of numpy
+    values in batch dtypes. `in_memory=None` reads the split into an `ArraySource` when its files
+    hold at most IN_MEMORY_MAX_BYTES; that copy is kept (read-only) for later calls."""
     builder = prepare(name, data_dir)
     num_bytes = _split_num_bytes(builder, split)
-    data_source = builder.as_data_source(split=split)
     if in_memory is None:
         in_memory = num_bytes <= IN_MEMORY_MAX_BYTES
-    return load_into_memory(data_source) if in_memory else data_source
+    if not in_memory:
+        return NumpyRecords(builder.as_data_source(split=split))
+    key = (os.fspath(builder.data_path), split)
+    if key not in _in_memory_splits:
+        split_source = load_into_memory(builder.as_data_source(split=split))
+        for column in split_source.columns.values():
+            column.setflags(write=False)
+        _in_memory_splits[key] = split_source
+    return _in_memory_splits[key]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import tensorflow_datasets as tfds
+
 from dlx.data import OFFLINE_BUILDERS, default_data_dir, info
 from dlx.data.builders import missing_hint, offline_files_present
 from dlx.errors import DataError
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                               "whose source files are present)")
     args = parser.parse_args(argv)
 
+    tfds.disable_progress_bar()  # one line per data set below says what happened
     data_dir = args.data_dir or default_data_dir()
     names = args.names
     missing = []

@@ -11,6 +11,8 @@ then a batch is one fancy-indexing copy per feature.
 """
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -58,6 +60,30 @@ class ArraySource:
         return {key: column[indices] for key, column in self.columns.items()}
 
 
+def _as_batch_dtypes(record: Mapping[str, Any]) -> Batch:
+    return {key: np.asarray(value).astype(batch_dtype(np.asarray(value).dtype), copy=False)
+            for key, value in record.items()}
+
+
+class NumpyRecords:
+    """Wraps a record source (a `tfds.data_source`) so that every record is a dict of numpy
+    values in batch dtypes: `source[0]` then tells the shapes and dtypes of a batch's rows."""
+
+    def __init__(self, records: RandomAccessSource):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Batch:
+        return _as_batch_dtypes(self.records[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Batch]:
+        getitems = getattr(self.records, "__getitems__", None)
+        records = getitems(list(indices)) if getitems else [self.records[i] for i in indices]
+        return [_as_batch_dtypes(record) for record in records]
+
+
 def stack_rows(rows: Sequence[Mapping[str, Any]]) -> Batch:
     batch = {}
     for key in rows[0]:
@@ -95,23 +121,49 @@ def _process_rows(global_batch_size: int, process_index: int, process_count: int
     return slice(process_index * local, (process_index + 1) * local)
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    # The legacy RandomState stream is frozen across NumPy versions.
+    permutation = np.random.RandomState([seed, epoch]).permutation(num_examples)
+    permutation.setflags(write=False)  # shared by the reading threads through the cache
+    return permutation
+
+
+def shuffled_batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Example indices of global batch `step`: each epoch is a fresh seeded permutation of the
+    examples, epochs are concatenated and cut into batches, so a batch may straddle epochs."""
+    epochs, offsets = np.divmod(np.arange(step * batch_size, (step + 1) * batch_size),
+                                num_examples)
+    return np.concatenate([
+        _epoch_permutation(num_examples, seed, int(epoch))[offsets[epochs == epoch]]
+        for epoch in np.unique(epochs)])
+
+
 def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: int,
                    process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                    prefetch: int = 4) -> grain.DatasetIterator:
-    """Endless shuffled batches (reshuffled every epoch; a batch may straddle two epochs).
+    """Endless shuffled batches, reshuffled every epoch (see `shuffled_batch_indices`).
 
     Every process draws the same global batches of indices from `seed` and reads only its own
-    rows. The iterator's `get_state()` is a small JSON-able dict (`{"next_index": k}`);
+    rows. The iterator's `get_state()` is a small JSON-able dict (`{"next_index": step}`);
     `set_state()` on a fresh iterator built with the same arguments resumes exactly.
+
+    The step -> indices map is computed here with one numpy permutation per epoch rather than with
+    `MapDataset.range(n).shuffle(seed).repeat(None).batch(b)`, whose per-index Python path costs
+    ~7 us, i.e. ~1 ms of CPU per batch of 128 (which capped the pipeline at ~900 batches/s).
     """
     if len(source) == 0:
         raise ValueError("cannot train on an empty source")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     rows = _process_rows(global_batch_size, process_index, process_count)
-    batches = (grain.MapDataset.range(len(source))
-               .shuffle(seed=seed)
-               .repeat(None)
-               .batch(global_batch_size, drop_remainder=True)
-               .map(lambda indices: read_rows(source, indices[rows])))
+    num_examples = len(source)
+
+    def read_batch(step: int) -> Batch:
+        indices = shuffled_batch_indices(num_examples, global_batch_size, seed, step)
+        return read_rows(source, indices[rows])
+
+    batches = grain.MapDataset.range(sys.maxsize).map(read_batch)
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(batches.to_iter_dataset(read_options))
 
