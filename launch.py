@@ -43,11 +43,11 @@ def main(argv: list[str]) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    positional = [a for a in argv[1:] if not a.startswith("-")]
-    mode = positional[0] if positional else "train"
-    if mode not in MODES:
-        _fail(f"unknown mode '{mode}'; use one of {MODES}")
-    argv = [a for a in argv if a != mode] if positional else argv
+    mode = "train"
+    if len(argv) > 1 and not argv[1].startswith("-"):  # the mode, if given, comes first
+        mode, argv = argv[1], argv[:1] + argv[2:]
+        if mode not in MODES:
+            _fail(f"unknown mode '{mode}'; use one of {MODES}")
 
     config_path, argv_rest = _config_argument(argv)
     workdir_given = any(a.startswith("--workdir") for a in argv)
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
             if not os.path.exists(file_part):
                 raise UserError(f"config file {file_part} does not exist; see configs/ for the choices")
             config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, lock_config=True)
-            argv = argv_rest + [f"--config={config_path}"]
+            argv = argv_rest[:1] + [f"--config={config_path}"] + argv_rest[1:]
         flags.DEFINE_string("workdir", "runs/default", "Where config, checkpoints, metrics and plots go.")
         flags.DEFINE_bool("distributed", bool(os.environ.get("DLX_DISTRIBUTED")),
                           "Call jax.distributed.initialize() (auto-detects SLURM and TPU pods).")

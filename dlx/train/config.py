@@ -73,7 +73,7 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
             raise ConfigError(f"unknown config key '{where}{key}'{_nearest(key, schema.keys())}")
         value, expected = config[key], schema[key]
         if isinstance(expected, ml_collections.ConfigDict):
-            if where + key == "model.":
+            if where + key == "model":  # checked against the Model's fields in validate()
                 continue
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"config key '{where}{key}' must be a group of keys, got {value!r}")

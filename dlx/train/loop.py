@@ -264,7 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = checkpointer.latest_step() or 0
     if start_step:
         state, data_state = checkpointer.restore(run.abstract_state, run.state_shardings)
-        state = state.replace(apply_fn=run.model.apply, tx=run.tx) if hasattr(state, "replace") else state
         train_iter.set_state(data_state)
         log(f"Resumed from {workdir}/checkpoints at step {start_step}.")
     else:
@@ -319,6 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending, t_window = [], time.time()
 
     step = start_step
+    if start_step >= run.total_steps:  # already finished: report, train nothing
+        eval_metrics, _ = run_eval(run, state, eval_step)
     with _StopRequest() as stop:
         while step < run.total_steps:
             batch = sharding.shard_batch(next(train_iter), run.mesh)
@@ -337,13 +338,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write(step, "eval", eval_metrics)
                 if is_main:
                     run.task.write_eval_artifacts(eval_sums, os.path.join(workdir, "plots"), step)
-                progress.write(f"step {step}: eval " + ", ".join(
-                    f"{k}={v:.4f}" for k, v in eval_metrics.items())) if is_main else None
+                if is_main:
+                    progress.write(f"step {step}: eval " + ", ".join(
+                        f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                 t_window = time.time()  # eval time is not training throughput
             if do_checkpoint:
                 checkpointer.save(step, state, train_iter.get_state(),
                                   eval_metrics if do_eval else None)
-            if (step % log_every == 0 or is_last) and stop.agreed() and not is_last:
+            # One process alone checks every step; many compare flags at log steps only.
+            check_stop = jax.process_count() == 1 or step % log_every == 0
+            if check_stop and not is_last and stop.agreed():
                 flush()
                 checkpointer.save(step, state, train_iter.get_state(), wait=True)
                 progress.close()
@@ -396,7 +400,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     if step is None:
         raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
     state, _ = checkpointer.restore(run.abstract_state, run.state_shardings, with_data=False)
-    state = state.replace(apply_fn=run.model.apply, tx=run.tx)
     _, eval_step = compile_steps(run)
     metrics, _ = run_eval(run, state, eval_step)
     checkpointer.close()
