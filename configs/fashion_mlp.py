@@ -6,7 +6,7 @@ def get_config(arg: str | None = None):
     config = base_config()
     config.data.name = "fashion_mnist"
     config.model = dict(name="mlp", num_outputs=10, hidden=(512, 256), activation="relu",
-                        init="he_normal", dropout=0.2)
+                        kernel_init="he_normal", dropout=0.2)
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-3
     config.optimizer.schedule = "warmup_cosine"
