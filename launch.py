@@ -62,17 +62,14 @@ def main(argv: list[str]) -> None:
     from dlx.errors import UserError
     from dlx.train import config as config_lib
     try:
-        if config_path.endswith(".json"):
-            if not os.path.exists(config_path):
-                raise UserError(f"config file {config_path} does not exist")
-            config_flags.DEFINE_config_dict("config", config_lib.from_json(config_path))
-            argv = argv_rest
-        else:
-            file_part = config_path.split(":", 1)[0]
-            if not os.path.exists(file_part):
-                raise UserError(f"config file {file_part} does not exist; see configs/ for the choices")
-            config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, lock_config=True)
-            argv = argv_rest[:1] + [f"--config={config_path}"] + argv_rest[1:]
+        file_part = config_path.split(":", 1)[0]
+        if not os.path.exists(file_part):
+            raise UserError(f"config file {file_part} does not exist; see configs/ for the choices")
+        if config_path.endswith(".json"):  # a saved run: dlx/train/config.py's get_config reads it
+            config_path = f"{config_lib.__file__}:{os.path.abspath(config_path)}"
+        argv = argv_rest[:1] + [f"--config={config_path}"] + argv_rest[1:]
+        sys.argv[:] = argv  # config_flags reads sys.argv when the flag is defined
+        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, lock_config=True)
         flags.DEFINE_string("workdir", "runs/default", "Where config, checkpoints, metrics and plots go.")
         flags.DEFINE_bool("distributed", bool(os.environ.get("DLX_DISTRIBUTED")),
                           "Call jax.distributed.initialize() (auto-detects SLURM and TPU pods).")

@@ -185,6 +185,11 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(values))
 
 
+def get_config(path: str) -> ml_collections.ConfigDict:
+    """Lets `--config=dlx/train/config.py:runs/x/config.json` load a saved run's config."""
+    return from_json(path)
+
+
 def differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
     """Flattened keys whose values differ, e.g. ['model.hidden', 'seed']."""
     a, b = _flatten(json.loads(to_json(old))), _flatten(json.loads(to_json(new)))
