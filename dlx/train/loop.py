@@ -298,6 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         host = jax.device_get([m for _, m in pending])
         for (step, _), values in zip(pending, host):
             if values["nonfinite"] and cfg.nan_policy == "stop":
+                checkpointer.wait()
                 good = checkpointer.latest_step()
                 where = (f"the last good checkpoint is step {good} in {workdir}/checkpoints"
                          if good else "no checkpoint was written yet")
@@ -320,44 +321,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = start_step
     if start_step >= run.total_steps:  # already finished: report, train nothing
         eval_metrics, _ = run_eval(run, state, eval_step)
-    with _StopRequest() as stop:
-        while step < run.total_steps:
-            batch = sharding.shard_batch(next(train_iter), run.mesh)
-            with _tracing_context(run.mesh, cfg):
-                state, metrics = train_step(state, batch)
-            step += 1
-            pending.append((step, metrics))
-            progress.update(1)
-            is_last = step == run.total_steps
-            do_eval = is_last or (eval_every and step % eval_every == 0)
-            do_checkpoint = is_last or (checkpoint_every and step % checkpoint_every == 0)
-            if step % log_every == 0 or do_eval or do_checkpoint:
-                flush()
-            if do_eval:
-                eval_metrics, eval_sums = run_eval(run, state, eval_step)
-                writer.write(step, "eval", eval_metrics)
-                if is_main:
-                    run.task.write_eval_artifacts(eval_sums, os.path.join(workdir, "plots"), step)
-                if is_main:
-                    progress.write(f"step {step}: eval " + ", ".join(
-                        f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-                t_window = time.time()  # eval time is not training throughput
-            if do_checkpoint:
-                checkpointer.save(step, state, train_iter.get_state(),
-                                  eval_metrics if do_eval else None)
-            # One process alone checks every step; many compare flags at log steps only.
-            check_stop = jax.process_count() == 1 or step % log_every == 0
-            if check_stop and not is_last and stop.agreed():
-                flush()
-                checkpointer.save(step, state, train_iter.get_state(), wait=True)
-                progress.close()
-                log(f"Stopped by signal at step {step}; checkpoint saved. "
-                    f"Run the same command to resume.")
-                writer.close()
-                checkpointer.close()
-                return {"stopped_at": step}
-    progress.close()
-    checkpointer.wait()
+    stopped = False
+    try:
+        with _StopRequest() as stop:
+            while step < run.total_steps and not stopped:
+                batch = sharding.shard_batch(next(train_iter), run.mesh)
+                with _tracing_context(run.mesh, cfg):
+                    state, metrics = train_step(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                progress.update(1)
+                is_last = step == run.total_steps
+                do_eval = is_last or (eval_every and step % eval_every == 0)
+                do_checkpoint = is_last or (checkpoint_every and step % checkpoint_every == 0)
+                # One process alone checks every step; many compare flags at log steps only.
+                check_stop = not is_last and (jax.process_count() == 1 or step % log_every == 0)
+                stopped = check_stop and stop.agreed()
+                if step % log_every == 0 or do_eval or do_checkpoint or stopped:
+                    flush()
+                if do_eval:
+                    eval_metrics, eval_sums = run_eval(run, state, eval_step)
+                    writer.write(step, "eval", eval_metrics)
+                    if is_main:
+                        run.task.write_eval_artifacts(eval_sums, os.path.join(workdir, "plots"), step)
+                        progress.write(f"step {step}: eval " + ", ".join(
+                            f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+                    t_window = time.time()  # eval time is not training throughput
+                if do_checkpoint or stopped:
+                    checkpointer.save(step, state, train_iter.get_state(),
+                                      eval_metrics if do_eval else None)
+    finally:  # also on NaN or errors: let in-flight checkpoint saves finish
+        progress.close()
+        checkpointer.close()
+        writer.close()
+    if stopped:
+        log(f"Stopped by signal at step {step}; checkpoint saved. Run the same command to resume.")
+        return {"stopped_at": step}
     wall = time.time() - t_start
     summary = {
         "final_eval": eval_metrics, "final_train": last_train, "steps": step,
@@ -372,8 +371,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "plots"))
-    writer.close()
-    checkpointer.close()
     return summary
 
 
