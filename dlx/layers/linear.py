@@ -1,8 +1,10 @@
 """Dense, conv and batch-norm layers whose parameters carry logical axis names."""
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
-import jax.numpy as jnp
+import jax
 
 from dlx.layers import initializers
 
@@ -28,5 +30,5 @@ def batch_norm(train: bool) -> nn.BatchNorm:
 
 
 def param_count(tree) -> int:
-    import jax
-    return sum(int(jnp.size(x)) for x in jax.tree.leaves(nn.meta.unbox(tree)))
+    """Parameters in a (possibly abstract, possibly boxed) tree."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(tree)))

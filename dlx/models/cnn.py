@@ -1,31 +1,113 @@
 """Convolutional classifier: [Conv -> (BatchNorm) -> activation -> pool] x stages -> flatten ->
 [Dense -> activation -> (Dropout)] -> linear head.
 
-Pooling with a window equal to its stride that divides the input is written as a reshape and a
-max/mean over the window axes: on XLA:CPU that is ~2x faster through the backward pass than
-`nn.max_pool`, whose gradient (select_and_scatter) dominated the whole step (FIELD-NOTES).
+Speed on XLA:CPU (measured, see the pool and `Model.__call__` comments):
+- Pooling windows equal their stride, so a pool is a reshape into windows; the max pool's
+  gradient is a custom VJP of elementwise selects, not `nn.max_pool`'s select_and_scatter, which
+  took ~45% of the train step.
+- Without batch norm and with a non-decreasing piecewise-linear activation, the max pool runs on
+  the raw conv output and the bias and activation on the pooled map (exactly equal), so the
+  full-size map is written once by the conv and read once by the pool.
+- The convolution itself is `lax.conv_general_dilated`, as in `nn.Conv`. XLA:CPU sends it to
+  YNNPACK by default, whose kernel gradient is slow; the runner's jit compiler option
+  `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT` keeps dots on YNNPACK
+  and convolutions on Eigen, which halves the step.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dlx.errors import ConfigError
-from dlx.layers import activations
-from dlx.layers.linear import batch_norm, conv, dense, param_count
+from dlx.layers import activations, initializers
+from dlx.layers.linear import batch_norm, dense
 from dlx.models.receptive_field import Layer, receptive_fields
+
+CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
+ACTIVATION_AXES = ("batch", "height", "width", "conv_out")
+
+# f(max(a)) == max(f(a)) bit for bit, and the gradient routes the same way (see module docstring).
+_COMMUTES_WITH_MAX = frozenset({"linear", "relu", "leaky_relu", "step"})
+
+
+def _window_taps(x: jax.Array, size: int) -> list[jax.Array]:
+    """The size*size strided views x[:, i::size, j::size, :], in row-major window order."""
+    b, h, w, c = x.shape
+    windows = x.reshape(b, h // size, size, w // size, size, c)
+    return [windows[:, :, i, :, j] for i in range(size) for j in range(size)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x: jax.Array, size: int) -> jax.Array:
+    return functools.reduce(jnp.maximum, _window_taps(x, size))
+
+
+def _max_pool_fwd(x, size):
+    y = _max_pool(x, size)
+    return y, (x, y)
+
+
+def _max_pool_bwd(size, residuals, g):
+    # Each window's gradient goes to its first maximum in row-major order, as nn.max_pool's
+    # select_and_scatter does, so ties (e.g. zeros after a ReLU) route identically.
+    x, y = residuals
+    taken = jnp.zeros(y.shape, bool)
+    parts = []
+    for tap in _window_taps(x, size):
+        hit = (tap == y) & ~taken
+        taken = taken | hit
+        parts.append(jnp.where(hit, g, 0))
+    rows = [jnp.stack(parts[i * size:(i + 1) * size], axis=3) for i in range(size)]
+    return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
+    """Non-overlapping `size` x `size` max or average pool of NHWC `x`, VALID padding (as
+    `nn.max_pool(x, (size, size), strides=(size, size))`)."""
+    _, h, w, _ = x.shape
+    x = x[:, :h - h % size, :w - w % size]
+    if kind == "max":
+        return _max_pool(x, size)
     b, h, w, c = x.shape
-    if h % size == 0 and w % size == 0:
-        windows = x.reshape(b, h // size, size, w // size, size, c)
-        return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
-    pool = nn.max_pool if kind == "max" else nn.avg_pool
-    return pool(x, (size, size), strides=(size, size), padding="VALID")
+    return x.reshape(b, h // size, size, w // size, size, c).mean(axis=(2, 4))
+
+
+class Conv(nn.Module):
+    """2-D convolution (NHWC input, HWIO kernel) whose parameters carry logical axis names.
+
+    `then` is applied to the convolution before the bias is added; with `then` a max pool that
+    equals pooling after the bias, on a map `size**2` times smaller.
+    """
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: str = "SAME"
+    kernel_init: str = "he_normal"
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array,
+                 then: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            initializers.get(self.kernel_init), CONV_AXES), shape)
+        y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = nn.with_logical_constraint(y, ACTIVATION_AXES)
+        if then is not None:
+            y = then(y)
+        if self.use_bias:
+            y = y + self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros, ("conv_out",)), (self.features,))
+        return y
 
 
 class Model(nn.Module):
@@ -47,57 +129,79 @@ class Model(nn.Module):
             raise ConfigError(f"cnn pool must be max, avg or none, got '{self.pool}'")
         if self.padding not in ("SAME", "VALID"):
             raise ConfigError(f"cnn padding must be SAME or VALID, got '{self.padding}'")
+        activations.get(self.activation)
+        initializers.get(self.kernel_init)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         act = activations.get(self.activation)
+        pool = functools.partial(pool2d, kind=self.pool, size=self.pool_size)
+        # Pooling first saves a pass over the full-size map (~10% of the step); batch norm's
+        # scale may be negative, which would turn the max into a min.
+        pool_first = (self.pool == "max" and not self.batch_norm
+                      and self.activation in _COMMUTES_WITH_MAX)
         for features in self.features:
-            x = conv(features, self.kernel_size, self.strides, self.padding, self.kernel_init)(x)
+            conv = Conv(features, self.kernel_size, self.strides, self.padding, self.kernel_init,
+                        use_bias=not self.batch_norm)  # batch norm's offset makes a bias redundant
+            if pool_first:
+                x = act(conv(x, then=pool))
+                continue
+            x = conv(x)
             if self.batch_norm:
                 x = batch_norm(train)(x)
-            x = nn.with_logical_constraint(act(x), ("batch", "height", "width", "conv_out"))
+            x = act(x)
             if self.pool != "none":
-                x = pool2d(x, self.pool, self.pool_size)
+                x = pool(x)
         x = x.reshape(x.shape[0], -1)
         for width in self.dense:
-            x = nn.with_logical_constraint(act(dense(width, ("embed", "mlp"), self.kernel_init)(x)),
-                                           ("batch", "mlp"))
+            x = dense(width, ("embed", "mlp"), self.kernel_init)(x)
+            x = nn.with_logical_constraint(act(x), ("batch", "mlp"))
             if self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return dense(self.num_outputs, ("mlp", "classes"), "lecun_normal", name="head")(x)
 
 
 def layer_stack(model: Model) -> list[Layer]:
+    """The model's convolutions and pools, for the receptive-field calculator."""
     layers = []
     for i, _ in enumerate(model.features):
         layers.append(Layer(f"conv_{i}", model.kernel_size, model.strides, model.padding))
         if model.pool != "none":
-            layers.append(Layer(f"{model.pool}_pool_{i}", model.pool_size, model.pool_size, "VALID"))
+            layers.append(Layer(f"{model.pool}_pool_{i}", model.pool_size, model.pool_size,
+                                "VALID"))
     return layers
 
 
+def _param_counts(params) -> dict[str, int]:
+    return {name: sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
+            for name, tree in nn.meta.unbox(params).items()}
+
+
 def summarize(model: Model, input_shape: tuple[int, ...]) -> str:
-    """Per layer: output shape, parameters and receptive field (in input pixels)."""
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(input_shape))
-    lines = [f"{'layer':<16}{'output':>16}{'params':>12}{'receptive field':>17}"]
-    channels = input_shape[-1]
-    features = iter(model.features)
-    for field in receptive_fields(layer_stack(model), input_shape[1]):
-        if field.name.startswith("conv"):
-            out_channels = next(features)
-            params = (model.kernel_size ** 2 * channels + 1) * out_channels
-            params += 2 * out_channels if model.batch_norm else 0
-            channels = out_channels
-        else:
-            params = 0
-        shape = f"{field.size}x{field.size}x{channels}"
-        lines.append(f"{field.name:<16}{shape:>16}{params:>12,}"
-                     f"{field.receptive_field:>12}x{field.receptive_field}")
-        width = field.size * field.size * channels
-    for i, out in enumerate((*model.dense, model.num_outputs)):
-        name = f"dense_{i}" if i < len(model.dense) else "head"
-        lines.append(f"{name:<16}{out:>16}{(width + 1) * out:>12,}")
-        width = out
-    lines.append(f"total parameters: {param_count(variables['params']):,}")
+    """A table: per layer its output shape, parameters and receptive field (in input pixels)."""
+    variables = jax.eval_shape(functools.partial(model.init, train=False),
+                               jax.random.key(0), jnp.zeros(input_shape))
+    counts = _param_counts(variables["params"])
+    _, height, width, channels = input_shape
+    rows = [("input", f"{height}x{width}x{channels}", 0, "1x1")]
+    stack = layer_stack(model)
+    stages = iter(range(len(model.features)))
+    for along_h, along_w in zip(receptive_fields(stack, height), receptive_fields(stack, width)):
+        params, name = 0, along_h.name
+        if name.startswith("conv"):
+            stage = next(stages)
+            channels = model.features[stage]
+            params = counts[f"Conv_{stage}"] + counts.get(f"BatchNorm_{stage}", 0)
+            name += f" ({'bn, ' if model.batch_norm else ''}{model.activation})"
+        rows.append((name, f"{along_h.size}x{along_w.size}x{channels}", params,
+                     f"{along_h.receptive_field}x{along_w.receptive_field}"))
+        height, width = along_h.size, along_w.size
+    rows.append(("flatten", f"{height * width * channels}", 0, ""))
+    for i, out in enumerate(model.dense):
+        rows.append((f"dense_{i} ({model.activation})", f"{out}", counts[f"Dense_{i}"], ""))
+    rows.append(("head", f"{model.num_outputs}", counts["head"], ""))
+    lines = [f"{'layer':<24}{'output':>14}{'params':>12}{'receptive field':>18}"]
+    lines += [f"{name:<24}{shape:>14}{params:>12,}{field:>18}" for name, shape, params, field in rows]
+    lines.append(f"total parameters: {sum(counts.values()):,}")
     return "\n".join(lines)
