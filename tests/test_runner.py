@@ -160,3 +160,17 @@ def test_two_process_run_trains_and_checkpoints(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = train_losses(workdir), train_losses(tmp_path / "one")
     np.testing.assert_allclose([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], rtol=1e-5)
+
+
+def test_keeps_the_latest_and_the_best_checkpoint(tmp_path):
+    workdir = tmp_path / "best"
+    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
+                    "--config.train_steps=60", "--config.eval_every_steps=5",
+                    "--config.checkpoint_every_steps=5", "--config.keep_checkpoints=1",
+                    "--config.optimizer.learning_rate=0.03", devices=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["split"] == "eval"]
+    best = max(evals, key=lambda r: (r["accuracy"], -r["step"]))["step"]
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({best, 60})
