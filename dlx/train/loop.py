@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -68,7 +69,11 @@ def prepare_run(config: ml_collections.ConfigDict) -> Run:
     mesh = sharding.make_mesh(config.mesh)
     config_lib.validate_for_mesh(config, sharding.data_parallel_size(mesh), jax.process_count())
     data_dir = config.data.data_dir or None
-    data_lib.prepare(config.data.name, data_dir)
+    if jax.process_index() == 0:  # preparing is idempotent but not safe to run concurrently
+        data_lib.prepare(config.data.name, data_dir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("dlx: data prepared")
     info = data_lib.info(config.data.name, data_dir)
     for split in (config.data.train_split, config.data.eval_split):
         if split not in info.num_examples:
@@ -111,8 +116,8 @@ def _state_layout(config, mesh, task, model, tx, example_batch):
     return abstract_state, state_shardings
 
 
-def _tracing_context(mesh, config):
-    import contextlib
+def _tracing_context(mesh, config) -> contextlib.ExitStack:
+    """Mesh and logical-axis rules in scope, for the models' activation sharding constraints."""
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(config.sharding_rules))
@@ -122,14 +127,14 @@ def _tracing_context(mesh, config):
 def init_state(run: Run) -> TrainState:
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(run.config.seed))
 
-    def create(batch):
+    def create():
+        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in run.example_batch.items()}
         variables = nn.meta.unbox(run.task.init(init_rng, batch))
         return TrainState.create(apply_fn=run.model.apply, variables=variables, tx=run.tx,
                                  rng=state_rng)
 
-    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in run.example_batch.items()}
     with _tracing_context(run.mesh, run.config):
-        return jax.jit(create, out_shardings=run.state_shardings)(zeros)
+        return jax.jit(create, out_shardings=run.state_shardings)()
 
 
 def compile_steps(run: Run):
