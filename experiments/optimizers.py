@@ -47,7 +47,7 @@ def run_one(name: str, settings: dict, args) -> Path:
                          eval_every_epochs=0.0, eval_every_steps=max(1, args.train_steps // 4))
     command = [sys.executable, str(REPO / "launch.py"), "--config", args.config,
                "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    print(f"[{name}] {shlex.join(command[1:])}", flush=True)
+    print(f"[{name}] python {shlex.join(command[1:]).replace(str(REPO) + '/', '')}", flush=True)
     subprocess.run(command, cwd=REPO, check=True)
     return workdir
 
