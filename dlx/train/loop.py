@@ -137,8 +137,14 @@ def init_state(run: Run) -> TrainState:
         return jax.jit(create, out_shardings=run.state_shardings)()
 
 
+# XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow; keeping YNNPACK
+# to reductions leaves convolutions to Eigen (Fashion-MNIST CNN step: 60 -> 30 ms on 2 cores).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
 def compile_steps(run: Run):
     batch_sharding = sharding.batch_sharding(run.mesh)
+    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     skip_nonfinite = run.config.nan_policy == "skip"
 
     def train_step(state, batch):
@@ -150,8 +156,10 @@ def compile_steps(run: Run):
         return new_state, {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
     train = jax.jit(train_step, in_shardings=(run.state_shardings, batch_sharding),
-                    out_shardings=(run.state_shardings, None), donate_argnums=0)
-    evaluate = jax.jit(run.task.eval_step, in_shardings=(run.state_shardings, batch_sharding))
+                    out_shardings=(run.state_shardings, None), donate_argnums=0,
+                    compiler_options=options)
+    evaluate = jax.jit(run.task.eval_step, in_shardings=(run.state_shardings, batch_sharding),
+                       compiler_options=options)
     return train, evaluate
 
 
