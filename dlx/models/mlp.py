@@ -2,14 +2,15 @@
 -> linear head."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from dlx.layers import activations
-from dlx.layers.linear import batch_norm, dense, param_count
+from dlx.layers import activations, initializers
+from dlx.layers.linear import batch_norm, dense
+from dlx.models import parameter_counts
 
 
 class Model(nn.Module):
@@ -19,6 +20,11 @@ class Model(nn.Module):
     kernel_init: str = "he_normal"  # "init" would shadow Module.init
     dropout: float = 0.0
     batch_norm: bool = False
+
+    def __post_init__(self):
+        activations.get(self.activation)
+        initializers.get(self.kernel_init)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -35,17 +41,15 @@ class Model(nn.Module):
 
 
 def summarize(model: Model, input_shape: tuple[int, ...]) -> str:
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(input_shape))
-    width = 1
-    for d in input_shape[1:]:
-        width *= d
-    rows = [("input (flattened)", f"{width}", 0)]
-    for i, out in enumerate(model.hidden):
-        params = (width + 1) * out + (2 * out if model.batch_norm else 0)
-        rows.append((f"dense_{i} + {model.activation}", f"{out}", params))
-        width = out
-    rows.append(("head", f"{model.num_outputs}", (width + 1) * model.num_outputs))
+    """A table: per layer its output width and parameters."""
+    counts = parameter_counts(model, input_shape)
+    rows = [("input (flattened)", math.prod(input_shape[1:]), 0)]
+    for i, width in enumerate(model.hidden):
+        norm = "bn, " if model.batch_norm else ""
+        rows.append((f"dense_{i} ({norm}{model.activation})", width,
+                     counts[f"Dense_{i}"] + counts.get(f"BatchNorm_{i}", 0)))
+    rows.append(("head", model.num_outputs, counts["head"]))
     lines = [f"{'layer':<28}{'output':>10}{'params':>12}"]
-    lines += [f"{name:<28}{shape:>10}{params:>12,}" for name, shape, params in rows]
-    lines.append(f"total parameters: {param_count(variables['params']):,}")
+    lines += [f"{name:<28}{width:>10}{params:>12,}" for name, width, params in rows]
+    lines.append(f"total parameters: {sum(counts.values()):,}")
     return "\n".join(lines)
