@@ -177,9 +177,10 @@ def test_models_run_sharded_and_match_one_device():
                 axis_types=(AxisType.Auto,) * 3)
     rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "model"),
              ("conv_in", "fsdp"), ("conv_out", "model"))
-    for name, kwargs, shape in [("cnn", dict(features=(4, 8), dense=(16,), batch_norm=True), (8, 8, 8, 2)),
-                                ("cnn", dict(features=(4, 8), dense=(16,)), (8, 8, 8, 2)),
-                                ("mlp", dict(hidden=(16, 8)), (8, 12))]:
+    for name, kwargs, shape in [
+            ("cnn", dict(features=(4, 8), dense=(16,), batch_norm=True), (8, 8, 8, 2)),
+            ("cnn", dict(features=(4, 8), dense=(16,)), (8, 8, 8, 2)),
+            ("mlp", dict(hidden=(16, 8)), (8, 12))]:
         model = get_model(name, **kwargs)
         x = jax.random.normal(jax.random.key(0), shape)
         variables = model.init(jax.random.key(1), x)

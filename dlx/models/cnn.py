@@ -9,11 +9,10 @@ Speed on XLA:CPU (2 cores, batch 128 of 28x28x1, measured against PyTorch):
   conv output and the bias and activation on the pooled map: the same numbers, one pass less
   over the full-size map (34 -> 30 ms).
 - The convolution is `lax.conv_general_dilated`, as in `nn.Conv`. By default XLA:CPU hands it to
-  YNNPACK, whose kernel gradient is slow (25 ms of a 60 ms step); jitting the step with
-  `compiler_options={"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}`
-  leaves convolutions to Eigen and the step takes 30 ms (PyTorch: ~38 ms). im2col as one matmul,
-  shifted-slice sums, NCHW and channel-major layouts, and custom kernel-gradient VJPs were all
-  slower (45-120 ms).
+  YNNPACK, whose kernel gradient is slow (25 ms of a 60 ms step); the runner's
+  `CPU_COMPILER_OPTIONS` leave convolutions to Eigen and the step takes 30 ms (PyTorch, 2
+  threads: ~40 ms). im2col as one matmul, shifted-slice sums, NCHW and channel-major layouts,
+  and custom kernel-gradient VJPs were all slower (45-120 ms).
 """
 from __future__ import annotations
 
@@ -31,8 +30,6 @@ from dlx.layers.linear import batch_norm, dense
 from dlx.models import parameter_counts
 from dlx.models.receptive_field import Layer, receptive_fields
 
-import os
-BARRIER = os.environ.get('BARRIER') == '1'
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 ACTIVATION_AXES = ("batch", "height", "width", "conv_out")
 
@@ -152,7 +149,6 @@ class Model(nn.Module):
                         use_bias=not self.batch_norm)  # batch norm's offset makes a bias redundant
             if pool_first:
                 x = act(conv(x, then=pool))
-                if BARRIER: x = lax.optimization_barrier(x)
                 continue
             x = conv(x)
             if self.batch_norm:
@@ -160,7 +156,6 @@ class Model(nn.Module):
             x = act(x)
             if self.pool != "none":
                 x = pool(x)
-            if BARRIER: x = lax.optimization_barrier(x)
         x = x.reshape(x.shape[0], -1)
         for width in self.dense:
             x = dense(width, ("embed", "mlp"), self.kernel_init)(x)
@@ -203,6 +198,7 @@ def summarize(model: Model, input_shape: tuple[int, ...]) -> str:
         rows.append((f"dense_{i} ({model.activation})", f"{out}", counts[f"Dense_{i}"], ""))
     rows.append(("head", f"{model.num_outputs}", counts["head"], ""))
     lines = [f"{'layer':<24}{'output':>14}{'params':>12}{'receptive field':>18}"]
-    lines += [f"{name:<24}{shape:>14}{params:>12,}{field:>18}" for name, shape, params, field in rows]
+    lines += [f"{name:<24}{shape:>14}{params:>12,}{field:>18}"
+              for name, shape, params, field in rows]
     lines.append(f"total parameters: {sum(counts.values()):,}")
     return "\n".join(lines)
