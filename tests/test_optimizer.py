@@ -329,7 +329,9 @@ def test_default_config_has_every_field_and_builds_every_combination():
             cfg.name, cfg.schedule = name, schedule
             cfg.warmup_steps = 10 if schedule == "warmup_cosine" else 0
             tx = optimizer.build_optimizer(cfg, TOTAL_STEPS)
-            tx.update(_params(), tx.init(_params()), _params())
+            updates, _ = tx.update(_params(), tx.init(_params()), _params())
+            assert jax.tree.structure(updates) == jax.tree.structure(_params())
+            assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
 # -- coupled penalties ------------------------------------------------------------------------
