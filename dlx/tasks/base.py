@@ -6,6 +6,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dlx import data as data_lib
+from dlx.data import RandomAccessSource
+from dlx.models import get_model
 from dlx.train.state import LossFn, TrainState, gradient_step
 
 
@@ -28,23 +31,57 @@ def apply_model(apply_fn, params, model_state: dict, x: jax.Array, *, train: boo
     return apply_fn(variables, x, train=train, rngs=rngs), model_state
 
 
-class SupervisedTask:
-    """Subclasses define `loss_fn`, `eval_step`, `summarize_eval`; the rest is shared."""
+def is_main_process() -> bool:
+    return jax.process_index() == 0
 
-    def __init__(self, config, model, data_info):
+
+class SupervisedTask:
+    """What the runner asks of a task. Subclasses define `loss_fn`, `eval_step`,
+    `summarize_eval`; the defaults here read `config.data.name` through `dlx.data` and build
+    `config.model` by name.
+
+    Construction happens before the workdir is touched (a bad config must not harm a run), so a
+    task may read files of an existing `workdir` (a saved tokenizer) but writes them only in
+    `write_run_files`.
+    """
+
+    best_metric_default: tuple[str, str] = ("loss", "min")
+
+    def __init__(self, config, data_info, data_dir: str | None = None,
+                 workdir: str | None = None):
         self.config = config
-        self.model = model
         self.data_info = data_info
+        self.data_dir = data_dir
+        self.workdir = workdir
+        self.model = get_model(config.model.name, **self.model_kwargs())
+
+    def model_kwargs(self) -> dict:
+        return {k: v for k, v in self.config.model.items() if k != "name"}
+
+    def source(self, split: str, *, train: bool) -> RandomAccessSource:
+        """Random-access examples of `split`: shuffled batches for training (`train=True`),
+        in order once for evaluation."""
+        return data_lib.source(self.config.data.name, split, self.data_dir)
+
+    def examples_per_epoch(self) -> int:
+        return self.data_info.num_examples[self.config.data.train_split]
+
+    def model_input(self, batch: dict) -> jax.Array:
+        return model_inputs(batch)
 
     def init(self, rng: jax.Array, batch: dict) -> Any:
         params_rng, dropout_rng = jax.random.split(rng)
         return self.model.init({"params": params_rng, "dropout": dropout_rng},
-                               model_inputs(batch), train=False)
+                               self.model_input(batch), train=False)
 
     loss_fn: LossFn
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         return gradient_step(state, batch, self.loss_fn, self.config.grad_accum_steps)
 
-    def write_eval_artifacts(self, sums: dict, plots_dir: str, step: int) -> None:
-        """Figures beyond the learning curves (confusion matrices ...); none by default."""
+    def write_run_files(self, workdir: str) -> None:
+        """Files the run needs besides its checkpoints (a tokenizer ...); none by default."""
+
+    def write_eval_artifacts(self, state: TrainState, sums: dict, workdir: str, step: int) -> None:
+        """Figures and samples beyond the learning curves, under `workdir`. Called on every
+        process (sampling runs sharded); only the main process writes."""

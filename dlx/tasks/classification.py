@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlx.tasks.base import SupervisedTask, apply_model, model_inputs
+from dlx.tasks.base import SupervisedTask, apply_model, is_main_process, model_inputs
 from dlx.train.optimizer import regularization_penalty
 
 
@@ -46,7 +46,10 @@ class Task(SupervisedTask):
         count = float(sums["count"])
         return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
 
-    def write_eval_artifacts(self, sums: dict, plots_dir: str, step: int) -> None:
+    def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
+        if not is_main_process():
+            return
+        plots_dir = os.path.join(workdir, "plots")
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

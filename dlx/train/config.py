@@ -17,19 +17,24 @@ import ml_collections
 from dlx.errors import ConfigError
 from dlx.train import optimizer as optimizer_lib
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "language_model", "seq2seq")
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("mlp", "model"),
     ("conv_in", "fsdp"),
     ("conv_out", "model"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("vocab", "model"),
 )
 # Keys a re-run may change on an existing workdir without breaking its checkpoints.
 RESUMABLE_CHANGES = {"train_steps", "num_epochs", "log_every_steps", "eval_every_steps",
                      "eval_every_epochs", "checkpoint_every_steps", "checkpoint_every_epochs",
                      "keep_checkpoints", "progress_bar", "data.num_threads", "data.prefetch",
-                     "data.data_dir"}
+                     "data.data_dir"} | {f"decoding.{key}" for key in (
+                         "prompt", "num_samples", "max_new_tokens", "temperature", "top_k",
+                         "top_p", "beam_size", "length_penalty")}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,7 +46,14 @@ def base_config() -> ml_collections.ConfigDict:
         name="fashion_mnist", data_dir="", train_split="train", eval_split="test",
         batch_size=128,        # global, over all processes and devices
         eval_batch_size=1000,  # global
-        num_threads=2, prefetch=4))
+        num_threads=2, prefetch=4,
+        # Text tasks: the tokenizer ("char" or "bpe"; vocab_size for BPE) and, for language
+        # models, the window length in tokens.
+        tokenizer="char", vocab_size=0, seq_len=0))
+    # Sampling and decoding at eval (and the defaults of `launch.py sample`).
+    c.decoding = ml_collections.ConfigDict(dict(
+        prompt="\n", num_samples=2, max_new_tokens=200, temperature=0.8, top_k=0, top_p=1.0,
+        beam_size=1, length_penalty=0.0))
     c.optimizer = optimizer_lib.default_config()
     c.loss = ml_collections.ConfigDict(dict(l1=0.0, l2=0.0, label_smoothing=0.0))
     # Durations: set train_steps, or num_epochs (over the train split); cadences in steps or epochs.
@@ -103,6 +115,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_keys(config, base_config(), "")
     if config.task not in TASKS:
         raise ConfigError(f"config.task '{config.task}' is not one of {TASKS}{_nearest(config.task, TASKS)}")
+    task = importlib.import_module(f"dlx.tasks.{config.task}").Task
+    if hasattr(task, "check_config"):
+        task.check_config(config)
     from dlx import models  # imported late: it pulls in every model family
     if config.model.get("name") not in models.available():
         raise ConfigError(f"config.model.name '{config.model.get('name')}' is not a dlx model; "

@@ -26,7 +26,6 @@ import optax
 
 from dlx import data as data_lib
 from dlx.errors import ConfigError
-from dlx.models import get_model
 from dlx.train import config as config_lib
 from dlx.train import sharding
 from dlx.train.checkpoint import Checkpointer
@@ -63,8 +62,9 @@ class Run:
     example_batch: dict
 
 
-def prepare_run(config: ml_collections.ConfigDict) -> Run:
-    """Everything that can fail on bad input, done before the workdir is touched."""
+def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None) -> Run:
+    """Everything that can fail on bad input, done before the workdir is touched (a task may read
+    files of an existing `workdir`, e.g. its tokenizer, but writes nothing yet)."""
     config_lib.validate(config)
     mesh = sharding.make_mesh(config.mesh)
     config_lib.validate_for_mesh(config, sharding.data_parallel_size(mesh), jax.process_count())
@@ -79,15 +79,13 @@ def prepare_run(config: ml_collections.ConfigDict) -> Run:
         if split not in info.num_examples:
             raise ConfigError(f"data set '{config.data.name}' has no split '{split}'; "
                               f"its splits are {sorted(info.num_examples)}")
-    steps_per_epoch = info.num_examples[config.data.train_split] / config.data.batch_size
+    task = importlib.import_module(f"dlx.tasks.{config.task}").Task(config, info, data_dir, workdir)
+    model = task.model
+    steps_per_epoch = task.examples_per_epoch() / config.data.batch_size
     total_steps = config.train_steps or max(1, round(config.num_epochs * steps_per_epoch))
-
-    model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    model = get_model(config.model.name, **model_kwargs)
-    task = importlib.import_module(f"dlx.tasks.{config.task}").Task(config, model, info)
     tx = build_optimizer(config.optimizer, total_steps)
 
-    source = data_lib.source(config.data.name, config.data.train_split, data_dir)
+    source = task.source(config.data.train_split, train=True)
     example = {k: np.asarray(v) for k, v in source[0].items()}
     example_batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype)
                      for k, v in example.items()}
@@ -164,7 +162,7 @@ def compile_steps(run: Run):
 
 
 def run_eval(run: Run, state, eval_step) -> tuple[dict[str, float], dict]:
-    source = data_lib.source(run.config.data.name, run.config.data.eval_split, run.data_dir)
+    source = run.task.source(run.config.data.eval_split, train=False)
     sums = None
     for local in data_lib.eval_batches(source, global_batch_size=run.config.data.eval_batch_size,
                                        process_index=jax.process_index(),
@@ -257,9 +255,11 @@ class _StopRequest:
 # Training
 # ------------------------------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    run = prepare_run(config)
+    run = prepare_run(config, workdir)
     _check_workdir_config(config, workdir)
     _write_config(config, workdir)
+    if jax.process_index() == 0:
+        run.task.write_run_files(workdir)
     is_main = jax.process_index() == 0
     cfg = run.config
 
@@ -267,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 keep_latest=cfg.keep_checkpoints, best_metric=best_name,
                                 best_mode=best_mode)
-    train_source = data_lib.source(cfg.data.name, cfg.data.train_split, run.data_dir)
+    train_source = run.task.source(cfg.data.train_split, train=True)
     train_iter = data_lib.train_iterator(
         train_source, global_batch_size=cfg.data.batch_size, seed=cfg.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -355,8 +355,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if do_eval:
                     eval_metrics, eval_sums = run_eval(run, state, eval_step)
                     writer.write(step, "eval", eval_metrics)
+                    with _tracing_context(run.mesh, cfg):
+                        run.task.write_eval_artifacts(state, eval_sums, workdir, step)
                     if is_main:
-                        run.task.write_eval_artifacts(eval_sums, os.path.join(workdir, "plots"), step)
                         progress.write(f"step {step}: eval " + ", ".join(
                             f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                     t_window = time.time()  # eval time is not training throughput
@@ -391,7 +392,9 @@ def _write_model_summary(run: Run, workdir: str) -> None:
     module = importlib.import_module(f"dlx.models.{run.config.model.name}")
     if jax.process_index() != 0 or not hasattr(module, "summarize"):
         return
-    shape = next(v.shape for k, v in run.example_batch.items() if k in ("image", "features"))
+    shape = next((v.shape for k, v in run.example_batch.items() if k in ("image", "features")), None)
+    if shape is None:
+        return
     text = module.summarize(run.model, (1, *shape[1:]))
     with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
         f.write(text + "\n")
@@ -399,7 +402,7 @@ def _write_model_summary(run: Run, workdir: str) -> None:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Scores the latest checkpoint of `workdir` on config.data.eval_split."""
-    run = prepare_run(config)
+    run = prepare_run(config, workdir)
     best_name, best_mode = _best_metric(run)
     checkpoints = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoints):
