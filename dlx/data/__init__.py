@@ -4,10 +4,11 @@
     train = source("fashion_mnist", "train")       # random access, in memory when small
     batches = train_iterator(train, global_batch_size=128, seed=0)
 
-Names: dlx's offline data sets (`OFFLINE_BUILDERS`: fashion_mnist, mnist5k, digits, diabetes)
-are built from files on this machine; every other name goes to the TFDS catalog (which downloads,
-so it needs internet). `fashion_mnist` is built from the local IDX files when they exist, and is
-the catalog's `fashion_mnist` otherwise.
+Names: dlx's offline data sets (`OFFLINE_BUILDERS`: fashion_mnist, mnist5k, digits, diabetes,
+shakespeare, cmudict) are built from files on this machine; every other name goes to the TFDS
+catalog (which downloads, so it needs internet). `fashion_mnist` is built from the local IDX files
+when they exist, and is the catalog's `fashion_mnist` otherwise. Text data sets have readers,
+language-model windows and G2P arrays in `dlx.data.text`, tokenizers in `dlx.data.tokenizers`.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
     if name in OFFLINE_BUILDERS:
         builder = OFFLINE_BUILDERS[name](data_dir=data_dir, file_format=FILE_FORMAT)
         # fashion_mnist alone has a catalog twin to fall back on when the local files are absent.
-        if name != "fashion_mnist" or _is_prepared(builder) or offline_files_present(name):
+        if (name != "fashion_mnist" or _is_prepared(builder)
+                or offline_files_present(name, data_dir)):
             return builder
     try:
         return tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
@@ -85,12 +87,14 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
 def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """Generates (or downloads) `name` as array_record files unless already there; returns its
     builder. Not safe to run from several processes at once on one data_dir: prepare first."""
+    data_dir = data_dir or default_data_dir()
     builder = get_builder(name, data_dir)
     if _is_prepared(builder):
         return builder
-    offline_source_missing = name in OFFLINE_BUILDERS and not offline_files_present(name)
+    offline_source_missing = (name in OFFLINE_BUILDERS
+                              and not offline_files_present(name, data_dir))
     if offline_source_missing and (name != "fashion_mnist" or not _internet_reachable()):
-        raise DataError(missing_hint(name))
+        raise DataError(missing_hint(name, data_dir))
     if name not in OFFLINE_BUILDERS and not _internet_reachable():
         raise DataError(f"{name!r} is a TFDS catalog data set, not prepared in "
                         f"{builder.data_dir} and this machine has no internet to download it; "
@@ -101,7 +105,7 @@ def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
         raise
     except Exception as error:
         if offline_source_missing:
-            raise DataError(f"{missing_hint(name)} (TFDS download failed: "
+            raise DataError(f"{missing_hint(name, data_dir)} (TFDS download failed: "
                             f"{_one_line(error)})") from error
         if name in OFFLINE_BUILDERS:
             raise  # the local files are there, so this is a bug: keep the traceback

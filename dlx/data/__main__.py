@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names
     missing = []
     if not names:
-        names = [name for name in OFFLINE_BUILDERS if offline_files_present(name)]
+        names = [name for name in OFFLINE_BUILDERS if offline_files_present(name, data_dir)]
         missing = [name for name in OFFLINE_BUILDERS if name not in names]
     print(f"preparing into {data_dir}:")
     failed = _prepare(names, data_dir)
     for name in missing:
-        print(f"  {name}: missing: {missing_hint(name)}")
+        print(f"  {name}: missing: {missing_hint(name, data_dir)}")
     return 2 if failed else 0
 
 

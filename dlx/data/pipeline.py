@@ -93,9 +93,11 @@ def stack_rows(rows: Sequence[Mapping[str, Any]]) -> Batch:
 
 
 def read_rows(source: RandomAccessSource, indices: np.ndarray) -> Batch:
-    """The rows `indices` of `source`, stacked; one bulk read where the source offers one."""
-    if isinstance(source, ArraySource):
-        return source.read_rows(indices)
+    """The rows `indices` of `source`, stacked; one bulk read where the source offers one
+    (its own `read_rows(indices) -> Batch`, as `ArraySource` and `text.WindowSource` have)."""
+    bulk_read = getattr(source, "read_rows", None)
+    if bulk_read is not None:
+        return bulk_read(np.asarray(indices))
     keys = [int(i) for i in indices]
     getitems = getattr(source, "__getitems__", None)
     return stack_rows(getitems(keys) if getitems else [source[i] for i in keys])
