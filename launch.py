@@ -4,6 +4,8 @@
         [--config.optimizer.learning_rate=3e-4 ...]
     python launch.py --config runs/x/config.json --workdir runs/y   # reproduce a run
     python launch.py eval --workdir runs/x                           # score its latest checkpoint
+    python launch.py sample --workdir runs/x --prompt "ROMEO:" --max_new_tokens 300 \
+        --temperature 0.8 [--top_k 50 --top_p 0.95 --num_samples 1 --seed 0]  # stream text
     python launch.py                                                 # configs/default.py -> runs/default
 
 Re-running the same command on the same workdir resumes. On a cluster run the same command on
@@ -16,7 +18,7 @@ import json
 import os
 import sys
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "sample")
 DEFAULT_CONFIG = "configs/default.py"
 
 
@@ -51,11 +53,11 @@ def main(argv: list[str]) -> None:
 
     config_path, argv_rest = _config_argument(argv)
     workdir_given = any(a.startswith("--workdir") for a in argv)
-    if config_path is None and mode == "eval":
+    if config_path is None and mode in ("eval", "sample"):
         workdir = next((a.split("=", 1)[1] if "=" in a else argv[argv.index(a) + 1]
                         for a in argv if a.startswith("--workdir")), None)
         if workdir is None:
-            _fail("eval needs --workdir (the run to evaluate)")
+            _fail(f"{mode} needs --workdir (the run to {mode} from)")
         config_path = os.path.join(workdir, "config.json")
     config_path = config_path or DEFAULT_CONFIG
 
@@ -76,6 +78,14 @@ def main(argv: list[str]) -> None:
         flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
         flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
         flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+        # sample mode; unset values come from the run's config.decoding
+        flags.DEFINE_string("prompt", None, "sample: text to continue.")
+        flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
+        flags.DEFINE_float("temperature", None, "sample: softmax temperature; 0 is greedy.")
+        flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: all).")
+        flags.DEFINE_float("top_p", None, "sample: nucleus mass to keep (1: all).")
+        flags.DEFINE_integer("num_samples", 1, "sample: continuations to draw.")
+        flags.DEFINE_integer("seed", 0, "sample: random seed.")
         try:
             flags.FLAGS(argv)
         except flags.Error as e:
@@ -96,6 +106,16 @@ def main(argv: list[str]) -> None:
     from dlx.train import loop
     config = FLAGS.config
     try:
+        if mode == "sample":
+            decoding = config.decoding
+            pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+            loop.sample(config, FLAGS.workdir, prompt=pick(FLAGS.prompt, decoding.prompt),
+                        max_new_tokens=pick(FLAGS.max_new_tokens, decoding.max_new_tokens),
+                        temperature=pick(FLAGS.temperature, decoding.temperature),
+                        top_k=pick(FLAGS.top_k, decoding.top_k),
+                        top_p=pick(FLAGS.top_p, decoding.top_p),
+                        num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+            return
         if mode == "eval":
             metrics = loop.evaluate(config, FLAGS.workdir)
             if jax.process_index() == 0:

@@ -403,17 +403,69 @@ def _write_model_summary(run: Run, workdir: str) -> None:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Scores the latest checkpoint of `workdir` on config.data.eval_split."""
     run = prepare_run(config, workdir)
-    best_name, best_mode = _best_metric(run)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(checkpoints):
-        raise ConfigError(f"{workdir} has no checkpoints to evaluate; train it first")
-    checkpointer = Checkpointer(checkpoints, keep_latest=config.keep_checkpoints,
-                                best_metric=best_name, best_mode=best_mode, read_only=True)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
-    state, _ = checkpointer.restore(run.abstract_state, run.state_shardings, with_data=False)
+    state, step = _restore_latest(run, workdir)
     _, eval_step = compile_steps(run)
     metrics, _ = run_eval(run, state, eval_step)
-    checkpointer.close()
     return {"step": step, **metrics}
+
+
+def _restore_latest(run: Run, workdir: str):
+    """(state, step) of the workdir's latest finished checkpoint, restored onto run's mesh."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(checkpoints):
+        raise ConfigError(f"{workdir} has no checkpoints; train it first")
+    best_name, best_mode = _best_metric(run)
+    checkpointer = Checkpointer(checkpoints, keep_latest=run.config.keep_checkpoints,
+                                best_metric=best_name, best_mode=best_mode, read_only=True)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
+        state, _ = checkpointer.restore(run.abstract_state, run.state_shardings, with_data=False)
+    finally:
+        checkpointer.close()
+    return state, step
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, *, prompt: str, max_new_tokens: int,
+           temperature: float, top_k: int, top_p: float, num_samples: int, seed: int,
+           out=sys.stdout) -> list[str]:
+    """Generates text from the latest checkpoint of `workdir`, streaming one sample to `out` as
+    it is produced (several samples are printed when done)."""
+    from dlx.tasks.language_model import check_sampling
+    check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
+    if num_samples < 1:
+        raise ConfigError("num_samples must be >= 1")
+    run = prepare_run(config, workdir)
+    if not hasattr(run.task, "stream_tokens"):
+        raise ConfigError(f"task '{config.task}' does not generate text; sample needs a "
+                          f"language_model run")
+    state, _ = _restore_latest(run, workdir)
+    tokenizer = run.task.tokenizer
+    live = num_samples == 1 and jax.process_index() == 0
+    if live:
+        out.write(prompt)
+    rows: list[list[int]] = [[] for _ in range(num_samples)]
+    shown = ""
+    with _tracing_context(run.mesh, config):
+        for tokens in run.task.stream_tokens(
+                state.params, run.task.encode_prompt(prompt), rng=jax.random.PRNGKey(seed),
+                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                num_samples=num_samples):
+            for row, token in zip(rows, tokens):
+                row.append(int(token))
+            if live:
+                text = tokenizer.decode(rows[0])
+                if not text.endswith("\ufffd"):  # a byte-level token may end mid-character
+                    out.write(text[len(shown):])
+                    out.flush()
+                    shown = text
+    texts = [tokenizer.decode(row) for row in rows]
+    if jax.process_index() == 0:
+        if live:
+            out.write(texts[0][len(shown):] + "\n")
+        else:
+            for i, text in enumerate(texts):
+                out.write(f"=== sample {i} ===\n{prompt}{text}\n\n")
+        out.flush()
+    return texts

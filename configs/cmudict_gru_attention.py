@@ -1,0 +1,19 @@
+"""Grapheme-to-phoneme on CMUdict with a GRU encoder-decoder and additive (Bahdanau)
+attention: the recurrent baseline next to cmudict_transformer.py (same data, eval and decoding).
+Variants: `:small`, `:test` (tiny).
+
+    python launch.py --config configs/cmudict_gru_attention.py:small --workdir runs/g2p_gru
+"""
+from configs.cmudict_transformer import get_config as transformer_config
+
+
+def get_config(arg: str | None = None):
+    config = transformer_config(arg)
+    config.model = dict(name="seq2seq", vocab_size=0, target_vocab_size=0, embed_dim=128,
+                        hidden_dim=256, attention="bahdanau", bidirectional=True, dropout=0.1)
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 200)
+    if arg == "small":
+        config.model.update(embed_dim=64, hidden_dim=128)
+    elif arg == "test":
+        config.model.update(embed_dim=16, hidden_dim=32, dropout=0.0)
+    return config

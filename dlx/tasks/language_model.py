@@ -1,0 +1,249 @@
+"""Language modelling: next-token cross-entropy on fixed-length windows of a tokenized corpus.
+
+Training draws windows of `data.seq_len + 1` tokens starting anywhere in the train stream
+(`WindowSource` with stride 1, shuffled reproducibly by the runner's iterator, whose state is the
+step); evaluation tiles the validation stream with non-overlapping windows. Eval reports loss
+(nats/token), perplexity, accuracy and bits per character, and writes text samples to
+`<workdir>/samples/`. The tokenizer is trained on the train split when a run starts, saved as
+`<workdir>/tokenizer.json`, and loaded from there on resume and by `launch.py sample`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dlx.data.text import WindowSource, read_texts
+from dlx.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from dlx.errors import ConfigError
+from dlx.tasks.base import SupervisedTask, apply_model, is_main_process
+from dlx.tasks.decoding import sample_logits
+from dlx.train.optimizer import regularization_penalty
+
+TOKENIZER_FILE = "tokenizer.json"
+DOCUMENT_SEPARATOR = "\n\n"  # between the texts of a split when they become one stream
+
+
+class Task(SupervisedTask):
+    best_metric_default = ("loss", "min")
+
+    @staticmethod
+    def check_config(config) -> None:
+        if config.data.seq_len <= 0:
+            raise ConfigError("language_model needs config.data.seq_len > 0 (window length in tokens)")
+        if config.data.tokenizer not in ("char", "bpe"):
+            raise ConfigError(f"config.data.tokenizer must be 'char' or 'bpe', got "
+                              f"'{config.data.tokenizer}'")
+        if config.data.tokenizer == "bpe" and config.data.vocab_size <= 0:
+            raise ConfigError("config.data.tokenizer='bpe' needs config.data.vocab_size > 0")
+        d = config.decoding
+        check_sampling(d.max_new_tokens, d.temperature, d.top_k, d.top_p, d.num_samples,
+                       where="config.decoding.")
+        max_len = config.model.get("max_len")
+        if max_len is not None and max_len < config.data.seq_len:
+            raise ConfigError(f"config.model.max_len={max_len} is shorter than the windows "
+                              f"(config.data.seq_len={config.data.seq_len})")
+
+    def __init__(self, config, data_info, data_dir=None, workdir=None):
+        self.tokenizer = self._load_or_train_tokenizer(config, data_dir, workdir)
+        super().__init__(config, data_info, data_dir, workdir)
+
+    @staticmethod
+    def _load_or_train_tokenizer(config, data_dir, workdir) -> Tokenizer:
+        saved = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
+        if saved and os.path.exists(saved):
+            tokenizer = load_tokenizer(saved)
+            if tokenizer.kind != config.data.tokenizer:
+                raise ConfigError(f"{saved} is a '{tokenizer.kind}' tokenizer but the config asks "
+                                  f"for '{config.data.tokenizer}'; pick a new --workdir")
+            return tokenizer
+        texts = read_texts(config.data.name, config.data.train_split, data_dir)
+        return train_tokenizer(config.data.tokenizer, texts, config.data.vocab_size or None)
+
+    def model_kwargs(self) -> dict:
+        kwargs = super().model_kwargs()
+        vocab_size = kwargs.get("vocab_size", 0)
+        if not vocab_size:  # 0: take the tokenizer's
+            kwargs["vocab_size"] = self.tokenizer.vocab_size
+        elif vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(f"config.model.vocab_size={vocab_size} is smaller than the "
+                              f"tokenizer's {self.tokenizer.vocab_size}; set it to 0 to follow "
+                              f"the tokenizer")
+        return kwargs
+
+    # -------------------------------------------------------------------------------------------
+    # Data
+    # -------------------------------------------------------------------------------------------
+    @functools.lru_cache(maxsize=4)
+    def _split_text(self, split: str) -> str:
+        return DOCUMENT_SEPARATOR.join(read_texts(self.config.data.name, split, self.data_dir))
+
+    @functools.lru_cache(maxsize=4)
+    def stream(self, split: str) -> np.ndarray:
+        """The split as one token stream (int32)."""
+        tokens = np.asarray(self.tokenizer.encode(self._split_text(split)), np.int32)
+        if len(tokens) <= self.config.data.seq_len:
+            raise ConfigError(f"split '{split}' of {self.config.data.name} has {len(tokens)} "
+                              f"tokens, fewer than one window of data.seq_len + 1")
+        return tokens
+
+    def source(self, split: str, *, train: bool) -> WindowSource:
+        seq_len = self.config.data.seq_len
+        return WindowSource(self.stream(split), seq_len, stride=1 if train else seq_len)
+
+    def examples_per_epoch(self) -> int:
+        """An epoch is one pass over the train tokens: len(stream) / seq_len windows."""
+        return max(1, len(self.stream(self.config.data.train_split)) // self.config.data.seq_len)
+
+    def chars_per_token(self, split: str) -> float:
+        return len(self._split_text(split)) / len(self.stream(split))
+
+    def model_input(self, batch: dict) -> jax.Array:
+        return batch["tokens"][:, :-1]
+
+    # -------------------------------------------------------------------------------------------
+    # Training and evaluation
+    # -------------------------------------------------------------------------------------------
+    def loss_fn(self, params, model_state, batch, rng):
+        tokens = batch["tokens"]
+        logits, model_state = apply_model(self.model.apply, params, model_state, tokens[:, :-1],
+                                          train=True, rng=rng)
+        targets = tokens[:, 1:]
+        cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        loss = cross_entropy + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
+        accuracy = (logits.argmax(-1) == targets).mean()
+        return loss, ({"cross_entropy": cross_entropy, "accuracy": accuracy}, model_state)
+
+    def eval_step(self, state, batch) -> dict:
+        tokens = batch["tokens"]
+        logits, _ = apply_model(state.apply_fn, state.params, state.model_state, tokens[:, :-1],
+                                train=False)
+        targets = tokens[:, 1:]
+        mask = jnp.broadcast_to(batch["mask"][:, None], targets.shape).astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        return {"loss": (losses * mask).sum(), "tokens": mask.sum(),
+                "correct": ((logits.argmax(-1) == targets) * mask).sum()}
+
+    def summarize_eval(self, sums: dict) -> dict[str, float]:
+        tokens = float(sums["tokens"])
+        loss = float(sums["loss"]) / tokens
+        chars_per_token = self.chars_per_token(self.config.data.eval_split)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+                "bits_per_char": loss / (math.log(2) * chars_per_token),
+                "accuracy": float(sums["correct"]) / tokens}
+
+    def write_run_files(self, workdir: str) -> None:
+        self.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+
+    def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
+        decoding = self.config.decoding
+        if decoding.num_samples <= 0 or decoding.max_new_tokens <= 0:
+            return
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), step)
+        texts = self.sample_texts(state.params, decoding.prompt, rng=rng,
+                                  num_samples=decoding.num_samples,
+                                  max_new_tokens=decoding.max_new_tokens,
+                                  temperature=decoding.temperature, top_k=decoding.top_k,
+                                  top_p=decoding.top_p)
+        if is_main_process():
+            os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+            with open(os.path.join(workdir, "samples", f"step_{step:07d}.txt"), "w") as f:
+                for i, text in enumerate(texts):
+                    f.write(f"=== sample {i} (step {step}, temperature {decoding.temperature}, "
+                            f"top_k {decoding.top_k}, top_p {decoding.top_p}) ===\n"
+                            f"{decoding.prompt}{text}\n\n")
+
+    # -------------------------------------------------------------------------------------------
+    # Sampling with the KV / recurrent-state cache
+    # -------------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> np.ndarray:
+        ids = np.asarray(self.tokenizer.encode(prompt), np.int32)
+        if ids.size == 0:
+            raise ConfigError("the prompt is empty after tokenization; give at least one character")
+        return ids
+
+    def stream_tokens(self, params, prompt_ids: np.ndarray, *, rng: jax.Array,
+                      max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0, num_samples: int = 1) -> Iterator[np.ndarray]:
+        """Yields the next token of each of `num_samples` continuations, one step at a time
+        (shape [num_samples]). The prompt is consumed in one cached forward pass, then one token
+        per step. A model with a position limit (`max_len`) that runs out of room is restarted
+        on the last max_len / 2 tokens (the context a full-window model would keep, halved so
+        the restart is rare)."""
+        max_len = getattr(self.model, "max_len", None)
+        history = np.tile(np.asarray(prompt_ids, np.int32)[None], (num_samples, 1))
+        if max_len:
+            history = history[:, -max_len:]
+        cache_len = min(max_len, history.shape[1] + max_new_tokens) if max_len else (
+            history.shape[1] + max_new_tokens)
+        prefill, step_fn = _decoding_functions(self.model, cache_len, temperature, top_k, top_p)
+        token, cache = prefill(params, jnp.asarray(history), jax.random.fold_in(rng, 0))
+        position = history.shape[1]
+        for i in range(max_new_tokens):
+            token_host = np.asarray(token)
+            yield token_host
+            history = np.concatenate([history, token_host[:, None]], axis=1)
+            position += 1
+            if i + 1 == max_new_tokens:
+                return
+            if max_len and position >= cache_len:
+                history = history[:, -(max_len // 2):]
+                position = history.shape[1]
+                token, cache = prefill(params, jnp.asarray(history), jax.random.fold_in(rng, i + 1))
+            else:
+                token, cache = step_fn(params, cache, token, jax.random.fold_in(rng, i + 1))
+
+    def sample_texts(self, params, prompt: str, *, rng: jax.Array, num_samples: int,
+                     max_new_tokens: int, temperature: float, top_k: int = 0,
+                     top_p: float = 1.0) -> list[str]:
+        steps = list(self.stream_tokens(params, self.encode_prompt(prompt), rng=rng,
+                                        max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, num_samples=num_samples))
+        tokens = np.stack(steps, axis=1)
+        return [self.tokenizer.decode(row) for row in tokens]
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                   num_samples: int, where: str = "") -> None:
+    problems = [f"{where}{name} {rule}, got {value}" for name, value, ok, rule in (
+        ("max_new_tokens", max_new_tokens, max_new_tokens >= 0, "must be >= 0"),
+        ("temperature", temperature, temperature >= 0, "must be >= 0 (0 is greedy)"),
+        ("top_k", top_k, top_k >= 0, "must be >= 0 (0 keeps every token)"),
+        ("top_p", top_p, 0 < top_p <= 1, "must be in (0, 1]"),
+        ("num_samples", num_samples, num_samples >= 0, "must be >= 0")) if not ok]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+@functools.lru_cache(maxsize=8)
+def _decoding_functions(model, cache_len: int, temperature: float, top_k: int, top_p: float):
+    """Jitted (prefill, step) for one model and cache length; cached so repeated evals reuse the
+    compiled functions."""
+
+    def new_cache(params, batch_size: int):
+        _, variables = model.apply({"params": params}, jnp.zeros((batch_size, cache_len), jnp.int32),
+                                   decode=True, mutable=["cache"])
+        return variables["cache"]
+
+    def advance(params, cache, tokens):
+        logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True,
+                                        mutable=["cache"])
+        return logits[:, -1], variables["cache"]
+
+    @jax.jit
+    def prefill(params, prompt, rng):
+        logits, cache = advance(params, new_cache(params, prompt.shape[0]), prompt)
+        return sample_logits(logits, rng, temperature, top_k, top_p), cache
+
+    @jax.jit
+    def step(params, cache, token, rng):
+        logits, cache = advance(params, cache, token[:, None])
+        return sample_logits(logits, rng, temperature, top_k, top_p), cache
+
+    return prefill, step

@@ -1,0 +1,169 @@
+"""Sequence to sequence (grapheme-to-phoneme on CMUdict): teacher-forced cross-entropy in
+training; greedy or beam-search decoding at eval, scored by phoneme error rate (edit distance /
+reference length, summed over the split) and word error rate (share of words whose decoded
+pronunciation is not exactly the reference).
+
+Batches hold int32 `inputs` [B, S] (letters, padded with 0) and `targets` [B, T]
+(bos, phonemes, eos, padded with 0); the decoder reads targets[:, :-1] and predicts
+targets[:, 1:]. Works with any model keeping the encoder-decoder contract of
+`dlx.tasks.decoding` (`transformer` kind="encoder_decoder", `seq2seq`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dlx.data.text import G2P_DATA_SETS, g2p_source, g2p_vocabularies
+from dlx.errors import ConfigError
+from dlx.tasks import decoding
+from dlx.tasks.base import SupervisedTask, apply_model, is_main_process
+from dlx.train.optimizer import regularization_penalty
+
+NUM_EXAMPLES_SHOWN = 20  # decoded words written to <workdir>/samples at each eval
+
+
+class Task(SupervisedTask):
+    best_metric_default = ("phoneme_error_rate", "min")
+
+    @staticmethod
+    def check_config(config) -> None:
+        if config.data.name not in G2P_DATA_SETS:
+            raise ConfigError(f"seq2seq reads {G2P_DATA_SETS}, not '{config.data.name}'")
+        if config.decoding.beam_size < 1:
+            raise ConfigError(f"config.decoding.beam_size must be >= 1, got "
+                              f"{config.decoding.beam_size}")
+
+    def __init__(self, config, data_info, data_dir=None, workdir=None):
+        self.input_vocab, self.target_vocab = g2p_vocabularies()
+        super().__init__(config, data_info, data_dir, workdir)
+
+    def model_kwargs(self) -> dict:
+        kwargs = super().model_kwargs()
+        for key, vocab in (("vocab_size", self.input_vocab),
+                           ("target_vocab_size", self.target_vocab)):
+            if not kwargs.get(key):
+                kwargs[key] = vocab.size
+        return kwargs
+
+    @functools.lru_cache(maxsize=4)
+    def source(self, split: str, *, train: bool):
+        return g2p_source(split, self.data_dir)
+
+    def examples_per_epoch(self) -> int:
+        return len(self.source(self.config.data.train_split, train=True))
+
+    def init(self, rng, batch):
+        params_rng, dropout_rng = jax.random.split(rng)
+        return self.model.init({"params": params_rng, "dropout": dropout_rng}, batch["inputs"],
+                               batch["targets"][:, :-1], train=False)
+
+    # -------------------------------------------------------------------------------------------
+    # Training
+    # -------------------------------------------------------------------------------------------
+    def _logits(self, apply_fn, params, model_state, batch, *, train, rng=None):
+        variables = {"params": params, **model_state}
+        rngs = {"dropout": rng} if rng is not None else None
+        return apply_fn(variables, batch["inputs"], batch["targets"][:, :-1], train=train,
+                        rngs=rngs)
+
+    def loss_fn(self, params, model_state, batch, rng):
+        logits = self._logits(self.model.apply, params, model_state, batch, train=True, rng=rng)
+        targets = batch["targets"][:, 1:]
+        mask = (targets != self.target_vocab.pad_id).astype(jnp.float32)
+        smoothing = self.config.loss.label_smoothing
+        soft = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), smoothing)
+        losses = optax.softmax_cross_entropy(logits, soft)
+        cross_entropy = (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        loss = cross_entropy + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
+        accuracy = ((logits.argmax(-1) == targets) * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        return loss, ({"cross_entropy": cross_entropy, "token_accuracy": accuracy}, model_state)
+
+    # -------------------------------------------------------------------------------------------
+    # Evaluation
+    # -------------------------------------------------------------------------------------------
+    def decode(self, params, inputs: jax.Array, max_len: int) -> jax.Array:
+        """Predicted target ids [B, max_len] (eos then pad after the end), greedy or beam."""
+        d = self.config.decoding
+        vocab = self.target_vocab
+        if d.beam_size == 1:
+            return decoding.greedy_decode(self.model, {"params": params}, inputs,
+                                          max_len=max_len, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+        sequences, _ = decoding.beam_search(self.model, {"params": params}, inputs,
+                                            beam_size=d.beam_size, max_len=max_len,
+                                            bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                                            length_penalty=d.length_penalty)
+        return sequences
+
+    def eval_step(self, state, batch) -> dict:
+        logits = self._logits(state.apply_fn, state.params, state.model_state, batch, train=False)
+        targets = batch["targets"][:, 1:]
+        token_mask = (targets != self.target_vocab.pad_id).astype(jnp.float32)
+        row_mask = batch["mask"].astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        predicted = self.decode(state.params, batch["inputs"], targets.shape[1])
+        distance, reference_length = edit_distances(predicted, targets, self.target_vocab.eos_id)
+        return {"loss": (losses * token_mask * row_mask[:, None]).sum(),
+                "tokens": (token_mask * row_mask[:, None]).sum(),
+                "edits": (distance * row_mask).sum(),
+                "reference_phonemes": (reference_length * row_mask).sum(),
+                "wrong_words": ((distance > 0) * row_mask).sum(), "words": row_mask.sum()}
+
+    def summarize_eval(self, sums: dict) -> dict[str, float]:
+        return {"loss": float(sums["loss"]) / float(sums["tokens"]),
+                "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
+                "word_error_rate": float(sums["wrong_words"]) / float(sums["words"])}
+
+    def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
+        """A few decoded words of the eval split next to their references."""
+        source = self.source(self.config.data.eval_split, train=False)
+        rows = source.read_rows(np.arange(min(NUM_EXAMPLES_SHOWN, len(source))))
+        targets = rows["targets"][:, 1:]
+        predicted = np.asarray(jax.jit(self.decode, static_argnums=2)(
+            state.params, jnp.asarray(rows["inputs"]), targets.shape[1]))
+        if not is_main_process():
+            return
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        with open(os.path.join(workdir, "samples", f"step_{step:07d}.txt"), "w") as f:
+            for word, prediction, reference in zip(rows["inputs"], predicted, targets):
+                mark = "ok " if self.target_vocab.decode(prediction) == self.target_vocab.decode(reference) else "ERR"
+                f.write(f"{mark} {self.input_vocab.decode(word, join=''):<20} "
+                        f"{self.target_vocab.decode(prediction)}   (reference: "
+                        f"{self.target_vocab.decode(reference)})\n")
+
+
+def sequence_lengths(ids: jax.Array, eos_id: int) -> jax.Array:
+    """Tokens before the first eos (the whole row when there is none)."""
+    is_eos = ids == eos_id
+    return jnp.where(is_eos.any(-1), is_eos.argmax(-1), ids.shape[-1])
+
+
+def edit_distances(predicted: jax.Array, reference: jax.Array, eos_id: int):
+    """Levenshtein distances between rows of two id arrays, each read up to its first eos, and
+    the reference lengths. Jittable: one scan over the predicted positions; the insertions along
+    a row of the table are a running minimum (d[i, j] = min_k<=j e[k] + j - k)."""
+    predicted_length = sequence_lengths(predicted, eos_id)
+    reference_length = sequence_lengths(reference, eos_id)
+    width = reference.shape[1] + 1
+    columns = jnp.arange(width)
+    first_row = jnp.broadcast_to(columns, (predicted.shape[0], width)).astype(jnp.int32)
+
+    def next_row(previous, xs):
+        i, token = xs  # row i of the table, predicted token i - 1
+        substitution = previous[:, :-1] + (token[:, None] != reference).astype(jnp.int32)
+        deletion = previous + 1
+        best = jnp.concatenate([jnp.full_like(previous[:, :1], i),
+                                jnp.minimum(deletion[:, 1:], substitution)], axis=1)
+        row = jax.lax.cummin(best - columns, axis=1) + columns
+        return row, row
+
+    rows_index = jnp.arange(1, predicted.shape[1] + 1)
+    _, rows = jax.lax.scan(next_row, first_row, (rows_index, predicted.T))
+    table = jnp.concatenate([first_row[None], rows], axis=0)  # [S+1, B, T+1]
+    batch = jnp.arange(predicted.shape[0])
+    distance = table[predicted_length, batch, reference_length]
+    return distance.astype(jnp.float32), reference_length.astype(jnp.float32)

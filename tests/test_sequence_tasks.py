@@ -1,0 +1,118 @@
+"""Language-model and seq2seq tasks end to end through launch.py on the real offline corpora
+(Shakespeare, CMUdict): the workdir files, sampling from a checkpoint, the sharded run equal to
+the 1-device run, and the edit distance behind phoneme/word error rates."""
+from __future__ import annotations
+
+import subprocess
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlx.data.tokenizers import load_tokenizer
+from dlx.tasks.seq2seq import edit_distances
+from helpers import REPO, eval_records, launch, launch_command, launch_env, train_losses
+
+GPT_TEST = ["--config", "configs/shakespeare_gpt.py:test"]
+SHARDED_MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.model=2"]
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("runs") / "gpt"
+    result = launch(*GPT_TEST, "--workdir", str(workdir), *SHARDED_MESH)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_language_model_run_writes_tokenizer_samples_and_text_metrics(gpt_run):
+    assert (gpt_run / "tokenizer.json").is_file()
+    records = eval_records(gpt_run)
+    assert [r["step"] for r in records] == [3, 6]
+    final = records[-1]
+    assert final["perplexity"] == pytest.approx(np.exp(final["loss"]), rel=1e-5)
+    # char level: bits per char is the loss in bits
+    assert final["bits_per_char"] == pytest.approx(final["loss"] / np.log(2), rel=1e-5)
+    vocab_size = load_tokenizer(gpt_run / "tokenizer.json").vocab_size
+    assert 60 < vocab_size < 120  # the characters of the works
+    assert 0 < final["loss"] < np.log(vocab_size) + 0.5  # about uniform after 6 steps, not worse
+    sample = (gpt_run / "samples" / "step_0000006.txt").read_text()
+    assert sample.count("=== sample") == 2 and len(sample) > 40
+
+
+def test_sharded_language_model_equals_one_device(gpt_run, tmp_path):
+    single = tmp_path / "one"
+    result = launch(*GPT_TEST, "--workdir", str(single), devices=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded, one = train_losses(gpt_run), train_losses(single)
+    assert sorted(sharded) == sorted(one)
+    np.testing.assert_allclose([sharded[s] for s in sorted(sharded)],
+                               [one[s] for s in sorted(one)], rtol=1e-4)
+
+
+def test_sample_mode_streams_text_from_the_checkpoint(gpt_run):
+    command = launch_command("sample", "--workdir", str(gpt_run), "--prompt", "ROMEO:",
+                             "--max_new_tokens", "25", "--temperature", "0.8", "--top_k", "5")
+    command.remove("--config.progress_bar=False")
+    result = subprocess.run(command, cwd=REPO, env=launch_env(8), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ROMEO:") and len(result.stdout.rstrip("\n")) == 6 + 25
+    again = subprocess.run(command, cwd=REPO, env=launch_env(8), capture_output=True, text=True,
+                           timeout=300)
+    assert again.stdout == result.stdout  # same seed, same text
+
+
+@pytest.mark.parametrize("flag", ["--temperature=-1", "--top_p=0", "--top_k=-3"])
+def test_sample_mode_rejects_bad_settings(gpt_run, flag):
+    command = launch_command("sample", "--workdir", str(gpt_run), flag)
+    command.remove("--config.progress_bar=False")
+    result = subprocess.run(command, cwd=REPO, env=launch_env(1), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and flag.split("=")[0][2:] in result.stderr
+
+
+@pytest.mark.parametrize("config", ["shakespeare_lstm.py:test", "shakespeare_gru.py:test"])
+def test_recurrent_language_models_train(config, tmp_path):
+    result = launch("--config", f"configs/{config}", "--workdir", str(tmp_path / "rnn"), devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert eval_records(tmp_path / "rnn")[-1]["perplexity"] > 1.0
+
+
+@pytest.mark.parametrize("config", ["cmudict_transformer.py:test", "cmudict_gru_attention.py:test"])
+def test_seq2seq_g2p_runs_and_scores_decoded_words(config, tmp_path):
+    workdir = tmp_path / "g2p"
+    result = launch("--config", f"configs/{config}", "--workdir", str(workdir), devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = eval_records(workdir)[-1]
+    assert 0.0 < final["phoneme_error_rate"] and 0.0 < final["word_error_rate"] <= 1.0
+    lines = (workdir / "samples" / "step_0000006.txt").read_text().splitlines()
+    assert len(lines) == 20 and all("(reference: " in line for line in lines)
+
+
+def _levenshtein(a, b) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def test_edit_distance_matches_dynamic_programming():
+    rng = np.random.RandomState(0)
+    eos, rows = 2, 300
+    predicted, reference = rng.randint(3, 7, (rows, 9)), rng.randint(3, 7, (rows, 7))
+    predicted_len, reference_len = rng.randint(0, 10, rows), rng.randint(0, 8, rows)
+    for r in range(rows):  # after its eos a row holds anything (prediction) or padding
+        if predicted_len[r] < 9:
+            predicted[r, predicted_len[r]] = eos
+        if reference_len[r] < 7:
+            reference[r, reference_len[r]:] = 0
+            reference[r, reference_len[r]] = eos
+    distance, length = edit_distances(jnp.asarray(predicted), jnp.asarray(reference), eos)
+    expected = [_levenshtein(predicted[r, :predicted_len[r]], reference[r, :reference_len[r]])
+                for r in range(rows)]
+    np.testing.assert_array_equal(np.asarray(distance, int), expected)
+    np.testing.assert_array_equal(np.asarray(length, int), reference_len)
