@@ -1,0 +1,195 @@
+"""Scaled dot-product attention and the multi-head attention layer (self / cross, causal /
+padding masks, grouped-query heads, rotary positions, KV cache).
+
+Shapes: query [B, T, heads, head_dim], key/value [B, S, kv_heads, head_dim]; heads is a multiple
+of kv_heads and query head n reads key/value head n // (heads // kv_heads) (the layout of
+`jax.nn.dot_product_attention` and of Hugging Face's `repeat_kv`). Masks are boolean, True where
+a query may attend, broadcastable to [B, heads, T, S].
+
+Implementations (`implementation=`):
+- "einsum": head-major batched matmuls around a float32 softmax; the only one with dropout on
+  the attention probabilities.
+- "jax": `jax.nn.dot_product_attention` (XLA's einsums over [B, T, heads, head_dim] today; it is
+  the door to cuDNN flash attention, which jax picks only when asked and for bf16/fp16).
+- "auto" (default): "einsum" on CPU or whenever probability dropout is active, else "jax".
+Measured on XLA:CPU (2 busy cores; B=64, T=256, 6 heads of 64, causal, forward + backward): the
+two agree to 4e-7; "einsum" took 470 ms (min of 12), "jax" 590 ms, and the same einsums over
+[B, T, heads, head_dim] operands 610 ms.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlx.layers.norms import INIT_STDDEV, Projection
+from dlx.layers.positional import rotary
+
+IMPLEMENTATIONS = ("auto", "einsum", "jax")
+
+
+def causal_mask(q_len: int, kv_len: int | None = None, offset: jax.Array | int = 0) -> jax.Array:
+    """[1, 1, T, S]: query i (at absolute position offset + i) sees keys 0 .. offset + i."""
+    kv_len = q_len if kv_len is None else kv_len
+    query_pos = offset + jnp.arange(q_len)[:, None]
+    return (jnp.arange(kv_len)[None, :] <= query_pos)[None, None]
+
+
+def padding_mask(kv_tokens: jax.Array, pad_id: int = 0) -> jax.Array:
+    """[B, 1, 1, S]: keys that are real tokens (not `pad_id`)."""
+    return (kv_tokens != pad_id)[:, None, None, :]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
+    batch, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    groups = heads // kv_heads
+    # Head-major 4-D operands (faster on XLA:CPU, see the module docstring); the query heads
+    # sharing a key/value head become extra query rows [B, kv_heads, groups * T, head_dim], so
+    # grouped heads copy no keys.
+    q = query.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch, kv_heads, groups * q_len, head_dim) / math.sqrt(head_dim)
+    k = key.transpose(0, 2, 1, 3)
+    v = value.transpose(0, 2, 1, 3)
+    logits = jnp.einsum("bkqh,bksh->bkqs", q, k).astype(jnp.float32)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        mask_batch, mask_heads = mask.shape[:2]
+        mask = jnp.broadcast_to(mask, (mask_batch, mask_heads, q_len, logits.shape[-1]))
+        if mask_heads == 1:
+            mask = mask if groups == 1 else jnp.tile(mask, (1, 1, groups, 1))
+        else:
+            mask = mask.reshape(mask_batch, kv_heads, groups * q_len, -1)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), v)
+    out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          mask: jax.Array | None = None, *, dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None,
+                          implementation: str = "auto") -> jax.Array:
+    """softmax(q k^T / sqrt(head_dim) + masked) v per head -> [B, T, heads, head_dim].
+
+    A query whose keys are all masked gets the mean of the values (finite, never NaN).
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation '{implementation}'; "
+                         f"choose from {IMPLEMENTATIONS}")
+    if query.shape[2] % key.shape[2]:
+        raise ValueError(f"{query.shape[2]} query heads do not divide into "
+                         f"{key.shape[2]} key/value heads")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError("attention dropout needs a dropout_rng")
+    if implementation == "auto":
+        on_cpu = jax.default_backend() == "cpu"
+        implementation = "einsum" if on_cpu or dropout_rate > 0.0 else "jax"
+    if implementation == "jax":
+        if dropout_rate > 0.0:
+            raise ValueError("implementation='jax' has no attention dropout; use 'einsum'")
+        return jax.nn.dot_product_attention(query, key, value, mask=mask)
+    return _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with output projection.
+
+    Self-attention (`memory=None`) with num_kv_heads == num_heads keeps one fused projection
+    "qkv" (kernel [embed, 3, heads, head_dim], as GPT-2's c_attn reshaped); grouped-query
+    self-attention and cross-attention use "query" ([embed, heads, head_dim]) and "kv"
+    ([embed, 2, kv_heads, head_dim]). "proj" maps [heads, head_dim] back to embed.
+
+    decode=True (self-attention only) keeps a KV cache in the "cache" collection:
+    cached_key / cached_value [B, max_len, kv_heads, head_dim] and cache_index (scalar). The
+    first decode call, on variables without a cache, only creates it, sized by its input
+    [B, max_len, embed]; later calls write their chunk at cache_index and attend causally over
+    everything cached so far. Cross-attention keeps no cache: it projects the memory's keys
+    and values on every call (cheap next to the decoder for short inputs).
+    """
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int = 0  # 0: num_heads
+    use_bias: bool = True
+    dropout: float = 0.0
+    rope_base: float | None = None  # None: no rotary embedding
+    out_stddev: float = INIT_STDDEV
+    implementation: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, memory: jax.Array | None = None, *,
+                 mask: jax.Array | None = None, causal: bool = False,
+                 positions: jax.Array | None = None, train: bool = False,
+                 decode: bool = False) -> jax.Array:
+        heads, kv_heads = self.num_heads, self.num_kv_heads or self.num_heads
+        q_names = ("batch", "length", "heads", "head_dim")
+        kv_names = ("batch", "length", "kv_heads", "head_dim")
+        if memory is None and kv_heads == heads:
+            qkv = Projection((3, heads, self.head_dim), ("embed",), ("qkv", "heads", "head_dim"),
+                             self.use_bias, name="qkv")(x)
+            query, key, value = (qkv[:, :, i] for i in range(3))
+        else:
+            query = Projection((heads, self.head_dim), ("embed",), ("heads", "head_dim"),
+                               self.use_bias, name="query")(x)
+            source = x if memory is None else memory
+            kv = Projection((2, kv_heads, self.head_dim), ("embed",),
+                            ("qkv", "kv_heads", "head_dim"), self.use_bias, name="kv")(source)
+            key, value = kv[:, :, 0], kv[:, :, 1]
+        if self.rope_base is not None and memory is None:
+            if positions is None:
+                positions = jnp.arange(x.shape[1])[None]
+            query = rotary(query, positions, self.rope_base)
+            key = rotary(key, positions, self.rope_base)
+        query = nn.with_logical_constraint(query, q_names)
+        key = nn.with_logical_constraint(key, kv_names)
+        value = nn.with_logical_constraint(value, kv_names)
+
+        if decode and memory is None:
+            key, value, mask = self._update_cache(key, value, mask, causal)
+        elif causal:
+            mask = combine_masks(mask, causal_mask(x.shape[1], key.shape[1]))
+
+        rate = self.dropout if train else 0.0
+        out = dot_product_attention(query, key, value, mask, dropout_rate=rate,
+                                    dropout_rng=self.make_rng("dropout") if rate else None,
+                                    implementation=self.implementation)
+        out = nn.with_logical_constraint(out, q_names)
+        out = Projection(x.shape[-1], ("heads", "head_dim"), ("embed",), self.use_bias,
+                         self.out_stddev, name="proj")(out)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+    def _update_cache(self, key, value, mask, causal):
+        created = not self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        chunk = key.shape[1]
+        if created:  # the creating call's output is ignored; attend within the chunk
+            return key, value, combine_masks(mask, causal_mask(chunk) if causal else None)
+        start = index.value
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
+                                                          (0, start, 0, 0))
+        index.value = start + chunk
+        max_len = cached_key.value.shape[1]
+        if causal:
+            visible = causal_mask(chunk, max_len, offset=start)
+        else:  # slots past start + chunk hold zeros, not keys
+            visible = (jnp.arange(max_len) < start + chunk)[None, None, None, :]
+        return cached_key.value, cached_value.value, combine_masks(mask, visible)
