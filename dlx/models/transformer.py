@@ -253,7 +253,11 @@ class Model(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     def _logits(self, x: jax.Array, table: nn.Embed) -> jax.Array:
-        logits = table.attend(x) if self.tie_embeddings else self.lm_head(x)
+        if self.tie_embeddings:  # x @ table.T without materialising the transpose
+            logits = jax.lax.dot_general(x, table.embedding.astype(x.dtype),
+                                         (((x.ndim - 1,), (1,)), ((), ())))
+        else:
+            logits = self.lm_head(x)
         return nn.with_logical_constraint(logits.astype(jnp.float32),
                                           ("batch", "length", "vocab"))
 

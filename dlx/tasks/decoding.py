@@ -80,14 +80,22 @@ def generate(model: nn.Module, variables: Any, prompt: jax.Array, rng: jax.Array
     `lax.scan`, all in one jitted program. temperature 0 is greedy."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    # Greedy and "no nucleus" are compiled in (static), so they skip the sampling work (two
+    # vocabulary-wide argsorts a token for top_p); the values themselves stay traced.
     return _generate(model, _without_cache(variables), jnp.asarray(prompt, jnp.int32), rng,
-                     jnp.float32(temperature), jnp.float32(top_p), max_new_tokens, int(top_k))
+                     jnp.float32(temperature), jnp.float32(top_p), max_new_tokens, int(top_k),
+                     temperature == 0, top_p < 1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7))
-def _generate(model, variables, prompt, rng, temperature, top_p, max_new_tokens, top_k):
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
+def _generate(model, variables, prompt, rng, temperature, top_p, max_new_tokens, top_k,
+              greedy, use_top_p):
     batch, prompt_len = prompt.shape
-    sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    def sample(logits, step_rng):
+        if greedy:
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return sample_logits(logits, step_rng, temperature, top_k, top_p if use_top_p else 1.0)
 
     def step(cache, tokens):
         logits, state = model.apply({**variables, "cache": cache}, tokens, decode=True,
