@@ -124,3 +124,26 @@ def test_aliases_are_the_same_rule():
                         ("kaiming_uniform", "he_uniform"), ("kaiming_normal", "he_normal")]:
         np.testing.assert_array_equal(initializers.get(alias)(key, shape),
                                       initializers.get(name)(key, shape))
+
+
+def test_fused_threefry_equals_jax_threefry():
+    from jax.extend.random import threefry_2x32
+
+    from dlx.layers.activations import threefry2x32
+    key = jnp.array([2024, 7], jnp.uint32)
+    counters = jnp.arange(1000, dtype=jnp.uint32)
+    x0, x1 = threefry2x32(key, counters, counters * 3 + 1)
+    expected = threefry_2x32(key, jnp.concatenate([counters, counters * 3 + 1]))
+    np.testing.assert_array_equal(np.concatenate([x0, x1]), expected)
+
+
+def test_dropout_keeps_one_minus_rate_and_rescales():
+    from dlx.layers.activations import Dropout
+    x = jnp.ones((200, 500))
+    out = Dropout(0.3).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    kept = np.asarray(out) != 0
+    assert abs(kept.mean() - 0.7) < 0.005
+    np.testing.assert_allclose(np.asarray(out)[kept], 1 / 0.7, rtol=1e-6)
+    other = Dropout(0.3).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    assert not np.array_equal(np.asarray(other) != 0, kept)
+    assert Dropout(0.3).apply({}, x, deterministic=True) is x

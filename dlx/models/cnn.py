@@ -1,18 +1,22 @@
 """Convolutional classifier: [Conv -> (BatchNorm) -> activation -> pool] x stages -> flatten ->
 [Dense -> activation -> (Dropout)] -> linear head.
 
-Speed on XLA:CPU (2 cores, batch 128 of 28x28x1, measured against PyTorch):
+Speed on XLA:CPU (2 cores, batch 128 of 28x28x1; bench/run.py, BENCHMARKS.md):
 - A pool's window equals its stride, so it is a reshape into windows. The max pool's gradient is
   a custom VJP made of elementwise selects; `nn.max_pool`'s select_and_scatter took ~45% of the
   train step.
 - Without batch norm and with an activation in `_COMMUTES_WITH_MAX`, the max pool runs on the raw
   conv output and the bias and activation on the pooled map: the same numbers, one pass less
-  over the full-size map (34 -> 30 ms).
-- The convolution is `lax.conv_general_dilated`, as in `nn.Conv`. By default XLA:CPU hands it to
-  YNNPACK, whose kernel gradient is slow (25 ms of a 60 ms step); the runner's
-  `CPU_COMPILER_OPTIONS` leave convolutions to Eigen and the step takes 30 ms (PyTorch, 2
-  threads: ~40 ms). im2col as one matmul, shifted-slice sums, NCHW and channel-major layouts,
-  and custom kernel-gradient VJPs were all slower (45-120 ms).
+  over the full-size map.
+- A conv with few input taps (the first layer: 3x3 on one channel) runs as a direct convolution
+  fused with its pool, bias and activation (`conv_max_pool`): no library call, and the 28x28x32
+  map is never written to memory. As an Eigen convolution plus pool (with the transposed copy of
+  its output that the next conv's kernel gradient reads) it cost ~17 of the 44 ms step; fused,
+  ~3 ms.
+- The other convolutions are `lax.conv_general_dilated`, as in `nn.Conv`, left to Eigen by the
+  runner's `CPU_COMPILER_OPTIONS` (YNNPACK's kernel gradient is ~2.5x slower). im2col as one
+  matmul, shifted-slice sums, NCHW and channel-major layouts, and custom kernel-gradient VJPs
+  were all slower.
 """
 from __future__ import annotations
 
@@ -34,7 +38,9 @@ CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 ACTIVATION_AXES = ("batch", "height", "width", "conv_out")
 
 # Non-decreasing f: f(max(a) + b) == max(f(a + b)) bit for bit, and the gradient goes to the same
-# element unless rounding ties two a + b that differ in a.
+# element unless rounding ties two a + b that differ in a. These are also piecewise linear through
+# 0, so their derivative at x equals their derivative at f(x): `conv_max_pool` reads it off its
+# output instead of recomputing the pre-activation.
 _COMMUTES_WITH_MAX = frozenset({"linear", "relu", "leaky_relu", "step"})
 
 
@@ -84,10 +90,109 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     return x.reshape(b, h // size, size, w // size, size, c).mean(axis=(2, 4))
 
 
+# A convolution whose input has at most this many taps per output (kernel_size^2 x input
+# channels, e.g. 9 for a 3x3 kernel on a grey image) runs as elementwise multiply-adds fused with
+# its max pool, bias and activation, instead of as a library convolution.
+DIRECT_CONV_MAX_TAPS = 32
+
+
+def _conv_out_size(size: int, kernel_size: int, padding: str) -> int:
+    return size if padding == "SAME" else size - kernel_size + 1
+
+
+def _pool_phase_taps(x: jax.Array, kernel_size: int, size: int,
+                     padding: str) -> list[list[jax.Array]]:
+    """For each position (di, dj) inside the pool window, in row-major order, the conv's input
+    taps at the stride-1 conv outputs (size*i + di, size*j + dj): k*k*C arrays [B, Ho, Wo] in
+    HWIO order, so that sum_t taps[t] * kernel.reshape(-1, out)[t] is the conv there."""
+    k, channels = kernel_size, x.shape[-1]
+    if padding == "SAME":  # as lax's SAME for stride 1: the odd pixel of an even kernel goes last
+        low = (k - 1) // 2
+        x = jnp.pad(x, ((0, 0), (low, k - 1 - low), (low, k - 1 - low), (0, 0)))
+    ho, wo = (x.shape[1] - k + 1) // size, (x.shape[2] - k + 1) // size
+
+    def tap(u: int, v: int, c: int) -> jax.Array:  # padded input rows u + size*i, cols v + size*j
+        return x[:, u:u + size * (ho - 1) + 1:size, v:v + size * (wo - 1) + 1:size, c]
+
+    return [[tap(di + kh, dj + kw, c) for kh in range(k) for kw in range(k)
+             for c in range(channels)] for di in range(size) for dj in range(size)]
+
+
+def _direct_conv(taps: list[jax.Array], kernel: jax.Array) -> jax.Array:
+    """The conv at one pool position as a sum of broadcast products: with few taps this is one
+    elementwise loop that XLA fuses with what follows, where a matmul or library conv would write
+    out (and read back) the full-size map."""
+    weights = kernel.reshape(len(taps), kernel.shape[-1])
+    out = taps[0][..., None] * weights[0]
+    for t in range(1, len(taps)):
+        out = out + taps[t][..., None] * weights[t]
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def conv_max_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, size: int, padding: str,
+                  act: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """act(max_pool(conv(x, kernel)) + bias) for a stride-1 conv and a non-overlapping size x size
+    max pool (VALID), computed as max over the pool window's positions of act(conv + bias), each
+    position a direct conv: the full-size conv output is never written to memory. `act` must be
+    one of `_COMMUTES_WITH_MAX`. Gradients as Flax's layers give them (ties: first maximum)."""
+    return functools.reduce(jnp.maximum, [
+        act(_direct_conv(taps, kernel) + bias)
+        for taps in _pool_phase_taps(x, kernel.shape[0], size, padding)])
+
+
+def _conv_max_pool_fwd(x, kernel, bias, size, padding, act):
+    # Applying bias and act per window position (not once after the max) gives the same numbers,
+    # and keeps XLA from recomputing this fusion inside the transposed copy the next conv's
+    # kernel gradient reads (a transpose with fused elementwise ops is ~4.5x slower than a plain
+    # one).
+    raw = [_direct_conv(taps, kernel)
+           for taps in _pool_phase_taps(x, kernel.shape[0], size, padding)]
+    out = functools.reduce(jnp.maximum, [act(r + bias) for r in raw])
+    return out, (x, kernel, out, _first_max_index(raw))
+
+
+def _first_max_index(values: list[jax.Array]) -> jax.Array:
+    """Index of the first maximum among `values`, elementwise (int8)."""
+    top = functools.reduce(jnp.maximum, values)
+    index = jnp.full(top.shape, len(values) - 1, jnp.int8)
+    for i in reversed(range(len(values) - 1)):
+        index = jnp.where(values[i] == top, jnp.int8(i), index)
+    return index
+
+
+def _conv_max_pool_bwd(size, padding, act, residuals, g):
+    x, kernel, out, index = residuals
+    k, _, _, features = kernel.shape
+    phases = _pool_phase_taps(x, k, size, padding)
+    g = jax.vjp(act, out)[1](g)[0]  # act'(out) == act'(pre-activation), see _COMMUTES_WITH_MAX
+    per_position = jnp.stack([jnp.where(index == i, g, 0) for i in range(len(phases))])
+    taps = jnp.stack([jnp.stack(t) for t in phases])  # [positions, taps, B, Ho, Wo]
+    # One matmul per pool position (batched), summed after: contracting over the positions too
+    # would make XLA transpose both operands first.
+    dkernel = jnp.einsum("ptn,pno->pto", taps.reshape(*taps.shape[:2], -1),
+                         per_position.reshape(len(phases), -1, features)).sum(0)
+    # The input gradient (dropped by XLA when x is the image): the pooled gradient scattered to
+    # the full-size map, through the convolution's own VJP.
+    b, ho, wo, _ = g.shape
+    full = per_position.reshape(size, size, b, ho, wo, features).transpose(2, 3, 0, 4, 1, 5)
+    full = full.reshape(b, ho * size, wo * size, features)
+    conv_h, conv_w = (_conv_out_size(n, k, padding) for n in x.shape[1:3])
+    full = jnp.pad(full, ((0, 0), (0, conv_h - ho * size), (0, conv_w - wo * size), (0, 0)))
+    _, conv_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+    return conv_vjp(full)[0], dkernel.reshape(kernel.shape), g.sum(axis=(0, 1, 2))
+
+
+conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
+
+
 class Conv(nn.Module):
     """2-D convolution (NHWC input, HWIO kernel) whose parameters carry logical axis names.
 
-    `then` (e.g. a max pool, which commutes with adding the bias) runs before the bias is added.
+    With `max_pool > 1` it returns act(max_pool(conv(x)) + bias) for an `activation` in
+    `_COMMUTES_WITH_MAX`: the pool runs before the bias and activation, and a conv with few
+    input taps (`DIRECT_CONV_MAX_TAPS`) runs fused with all three.
     """
     features: int
     kernel_size: int
@@ -97,20 +202,27 @@ class Conv(nn.Module):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array,
-                 then: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, max_pool: int = 0, activation: str = "linear") -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", nn.with_logical_partitioning(
             initializers.get(self.kernel_init), CONV_AXES), shape)
+        bias = jnp.zeros((self.features,))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros, ("conv_out",)), (self.features,))
+        act = activations.get(activation)
+        if max_pool > 1 and activation not in _COMMUTES_WITH_MAX:
+            raise ValueError(f"pooling before '{activation}' changes the result; pool after it")
+        if (max_pool > 1 and self.strides == 1
+                and self.kernel_size ** 2 * x.shape[-1] <= DIRECT_CONV_MAX_TAPS):
+            y = conv_max_pool(x, kernel, bias, max_pool, self.padding, act)
+            return nn.with_logical_constraint(y, ACTIVATION_AXES)
         y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         y = nn.with_logical_constraint(y, ACTIVATION_AXES)
-        if then is not None:
-            y = then(y)
-        if self.use_bias:
-            y = y + self.param("bias", nn.with_logical_partitioning(
-                nn.initializers.zeros, ("conv_out",)), (self.features,))
-        return y
+        if max_pool > 1:
+            y = pool2d(y, "max", max_pool)
+        return act(y + bias) if self.use_bias else act(y)
 
 
 class Model(nn.Module):
@@ -148,7 +260,7 @@ class Model(nn.Module):
             conv = Conv(features, self.kernel_size, self.strides, self.padding, self.kernel_init,
                         use_bias=not self.batch_norm)  # batch norm's offset makes a bias redundant
             if pool_first:
-                x = act(conv(x, then=pool))
+                x = conv(x, max_pool=self.pool_size, activation=self.activation)
                 continue
             x = conv(x)
             if self.batch_norm:
@@ -161,7 +273,7 @@ class Model(nn.Module):
             x = dense(width, ("embed", "mlp"), self.kernel_init)(x)
             x = nn.with_logical_constraint(act(x), ("batch", "mlp"))
             if self.dropout:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+                x = activations.Dropout(self.dropout, deterministic=not train)(x)
         return dense(self.num_outputs, ("mlp", "classes"), "lecun_normal", name="head")(x)
 
 

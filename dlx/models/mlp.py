@@ -36,7 +36,7 @@ class Model(nn.Module):
                 x = batch_norm(train)(x)
             x = nn.with_logical_constraint(act(x), ("batch", "mlp"))
             if self.dropout:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+                x = activations.Dropout(self.dropout, deterministic=not train)(x)
         return dense(self.num_outputs, ("mlp", "classes"), "lecun_normal", name="head")(x)
 
 

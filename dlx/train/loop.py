@@ -135,9 +135,12 @@ def init_state(run: Run) -> TrainState:
         return jax.jit(create, out_shardings=run.state_shardings)()
 
 
-# XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow; keeping YNNPACK
-# to reductions leaves convolutions to Eigen (Fashion-MNIST CNN step: 60 -> 30 ms on 2 cores).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+# XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow: YNNPACK gets
+# reductions and single matmuls only, convolutions go to Eigen (Fashion-MNIST CNN step: 60 -> 30
+# ms on 2 cores). YNNPACK's matmuls beat Eigen's, most on a transposed operand (the dense input
+# gradient x @ W.T: 3.5 -> 1.8 ms); BENCHMARKS.md has the measurements.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def compile_steps(run: Run):
@@ -338,7 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         with _StopRequest() as stop:
             while step < run.total_steps and not stopped:
-                batch = sharding.shard_batch(next(train_iter), run.mesh)
+                batch = next(train_iter)
+                if jax.process_count() > 1:  # one process: the jitted step places the numpy
+                    batch = sharding.shard_batch(batch, run.mesh)  # batch itself, ~10x cheaper
                 with _tracing_context(run.mesh, cfg):
                     state, metrics = train_step(state, batch)
                 step += 1
