@@ -14,10 +14,20 @@ Parameters per layer (kernels stored input-major, i.e. torch's weight transposed
 The gate axis is not named "mlp" on purpose: the default rules would shard it over the `model`
 mesh axis, which puts a collective into every time step of the scan.
 
-Speed: the input projection for all time steps is one matmul before the scan; the scan body holds
-the recurrent matmul and the gate arithmetic only. Masks: a padded step keeps the carry and
-outputs zeros, so a reverse scan over a right-padded sequence starts at each sequence's last
-valid token and padding never reaches a real position.
+Masks: a padded step keeps the carry and outputs zeros, so a reverse scan over a right-padded
+sequence starts at each sequence's last valid token and padding never reaches a real position.
+
+Speed (XLA:CPU, one layer, batch 64, 128 steps, in 256, hidden 512, forward + backward):
+- The input projection for all steps is one matmul before the scan, on time-major inputs
+  (transposing the input first is ~3x faster than an einsum writing a [T, B, G*H] output).
+- The scan body holds the recurrent matmul and the gate arithmetic; each gate is activated on its
+  own slice (one sigmoid over [B, 4H], sliced afterwards, made the LSTM's gate arithmetic
+  ~1.8x slower).
+- A custom VJP runs a backward scan for the input and carry gradients only; the recurrent
+  kernel's gradient is one [H, T*B] x [T*B, G*H] matmul afterwards instead of T small ones
+  inside the loop (5-10% less CPU time than the scan's own autodiff).
+- `unroll` > 1 was not faster here. What remains is the per-step [B, H] x [H, G*H] matmul, where
+  XLA's dot reaches ~100 GFLOP per CPU-second against torch/MKL's ~145.
 """
 from __future__ import annotations
 
@@ -78,8 +88,7 @@ def project_inputs(cell: str, w: CellWeights, x: jax.Array) -> jax.Array:
 def _step(cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry,
           projected: jax.Array) -> tuple[Carry, tuple[jax.Array, ...]]:
     """One step: (new carry, the gate activations the backward pass needs). Each gate is
-    activated on its own slice: one sigmoid over all gates, sliced afterwards, made the LSTM's
-    forward scan ~1.5x slower on XLA:CPU."""
+    activated on its own slice (see the module's notes on speed)."""
     hidden = kernel.shape[0]
     h = carry_hidden(cell, carry)
     recurrent = h @ kernel
@@ -240,7 +249,8 @@ class Recurrent(nn.Module):
     def weights(self, input_dim: int) -> CellWeights:
         """The layer's parameters (created on first use), for callers that run their own scan."""
         gates = GATES[self.cell] * self.hidden_dim
-        bias_init = _forget_bias_one(self.hidden_dim) if self.cell == "lstm" else nn.initializers.zeros
+        bias_init = (_forget_bias_one(self.hidden_dim) if self.cell == "lstm"
+                     else nn.initializers.zeros)
         gate_axes = ("rnn_gates",)
         return CellWeights(
             self.param("input_kernel", nn.with_logical_partitioning(

@@ -44,7 +44,8 @@ class Model(nn.Module):
     def __post_init__(self):
         rnn.check_cell(self.cell)
         if self.num_outputs < 0:
-            raise ConfigError(f"num_outputs must be >= 0 (0 = language model), got {self.num_outputs}")
+            raise ConfigError(f"num_outputs must be >= 0 (0 = language model), "
+                              f"got {self.num_outputs}")
         if self.bidirectional and self.num_outputs == 0:
             raise ConfigError("a bidirectional recurrent model can only be a classifier "
                               "(num_outputs > 0): a language model must not see the future")
@@ -59,7 +60,7 @@ class Model(nn.Module):
         stack = rnn.RecurrentStack(self.cell, self.hidden_dim, self.num_layers,
                                    self.bidirectional, self.dropout, self.unroll, name="rnn")
         if self.num_outputs:
-            outputs, finals = stack(x, tokens != PADDING_ID, train=train)
+            _, finals = stack(x, tokens != PADDING_ID, train=train)
             last = finals[-1]
             pooled = (jnp.concatenate([rnn.carry_hidden(self.cell, c) for c in last], axis=-1)
                       if self.bidirectional else rnn.carry_hidden(self.cell, last))
@@ -69,7 +70,8 @@ class Model(nn.Module):
         if decode:
             ready = self.has_variable("cache", "carry_0")
             cache = [self.variable("cache", f"carry_{i}", rnn.zero_carry, self.cell,
-                                   tokens.shape[0], self.hidden_dim) for i in range(self.num_layers)]
+                                   tokens.shape[0], self.hidden_dim)
+                     for i in range(self.num_layers)]
             if not ready and not self.is_initializing():
                 # creating the cache is all this call does: skip the forward pass
                 return jnp.zeros(tokens.shape + (self.vocab_size,), jnp.float32)
