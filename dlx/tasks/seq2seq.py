@@ -99,6 +99,12 @@ class Task(SupervisedTask):
                                             length_penalty=d.length_penalty)
         return sequences
 
+    @functools.cached_property
+    def _jitted_decode(self):
+        """`decode` compiled once per task (a new jit of the bound method would recompile at
+        every eval)."""
+        return jax.jit(self.decode, static_argnums=2)
+
     def eval_step(self, state, batch) -> dict:
         logits = self._logits(state.apply_fn, state.params, state.model_state, batch, train=False)
         targets = batch["targets"][:, 1:]
@@ -123,8 +129,8 @@ class Task(SupervisedTask):
         source = self.source(self.config.data.eval_split, train=False)
         rows = source.read_rows(np.arange(min(NUM_EXAMPLES_SHOWN, len(source))))
         targets = rows["targets"][:, 1:]
-        predicted = np.asarray(jax.jit(self.decode, static_argnums=2)(
-            state.params, jnp.asarray(rows["inputs"]), targets.shape[1]))
+        predicted = np.asarray(self._jitted_decode(state.params, jnp.asarray(rows["inputs"]),
+                                                   targets.shape[1]))
         if not is_main_process():
             return
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
