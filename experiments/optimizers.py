@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dlx.train.metrics import read_metrics  # noqa: E402
+from experiments import common  # noqa: E402
 
 # Learning rates in each method's usual range for a small network with batch 128: the study
 # compares methods at sensible settings, not one learning rate that suits only some of them.
@@ -36,7 +35,6 @@ OPTIMIZERS = {
 
 
 def run_one(name: str, settings: dict, args) -> Path:
-    workdir = Path(args.out) / name
     overrides = {"optimizer.name": name, "optimizer.weight_decay": 0.0,
                  "optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": args.warmup_steps,
                  "num_epochs": float(args.epochs), "train_steps": 0, "seed": args.seed,
@@ -45,14 +43,10 @@ def run_one(name: str, settings: dict, args) -> Path:
     if args.train_steps:
         overrides.update(train_steps=args.train_steps, num_epochs=0.0,
                          eval_every_epochs=0.0, eval_every_steps=max(1, args.train_steps // 4))
-    command = [sys.executable, str(REPO / "launch.py"), "--config", args.config,
-               "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    print(f"[{name}] python {shlex.join(command[1:]).replace(str(REPO) + '/', '')}", flush=True)
-    subprocess.run(command, cwd=REPO, check=True)
-    return workdir
+    return common.launch_run(args.config, Path(args.out) / name, overrides, label=name)
 
 
-def write_report(workdirs: dict[str, Path], args, command: str) -> Path:
+def report(workdirs: dict[str, Path], args, command: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,12 +88,8 @@ def write_report(workdirs: dict[str, Path], args, command: str) -> Path:
     ]
     for name, acc, loss, train_loss, wall, lr in sorted(rows, key=lambda r: -r[1]):
         lines.append(f"| {name} | {lr:g} | {acc:.2%} | {loss:.4f} | {train_loss:.4f} | {wall:.0f} |")
-    lines += ["", "![loss curves](loss_curves.png)", "",
-              f"Each run's workdir is `{args.out}/<optimizer>`. Regenerate with:", "",
-              f"    {command}", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    lines += ["", "![loss curves](loss_curves.png)", ""]
+    return common.write_report(out, lines, f"{args.out}/<optimizer>", command)
 
 
 def main() -> None:
@@ -115,7 +105,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     workdirs = {name: run_one(name, OPTIMIZERS[name], args) for name in args.only}
     command = shlex.join(["python", "experiments/optimizers.py", *sys.argv[1:]])
-    print(f"Report: {write_report(workdirs, args, command)}")
+    print(f"Report: {report(workdirs, args, command)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import optax
 
 from dlx import data as data_lib
 from dlx.errors import ConfigError
+from dlx.layers.linear import param_count
 from dlx.train import config as config_lib
 from dlx.train import sharding
 from dlx.train.checkpoint import Checkpointer
@@ -380,6 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {
         "final_eval": eval_metrics, "final_train": last_train, "steps": step,
         "epochs": step / steps_per_epoch, "wall_time_s": wall,
+        "num_params": param_count(run.abstract_state.params),
         "train_steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
         "resumed_from_step": start_step, "device_count": jax.device_count(),
         "process_count": jax.process_count(), "backend": jax.default_backend(),

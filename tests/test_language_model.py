@@ -1,0 +1,62 @@
+"""A byte-level BPE language model end to end through launch.py: the tokenizer trained on the
+train split is saved in the workdir, reloaded unchanged on resume and by `launch.py sample`, and
+bits per character account for the characters each token covers."""
+from __future__ import annotations
+
+import math
+import subprocess
+
+import numpy as np
+import pytest
+
+from dlx.data.text import read_texts
+from dlx.data.tokenizers import BpeTokenizer, load_tokenizer
+from dlx.tasks.language_model import DOCUMENT_SEPARATOR
+from helpers import REPO, eval_records, launch, launch_command, launch_env, train_losses
+
+VOCAB_SIZE = 300
+BPE_GPT = ["--config", "configs/shakespeare_gpt.py:test", "--config.data.tokenizer=bpe",
+           f"--config.data.vocab_size={VOCAB_SIZE}"]
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("runs") / "bpe"
+    result = launch(*BPE_GPT, "--workdir", str(workdir), devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_bpe_run_saves_its_tokenizer_and_reports_bits_per_character(bpe_run):
+    tokenizer = load_tokenizer(bpe_run / "tokenizer.json")
+    assert isinstance(tokenizer, BpeTokenizer) and tokenizer.vocab_size == VOCAB_SIZE
+    text = DOCUMENT_SEPARATOR.join(read_texts("shakespeare", "validation"))
+    chars_per_token = len(text) / len(tokenizer.encode(text))
+    assert 1.2 < chars_per_token < 3.0  # merges learned: tokens span several characters
+    final = eval_records(bpe_run)[-1]
+    assert 0 < final["loss"] < math.log(VOCAB_SIZE) + 0.5
+    assert final["bits_per_char"] == pytest.approx(
+        final["loss"] / (math.log(2) * chars_per_token), rel=1e-5)
+
+
+def test_bpe_run_resumes_with_the_saved_tokenizer(bpe_run, tmp_path):
+    saved = (bpe_run / "tokenizer.json").read_bytes()
+    result = launch(*BPE_GPT, "--workdir", str(bpe_run), "--config.train_steps=8", devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (bpe_run / "tokenizer.json").read_bytes() == saved
+    losses = train_losses(bpe_run)
+    assert max(losses) == 8 and np.isfinite(losses[8])
+
+
+def test_bpe_sample_decodes_whole_tokens_after_the_prompt(bpe_run):
+    command = launch_command("sample", "--workdir", str(bpe_run), "--prompt", "ROMEO:",
+                             "--max_new_tokens", "20", "--temperature", "0")
+    command.remove("--config.progress_bar=False")
+    result = subprocess.run(command, cwd=REPO, env=launch_env(2), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ROMEO:") and result.stdout.endswith("\n")
+    continuation = result.stdout[len("ROMEO:"):-1]  # sample mode ends the text with a newline
+    tokenizer = load_tokenizer(bpe_run / "tokenizer.json")
+    assert continuation and "\ufffd" not in continuation  # whole tokens, valid UTF-8
+    assert len(tokenizer.encode(continuation)) <= 20
