@@ -60,6 +60,18 @@ def test_eval_mode_scores_latest_checkpoint(cnn_run):
     assert metrics["accuracy"] == pytest.approx(eval_records(workdir)[-1]["accuracy"], abs=1e-6)
 
 
+def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_summary(cnn_run):
+    workdir, _ = cnn_run
+    summary_before = (workdir / "summary.json").read_text()
+    metrics_before = (workdir / "metrics.jsonl").read_text()
+    result = launch(*CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
+                    "--config.eval_every_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "summary.json").read_text() == summary_before  # wall time, speed kept
+    assert (workdir / "metrics.jsonl").read_text() == metrics_before
+    assert "after 20 steps" in result.stdout
+
+
 @pytest.mark.parametrize("override, expected", [
     ("--config.optimizer.learnig_rate=0.1", "learning_rate"),
     ("--config.optimizer.learning_rate=fast", "learning_rate"),

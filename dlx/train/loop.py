@@ -377,6 +377,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if stopped:
         log(f"Stopped by signal at step {step}; checkpoint saved. Run the same command to resume.")
         return {"stopped_at": step}
+    summary_path = os.path.join(workdir, "summary.json")
+    if start_step >= run.total_steps and os.path.exists(summary_path):
+        # Already finished: keep the summary of the run that trained (its wall time and speed).
+        with open(summary_path) as f:
+            return {**json.load(f), "final_eval": eval_metrics}
     wall = time.time() - t_start
     summary = {
         "final_eval": eval_metrics, "final_train": last_train, "steps": step,
@@ -389,7 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "command": " ".join(sys.argv),
     }
     if is_main:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "plots"))
     return summary
