@@ -25,6 +25,15 @@ MODELS = ("gpt", "lstm", "gru")
 SAMPLE_CHARS = 400  # of each model's last sample shown in the report
 
 
+def parameter_count(workdir: Path) -> int:
+    """The run's parameters, from its saved config (and tokenizer) alone."""
+    from dlx.layers.linear import param_count
+    from dlx.train import config as config_lib
+    from dlx.train import loop
+    run = loop.prepare_run(config_lib.from_json(str(workdir / "config.json")), str(workdir))
+    return param_count(run.abstract_state.params)
+
+
 def last_sample(workdir: Path) -> str:
     samples = sorted((workdir / "samples").glob("step_*.txt"))
     if not samples:
@@ -53,7 +62,7 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         ax_steps.plot(steps, losses, marker="o", ms=3, label=name)
         ax_time.plot([seconds[s] / 60 for s in steps], losses, marker="o", ms=3, label=name)
         final = summary["final_eval"]
-        rows.append((name, summary.get("num_params"), summary["steps"], final["loss"],
+        rows.append((name, parameter_count(workdir), summary["steps"], final["loss"],
                      final["bits_per_char"], min(losses), seconds[steps[-1]],
                      summary["train_steps_per_sec"]))
         samples[name] = last_sample(workdir)
@@ -81,8 +90,7 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, params, steps, loss, bpc, best, seconds, rate in rows:
-        params_text = f"{params / 1e6:.2f} M" if params else "?"
-        lines.append(f"| {name} | {params_text} | {steps} | {loss:.4f} | {bpc:.3f} | {best:.4f} | "
+        lines.append(f"| {name} | {params / 1e6:.2f} M | {steps} | {loss:.4f} | {bpc:.3f} | {best:.4f} | "
                      f"{seconds:.0f} | {rate:.2f} |")
     lines += ["", "![validation loss](validation_loss.png)", "",
               "Training time is the sum of the logged training windows (compilation included, "
