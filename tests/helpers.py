@@ -15,6 +15,7 @@ def launch_env(devices: int = 8) -> dict[str, str]:
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
+    env.pop("PJRT_NPROC", None)  # sized by dlx for the child's own device count (dlx/runtime.py)
     return env
 
 
