@@ -199,6 +199,36 @@ def test_train_iterator_reshuffles_every_epoch():
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
 
 
+def test_batch_indices_follow_the_concatenated_epoch_permutations():
+    from dlx.data.pipeline import _epoch_permutation, shuffled_batch_indices
+    num_examples, batch_size, seed = 10, 4, 3
+    stream = np.concatenate([_epoch_permutation(num_examples, seed, epoch) for epoch in range(5)])
+    for step in range(12):  # batches inside one epoch and batches straddling two
+        np.testing.assert_array_equal(
+            shuffled_batch_indices(num_examples, batch_size, seed, step),
+            stream[step * batch_size:(step + 1) * batch_size])
+
+
+def test_in_memory_and_record_sources_give_the_same_batches_and_resume_alike():
+    class Records:  # the same rows without a bulk read_rows: the threaded grain path
+        def __init__(self, source):
+            self.source = source
+
+        def __len__(self):
+            return len(self.source)
+
+        def __getitem__(self, index):
+            return self.source[index]
+
+    source = numbered_source(30)
+    in_memory = train_iterator(source, global_batch_size=8, seed=2)
+    records = train_iterator(Records(source), global_batch_size=8, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(take(in_memory, 9), take(records, 9)))
+    resumed = train_iterator(source, global_batch_size=8, seed=2)
+    resumed.set_state(records.get_state())
+    assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 5), take(records, 5)))
+
+
 def test_batches_straddle_epochs_when_batch_size_does_not_divide():
     stream = np.concatenate(take(train_iterator(numbered_source(10), global_batch_size=4,
                                                 seed=1), 10))

@@ -133,7 +133,11 @@ def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 def shuffled_batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Example indices of global batch `step`: each epoch is a fresh seeded permutation of the
-    examples, epochs are concatenated and cut into batches, so a batch may straddle epochs."""
+    examples, epochs are concatenated and cut into batches, so a batch may straddle epochs.
+    The result may be a read-only view of the cached permutation."""
+    epoch, start = divmod(step * batch_size, num_examples)
+    if start + batch_size <= num_examples:  # the usual case: the batch lies within one epoch
+        return _epoch_permutation(num_examples, seed, epoch)[start:start + batch_size]
     epochs, offsets = np.divmod(np.arange(step * batch_size, (step + 1) * batch_size),
                                 num_examples)
     return np.concatenate([
@@ -150,6 +154,10 @@ def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: 
     rows. The iterator's `get_state()` is a small JSON-able dict (`{"next_index": step}`);
     `set_state()` on a fresh iterator built with the same arguments resumes exactly.
 
+    `num_threads` reader threads (and `prefetch` batches) serve record sources such as TFDS; a
+    source with a bulk `read_rows` (an `ArraySource`, a `text.WindowSource`) is read on the
+    calling thread, as the step runs asynchronously anyway.
+
     The step -> indices map is computed here with one numpy permutation per epoch rather than with
     `MapDataset.range(n).shuffle(seed).repeat(None).batch(b)`, whose per-index Python path costs
     ~7 us, i.e. ~1 ms of CPU per batch of 128 (which capped the pipeline at ~900 batches/s).
@@ -165,6 +173,10 @@ def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: 
         indices = shuffled_batch_indices(num_examples, global_batch_size, seed, step)
         return read_rows(source, indices[rows])
 
+    if getattr(source, "read_rows", None) is not None:
+        # A bulk read is one numpy gather (~20 us a batch): handing it to reader threads costs
+        # more CPU than it saves, and on a small machine that CPU is taken from the train step.
+        num_threads = 0
     batches = grain.MapDataset.range(sys.maxsize).map(read_batch)
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(batches.to_iter_dataset(read_options))
