@@ -121,6 +121,30 @@ def test_runs_under_jit():
     np.testing.assert_array_equal(params["head"]["kernel"], _params()["head"]["kernel"])
 
 
+def test_gradient_step_reports_the_global_gradient_norm_and_adam_update():
+    from dlx.train.state import TrainState, gradient_step
+
+    def loss_fn(params, model_state, batch, rng):
+        return batch["scale"] * _quadratic(params), ({}, model_state)
+
+    tx = optimizer.build_optimizer(_cfg(name="adamw", weight_decay=0.1), TOTAL_STEPS)
+    state = TrainState.create(apply_fn=None, variables={"params": _params()}, tx=tx,
+                              rng=jax.random.PRNGKey(0))
+    step = jax.jit(lambda state, batch: gradient_step(state, batch, loss_fn))
+    new_state, metrics = step(state, {"scale": jnp.float32(1.0)})
+
+    grads = jax.grad(_quadratic)(_params())
+    expected_norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(metrics["grad_norm"], expected_norm, rtol=1e-6)
+    updates, _ = tx.update(grads, tx.init(_params()), _params())
+    expected = optax.apply_updates(_params(), updates)
+    for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+    _, metrics = step(state, {"scale": jnp.float32(jnp.inf)})  # the NaN guard reads this norm
+    assert not np.isfinite(metrics["grad_norm"])
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 

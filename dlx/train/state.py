@@ -35,6 +35,16 @@ class TrainState:
         return jax.random.fold_in(self.rng, self.step)
 
 
+def global_norm(grads: Any) -> jax.Array:
+    """The global L2 norm, ``optax.tree.norm(grads)``, of the gradients behind a barrier.
+
+    Without the barrier XLA:CPU shares ``g * g`` between this norm and Adam's second moment, so it
+    writes the squares of every gradient to memory and reads them back for the sum; with it each
+    sum of squares is one fused read of the gradient (Fashion-MNIST MLP step: -4%).
+    """
+    return optax.tree.norm(jax.lax.optimization_barrier(grads))
+
+
 def _split_microbatches(batch: dict, num: int) -> dict:
     def split(x):
         if x.shape[0] % num:
@@ -70,7 +80,7 @@ def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn,
 
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=model_state)
     return new_state, metrics
