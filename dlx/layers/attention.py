@@ -8,7 +8,8 @@ a query may attend, broadcastable to [B, heads, T, S].
 
 Implementations (`implementation=`):
 - "einsum": head-major batched matmuls around a float32 softmax; the only one with dropout on
-  the attention probabilities.
+  the attention probabilities (mask from `activations.random_bits`, a fused Threefry: 46 ms for
+  a [64, 6, 256, 256] mask vs 320 ms for `jax.random.bernoulli` on 2 CPU cores).
 - "jax": `jax.nn.dot_product_attention` (XLA's einsums over [B, T, heads, head_dim] today; it is
   the door to cuDNN flash attention, which jax picks only when asked and for bf16/fp16).
 - "auto" (default): "einsum" on CPU or whenever probability dropout is active, else "jax".
@@ -24,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx.layers.activations import random_bits
 from dlx.layers.norms import INIT_STDDEV, Projection
 from dlx.layers.positional import rotary
 
@@ -74,9 +76,10 @@ def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
             mask = mask.reshape(mask_batch, kv_heads, groups * q_len, -1)
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
-    if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    if dropout_rate > 0.0:  # the fused Threefry mask: ~7x faster than jax.random.bernoulli here
+        keep = 1.0 - dropout_rate
+        threshold = jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
+        probs = jnp.where(random_bits(dropout_rng, probs.shape) < threshold, probs / keep, 0.0)
     out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), v)
     out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)

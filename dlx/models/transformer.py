@@ -40,13 +40,15 @@ Initialisation: GPT-2's N(0, 0.02) for embeddings and kernels, N(0, 0.02 / sqrt(
 for the projections that write into the residual stream, zero biases, unit norm scales.
 Dropout ("dropout" rng) on embeddings, attention probabilities and both residual branches.
 
-Speed (nanoGPT char model: 6 layers, 384 wide, 6 heads, context 256, vocab 65, batch 64,
-jitted forward + backward + AdamW; 2 cores shared with other jobs, load ~4): 14-22 s a step
-(~1.2 TFLOP by `train_flops_per_token`, ~55-80 GFLOP/s), about the rate of one large f32
-matmul measured at the same time (64 GFLOP/s), and level with PyTorch 2.13 (2 threads, same
-model, F.scaled_dot_product_attention): 16-17 s. Attention is ~1/4 of the step here: XLA:CPU
-runs its 256x64x256 batched matmuls at ~1/3 of the large-matmul rate. The attention
-implementation choice is in dlx/layers/attention.py.
+Speed (bench/sequence.py; nanoGPT char model: 6 layers, 384 wide, 6 heads, context 256,
+vocab 65, batch 64, dropout 0.2, the runner's forward + backward + AdamW on 2 CPU cores):
+11-13 s a step, ~1.16 TFLOP by `train_flops_per_token` (92-106 GFLOP/s, 25-29% of the
+measured f32 matmul peak); PyTorch 2.13 (2 threads, same model): 7.7 s. Dropout masks come
+from `activations.Dropout` / `random_bits` (a fused Threefry): `jax.random.bernoulli`'s masks
+cost ~4 s a step. What remains is XLA:CPU's matmul rate on these shapes (100-155 GFLOP/s for
+the weight matmuls, 25-60 for attention's 256x64x256 batched ones, vs ~280 for 2048^2) and the
+transposes it inserts before weight-gradient dots. The attention implementation choice is in
+dlx/layers/attention.py.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ import jax
 import jax.numpy as jnp
 
 from dlx.errors import ConfigError
+from dlx.layers.activations import Dropout
 from dlx.layers.attention import IMPLEMENTATIONS, MultiHeadAttention, padding_mask
 from dlx.layers.norms import INIT_STDDEV, MLPS, NORMS, Projection, make_mlp, make_norm
 from dlx.layers.positional import LearnedPositions, sinusoidal
@@ -95,7 +98,7 @@ class Block(nn.Module):
                  memory_mask: jax.Array | None = None, train: bool = False,
                  decode: bool = False) -> jax.Array:
         s = self.spec
-        drop = nn.Dropout(s.dropout, deterministic=not train)
+        drop = Dropout(s.dropout, deterministic=not train)
 
         def attention(rope_base, name):
             return MultiHeadAttention(s.num_heads, s.head_dim, s.num_kv_heads, s.bias, s.dropout,
@@ -222,7 +225,7 @@ class Model(nn.Module):
         self.wte = _embedding(self.vocab_size, self.embed_dim)
         if self.position == "learned":
             self.wpe = LearnedPositions(self.max_len, self.embed_dim)
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
         if self.kind == "encoder_decoder":
             self.encoder = Stack(spec, self.num_layers)
             self.decoder = Stack(spec, self.decoder_layers, cross=True)

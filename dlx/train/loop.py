@@ -139,7 +139,8 @@ def init_state(run: Run) -> TrainState:
 # XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow: YNNPACK gets
 # reductions and single matmuls only, convolutions go to Eigen (Fashion-MNIST CNN step: 60 -> 30
 # ms on 2 cores). YNNPACK's matmuls beat Eigen's, most on a transposed operand (the dense input
-# gradient x @ W.T: 3.5 -> 1.8 ms); BENCHMARKS.md has the measurements.
+# gradient x @ W.T: 3.5 -> 1.8 ms); BENCHMARKS.md has the measurements. YNNPACK declines a dot
+# whose left operand is contracted along its leading axis, so kernel gradients (x.T @ g) stay Eigen.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
