@@ -13,7 +13,7 @@ def get_config(arg: str | None = None):
                         hidden_dim=256, attention="bahdanau", bidirectional=True, dropout=0.1)
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 200)
     if arg == "small":
-        config.model.update(embed_dim=64, hidden_dim=128)
+        config.model.update(embed_dim=64, hidden_dim=128, dropout=0.0)  # as transformer :small
     elif arg == "test":
         config.model.update(embed_dim=16, hidden_dim=32, dropout=0.0)
     return config

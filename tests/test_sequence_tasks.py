@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dlx.data.tokenizers import load_tokenizer
-from dlx.tasks.seq2seq import edit_distances
+from dlx.tasks.base import SupervisedTask
+from dlx.tasks.seq2seq import bucket_index, bucket_shapes, edit_distances
 from helpers import REPO, eval_records, launch, launch_command, launch_env, train_losses
 
 GPT_TEST = ["--config", "configs/shakespeare_gpt.py:test"]
@@ -116,3 +118,55 @@ def test_edit_distance_matches_dynamic_programming():
                 for r in range(rows)]
     np.testing.assert_array_equal(np.asarray(distance, int), expected)
     np.testing.assert_array_equal(np.asarray(length, int), reference_len)
+
+
+def test_length_buckets_cover_every_real_id():
+    shapes = bucket_shapes(32, 32)
+    assert shapes == [(8, 9), (16, 17), (24, 25), (32, 32)]  # decoder reads targets[:, :-1]
+    assert bucket_shapes(10, 12) == [(8, 9), (10, 12)]
+    inputs, targets = np.zeros((3, 32), np.int32), np.zeros((3, 32), np.int32)
+    inputs[:, :5], targets[:, :7] = 3, 4
+    picks = {}
+    for name, (input_length, target_length) in {"short": (5, 7), "8 letters": (8, 7),
+                                                 "9 letters": (9, 7), "9 target ids": (5, 9),
+                                                 "10 target ids": (5, 10),
+                                                 "28 letters": (28, 7), "30 target ids": (5, 30)}.items():
+        i, t = inputs.copy(), targets.copy()
+        i[1, :input_length], t[2, :target_length] = 3, 4
+        picks[name] = int(bucket_index(jnp.asarray(i), jnp.asarray(t), shapes, pad_id=0))
+    assert picks == {"short": 0, "8 letters": 0, "9 letters": 1, "9 target ids": 0,
+                     "10 target ids": 1, "28 letters": 3, "30 target ids": 3}
+
+
+@pytest.mark.parametrize("long_word_row", [None, 15])
+def test_bucketed_sharded_train_step_equals_the_full_width_step(long_word_row):
+    """The jitted, 8-way data-sharded step crops to one bucket for the whole global batch (a
+    long word in the last device's rows moves every device to a wider bucket) and gives the
+    update of the uncropped step."""
+    from configs.cmudict_transformer import get_config
+    from dlx.train import loop, sharding
+
+    config = get_config("test")
+    config.data.batch_size = 16
+    config.mesh.data = 8
+    run = loop.prepare_run(config)
+    source = run.task.source("train", train=True)
+    lengths = (source.columns["inputs"] != 0).sum(1), (source.columns["targets"] != 0).sum(1)
+    short = np.flatnonzero((lengths[0] <= 8) & (lengths[1] <= 9))[:16]
+    if long_word_row is not None:
+        short[long_word_row] = np.flatnonzero(lengths[0] >= 20)[0]
+    batch = source.read_rows(short)
+    shapes = bucket_shapes(32, 32)
+    expected_bucket = 0 if long_word_row is None else 3
+    assert int(bucket_index(batch["inputs"], batch["targets"], shapes, 0)) == expected_bucket
+
+    state = loop.init_state(run)
+    with loop._tracing_context(run.mesh, config):
+        full_state, full_metrics = jax.jit(
+            lambda state, batch: SupervisedTask.train_step(run.task, state, batch))(state, batch)
+        train_step, _ = loop.compile_steps(run)
+        new_state, metrics = train_step(state, sharding.shard_batch(batch, run.mesh))
+    for key in ("loss", "cross_entropy", "token_accuracy", "grad_norm"):
+        np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=2e-5, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 new_state.params, full_state.params)

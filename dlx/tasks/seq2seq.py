@@ -5,8 +5,19 @@ pronunciation is not exactly the reference).
 
 Batches hold int32 `inputs` [B, S] (letters, padded with 0) and `targets` [B, T]
 (bos, phonemes, eos, padded with 0); the decoder reads targets[:, :-1] and predicts
-targets[:, 1:]. Works with any model keeping the encoder-decoder contract of
-`dlx.tasks.decoding` (`transformer` kind="encoder_decoder", `seq2seq`).
+targets[:, 1:].
+
+Length buckets: cmudict words average 7.5 letters, but rows are padded to 32, so a train step
+runs on the smallest of `TRAIN_LENGTH_BUCKETS` that holds every real input and decoder position
+of the global batch (16 for ~3/4 of the batches of 256, 24 for the rest: ~56% of the work of
+padding to 32; Transformer :small step 0.98 -> 0.55 s on 2 cores).
+The choice is a `lax.switch` inside the jitted step, over one cropped copy of the step per
+bucket: it reads the global (sharded) batch, so every process and device takes the same branch,
+and the data pipeline, resume and eval are untouched (eval scores every word at full width).
+Cropping drops only padding, which attention and the loss mask out.
+
+Works with any model keeping the encoder-decoder contract of `dlx.tasks.decoding` (`transformer`
+kind="encoder_decoder", `seq2seq`).
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ from dlx.tasks.base import SupervisedTask, apply_model, is_main_process
 from dlx.train.optimizer import regularization_penalty
 
 NUM_EXAMPLES_SHOWN = 20  # decoded words written to <workdir>/samples at each eval
+TRAIN_LENGTH_BUCKETS = (8, 16, 24, 32)  # input and decoder lengths a train step is cropped to
 
 
 class Task(SupervisedTask):
@@ -65,6 +77,22 @@ class Task(SupervisedTask):
     # -------------------------------------------------------------------------------------------
     # Training
     # -------------------------------------------------------------------------------------------
+    def train_step(self, state, batch):
+        """One update on the batch cropped to its length bucket (see the module docstring)."""
+        shapes = bucket_shapes(batch["inputs"].shape[1], batch["targets"].shape[1])
+        if len(shapes) == 1:
+            return super().train_step(state, batch)
+
+        def step_on(input_length: int, target_length: int):
+            def step(state, batch):
+                cropped = {**batch, "inputs": batch["inputs"][:, :input_length],
+                           "targets": batch["targets"][:, :target_length]}
+                return super(Task, self).train_step(state, cropped)
+            return step
+
+        index = bucket_index(batch["inputs"], batch["targets"], shapes, self.target_vocab.pad_id)
+        return jax.lax.switch(index, [step_on(*shape) for shape in shapes], state, batch)
+
     def _logits(self, apply_fn, params, model_state, batch, *, train, rng=None):
         variables = {"params": params, **model_state}
         rngs = {"dropout": rng} if rng is not None else None
@@ -140,6 +168,29 @@ class Task(SupervisedTask):
                 f.write(f"{mark} {self.input_vocab.decode(word, join=''):<20} "
                         f"{self.target_vocab.decode(prediction)}   (reference: "
                         f"{self.target_vocab.decode(reference)})\n")
+
+
+def bucket_shapes(input_width: int, target_width: int,
+                  buckets: tuple[int, ...] = TRAIN_LENGTH_BUCKETS) -> list[tuple[int, int]]:
+    """(input length, target length) of each bucket for batches [B, input_width] and
+    [B, target_width]: bucket n holds inputs of <= n letters and decoder inputs (targets[:, :-1])
+    of <= n ids; the last shape is the full width."""
+    decoder_width = target_width - 1
+    lengths = [n for n in sorted(buckets) if n < max(input_width, decoder_width)]
+    shapes = [(min(n, input_width), min(n, decoder_width) + 1) for n in lengths]
+    return [*shapes, (input_width, target_width)]
+
+
+def bucket_index(inputs: jax.Array, targets: jax.Array, shapes: list[tuple[int, int]],
+                 pad_id: int) -> jax.Array:
+    """The first of `shapes` (from `bucket_shapes`) holding every non-pad id of the batch."""
+    def used_width(ids):  # one past the last non-pad position of any row
+        positions = jnp.arange(1, ids.shape[1] + 1)
+        return jnp.max(jnp.where(ids != pad_id, positions, 0))
+
+    input_fits = jnp.array([n for n, _ in shapes]) >= used_width(inputs)
+    target_fits = jnp.array([n for _, n in shapes]) >= used_width(targets)
+    return jnp.argmax(input_fits & target_fits)  # the last shape always fits
 
 
 def sequence_lengths(ids: jax.Array, eos_id: int) -> jax.Array:
