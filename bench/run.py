@@ -398,18 +398,24 @@ def report(results: dict) -> str:
             ok = _verdict(r["stall"] < r["goal_stall"], r)
             lines.append(f"| {name} | {r['loop_ms']:.2f} | {r['step_ms']:.2f} "
                          f"| {_pct(r['stall'])} ({ok}) |")
-    dropped = sum(r.get("busy_rounds_dropped", 0) for r in [*models.values(), *stalls.values()])
+    sections = [("peak", peak or {}), *models.items(),
+                *((f"{name} pipeline", r) for name, r in stalls.items())]
+    return "\n".join(lines + load_notes(results, sections))
+
+
+def load_notes(results: dict, sections: list[tuple[str, dict]]) -> list[str]:
+    """Report lines on the rounds dropped as busy and the sections measured on a busy machine."""
+    lines = []
+    dropped = sum(r.get("busy_rounds_dropped", 0) for _, r in sections)
     if dropped:
         lines += ["", f"note: {dropped} timed round(s) dropped because other processes used over "
                   f"{_pct(MAX_OTHER_LOAD)} of the CPU during them (over the whole run: "
                   f"{_pct(results.get('other_processes_cpu_fraction'))})."]
-    sections = [("peak", peak or {}), *models.items(),
-                *((f"{name} pipeline", r) for name, r in stalls.items())]
     contended = [name for name, r in sections if r.get("contended")]
     if contended:
         lines += [f"WARNING: too few quiet rounds for {', '.join(contended)}: those numbers are "
                   "from a busy machine (PyTorch's suffer most). Re-run when it is idle."]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -422,10 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
               "retried (up to 3x), so this run may take longer", flush=True)
     started, other_load = time.perf_counter(), OtherLoad()
     results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
-    if "peak" in args.only:
-        peak = quiet_rounds(matmul_peak, 1)
-        results["peak"] = {**peak.kept[0], "contended": peak.contended}
-    peak_gflops = results.get("peak", {}).get("peak_gflops")
+    peak_gflops = measure_peak(results) if "peak" in args.only else None
     for name, get_config in MODELS.items():
         with_pipeline = "pipeline" in args.only and name in PIPELINE_MODELS
         if name not in args.only and not with_pipeline:
@@ -436,11 +439,24 @@ def main(argv: list[str] | None = None) -> dict:
                                                                         peak_gflops)
         if with_pipeline:
             results.setdefault("pipeline", {})[name] = pipeline_stall(name, model, args)
+    return finish(results, started, other_load, args.out, report)
+
+
+def measure_peak(results: dict) -> float:
+    """Times the f32 matmul peak into results["peak"]; returns it in GFLOP/s."""
+    peak = quiet_rounds(matmul_peak, 1)
+    results["peak"] = {**peak.kept[0], "contended": peak.contended}
+    return results["peak"]["peak_gflops"]
+
+
+def finish(results: dict, started: float, other_load: OtherLoad, out: str,
+           report_fn: Callable[[dict], str]) -> dict:
+    """Adds the run's wall time and the other processes' CPU share, prints the report, saves."""
     results["wall_s"] = time.perf_counter() - started
     results["other_processes_cpu_fraction"] = other_load.fraction()
-    print(report(results))
-    print(f"\n({results['wall_s']:.0f} s; results in {os.path.relpath(args.out)})")
-    with open(args.out, "w") as f:
+    print(report_fn(results))
+    print(f"\n({results['wall_s']:.0f} s; results in {os.path.relpath(out)})")
+    with open(out, "w") as f:
         json.dump(results, f, indent=2)
     return results
 

@@ -286,16 +286,7 @@ def report(results: dict) -> str:
                 f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}{peak_note}) "
                 f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |")
     sections = [("peak", peak or {}), *layers.items(), *gpts.items()]
-    dropped = sum(r.get("busy_rounds_dropped", 0) for _, r in sections)
-    if dropped:
-        lines += ["", f"note: {dropped} timed round(s) dropped because other processes used over "
-                  f"{pct(bench_run.MAX_OTHER_LOAD)} of the CPU during them (over the whole run: "
-                  f"{pct(results.get('other_processes_cpu_fraction'))})."]
-    contended = [name for name, r in sections if r.get("contended")]
-    if contended:
-        lines += [f"WARNING: too few quiet rounds for {', '.join(contended)}: those numbers are "
-                  "from a busy machine. Re-run when it is idle."]
-    return "\n".join(lines)
+    return "\n".join(lines + bench_run.load_notes(results, sections))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -304,23 +295,14 @@ def main(argv: list[str] | None = None) -> dict:
     started, other_load = time.perf_counter(), bench_run.OtherLoad()
     results: dict[str, Any] = {"machine": bench_run.machine_info(), "command": " ".join(sys.argv),
                                "load_average_at_start": os.getloadavg()}
-    if "peak" in args.only:
-        peak = bench_run.quiet_rounds(bench_run.matmul_peak, 1)
-        results["peak"] = {**peak.kept[0], "contended": peak.contended}
-    peak_gflops = results.get("peak", {}).get("peak_gflops")
+    peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     for cell in LAYERS:
         if cell in args.only:
             results[cell] = compare_layer(cell, args)
     for section in GPTS:
         if section in args.only:
             results[section] = compare_gpt(section, args, peak_gflops)
-    results["wall_s"] = time.perf_counter() - started
-    results["other_processes_cpu_fraction"] = other_load.fraction()
-    print(report(results))
-    print(f"\n({results['wall_s']:.0f} s; results in {os.path.relpath(args.out)})")
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    return results
+    return bench_run.finish(results, started, other_load, args.out, report)
 
 
 if __name__ == "__main__":
