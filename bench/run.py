@@ -68,16 +68,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipeline-rounds", type=int, default=9,
                         help="pipeline-stall rounds; the stall is a small difference of two "
                              "medians, so it takes more rounds than the step times")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run: {', '.join(SECTIONS)}")
-    parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results.json"))
-    args = parser.parse_args(argv)
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.only) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    args = parse_with_sections(parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results.json"))
     if min(args.rounds, args.pipeline_rounds) < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--rounds, --pipeline-rounds and --steps must be >= 1")
+    return args
+
+
+def parse_with_sections(parser: argparse.ArgumentParser, argv: list[str] | None,
+                        sections: tuple[str, ...], out: str) -> argparse.Namespace:
+    """Adds --only (comma-separated sections, checked against `sections`) and --out, parses."""
+    parser.add_argument("--only", default=",".join(sections),
+                        help=f"comma-separated sections to run: {', '.join(sections)}")
+    parser.add_argument("--out", default=out)
+    args = parser.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(sections)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(sections)}")
     return args
 
 
@@ -367,7 +374,8 @@ def _verdict(met: bool, result: dict) -> str:
     return "busy machine" if result.get("contended") else "ok" if met else "MISSED"
 
 
-def report(results: dict) -> str:
+def report_header(results: dict) -> list[str]:
+    """The machine and, when measured, its matmul peak: the first lines of every bench report."""
     lines = [f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
              + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items())]
     peak = results.get("peak")
@@ -376,6 +384,12 @@ def report(results: dict) -> str:
             f"{k} {v:.0f}" for k, v in peak["gflops"].items()),
             f"this machine's measured f32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
             f"({peak['peak_from']})"]
+    return lines
+
+
+def report(results: dict) -> str:
+    lines = report_header(results)
+    peak = results.get("peak")
     models = results.get("models", {})
     if models:
         batch = next(iter(models.values()))["batch_size"]

@@ -64,14 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train steps per round for the nanoGPT-size model")
     parser.add_argument("--gpt-small-steps", type=int, default=10,
                         help="train steps per round for the :small model")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run: {', '.join(SECTIONS)}")
-    parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results_sequence.json"))
-    args = parser.parse_args(argv)
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.only) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    args = bench_run.parse_with_sections(parser, argv, SECTIONS,
+                                         os.path.join(BENCH_DIR, "results_sequence.json"))
     if min(args.rounds, args.gpt_rounds, args.layer_steps, args.gpt_steps,
            args.gpt_small_steps) < 1:
         parser.error("--rounds and the --*-steps must be >= 1")
@@ -246,13 +240,8 @@ def compare_gpt(section: str, args, peak_gflops: float | None) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------------
 def report(results: dict) -> str:
     pct, verdict = bench_run._pct, bench_run._verdict
-    lines = [f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
-             + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items())]
+    lines = bench_run.report_header(results)
     peak = results.get("peak")
-    if peak:
-        lines += ["", "f32 matmul GFLOP/s (median): " + ", ".join(
-            f"{k} {v:.0f}" for k, v in peak["gflops"].items()),
-            f"measured f32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_from']})"]
     layers = {k: results[k] for k in LAYERS if k in results}
     if layers:
         s = LAYER_SHAPE
