@@ -6,9 +6,9 @@ and schedule, and compare validation losses at the same steps.
     .venv/bin/python bench/lm_parity.py                      # gpt, lstm, gru at :small
     .venv/bin/python bench/lm_parity.py --models gpt --steps 500
 
-Writes bench/results_lm_parity.json and bench/lm_parity.png (validation loss vs step and vs wall
-time for both). Dropout masks come from each framework's own generator, so the curves agree
-statistically, not bit for bit.
+Writes bench/results_lm_parity.json and, next to it with the same stem, a .png (`--out` moves
+both): validation loss against step and wall time for both. Dropout masks come from each
+framework's own generator, so the curves agree statistically, not bit for bit.
 """
 from __future__ import annotations
 
