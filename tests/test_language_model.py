@@ -60,3 +60,14 @@ def test_bpe_sample_decodes_whole_tokens_after_the_prompt(bpe_run):
     tokenizer = load_tokenizer(bpe_run / "tokenizer.json")
     assert continuation and "\ufffd" not in continuation  # whole tokens, valid UTF-8
     assert len(tokenizer.encode(continuation)) <= 20
+
+
+def test_init_from_takes_the_source_runs_tokenizer(bpe_run, tmp_path):
+    """Fine-tuning on other text keeps the source's token ids: its tokenizer, not a new one
+    trained on the new train split (here the validation works, whose merges differ)."""
+    workdir = tmp_path / "finetune"
+    result = launch(*BPE_GPT, "--workdir", str(workdir), f"--config.init_from={bpe_run}",
+                    "--config.data.train_split=validation", "--config.train_steps=3", devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "tokenizer.json").read_bytes() == (bpe_run / "tokenizer.json").read_bytes()
+    assert "Initialised from" in result.stdout

@@ -174,3 +174,84 @@ def test_keeps_the_latest_and_the_best_checkpoint(tmp_path):
     best = max(evals, key=lambda r: (r["accuracy"], -r["step"]))["step"]
     kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == sorted({best, 60})
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A finished digits run for config.init_from to start from (8 devices)."""
+    workdir = tmp_path_factory.mktemp("source") / "run"
+    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
+                    "--config.train_steps=40", "--config.eval_every_steps=40")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def _final_eval(workdir) -> dict:
+    return json.loads((workdir / "summary.json").read_text())["final_eval"]
+
+
+def test_init_from_starts_from_the_source_weights_then_resumes_its_own(source_run, tmp_path):
+    """Warm start on another mesh (2 devices) with a zero learning rate: one step later the new
+    run evaluates exactly as its source. Re-running it resumes its own checkpoint instead."""
+    workdir = tmp_path / "finetune"
+    args = (*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
+            f"--config.init_from={source_run}", "--config.optimizer.learning_rate=0.0",
+            "--config.eval_every_steps=1")
+    first = launch(*args, "--config.train_steps=1", devices=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Initialised from" in first.stdout and "step 40" in first.stdout
+    source, tuned = _final_eval(source_run), _final_eval(workdir)
+    assert tuned.keys() == source.keys()
+    for name in source:
+        np.testing.assert_allclose(tuned[name], source[name], rtol=1e-5, err_msg=name)
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == 1
+
+    again = launch(*args, "--config.train_steps=2", devices=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed from" in again.stdout and "Initialised from" not in again.stdout
+
+
+@pytest.mark.parametrize("init_from, override, expected", [
+    ("missing", (), "holds no finished checkpoint"),
+    ("source", ("--config.model.hidden=(32,64)",), "needs the same model config"),
+])
+def test_bad_init_from_is_one_clear_error_and_writes_nothing(source_run, tmp_path, init_from,
+                                                             override, expected):
+    path = source_run if init_from == "source" else tmp_path / "nothing_here"
+    workdir = tmp_path / "finetune"
+    result = launch(*DIGITS, "--workdir", str(workdir), f"--config.init_from={path}", *override,
+                    devices=1)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert message and expected in message[0] and "init_from" in message[0], result.stderr[-2000:]
+    assert not workdir.exists()
+
+
+def test_init_from_carries_batch_statistics(tmp_path):
+    """Params and model state (batch norm's running statistics) come over exactly; the step and
+    optimizer state start afresh."""
+    import jax
+    from dlx.train import checkpoint, loop
+    from configs.digits_mlp import get_config
+
+    config = get_config()
+    config.update(num_epochs=0.0, train_steps=3, progress_bar=False, checkpoint_every_steps=3)
+    config.model.batch_norm = True
+    source = tmp_path / "source"
+    loop.train_and_evaluate(config, str(source))
+
+    config.init_from = str(source)
+    run = loop.prepare_run(config)
+    step = checkpoint.warm_start_step(str(source), run.abstract_state)
+    started = loop.init_state(run, checkpoint.restore_variables(
+        str(source), step, run.abstract_state, run.state_shardings))
+    saved = checkpoint.Checkpointer(str(source / "checkpoints"), keep_latest=1, best_metric="",
+                                    best_mode="max", read_only=True)
+    finished, _ = saved.restore(run.abstract_state, run.state_shardings, with_data=False)
+    saved.close()
+    assert step == 3 and int(started.step) == 0 and int(finished.step) == 3
+    assert jax.tree.leaves(finished.model_state)  # the MLP with batch norm has running stats
+    for part in ("params", "model_state"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(started, part), getattr(finished, part))
+    fresh_opt = jax.tree.leaves(loop.init_state(run).opt_state)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(started.opt_state), fresh_opt)

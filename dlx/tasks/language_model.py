@@ -56,13 +56,18 @@ class Task(SupervisedTask):
 
     @staticmethod
     def _load_or_train_tokenizer(config, data_dir, workdir) -> Tokenizer:
-        saved = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
-        if saved and os.path.exists(saved):
-            tokenizer = load_tokenizer(saved)
-            if tokenizer.kind != config.data.tokenizer:
-                raise ConfigError(f"{saved} is a '{tokenizer.kind}' tokenizer but the config asks "
-                                  f"for '{config.data.tokenizer}'; pick a new --workdir")
-            return tokenizer
+        """The workdir's saved tokenizer, else that of the run in config.init_from (its weights
+        only make sense with its ids), else one trained on the train split."""
+        for run_dir in (workdir, config.get("init_from")):
+            saved = os.path.join(run_dir, TOKENIZER_FILE) if run_dir else None
+            if saved and os.path.exists(saved):
+                tokenizer = load_tokenizer(saved)
+                if tokenizer.kind != config.data.tokenizer:
+                    raise ConfigError(f"{saved} is a '{tokenizer.kind}' tokenizer but the config "
+                                      f"asks for '{config.data.tokenizer}'; set "
+                                      f"config.data.tokenizer='{tokenizer.kind}' or pick another "
+                                      f"--workdir / init_from")
+                return tokenizer
         texts = read_texts(config.data.name, config.data.train_split, data_dir)
         return train_tokenizer(config.data.tokenizer, texts, config.data.vocab_size or None)
 

@@ -2,15 +2,25 @@
 
 Restoring goes into an abstract target whose leaves carry the *current* mesh's shardings, so a
 run saved on 8 devices resumes on 1 and the other way round.
+
+`config.init_from` (`warm_start_step`, `restore_variables`) starts a new run from another run's
+latest checkpoint: its params and model state (e.g. batch statistics) only; the step, optimizer
+state, RNG and data position start afresh.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
+
+from dlx.errors import ConfigError
+
+WARM_START_ITEMS = ("params", "model_state")
 
 
 class Checkpointer:
@@ -59,3 +69,63 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def finished_step(directory: str) -> int | None:
+    """The latest finished checkpoint step under `directory`, or None; creates nothing."""
+    if not os.path.isdir(directory):
+        return None
+    return max(ocp.utils.checkpoint_steps(directory), default=None)
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def warm_start_step(workdir: str, abstract_state: Any) -> int:
+    """The step of `workdir`'s latest checkpoint, after checking that its params and model state
+    have exactly the names, shapes and dtypes of `abstract_state`'s; raises ConfigError (naming
+    what differs) otherwise. Reads metadata only."""
+    where = f"config.init_from='{workdir}'"
+    step = finished_step(os.path.join(workdir, "checkpoints"))
+    if step is None:
+        raise ConfigError(f"{where} holds no finished checkpoint; give the workdir of a run that "
+                          f"has saved one (its checkpoints/ folder)")
+    stored = ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state")
+    stored = _flat({k: stored[k] for k in WARM_START_ITEMS if k in stored})
+    wanted = _flat({k: getattr(abstract_state, k) for k in WARM_START_ITEMS})
+    missing = sorted(wanted.keys() - stored.keys())
+    extra = sorted(stored.keys() - wanted.keys())
+    if missing or extra:
+        raise ConfigError(f"{where} (step {step}) does not hold this model's variables: "
+                          f"missing {missing[:3]}, not in this model {extra[:3]}; init_from needs "
+                          f"the same model config")
+    for name, leaf in wanted.items():
+        have = stored[name]
+        if tuple(have.shape) != tuple(leaf.shape) or have.dtype != leaf.dtype:
+            raise ConfigError(f"{where} (step {step}): '{name}' is {have.dtype}{list(have.shape)} "
+                              f"there but {leaf.dtype}{list(leaf.shape)} in this model; init_from "
+                              f"needs the same model config")
+    return step
+
+
+def restore_variables(workdir: str, step: int, abstract_state: Any, shardings: Any) -> dict:
+    """{'params': ..., 'model_state': ...} of `workdir`'s checkpoint `step`, laid out with
+    `shardings` (this run's mesh); check it first with `warm_start_step`."""
+    target = {k: jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        getattr(abstract_state, k), getattr(shardings, k)) for k in WARM_START_ITEMS
+        if jax.tree.leaves(getattr(abstract_state, k))}  # most models have no model state
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state"),
+        args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+    return {"model_state": {}, **restored}

@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2       # the latest K, plus the best by best_metric
     c.best_metric = ""           # an eval metric name; "" takes the task's default
     c.nan_policy = "stop"        # "stop": halt, naming the last good checkpoint; "skip": drop the update
+    c.init_from = ""             # a workdir: start from its latest checkpoint's params (fine-tuning)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.sharding_rules = DEFAULT_RULES
     c.progress_bar = True
@@ -197,6 +198,7 @@ def from_json(path: str) -> ml_collections.ConfigDict:
             values = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
+    values.setdefault("init_from", "")  # added after the first runs; their config.json lacks it
     return ml_collections.ConfigDict(_tuples(values))
 
 

@@ -29,7 +29,8 @@ from dlx.errors import ConfigError
 from dlx.layers.linear import param_count
 from dlx.train import config as config_lib
 from dlx.train import sharding
-from dlx.train.checkpoint import Checkpointer
+from dlx.train.checkpoint import (Checkpointer, finished_step, restore_variables,
+                                  warm_start_step)
 from dlx.train.metrics import MetricWriter, plot_curves
 from dlx.train.optimizer import build_optimizer, learning_rate_at
 from dlx.train.state import TrainState
@@ -123,17 +124,22 @@ def _tracing_context(mesh, config) -> contextlib.ExitStack:
     return stack
 
 
-def init_state(run: Run) -> TrainState:
+def init_state(run: Run, variables: dict | None = None) -> TrainState:
+    """A step-0 state: from `variables` ({'params': ..., 'model_state': ...}, e.g. another
+    run's, see `config.init_from`) if given, else freshly initialised from config.seed."""
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(run.config.seed))
 
-    def create():
-        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in run.example_batch.items()}
-        variables = nn.meta.unbox(run.task.init(init_rng, batch))
-        return TrainState.create(apply_fn=run.model.apply, variables=variables, tx=run.tx,
+    def create(given):
+        if given is None:
+            batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in run.example_batch.items()}
+            fresh = nn.meta.unbox(run.task.init(init_rng, batch))
+        else:
+            fresh = {"params": given["params"], **given["model_state"]}
+        return TrainState.create(apply_fn=run.model.apply, variables=fresh, tx=run.tx,
                                  rng=state_rng)
 
     with _tracing_context(run.mesh, run.config):
-        return jax.jit(create, out_shardings=run.state_shardings)()
+        return jax.jit(create, out_shardings=run.state_shardings)(variables)
 
 
 # XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow: YNNPACK gets
@@ -262,6 +268,12 @@ class _StopRequest:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run = prepare_run(config, workdir)
     _check_workdir_config(config, workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    # One order of initialisation: the workdir's checkpoint, else config.init_from, else scratch.
+    start_step = finished_step(checkpoints) or 0
+    warm_start = None
+    if not start_step and config.init_from:  # checked before anything is written
+        warm_start = config.init_from, warm_start_step(config.init_from, run.abstract_state)
     _write_config(config, workdir)
     if jax.process_index() == 0:
         run.task.write_run_files(workdir)
@@ -269,21 +281,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg = run.config
 
     best_name, best_mode = _best_metric(run)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                keep_latest=cfg.keep_checkpoints, best_metric=best_name,
-                                best_mode=best_mode)
+    checkpointer = Checkpointer(checkpoints, keep_latest=cfg.keep_checkpoints,
+                                best_metric=best_name, best_mode=best_mode)
     train_source = run.task.source(cfg.data.train_split, train=True)
     train_iter = data_lib.train_iterator(
         train_source, global_batch_size=cfg.data.batch_size, seed=cfg.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch)
 
-    # One order of initialisation: the workdir's checkpoint, else from scratch.
-    start_step = checkpointer.latest_step() or 0
     if start_step:
         state, data_state = checkpointer.restore(run.abstract_state, run.state_shardings)
         train_iter.set_state(data_state)
         log(f"Resumed from {workdir}/checkpoints at step {start_step}.")
+    elif warm_start:
+        source, source_step = warm_start
+        state = init_state(run, restore_variables(
+            source, source_step, run.abstract_state, run.state_shardings))
+        log(f"Initialised from {source}/checkpoints at step {source_step} (params and model "
+            f"state; step, optimizer and data start afresh).")
     else:
         state = init_state(run)
     _write_model_summary(run, workdir)
