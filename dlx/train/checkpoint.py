@@ -10,7 +10,6 @@ state, RNG and data position start afresh.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -78,14 +77,10 @@ def finished_step(directory: str) -> int | None:
     return max(ocp.utils.checkpoint_steps(directory), default=None)
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[prefix + key] = value
-    return out
+def _named_leaves(tree: Any) -> dict[str, Any]:
+    """{'params/Dense_0/kernel': leaf, ...}"""
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def warm_start_step(workdir: str, abstract_state: Any) -> int:
@@ -99,8 +94,8 @@ def warm_start_step(workdir: str, abstract_state: Any) -> int:
                           f"has saved one (its checkpoints/ folder)")
     stored = ocp.PyTreeCheckpointHandler().metadata(
         epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state")
-    stored = _flat({k: stored[k] for k in WARM_START_ITEMS if k in stored})
-    wanted = _flat({k: getattr(abstract_state, k) for k in WARM_START_ITEMS})
+    stored = _named_leaves({k: stored[k] for k in WARM_START_ITEMS if k in stored})
+    wanted = _named_leaves({k: getattr(abstract_state, k) for k in WARM_START_ITEMS})
     missing = sorted(wanted.keys() - stored.keys())
     extra = sorted(stored.keys() - wanted.keys())
     if missing or extra:
