@@ -1,8 +1,8 @@
 """Grapheme-to-phoneme on CMUdict with the encoder-decoder Transformer (3 + 3 layers, 256 wide,
 4 heads; the size of the small G2P Transformers in the literature, which report phoneme error
 rate ~5-6% and word error rate ~22-25%). Eval decodes the validation words (beam search with
-`--config.decoding.beam_size`). Variants: `:small` (128 wide, 8 epochs without dropout: ~3,500
-steps of ~0.4 s on 2 idle cores, under an hour on a busy one), `:test` (tiny).
+`--config.decoding.beam_size`). Variants: `:small` (128 wide, 8 epochs without dropout: 3,514
+steps of ~0.5 s on 2 cores, ~31 min; PER 8.2% / WER 34.0% greedy on validation), `:test` (tiny).
 
     python launch.py --config configs/cmudict_transformer.py:small --workdir runs/g2p_small
 """
