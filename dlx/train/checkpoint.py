@@ -22,6 +22,17 @@ from dlx.errors import ConfigError
 WARM_START_ITEMS = ("params", "model_state")
 
 
+def _restore_target(abstract: Any, shardings: Any) -> Any:
+    """Abstract leaves carrying this run's shardings: what Orbax restores into."""
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract, shardings)
+
+
+def _state_dir(workdir: str, step: int) -> epath.Path:
+    return epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state"
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep_latest: int, best_metric: str, best_mode: str,
                  read_only: bool = False):
@@ -54,9 +65,7 @@ class Checkpointer:
                 with_data: bool = True) -> tuple[Any, dict | None]:
         """The state at `step` (default: latest), laid out with `shardings`, and the data state."""
         step = self.manager.latest_step() if step is None else step
-        target = jax.tree.map(
-            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            abstract_state, shardings)
+        target = _restore_target(abstract_state, shardings)
         items = {"state": ocp.args.StandardRestore(target)}
         if with_data:
             items["data"] = ocp.args.JsonRestore()
@@ -92,8 +101,7 @@ def warm_start_step(workdir: str, abstract_state: Any) -> int:
     if step is None:
         raise ConfigError(f"{where} holds no finished checkpoint; give the workdir of a run that "
                           f"has saved one (its checkpoints/ folder)")
-    stored = ocp.PyTreeCheckpointHandler().metadata(
-        epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state")
+    stored = ocp.PyTreeCheckpointHandler().metadata(_state_dir(workdir, step))
     stored = _named_leaves({k: stored[k] for k in WARM_START_ITEMS if k in stored})
     wanted = _named_leaves({k: getattr(abstract_state, k) for k in WARM_START_ITEMS})
     missing = sorted(wanted.keys() - stored.keys())
@@ -114,13 +122,11 @@ def warm_start_step(workdir: str, abstract_state: Any) -> int:
 def restore_variables(workdir: str, step: int, abstract_state: Any, shardings: Any) -> dict:
     """{'params': ..., 'model_state': ...} of `workdir`'s checkpoint `step`, laid out with
     `shardings` (this run's mesh); check it first with `warm_start_step`."""
-    target = {k: jax.tree.map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        getattr(abstract_state, k), getattr(shardings, k)) for k in WARM_START_ITEMS
-        if jax.tree.leaves(getattr(abstract_state, k))}  # most models have no model state
+    target = {k: _restore_target(getattr(abstract_state, k), getattr(shardings, k))
+              for k in WARM_START_ITEMS
+              if jax.tree.leaves(getattr(abstract_state, k))}  # most models have no model state
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state"),
-        args=ocp.args.PyTreeRestore(
+        _state_dir(workdir, step), args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
     return {"model_state": {}, **restored}
