@@ -12,7 +12,8 @@ import pytest
 
 from dlx.data.tokenizers import load_tokenizer
 from dlx.tasks.base import SupervisedTask
-from dlx.tasks.seq2seq import bucket_index, bucket_shapes, edit_distances
+from dlx.tasks.seq2seq import (bucket_index, bucket_shapes, closest_edit_distances,
+                               edit_distances)
 from helpers import REPO, eval_records, launch, launch_command, launch_env, train_losses
 
 GPT_TEST = ["--config", "configs/shakespeare_gpt.py:test"]
@@ -89,6 +90,9 @@ def test_seq2seq_g2p_runs_and_scores_decoded_words(config, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = eval_records(workdir)[-1]
     assert 0.0 < final["phoneme_error_rate"] and 0.0 < final["word_error_rate"] <= 1.0
+    # Scored against any of its pronunciations, a word can only gain.
+    assert final["word_error_rate_any"] <= final["word_error_rate"]
+    assert 0.0 < final["phoneme_error_rate_any"]
     lines = (workdir / "samples" / "step_0000006.txt").read_text().splitlines()
     assert len(lines) == 20 and all("(reference: " in line for line in lines)
 
@@ -118,6 +122,28 @@ def test_edit_distance_matches_dynamic_programming():
                 for r in range(rows)]
     np.testing.assert_array_equal(np.asarray(distance, int), expected)
     np.testing.assert_array_equal(np.asarray(length, int), reference_len)
+
+
+def test_closest_edit_distance_takes_the_nearest_present_reference():
+    rng = np.random.RandomState(1)
+    eos, pad, rows, k = 2, 0, 200, 3
+    predicted = rng.randint(3, 6, (rows, 6))
+    predicted[:, 5] = eos
+    references = np.full((rows, k, 6), pad)
+    present = rng.randint(1, k + 1, rows)  # the first reference is always there
+    lengths = rng.randint(1, 6, (rows, k))
+    for r in range(rows):
+        for j in range(present[r]):
+            references[r, j, :lengths[r, j]] = rng.randint(3, 6, lengths[r, j])
+            references[r, j, lengths[r, j]] = eos
+    references[0, 1] = references[0, 0]  # a tie goes to the first
+    distance, length = closest_edit_distances(jnp.asarray(predicted), jnp.asarray(references),
+                                              eos, pad)
+    for r in range(rows):
+        options = [(_levenshtein(predicted[r, :5], references[r, j, :lengths[r, j]]), j)
+                   for j in range(present[r])]
+        best, j = min(options)
+        assert (distance[r], length[r]) == (best, lengths[r, j])
 
 
 def test_length_buckets_cover_every_real_id():

@@ -1,5 +1,6 @@
 """Text data: shakespeare and cmudict builders (small generated sources, plus the real files when
 this machine has them), tokenizers, language-model windows and the G2P encodings."""
+import collections
 import io
 import json
 import subprocess
@@ -13,8 +14,9 @@ import tokenizers as hf_tokenizers
 import dlx.data as data
 from dlx.data import builders
 from dlx.data.pipeline import train_iterator
-from dlx.data.text import (BOS_ID, EOS_ID, PAD_ID, G2P_MAX_INPUT_LENGTH, G2P_MAX_TARGET_LENGTH,
-                           G2PVocab, WindowSource, g2p_source, read_texts)
+from dlx.data.text import (BOS_ID, EOS_ID, PAD_ID, G2P_MAX_INPUT_LENGTH, G2P_MAX_PRONUNCIATIONS,
+                           G2P_MAX_TARGET_LENGTH, G2PVocab, WindowSource, g2p_source,
+                           read_texts)
 from dlx.data.tokenizers import (UNKNOWN_ID, BpeTokenizer, CharTokenizer, load_tokenizer,
                                  train_tokenizer)
 from dlx.errors import DataError
@@ -80,21 +82,25 @@ def fake_cmudict_entries() -> list[tuple[str, list[str]]]:
 
 @pytest.fixture(scope="module")
 def fake_cmudict(tmp_path_factory):
-    """(path, {word: stressless phonemes}) of a cmudict.dict with alternates, comments and
+    """(path, {word: stressless primary phonemes}, {word: distinct stressless alternates}) of a
+    cmudict.dict with alternates (some equal to the primary once stress is gone), comments and
     words outside a-z and apostrophe."""
     entries = fake_cmudict_entries()
-    lines = []
+    lines, alternates = [], {}
     for word, phonemes in entries:
         lines.append(f"{word} {' '.join(phonemes)}")
         if word.endswith("h"):
-            lines.append(f"{word}(2) EY1 # an alternate pronunciation, dropped")
-    lines += ["able-bodied EY1 B AH0 L B AA1 D IY0", "a.m. EY2 EH1 M", "",
+            lines += [f"{word}(2) EY1 # an alternate pronunciation", f"{word}(3) EY2"]
+            alternates[word] = ["EY"]
+        if word.endswith("i"):  # differs only in stress: not a second pronunciation
+            lines.append(f"{word}(2) {' '.join(p.replace('1', '2') for p in phonemes)}")
+    lines += ["able-bodied EY1 B AH0 L B AA1 D IY0", "a.m. EY2 EH1 M", "a.m.(2) EY1 EH1 M", "",
               "ahhh AA1 # place, made up"]
     path = tmp_path_factory.mktemp("cmudict") / "cmudict.dict"
     path.write_text("\n".join(lines) + "\n")
     expected = {word: " ".join(p.rstrip("012") for p in phonemes) for word, phonemes in entries}
     expected["ahhh"] = "AA"
-    return path, expected
+    return path, expected, alternates
 
 
 @pytest.fixture(scope="module")
@@ -176,19 +182,21 @@ def cmudict_split_words(data_dir) -> dict[str, list[str]]:
 
 
 def test_cmudict_primary_stressless_pronunciations_and_split(fake_cmudict, cmudict_data_dir):
-    _, expected = fake_cmudict
+    _, expected, alternates = fake_cmudict
     words = list(expected)  # file order
     info = data.info("cmudict", cmudict_data_dir)
     assert info.num_examples == {"train": 42, "validation": 2, "test": 2}  # 46 words, 5% = 2
-    assert set(info.features) == {"word", "phonemes"}
+    assert set(info.features) == {"word", "phonemes", "alternates"}
     splits = cmudict_split_words(cmudict_data_dir)
     rows = builders.cmudict_split(len(words))
     for split, split_words in splits.items():
         assert split_words == [words[row] for row in rows[split]]  # documented rows, file order
     assert sorted(sum(splits.values(), [])) == sorted(words)  # disjoint, nothing lost
     train = data.source("cmudict", "train", cmudict_data_dir)
-    for word, phonemes in zip(train.columns["word"], train.columns["phonemes"]):
+    for word, phonemes, others in zip(train.columns["word"], train.columns["phonemes"],
+                                      train.columns["alternates"]):
         assert phonemes.decode() == expected[word.decode()]
+        assert others.decode() == ", ".join(alternates.get(word.decode(), []))
 
 
 def test_cmudict_split_is_seeded_and_sized():
@@ -200,9 +208,19 @@ def test_cmudict_split_is_seeded_and_sized():
     assert not np.array_equal(rows["test"], builders.cmudict_split(1000, seed=1)["test"])
 
 
-def test_read_cmudict_drops_alternates_and_non_letter_words(fake_cmudict):
-    entries, dropped = builders.read_cmudict(fake_cmudict[0])
-    assert dict(entries) == fake_cmudict[1] and dropped == ["able-bodied", "a.m."]
+def test_read_cmudict_keeps_distinct_alternates_and_drops_non_letter_words(fake_cmudict):
+    path, expected, alternates = fake_cmudict
+    entries, dropped = builders.read_cmudict(path)
+    assert dict(entries) == {word: [primary, *alternates.get(word, [])]
+                             for word, primary in expected.items()}
+    assert dropped == ["able-bodied", "a.m."]
+
+
+def test_cmudict_alternate_before_its_word_is_a_data_error(tmp_path):
+    path = tmp_path / "cmudict.dict"
+    path.write_text("abc(2) EY1\nabc AA1\n")
+    with pytest.raises(DataError, match="before the primary"):
+        builders.read_cmudict(path)
 
 
 def test_missing_cmudict_is_a_data_error(tmp_path, monkeypatch):
@@ -221,10 +239,14 @@ def test_real_cmudict_counts_and_split():
     assert {split: len(r) for split, r in rows.items()} == {"train": 112_434,
                                                            "validation": 6_246, "test": 6_246}
     assert [entries[row][0] for row in rows["test"][:3]] == ["aaa", "aalburg", "aaron"]
-    assert dict(entries)["shakespeare"] == "SH EY K S P IY R"
+    pronunciations = dict(entries)
+    assert pronunciations["shakespeare"] == ["SH EY K S P IY R"]
+    assert pronunciations["tomato"] == ["T AH M EY T OW", "T AH M AA T OW"]
+    assert collections.Counter(map(len, pronunciations.values())) == {
+        1: 116_813, 2: 7_630, 3: 338, 4: 145}  # 4 = G2P_MAX_PRONUNCIATIONS
     # The default G2P array lengths hold every word (28 letters; bos + 28 phonemes + eos).
     assert max(len(word) for word, _ in entries) == 28 <= G2P_MAX_INPUT_LENGTH
-    assert max(len(p.split()) for _, p in entries) + 2 == 30 <= G2P_MAX_TARGET_LENGTH
+    assert max(len(p.split()) for _, ps in entries for p in ps) + 2 == 30 <= G2P_MAX_TARGET_LENGTH
 
 
 # --- G2P encodings ------------------------------------------------------------------------------
@@ -257,7 +279,7 @@ def test_g2p_encode_decode_round_trip_padding_and_markers():
 
 
 def test_g2p_source_arrays(fake_cmudict, cmudict_data_dir):
-    _, expected = fake_cmudict
+    _, expected, _ = fake_cmudict
     arrays = g2p_source("train", cmudict_data_dir, max_input_length=5, max_target_length=7)
     inputs, targets = arrays.columns["inputs"], arrays.columns["targets"]
     assert inputs.shape == (42, 5) and targets.shape == (42, 7)
@@ -271,8 +293,24 @@ def test_g2p_source_arrays(fake_cmudict, cmudict_data_dir):
     assert np.array_equal(np.argmax(targets == EOS_ID, axis=1), lengths + 1)
     assert np.array_equal((targets != PAD_ID).sum(1), lengths + 2)
     assert np.array_equal((inputs != PAD_ID).sum(1), [len(w) for w in words])
+    assert "references" not in arrays.columns
     with pytest.raises(ValueError, match="max_length"):
         g2p_source("train", cmudict_data_dir, max_input_length=2)
+
+
+def test_g2p_references_hold_every_pronunciation(fake_cmudict, cmudict_data_dir):
+    _, expected, alternates = fake_cmudict
+    arrays = g2p_source("train", cmudict_data_dir, max_target_length=7, references=True)
+    references = arrays.columns["references"]
+    assert references.shape == (42, G2P_MAX_PRONUNCIATIONS, 6) and references.dtype == np.int32
+    np.testing.assert_array_equal(references[:, 0], arrays.columns["targets"][:, 1:])
+    graphemes, phonemes = G2PVocab.graphemes(), G2PVocab.phonemes()
+    words = [graphemes.decode(row) for row in arrays.columns["inputs"]]
+    assert any(word in alternates for word in words)
+    for word, rows in zip(words, references):
+        present = [phonemes.decode(row) for row in rows if row[0] != PAD_ID]
+        assert present == [expected[word], *alternates.get(word, [])]
+        assert np.all(rows[len(present):] == PAD_ID)
 
 
 # --- tokenizers ---------------------------------------------------------------------------------

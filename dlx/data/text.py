@@ -7,6 +7,7 @@
     valid = WindowSource(valid_tokens, length=256, stride=256)   # tiles, no overlap
 
     g2p = g2p_source("train")     # ArraySource: "inputs" letters, "targets" bos phonemes eos
+    g2p = g2p_source("test", references=True)   # + "references": all pronunciations
 
 A window is `length + 1` tokens: inputs `tokens[:-1]`, targets `tokens[1:]`. `train_iterator`
 over a `WindowSource` draws windows by seeded permutation, so its state is just the step and a
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dlx.data import prepare, source
-from dlx.data.builders import CMUDICT_GRAPHEMES, CMUDICT_PHONEMES
+from dlx.data.builders import CMUDICT_ALTERNATES_SEPARATOR, CMUDICT_GRAPHEMES, CMUDICT_PHONEMES
 from dlx.data.pipeline import ArraySource, Batch
 from dlx.errors import DataError
 
@@ -27,6 +28,7 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 G2P_DATA_SETS = ("cmudict",)  # the data sets `g2p_source` reads
 G2P_MAX_INPUT_LENGTH = 32   # cmudict's longest word has 28 letters
 G2P_MAX_TARGET_LENGTH = 32  # its longest pronunciation 28 phonemes, +2 for bos and eos
+G2P_MAX_PRONUNCIATIONS = 4  # cmudict's most for one word, stress removed
 
 
 def read_texts(name: str, split: str, data_dir: str | None = None) -> list[str]:
@@ -159,15 +161,32 @@ def g2p_vocabularies() -> tuple[G2PVocab, G2PVocab]:
 
 def g2p_source(split: str, data_dir: str | None = None, *,
                max_input_length: int = G2P_MAX_INPUT_LENGTH,
-               max_target_length: int = G2P_MAX_TARGET_LENGTH) -> ArraySource:
+               max_target_length: int = G2P_MAX_TARGET_LENGTH,
+               references: bool = False) -> ArraySource:
     """cmudict `split` as int32 arrays: "inputs" [N, max_input_length] the word's letters
-    (`G2PVocab.graphemes`) then pad; "targets" [N, max_target_length] bos, the phonemes
-    (`G2PVocab.phonemes`), eos, then pad. Rows in the split's record order."""
+    (`G2PVocab.graphemes`) then pad; "targets" [N, max_target_length] bos, the primary
+    pronunciation's phonemes (`G2PVocab.phonemes`), eos, then pad. With `references`, also
+    "references" [N, G2P_MAX_PRONUNCIATIONS, max_target_length - 1]: every pronunciation of the
+    word (the primary first, as targets[:, 1:]: phonemes, eos, pad), then rows of pad only.
+    Rows in the split's record order."""
     words = source("cmudict", split, data_dir, in_memory=True)
     texts = {key: [value.decode("utf-8") for value in words.columns[key].tolist()]
-             for key in ("word", "phonemes")}
+             for key in ("word", "phonemes", "alternates")}
     graphemes, phonemes = g2p_vocabularies()
-    return ArraySource({
-        "inputs": graphemes.encode_padded(texts["word"], max_input_length),
-        "targets": phonemes.encode_padded(texts["phonemes"], max_target_length, bos=True,
-                                          eos=True)})
+    arrays = {"inputs": graphemes.encode_padded(texts["word"], max_input_length),
+              "targets": phonemes.encode_padded(texts["phonemes"], max_target_length, bos=True,
+                                                eos=True)}
+    if references:
+        table = np.full((len(arrays["targets"]), G2P_MAX_PRONUNCIATIONS, max_target_length - 1),
+                        PAD_ID, np.int32)
+        table[:, 0] = arrays["targets"][:, 1:]
+        for row, alternates in enumerate(texts["alternates"]):
+            others = alternates.split(CMUDICT_ALTERNATES_SEPARATOR) if alternates else []
+            if len(others) >= G2P_MAX_PRONUNCIATIONS:
+                raise DataError(f"{texts['word'][row]!r} has {len(others) + 1} pronunciations, "
+                                f"more than G2P_MAX_PRONUNCIATIONS = {G2P_MAX_PRONUNCIATIONS}")
+            if others:
+                table[row, 1:len(others) + 1] = phonemes.encode_padded(
+                    others, max_target_length - 1, eos=True)
+        arrays["references"] = table
+    return ArraySource(arrays)

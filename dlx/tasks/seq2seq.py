@@ -1,11 +1,13 @@
 """Sequence to sequence (grapheme-to-phoneme on CMUdict): teacher-forced cross-entropy in
 training; greedy or beam-search decoding at eval, scored by phoneme error rate (edit distance /
 reference length, summed over the split) and word error rate (share of words whose decoded
-pronunciation is not exactly the reference).
+pronunciation is not exactly the reference), each against the word's primary pronunciation and
+(`*_any`) against the closest of all its pronunciations.
 
 Batches hold int32 `inputs` [B, S] (letters, padded with 0) and `targets` [B, T]
 (bos, phonemes, eos, padded with 0); the decoder reads targets[:, :-1] and predicts
-targets[:, 1:].
+targets[:, 1:]. Eval batches also hold `references` [B, K, T - 1], every pronunciation of the
+word (see `g2p_source`).
 
 Length buckets: cmudict words average 7.5 letters, but rows are padded to 32, so a train step
 runs on the smallest of `TRAIN_LENGTH_BUCKETS` that holds every real input and decoder position
@@ -64,7 +66,7 @@ class Task(SupervisedTask):
 
     @functools.lru_cache(maxsize=4)
     def source(self, split: str, *, train: bool):
-        return g2p_source(split, self.data_dir)
+        return g2p_source(split, self.data_dir, references=not train)
 
     def examples_per_epoch(self) -> int:
         return len(self.source(self.config.data.train_split, train=True))
@@ -140,17 +142,32 @@ class Task(SupervisedTask):
         row_mask = batch["mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         predicted = self.decode(state.params, batch["inputs"], targets.shape[1])
-        distance, reference_length = edit_distances(predicted, targets, self.target_vocab.eos_id)
-        return {"loss": (losses * token_mask * row_mask[:, None]).sum(),
+        eos_id = self.target_vocab.eos_id
+        distance, reference_length = edit_distances(predicted, targets, eos_id)
+        sums = {"loss": (losses * token_mask * row_mask[:, None]).sum(),
                 "tokens": (token_mask * row_mask[:, None]).sum(),
                 "edits": (distance * row_mask).sum(),
                 "reference_phonemes": (reference_length * row_mask).sum(),
                 "wrong_words": ((distance > 0) * row_mask).sum(), "words": row_mask.sum()}
+        if "references" in batch:
+            distance, reference_length = closest_edit_distances(
+                predicted, batch["references"], eos_id, self.target_vocab.pad_id)
+            sums.update({"edits_any": (distance * row_mask).sum(),
+                         "reference_phonemes_any": (reference_length * row_mask).sum(),
+                         "wrong_words_any": ((distance > 0) * row_mask).sum()})
+        return sums
 
     def summarize_eval(self, sums: dict) -> dict[str, float]:
-        return {"loss": float(sums["loss"]) / float(sums["tokens"]),
-                "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
-                "word_error_rate": float(sums["wrong_words"]) / float(sums["words"])}
+        """Error rates against the primary pronunciation, and (`_any`) against the closest of
+        the word's pronunciations, as multi-pronunciation lexicons are usually scored."""
+        metrics = {"loss": float(sums["loss"]) / float(sums["tokens"]),
+                   "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
+                   "word_error_rate": float(sums["wrong_words"]) / float(sums["words"])}
+        if "edits_any" in sums:
+            metrics["phoneme_error_rate_any"] = (float(sums["edits_any"])
+                                                 / float(sums["reference_phonemes_any"]))
+            metrics["word_error_rate_any"] = float(sums["wrong_words_any"]) / float(sums["words"])
+        return metrics
 
     def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
         """A few decoded words of the eval split next to their references."""
@@ -161,13 +178,15 @@ class Task(SupervisedTask):
                                                    targets.shape[1]))
         if not is_main_process():
             return
+        decode = self.target_vocab.decode
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         with open(os.path.join(workdir, "samples", f"step_{step:07d}.txt"), "w") as f:
-            for word, prediction, reference in zip(rows["inputs"], predicted, targets):
-                mark = "ok " if self.target_vocab.decode(prediction) == self.target_vocab.decode(reference) else "ERR"
+            for word, prediction, references in zip(rows["inputs"], predicted,
+                                                    rows["references"]):
+                known = [decode(r) for r in references if r[0] != self.target_vocab.pad_id]
+                mark = "ok " if decode(prediction) in known else "ERR"
                 f.write(f"{mark} {self.input_vocab.decode(word, join=''):<20} "
-                        f"{self.target_vocab.decode(prediction)}   (reference: "
-                        f"{self.target_vocab.decode(reference)})\n")
+                        f"{decode(prediction)}   (reference: {' | '.join(known)})\n")
 
 
 def bucket_shapes(input_width: int, target_width: int,
@@ -224,3 +243,17 @@ def edit_distances(predicted: jax.Array, reference: jax.Array, eos_id: int):
     batch = jnp.arange(predicted.shape[0])
     distance = table[predicted_length, batch, reference_length]
     return distance.astype(jnp.float32), reference_length.astype(jnp.float32)
+
+
+def closest_edit_distances(predicted: jax.Array, references: jax.Array, eos_id: int,
+                           pad_id: int):
+    """`edit_distances` of each predicted row [B, S] to the closest of its references
+    [B, K, T] (rows of pad only are absent references; the first is always present), and that
+    reference's length. Ties go to the earlier reference."""
+    batch, k, width = references.shape
+    distance, length = edit_distances(jnp.repeat(predicted, k, axis=0),
+                                      references.reshape(batch * k, width), eos_id)
+    distance = jnp.where(references[:, :, 0] != pad_id, distance.reshape(batch, k), jnp.inf)
+    closest = jnp.argmin(distance, axis=1)[:, None]
+    return (jnp.take_along_axis(distance, closest, 1)[:, 0],
+            jnp.take_along_axis(length.reshape(batch, k), closest, 1)[:, 0])
