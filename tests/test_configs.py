@@ -31,3 +31,20 @@ def test_config_and_variants_validate(name, tmp_path):
         saved = tmp_path / f"{variant}.json"  # what a run's config.json reproduces
         saved.write_text(config_lib.to_json(config))
         assert config_lib.differences(config, config_lib.from_json(str(saved))) == [], variant
+
+
+def test_epoch_cadence_falls_on_the_steps_completing_each_period():
+    config = config_lib.base_config()
+    config.eval_every_epochs, config.checkpoint_every_steps = 2.0, 3
+    steps_per_epoch = 112_434 / 256  # cmudict's train split: 439.2 steps an epoch
+    total = round(8 * steps_per_epoch)
+    every = config_lib.period(config, "eval_every", steps_per_epoch)
+    due = [step for step in range(1, total + 1) if config_lib.is_due(step, every)]
+    # One eval per 2 epochs, the 4th on the run's last step (a period rounded to 878 steps put
+    # the 4th on 3512 and a 5th eval on the last step).
+    assert due == [879, 1757, 2636, 3514] and total == 3514
+    every = config_lib.period(config, "checkpoint_every", steps_per_epoch)
+    assert [s for s in range(1, 10) if config_lib.is_due(s, every)] == [3, 6, 9]
+    config.eval_every_epochs = 0.0
+    assert not any(config_lib.is_due(s, config_lib.period(config, "eval_every", 5.0))
+                   for s in range(1, 20))

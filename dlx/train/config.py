@@ -161,12 +161,18 @@ def validate_for_mesh(config: ml_collections.ConfigDict, data_parallel: int, pro
                           f"by the data-parallel size {data_parallel}")
 
 
-def steps(config, name: str, steps_per_epoch: float) -> int:
-    """`{name}_steps` if set, else `{name}_epochs` converted; 0 means never."""
+def period(config, name: str, steps_per_epoch: float) -> float:
+    """Steps between two `{name}` events: `{name}_steps` if set, else `{name}_epochs` in steps
+    (not rounded, so the k-th event falls on the step that completes k periods and one ending
+    with the run is not doubled); 0 means never."""
     if config.get(f"{name}_steps", 0) > 0:
-        return int(config[f"{name}_steps"])
-    epochs = config.get(f"{name}_epochs", 0.0)
-    return max(1, round(epochs * steps_per_epoch)) if epochs > 0 else 0
+        return float(config[f"{name}_steps"])
+    return max(0.0, config.get(f"{name}_epochs", 0.0)) * steps_per_epoch
+
+
+def is_due(step: int, period: float) -> bool:
+    """Whether `step` (1-based) completes another `period` of steps."""
+    return period > 0 and math.floor(step / period) > math.floor((step - 1) / period)
 
 
 def _plain(value: Any) -> Any:

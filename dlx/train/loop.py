@@ -307,8 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
     steps_per_epoch = run.steps_per_epoch
     log_every = max(1, cfg.log_every_steps)
-    eval_every = config_lib.steps(cfg, "eval_every", steps_per_epoch)
-    checkpoint_every = config_lib.steps(cfg, "checkpoint_every", steps_per_epoch)
+    eval_every = config_lib.period(cfg, "eval_every", steps_per_epoch)
+    checkpoint_every = config_lib.period(cfg, "checkpoint_every", steps_per_epoch)
     log(f"Training {cfg.model.name} on {cfg.data.name}: {run.total_steps} steps "
         f"({run.total_steps / steps_per_epoch:.2f} epochs) of global batch {cfg.data.batch_size} "
         f"on mesh {dict(run.mesh.shape)} ({jax.device_count()} {jax.default_backend()} devices, "
@@ -367,8 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending.append((step, metrics))
                 progress.update(1)
                 is_last = step == run.total_steps
-                do_eval = is_last or (eval_every and step % eval_every == 0)
-                do_checkpoint = is_last or (checkpoint_every and step % checkpoint_every == 0)
+                do_eval = is_last or config_lib.is_due(step, eval_every)
+                do_checkpoint = is_last or config_lib.is_due(step, checkpoint_every)
                 # One process alone checks every step; many compare flags at log steps only.
                 check_stop = not is_last and (jax.process_count() == 1 or step % log_every == 0)
                 stopped = check_stop and stop.agreed()
