@@ -5,6 +5,8 @@ character GPT train step (nanoGPT size and `:small`), with model FLOPs and % of 
     .venv/bin/python bench/sequence.py --only lstm,gru       # sections: peak, lstm, gru, gpt,
                                                              # gpt_small
     .venv/bin/python bench/sequence.py --only peak,gpt --gpt-rounds 5 --gpt-steps 1
+    .venv/bin/python bench/sequence.py --only gpt,gpt_small --gpt-dtype bfloat16 \
+        --out bench/results_sequence_bf16.json   # mixed precision on both sides
 
 Prints a markdown table and writes bench/results_sequence.json. dlx and PyTorch (2 threads) are
 timed in the same process, alternating in rounds; rounds during which other processes were busy
@@ -16,6 +18,9 @@ are retried (bench/run.py's `quiet_rounds`) and the median round is kept.
   forward + backward + clipping + AdamW, dropout on) on one fixed batch, vs bench/torch_lm.py's
   GPT twin with the same weights, loss, clipping and AdamW. Model FLOPs from
   `transformer.train_flops_per_token`, XLA's cost analysis of the compiled step next to it.
+  `--gpt-dtype bfloat16`: dlx with `config.model.dtype="bfloat16"` against PyTorch's forward
+  under `torch.autocast("cpu", torch.bfloat16)` (both keep float32 weights, optimizer and
+  logits); % of peak is then left out (the peak measured is float32's).
 """
 from __future__ import annotations
 
@@ -64,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train steps per round for the nanoGPT-size model")
     parser.add_argument("--gpt-small-steps", type=int, default=10,
                         help="train steps per round for the :small model")
+    parser.add_argument("--gpt-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of both GPTs (see the module docstring)")
     args = bench_run.parse_with_sections(parser, argv, SECTIONS,
                                          os.path.join(BENCH_DIR, "results_sequence.json"))
     if min(args.rounds, args.gpt_rounds, args.layer_steps, args.gpt_steps,
@@ -183,6 +190,7 @@ def build_dlx_lm(config) -> bench_run.DlxModel:
 
 def torch_gpt_runner(config, params, numpy_batch) -> StepRunner:
     m = config.model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=m.dtype == "bfloat16")
     model = torch_lm.GPT(jax.device_get(params), m.num_heads, m.dropout)
     optimizer = torch_lm.adamw(model, config.optimizer)
     tokens = torch.tensor(numpy_batch["tokens"], dtype=torch.long)
@@ -192,7 +200,8 @@ def torch_gpt_runner(config, params, numpy_batch) -> StepRunner:
     def run_steps(num_steps: int) -> float:
         start = time.perf_counter()
         for _ in range(num_steps):
-            logits = model(inputs)
+            with autocast:
+                logits = model(inputs).float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -206,6 +215,7 @@ def torch_gpt_runner(config, params, numpy_batch) -> StepRunner:
 
 def compare_gpt(section: str, args, peak_gflops: float | None) -> dict[str, Any]:
     config = gpt_config(GPTS[section])
+    config.model.dtype = args.gpt_dtype
     model = build_dlx_lm(config)
     torch_steps = torch_gpt_runner(config, model.state.params, model.numpy_batch)
     steps = args.gpt_steps if section == "gpt" else args.gpt_small_steps
@@ -219,7 +229,7 @@ def compare_gpt(section: str, args, peak_gflops: float | None) -> dict[str, Any]
     step_flops = transformer.train_flops_per_token(module, seq_len) * batch * seq_len
     xla = bench_run.xla_flops(model)
     out = {"model": {k: config.model[k] for k in ("num_layers", "embed_dim", "num_heads",
-                                                    "max_len", "dropout")},
+                                                    "max_len", "dropout", "dtype")},
            "vocab_size": module.vocab_size, "batch_size": batch, "seq_len": seq_len, **result,
            "ratio": result["dlx_ms"] / result["torch_ms"], "goal_ratio": GOAL_RATIO,
            "step_flops": step_flops, **xla,
@@ -229,7 +239,7 @@ def compare_gpt(section: str, args, peak_gflops: float | None) -> dict[str, Any]
               for side in ("dlx", "torch")}}
     if section == "gpt":
         out["goal_peak_fraction"] = GOAL_PEAK_FRACTION
-    if peak_gflops:
+    if peak_gflops and args.gpt_dtype == "float32":
         for side in ("dlx", "torch"):
             out[f"{side}_peak_fraction"] = out[f"{side}_gflops"] / peak_gflops
     return out
@@ -268,7 +278,7 @@ def report(results: dict) -> str:
             m = r["model"]
             lines.append(
                 f"| {name} ({m['num_layers']}x{m['embed_dim']}, ctx {r['seq_len']}, batch "
-                f"{r['batch_size']}) | {r['dlx_ms'] / 1e3:.3f} | {r['torch_ms'] / 1e3:.3f} "
+                f"{r['batch_size']}, {m.get('dtype', 'float32')}) | {r['dlx_ms'] / 1e3:.3f} | {r['torch_ms'] / 1e3:.3f} "
                 f"| {r['ratio']:.2f} ({ok}) | {r['step_flops'] / 1e9:.0f} "
                 f"| {r['xla_step_flops'] / 1e9:.0f} ({r['xla_step_over_formula']:.2f}) "
                 f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}{peak_note}) "

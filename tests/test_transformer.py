@@ -111,6 +111,8 @@ def test_model_is_found_by_name_and_bad_fields_fail_clearly():
         _model(norm="batch")
     with pytest.raises(ConfigError, match="num_kv_heads"):
         _model(num_kv_heads=3)
+    with pytest.raises(ConfigError, match="dtype 'float16'.*bfloat16"):
+        _model(dtype="float16")
     with pytest.raises(ValueError, match="max_len"):
         _model().init(jax.random.key(0), jnp.ones((1, T + 1), jnp.int32))
 
@@ -246,6 +248,30 @@ def test_dropout_only_in_training():
     a = apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(1)})
     b = apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(a, evaluated) and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("fields", [dict(), LLAMA, dict(kind="encoder_decoder")],
+                         ids=["gpt2", "llama", "encoder_decoder"])
+def test_bfloat16_compute_keeps_float32_params_logits_and_gradients(fields):
+    f32, bf16 = _model(**fields), _model(**fields, dtype="bfloat16")
+    args = _args(f32)
+    variables = _variables(f32, *args, std=0.05)
+    assert nn.meta.unbox(jax.eval_shape(bf16.init, jax.random.key(0), *args)) == jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), variables)  # params stay f32
+    logits, logits_bf16 = jax.jit(f32.apply)(variables, *args), jax.jit(bf16.apply)(variables, *args)
+    assert logits_bf16.dtype == jnp.float32
+    scale = float(jnp.abs(logits).max())
+    assert float(jnp.abs(logits_bf16 - logits).max()) < 0.03 * scale  # bf16 has 8 bits
+    assert float(jnp.abs(logits_bf16 - logits).max()) > 0  # and it did compute in bf16
+
+    def loss(model, params):
+        return jax.nn.logsumexp(model.apply({"params": params}, *args), -1).mean()
+
+    grads = jax.jit(jax.grad(lambda p: loss(bf16, p)))(variables["params"])
+    reference = jax.jit(jax.grad(lambda p: loss(f32, p)))(variables["params"])
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference)):
+        assert g.dtype == jnp.float32
+        assert float(jnp.abs(g - r).max()) <= 0.05 * float(jnp.abs(r).max()) + 1e-6
 
 
 # ---- sharding ----

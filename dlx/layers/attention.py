@@ -65,7 +65,7 @@ def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
     q = q.reshape(batch, kv_heads, groups * q_len, head_dim) / math.sqrt(head_dim)
     k = key.transpose(0, 2, 1, 3)
     v = value.transpose(0, 2, 1, 3)
-    logits = jnp.einsum("bkqh,bksh->bkqs", q, k).astype(jnp.float32)
+    logits = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         mask = jnp.asarray(mask)
         mask_batch, mask_heads = mask.shape[:2]
@@ -80,7 +80,8 @@ def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
         keep = 1.0 - dropout_rate
         threshold = jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
         probs = jnp.where(random_bits(dropout_rng, probs.shape) < threshold, probs / keep, 0.0)
-    out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), v)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32).astype(v.dtype)
     out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
 

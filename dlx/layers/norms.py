@@ -45,14 +45,17 @@ class Projection(nn.Module):
             nn.initializers.normal(self.stddev), (*self.in_names, *self.out_names)),
             (*in_shape, *features))
         batch_dims = x.ndim - num_in
+        # Computes in x's dtype (the kernel is cast to it), accumulating in float32: on CPUs
+        # with AMX, bf16 dots run several times faster with a float32 result than without.
         y = jax.lax.dot_general(
             x, kernel.astype(x.dtype),
-            ((tuple(range(batch_dims, x.ndim)), tuple(range(num_in))), ((), ())))
+            ((tuple(range(batch_dims, x.ndim)), tuple(range(num_in))), ((), ())),
+            preferred_element_type=jnp.float32)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(
                 nn.initializers.zeros, tuple(self.out_names)), features)
-            y = y + bias.astype(y.dtype)
-        return y
+            y = y + bias
+        return y.astype(x.dtype)
 
 
 class LayerNorm(nn.Module):

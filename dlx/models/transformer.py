@@ -67,6 +67,7 @@ from dlx.layers.positional import LearnedPositions, sinusoidal
 
 KINDS = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
+DTYPES = ("float32", "bfloat16")
 PAD_ID = 0
 
 
@@ -176,12 +177,15 @@ class Model(nn.Module):
     target_vocab_size: int = 0    # encoder_decoder: 0 shares the source vocabulary
     num_decoder_layers: int = 0   # encoder_decoder: 0 = num_layers
     attention: str = "auto"       # see dlx/layers/attention.py
+    dtype: str = "float32"        # activations and matmuls: "float32" | "bfloat16" (params, norm
+                                  # statistics, softmax and logits stay float32)
 
     def __post_init__(self):
         for field, value, choices in [("kind", self.kind, KINDS), ("norm", self.norm, NORMS),
                                       ("mlp", self.mlp, MLPS),
                                       ("position", self.position, POSITIONS),
-                                      ("attention", self.attention, IMPLEMENTATIONS)]:
+                                      ("attention", self.attention, IMPLEMENTATIONS),
+                                      ("dtype", self.dtype, DTYPES)]:
             if value not in choices:
                 raise ConfigError(f"transformer: unknown {field} '{value}'; choose from {choices}")
         if self.embed_dim % self.num_heads:
@@ -252,13 +256,14 @@ class Model(nn.Module):
             x = x + self.wpe(positions)
         elif self.position == "sinusoidal":  # the paper scales embeddings to the PE's size
             x = x * math.sqrt(self.embed_dim) + sinusoidal(positions, self.embed_dim)
-        x = self.drop(x, deterministic=not train)
+        x = self.drop(x.astype(self.dtype), deterministic=not train)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     def _logits(self, x: jax.Array, table: nn.Embed) -> jax.Array:
         if self.tie_embeddings:  # x @ table.T without materialising the transpose
             logits = jax.lax.dot_general(x, table.embedding.astype(x.dtype),
-                                         (((x.ndim - 1,), (1,)), ((), ())))
+                                         (((x.ndim - 1,), (1,)), ((), ())),
+                                         preferred_element_type=jnp.float32)
         else:
             logits = self.lm_head(x)
         return nn.with_logical_constraint(logits.astype(jnp.float32),
