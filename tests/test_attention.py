@@ -63,6 +63,41 @@ def test_grouped_query_attention_matches_torch(implementation):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("length,kv_heads", [(64, 4), (128, 2)])
+def test_causal_query_blocks_equal_the_full_causal_mask(length, kv_heads):
+    q, k, v = _qkv(q_len=length, kv_len=length, kv_heads=kv_heads)
+    g = np.random.default_rng(1).standard_normal(q.shape, np.float32)
+
+    def loss(q, k, v, blocked):
+        out = (dot_product_attention(q, k, v, causal=True, implementation="einsum") if blocked
+               else dot_product_attention(q, k, v, causal_mask(length), implementation="einsum"))
+        return jnp.vdot(out, g)
+
+    for argnums in ((), (0, 1, 2)):  # outputs, then gradients
+        f = (lambda *a: loss(*a)) if not argnums else jax.grad(loss, argnums=argnums)
+        blocked, full = f(q, k, v, True), f(q, k, v, False)
+        for b, r in zip(jax.tree.leaves(blocked), jax.tree.leaves(full)):
+            np.testing.assert_allclose(b, r, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(dot_product_attention(q, k, v, causal=True, implementation="jax"),
+                               _torch_sdpa(q, np.repeat(k, 4 // kv_heads, 2),
+                                           np.repeat(v, 4 // kv_heads, 2), is_causal=True),
+                               atol=1e-5)
+
+
+def test_causal_query_blocks_with_dropout_never_see_the_future():
+    q, k, v = _qkv(q_len=64, kv_len=64)
+    rng = jax.random.key(3)
+    attend = functools.partial(dot_product_attention, causal=True, dropout_rate=0.3,
+                               implementation="einsum")
+    out = attend(q, k, v, dropout_rng=rng)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, 40:], v2[:, 40:] = 5.0, -5.0  # change every key and value from position 40 on
+    changed = attend(q, k2, v2, dropout_rng=rng)
+    np.testing.assert_allclose(changed[:, :40], out[:, :40], atol=1e-6)
+    assert not np.allclose(changed[:, 40:], out[:, 40:], atol=1e-3)
+    assert not np.allclose(attend(q, k, v, dropout_rng=jax.random.key(4)), out, atol=1e-3)
+
+
 def test_per_head_masks_with_grouped_heads_agree_across_implementations():
     q, k, v = _qkv(heads=6, kv_heads=2, q_len=4, kv_len=7)
     mask = jax.random.bernoulli(jax.random.key(0), 0.6, (2, 6, 4, 7)).at[..., 0].set(True)
