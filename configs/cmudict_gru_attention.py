@@ -1,6 +1,7 @@
 """Grapheme-to-phoneme on CMUdict with a GRU encoder-decoder and additive (Bahdanau)
 attention: the recurrent baseline next to cmudict_transformer.py (same data, eval and decoding).
-Variants: `:small`, `:test` (tiny).
+Variants: `:small` (8 epochs, ~12 min on 2 cores: PER 8.6% / WER 35.3% greedy on validation;
+`--config.num_epochs=20`, 29 min: 7.2% / 29.5%), `:test` (tiny).
 
     python launch.py --config configs/cmudict_gru_attention.py:small --workdir runs/g2p_gru
 """
