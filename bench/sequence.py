@@ -278,7 +278,8 @@ def report(results: dict) -> str:
             m = r["model"]
             lines.append(
                 f"| {name} ({m['num_layers']}x{m['embed_dim']}, ctx {r['seq_len']}, batch "
-                f"{r['batch_size']}, {m.get('dtype', 'float32')}) | {r['dlx_ms'] / 1e3:.3f} | {r['torch_ms'] / 1e3:.3f} "
+                f"{r['batch_size']}, {m.get('dtype', 'float32')}) | {r['dlx_ms'] / 1e3:.3f} "
+                f"| {r['torch_ms'] / 1e3:.3f} "
                 f"| {r['ratio']:.2f} ({ok}) | {r['step_flops'] / 1e9:.0f} "
                 f"| {r['xla_step_flops'] / 1e9:.0f} ({r['xla_step_over_formula']:.2f}) "
                 f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}{peak_note}) "

@@ -376,6 +376,7 @@ def read_cmudict(path: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
         alternate = _CMUDICT_ALTERNATE.fullmatch(fields[0])
         word = alternate.group(1) if alternate else fields[0]
         phonemes = [re.sub(r"[012]$", "", p) for p in fields[1:]]
+        pronunciation = " ".join(phonemes)
         unknown = [p for p in phonemes if p not in CMUDICT_PHONEMES]
         if unknown or not phonemes:
             raise DataError(f"{path}:{number}: {line!r} has no phonemes or unknown phoneme "
@@ -387,10 +388,10 @@ def read_cmudict(path: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
             if word not in pronunciations:
                 raise DataError(f"{path}:{number}: alternate {fields[0]!r} comes before the "
                                 f"primary pronunciation of {word!r}")
-            if " ".join(phonemes) not in pronunciations[word]:
-                pronunciations[word].append(" ".join(phonemes))
+            if pronunciation not in pronunciations[word]:
+                pronunciations[word].append(pronunciation)
         else:
-            pronunciations[word] = [" ".join(phonemes)]
+            pronunciations[word] = [pronunciation]
     return list(pronunciations.items()), dropped
 
 
@@ -413,10 +414,10 @@ class Cmudict(_OfflineBuilder, skip_registration=True):
     removed, i.e. over the 39 ARPAbet phonemes of `CMUDICT_PHONEMES` (the setting of the usual
     G2P results, PER ~5-6% / WER ~22-25%; those use other splits, so numbers compare only
     roughly). Without stress, 7,630 of the words kept have two distinct pronunciations, 338
-    three and 145 four. Words are lower case; 1,126 words with characters other than a-z and apostrophe are
-    dropped (hyphenated compounds like "able-bodied" and abbreviations with dots like "a.m."),
-    leaving 124,926 words over the 27 graphemes of `CMUDICT_GRAPHEMES`: at most 28 letters and
-    28 phonemes (antidisestablishmentarianism).
+    three and 145 four. Words are lower case; 1,126 words with characters other than a-z and
+    apostrophe are dropped (hyphenated compounds like "able-bodied" and abbreviations with dots
+    like "a.m."), leaving 124,926 words over the 27 graphemes of `CMUDICT_GRAPHEMES`: at most 28
+    letters and 28 phonemes (antidisestablishmentarianism).
 
     Seeded split by word (`cmudict_split`): train 112,434 / validation 6,246 / test 6,246, each in
     dictionary order. Inflections of one stem ("aaberg", "aaberg's") can land in different splits,

@@ -336,8 +336,9 @@ def forward_flops_per_token(model: Model, seq_len: int, source_len: int | None =
     Counts every weight matmul (embedding lookups excluded, the tied output projection
     included) plus attention scores q k^T and the weighted sum p v over the full length, the
     usual model-FLOPs convention (nanoGPT, PaLM). dlx's CPU attention skips 6/16 of a long
-    causal score matrix (`dlx.layers.attention`), so XLA's count of a GPT step is ~2-4% lower. `source_len` (encoder_decoder): the
-    input length per example, default seq_len; encoder work is spread over the target tokens.
+    causal score matrix (`dlx.layers.attention`), so XLA's count of a GPT step is ~2-4% lower.
+    `source_len` (encoder_decoder): the input length per example, default seq_len; encoder work
+    is spread over the target tokens.
     """
     d, heads, head_dim = model.embed_dim, model.num_heads, model.head_dim
     q_width, kv_width = heads * head_dim, model.kv_heads * head_dim

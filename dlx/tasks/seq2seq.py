@@ -144,30 +144,27 @@ class Task(SupervisedTask):
         predicted = self.decode(state.params, batch["inputs"], targets.shape[1])
         eos_id = self.target_vocab.eos_id
         distance, reference_length = edit_distances(predicted, targets, eos_id)
-        sums = {"loss": (losses * token_mask * row_mask[:, None]).sum(),
+        closest, closest_length = closest_edit_distances(
+            predicted, batch["references"], eos_id, self.target_vocab.pad_id)
+        return {"loss": (losses * token_mask * row_mask[:, None]).sum(),
                 "tokens": (token_mask * row_mask[:, None]).sum(),
                 "edits": (distance * row_mask).sum(),
                 "reference_phonemes": (reference_length * row_mask).sum(),
-                "wrong_words": ((distance > 0) * row_mask).sum(), "words": row_mask.sum()}
-        if "references" in batch:
-            distance, reference_length = closest_edit_distances(
-                predicted, batch["references"], eos_id, self.target_vocab.pad_id)
-            sums.update({"edits_any": (distance * row_mask).sum(),
-                         "reference_phonemes_any": (reference_length * row_mask).sum(),
-                         "wrong_words_any": ((distance > 0) * row_mask).sum()})
-        return sums
+                "wrong_words": ((distance > 0) * row_mask).sum(), "words": row_mask.sum(),
+                "edits_any": (closest * row_mask).sum(),
+                "reference_phonemes_any": (closest_length * row_mask).sum(),
+                "wrong_words_any": ((closest > 0) * row_mask).sum()}
 
     def summarize_eval(self, sums: dict) -> dict[str, float]:
         """Error rates against the primary pronunciation, and (`_any`) against the closest of
         the word's pronunciations, as multi-pronunciation lexicons are usually scored."""
-        metrics = {"loss": float(sums["loss"]) / float(sums["tokens"]),
-                   "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
-                   "word_error_rate": float(sums["wrong_words"]) / float(sums["words"])}
-        if "edits_any" in sums:
-            metrics["phoneme_error_rate_any"] = (float(sums["edits_any"])
-                                                 / float(sums["reference_phonemes_any"]))
-            metrics["word_error_rate_any"] = float(sums["wrong_words_any"]) / float(sums["words"])
-        return metrics
+        words = float(sums["words"])
+        return {"loss": float(sums["loss"]) / float(sums["tokens"]),
+                "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
+                "word_error_rate": float(sums["wrong_words"]) / words,
+                "phoneme_error_rate_any": (float(sums["edits_any"])
+                                           / float(sums["reference_phonemes_any"])),
+                "word_error_rate_any": float(sums["wrong_words_any"]) / words}
 
     def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
         """A few decoded words of the eval split next to their references."""
