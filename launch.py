@@ -133,4 +133,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from dlx.runtime import reexec_with_malloc_policy
+    try:
+        reexec_with_malloc_policy()  # first: glibc reads its malloc settings at process start
+    except ValueError as e:
+        _fail(str(e))
     main(sys.argv)

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from dlx import runtime  # noqa: E402
 from dlx.hub import gpt2  # noqa: E402
 from dlx.tasks import decoding  # noqa: E402
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "jax_devices": str(jax.devices()), "torch_threads": TORCH_THREADS,
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
                     "load_average_before_after": [load_before, load_after],
                     "versions": {"jax": jax.__version__, "torch": torch.__version__,
                                  "transformers": transformers.__version__}},
@@ -152,4 +154,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_malloc_policy()  # malloc as launch.py sets it (dlx/runtime.py)
     main()

@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import torch_lm  # noqa: E402
 from dlx import data as data_lib  # noqa: E402
+from dlx import runtime  # noqa: E402
 from dlx.train import loop  # noqa: E402
 from dlx.train.optimizer import learning_rate_at  # noqa: E402
 
@@ -151,4 +152,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_malloc_policy()  # malloc as launch.py sets it (dlx/runtime.py)
     main()

@@ -3,11 +3,13 @@ it) traced with jax.profiler, every XLA op's time per step, and one step's timel
 
     .venv/bin/python bench/profile_step.py cnn              # models: see bench/run.py MODELS
     .venv/bin/python bench/profile_step.py mlp --steps 50 --top 30 --timeline
+    .venv/bin/python bench/profile_step.py gpt --steps 2   # bench/sequence.py's GPT steps too
 
 Op times are wall times of the ops' kernels. Two ops can run at once (XLA:CPU runs independent
 ops concurrently), and an Eigen convolution's event covers only its launch: its work shows as the
-gap before the next op in the timeline. Run it on an idle machine; the step time printed first
-includes the profiler's overhead.
+gap before the next op in the timeline. Run it on an idle machine. The step time untraced comes with
+the process's page faults and kernel (system) CPU time per step, the cost of memory the step maps
+afresh (see DLX_MALLOC in dlx/runtime.py); the traced time includes the profiler's overhead.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import glob
 import gzip
 import json
 import os
+import resource
 import sys
 import tempfile
 
@@ -25,7 +28,8 @@ sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
 import jax  # noqa: E402
 
-from bench import run  # noqa: E402
+from bench import run, sequence  # noqa: E402
+from dlx import runtime  # noqa: E402
 
 
 def trace_events(model: run.DlxModel, steps: int) -> tuple[list[dict], float]:
@@ -81,15 +85,24 @@ def timeline(events: list[dict], ops: list[dict], min_ms: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=sorted(run.MODELS))
+    parser.add_argument("model", choices=sorted(run.MODELS) + sorted(sequence.GPTS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--timeline", action="store_true", help="print one step's ops in order")
     parser.add_argument("--min-ms", type=float, default=0.05, help="timeline: shortest op shown")
     args = parser.parse_args(argv)
-    model = run.build_dlx(run.MODELS[args.model]())
-    model.run_steps(5)  # compile and warm up
+    if args.model in sequence.GPTS:
+        model = sequence.build_dlx_lm(sequence.gpt_config(sequence.GPTS[args.model]))
+    else:
+        model = run.build_dlx(run.MODELS[args.model]())
+    model.run_steps(5 if args.model in run.MODELS else 2)  # compile and warm up
+    before = resource.getrusage(resource.RUSAGE_SELF)
     untraced = model.run_steps(args.steps) / args.steps
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"{args.model}: per step untraced {(after.ru_minflt - before.ru_minflt) / args.steps:.0f} "
+          f"page faults, {(after.ru_stime - before.ru_stime) / args.steps:.3f} s system CPU time "
+          f"(GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')}); peak RSS "
+          f"{after.ru_maxrss / 2**20:.2f} GiB")
     load = run.OtherLoad()
     events, traced = trace_events(model, args.steps)
     other = load.fraction()
@@ -102,4 +115,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_malloc_policy()  # malloc as launch.py sets it (dlx/runtime.py)
     main()

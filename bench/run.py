@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from bench import flops, torch_models  # noqa: E402
 from configs import fashion_cnn, fashion_mlp  # noqa: E402
-from dlx import data  # noqa: E402
+from dlx import data, runtime  # noqa: E402
 from dlx.train import loop, sharding  # noqa: E402
 
 TORCH_THREADS = 2
@@ -111,6 +111,7 @@ def machine_info() -> dict[str, Any]:
     import optax
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "jax_devices": str(jax.devices()),
             "torch_threads": TORCH_THREADS,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # the DLX_MALLOC policy
             "versions": {"python": platform.python_version(), "jax": jax.__version__,
                          "flax": flax.__version__, "optax": optax.__version__,
                          "torch": torch.__version__, "numpy": np.__version__}}
@@ -377,7 +378,8 @@ def _verdict(met: bool, result: dict) -> str:
 def report_header(results: dict) -> list[str]:
     """The machine and, when measured, its matmul peak: the first lines of every bench report."""
     lines = [f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
-             + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items())]
+             + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items())
+             + f"; GLIBC_TUNABLES {results['machine'].get('glibc_tunables')}"]
     peak = results.get("peak")
     if peak:
         lines += ["", "f32 matmul GFLOP/s (median): " + ", ".join(
@@ -476,4 +478,5 @@ def finish(results: dict, started: float, other_load: OtherLoad, out: str,
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_malloc_policy()  # malloc as launch.py sets it (dlx/runtime.py)
     main()

@@ -45,6 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 from bench import run as bench_run  # noqa: E402
 from bench import torch_lm  # noqa: E402
 from dlx import data as data_lib  # noqa: E402
+from dlx import runtime  # noqa: E402
 from dlx.layers import recurrent  # noqa: E402
 from dlx.models import transformer  # noqa: E402
 from dlx.train import loop, sharding  # noqa: E402
@@ -305,4 +306,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_malloc_policy()  # malloc as launch.py sets it (dlx/runtime.py)
     main()
