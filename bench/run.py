@@ -117,8 +117,18 @@ def machine_info() -> dict[str, Any]:
                          "torch": torch.__version__, "numpy": np.__version__}}
 
 
+WORKER_PIDS: set[int] = set()  # this benchmark's worker processes (bench/sequence.py's GPT sides)
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:  # utime and stime: fields 14 and 15, after "(comm)"
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class OtherLoad:
-    """Share of the machine's CPU time other processes used since this object was made."""
+    """Share of the machine's CPU time other processes used since this object was made (this
+    process and its `WORKER_PIDS` are not "other")."""
 
     def __init__(self):
         self._start = (self._busy_seconds(), self._own_seconds(), time.perf_counter())
@@ -132,7 +142,7 @@ class OtherLoad:
     @staticmethod
     def _own_seconds() -> float:
         times = os.times()
-        return times.user + times.system
+        return times.user + times.system + sum(_process_cpu_seconds(p) for p in WORKER_PIDS)
 
     def fraction(self) -> float | None:
         try:

@@ -9,8 +9,10 @@ character GPT train step (nanoGPT size and `:small`), with model FLOPs and % of 
         --out bench/results_sequence_bf16.json   # mixed precision on both sides
 
 Prints a markdown table and writes bench/results_sequence.json. dlx and PyTorch (2 threads) are
-timed in the same process, alternating in rounds; rounds during which other processes were busy
-are retried (bench/run.py's `quiet_rounds`) and the median round is kept.
+timed alternating in rounds, each side's round after one untimed call (the steady state of a
+training loop), the layers in this process, each GPT side in a worker process of its own
+(`SideWorker`); rounds during which other processes were busy are retried (bench/run.py's
+`quiet_rounds`) and the median round is kept.
 - Layers: one `dlx.layers.recurrent.Recurrent` layer vs `torch.nn.LSTM/GRU` (batch-first, same
   weights), forward + backward (gradients of sum(h * g) for a fixed g w.r.t. the weights and the
   input); outputs and gradients are checked to agree before timing.
@@ -26,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train steps per round for the :small model")
     parser.add_argument("--gpt-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype of both GPTs (see the module docstring)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # SECTION:SIDE, see SideWorker
     args = bench_run.parse_with_sections(parser, argv, SECTIONS,
                                          os.path.join(BENCH_DIR, "results_sequence.json"))
     if min(args.rounds, args.gpt_rounds, args.layer_steps, args.gpt_steps,
@@ -81,9 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def timed_rounds(runners: dict[str, StepRunner], steps: int, rounds: int) -> dict[str, Any]:
-    """Every contender in turn each round, so drifts hit them all alike; median ms per call."""
+    """Every contender in turn each round, so drifts hit them all alike; median ms per call.
+    Each contender's round starts with an untimed call: the steady state of a training loop,
+    with the memory the other contender used and freed faulted back in (see `SideWorker`)."""
     def one_round() -> dict[str, float]:
-        return {name: 1e3 * run_steps(steps) / steps for name, run_steps in runners.items()}
+        ms = {}
+        for name, run_steps in runners.items():
+            run_steps(1)
+            ms[name] = 1e3 * run_steps(steps) / steps
+        return ms
 
     kept = bench_run.quiet_rounds(one_round, rounds)
     ms_rounds = {name: [r[name] for r in kept.kept] for name in runners}
@@ -214,28 +225,114 @@ def torch_gpt_runner(config, params, numpy_batch) -> StepRunner:
     return run_steps
 
 
+def initial_params_and_batch(config) -> tuple[Any, dict[str, np.ndarray]]:
+    """The runner's seeded initial parameters and first train batch, without compiling a step
+    (the torch side's starting point: the same numbers as the dlx side's)."""
+    run = loop.prepare_run(config)
+    params = jax.device_get(loop.init_state(run).params)
+    source = run.task.source(config.data.train_split, train=True)
+    batch = next(iter(data_lib.train_iterator(
+        source, global_batch_size=config.data.batch_size, seed=config.seed)))
+    return params, {k: np.asarray(v) for k, v in batch.items()}
+
+
+def params_checksum(params) -> float:
+    return float(sum(np.abs(np.asarray(leaf, np.float64)).sum()
+                     for leaf in jax.tree_util.tree_leaves(params)))
+
+
+WORKER_REPLY = "@@bench-worker "  # prefixes the worker's protocol lines on its stdout
+
+
+def _reply(message: dict) -> None:
+    print(WORKER_REPLY + json.dumps(message), flush=True)
+
+
+def serve_side(section: str, side: str, dtype: str) -> None:
+    """Worker process of `SideWorker`: builds one side of a GPT comparison, warms it up, says
+    what it built, then runs N steps for every N read from stdin and replies the seconds."""
+    torch.set_num_threads(bench_run.TORCH_THREADS)
+    config = gpt_config(GPTS[section])
+    config.model.dtype = dtype
+    if side == "dlx":
+        model = build_dlx_lm(config)
+        run_steps, params = model.run_steps, model.state.params
+        module = model.run.model  # the flax Model, vocab size filled in from the tokenizer
+        info = {"vocab_size": module.vocab_size, **bench_run.xla_flops(model),
+                "step_flops": transformer.train_flops_per_token(module, config.data.seq_len)
+                * config.data.batch_size * config.data.seq_len}
+    else:
+        params, batch = initial_params_and_batch(config)
+        run_steps, info = torch_gpt_runner(config, params, batch), {}
+    info["params_checksum"] = params_checksum(params)
+    run_steps(1 if section == "gpt" else 3)  # compile / warm up
+    _reply(info)
+    for line in sys.stdin:
+        _reply({"seconds": run_steps(int(line))})
+
+
+class SideWorker:
+    """One side of a GPT comparison in a process of its own, called as a `StepRunner`.
+
+    Users run one framework per process, and a step's speed depends on the process's memory:
+    a nanoGPT step spends 2-6 s of kernel time faulting in its buffers (dlx/runtime.py), more
+    when the other side has just used and freed the memory (dlx alone in bench/profile_step.py:
+    8.0-9.1 s a step; alternating in one process with torch, 2 steps a round: 11.1-12.4 s). So
+    each side runs in its own process, and `timed_rounds` runs an untimed step before each timed
+    one; rounds still alternate, and the workers' CPU time counts as the benchmark's own in the
+    busy-round check.
+    """
+
+    def __init__(self, section: str, side: str, dtype: str):
+        self.name = f"{section}:{side}"
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", self.name,
+             "--gpt-dtype", dtype], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        bench_run.WORKER_PIDS.add(self.process.pid)
+        self.info = self._read_reply()
+
+    def _read_reply(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(WORKER_REPLY):
+                return json.loads(line[len(WORKER_REPLY):])
+        raise RuntimeError(f"bench worker {self.name} exited with code {self.process.wait()}")
+
+    def __call__(self, num_steps: int) -> float:
+        self.process.stdin.write(f"{num_steps}\n")
+        self.process.stdin.flush()
+        return self._read_reply()["seconds"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+        bench_run.WORKER_PIDS.discard(self.process.pid)
+
+
 def compare_gpt(section: str, args, peak_gflops: float | None) -> dict[str, Any]:
     config = gpt_config(GPTS[section])
     config.model.dtype = args.gpt_dtype
-    model = build_dlx_lm(config)
-    torch_steps = torch_gpt_runner(config, model.state.params, model.numpy_batch)
-    steps = args.gpt_steps if section == "gpt" else args.gpt_small_steps
-    runners = {"dlx": model.run_steps, "torch": torch_steps}
-    for run_steps in runners.values():
-        run_steps(1 if section == "gpt" else 3)  # compile / warm up
-    result = timed_rounds(runners, steps, args.gpt_rounds if section == "gpt" else args.rounds)
+    runners = {side: SideWorker(section, side, args.gpt_dtype) for side in ("dlx", "torch")}
+    try:
+        info = runners["dlx"].info
+        if info["params_checksum"] != runners["torch"].info["params_checksum"]:
+            raise RuntimeError("the dlx and torch workers start from different parameters")
+        steps = args.gpt_steps if section == "gpt" else args.gpt_small_steps
+        result = timed_rounds(runners, steps,
+                              args.gpt_rounds if section == "gpt" else args.rounds)
+    finally:
+        for worker in runners.values():
+            worker.close()
 
-    seq_len, batch = config.data.seq_len, config.data.batch_size
-    module = model.run.model  # the flax Model, vocab size filled in from the tokenizer
-    step_flops = transformer.train_flops_per_token(module, seq_len) * batch * seq_len
-    xla = bench_run.xla_flops(model)
+    seq_len, batch, step_flops = config.data.seq_len, config.data.batch_size, info["step_flops"]
     out = {"model": {k: config.model[k] for k in ("num_layers", "embed_dim", "num_heads",
                                                     "max_len", "dropout", "dtype")},
-           "vocab_size": module.vocab_size, "batch_size": batch, "seq_len": seq_len, **result,
+           "vocab_size": info["vocab_size"], "batch_size": batch, "seq_len": seq_len,
+           "sides_in_own_processes": True, **result,
            "ratio": result["dlx_ms"] / result["torch_ms"], "goal_ratio": GOAL_RATIO,
-           "step_flops": step_flops, **xla,
-           "xla_step_over_formula": xla["xla_step_flops"] / step_flops,
-           "xla_forward_over_formula": xla["xla_forward_flops"] / (step_flops / 3),
+           "step_flops": step_flops, "xla_forward_flops": info["xla_forward_flops"],
+           "xla_step_flops": info["xla_step_flops"],
+           "xla_step_over_formula": info["xla_step_flops"] / step_flops,
+           "xla_forward_over_formula": info["xla_forward_flops"] / (step_flops / 3),
            **{f"{side}_gflops": step_flops / result[f"{side}_ms"] / 1e6
               for side in ("dlx", "torch")}}
     if section == "gpt":
@@ -289,8 +386,11 @@ def report(results: dict) -> str:
     return "\n".join(lines + bench_run.load_notes(results, sections))
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    if args.worker:
+        serve_side(*args.worker.split(":"), args.gpt_dtype)
+        return None
     torch.set_num_threads(bench_run.TORCH_THREADS)
     started, other_load = time.perf_counter(), bench_run.OtherLoad()
     results: dict[str, Any] = {"machine": bench_run.machine_info(), "command": " ".join(sys.argv),
