@@ -86,17 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def timed_rounds(runners: dict[str, StepRunner], steps: int, rounds: int) -> dict[str, Any]:
-    """Every contender in turn each round, so drifts hit them all alike; median ms per call.
-    Each contender's round starts with an untimed call: the steady state of a training loop,
-    with the memory the other contender used and freed faulted back in (see `SideWorker`)."""
-    def one_round() -> dict[str, float]:
-        ms = {}
-        for name, run_steps in runners.items():
-            run_steps(1)
-            ms[name] = 1e3 * run_steps(steps) / steps
-        return ms
-
-    kept = bench_run.quiet_rounds(one_round, rounds)
+    """`bench_run.alternating_round`s while the machine is quiet; median ms per call."""
+    kept = bench_run.quiet_rounds(lambda: bench_run.alternating_round(runners, steps), rounds)
     ms_rounds = {name: [r[name] for r in kept.kept] for name in runners}
     return {"steps_per_round": steps, "rounds": rounds,
             **{f"{name}_ms": statistics.median(ms) for name, ms in ms_rounds.items()},
@@ -278,9 +269,9 @@ class SideWorker:
     a nanoGPT step spends 2-6 s of kernel time faulting in its buffers (dlx/runtime.py), more
     when the other side has just used and freed the memory (dlx alone in bench/profile_step.py:
     8.0-9.1 s a step; alternating in one process with torch, 2 steps a round: 11.1-12.4 s). So
-    each side runs in its own process, and `timed_rounds` runs an untimed step before each timed
-    one; rounds still alternate, and the workers' CPU time counts as the benchmark's own in the
-    busy-round check.
+    each side runs in its own process, and `bench_run.alternating_round` runs an untimed step
+    before each timed one; rounds still alternate, and the workers' CPU time counts as the
+    benchmark's own in the busy-round check.
     """
 
     def __init__(self, section: str, side: str, dtype: str):

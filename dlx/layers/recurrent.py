@@ -28,9 +28,14 @@ Speed (XLA:CPU, one layer, batch 64, 128 steps, in 256, hidden 512, forward + ba
 - A custom VJP runs a backward scan for the input and carry gradients only; the recurrent
   kernel's gradient is one [H, T*B] x [T*B, G*H] matmul afterwards instead of T small ones
   inside the loop (5-10% less CPU time than the scan's own autodiff).
-- `unroll` > 1 was not faster here. bench/sequence.py has the comparison with torch: every
-  matmul of the layer runs at 150-260 GFLOP/s here against MKL's 250-310, and the scans add
-  zero-filled [T, B, .] buffers and per-step copies that torch does not pay.
+- Both kernel gradients (`weight_gradient`) are a matmul of an explicit transposed copy of the
+  layer input or carried h ([in or H, T*B]) with the [T*B, G*H] gradient as it lies. Left to
+  itself XLA:CPU transposed the G*H-wide gradient instead (67 MB for the LSTM) and, for the
+  recurrent kernel, made both operands batch-major first: LSTM 533 -> 402 ms, GRU 374 -> 302
+  (profiled; bench/sequence.py: LSTM 465 -> 367, GRU 330 -> 273).
+- `unroll` > 1 was not faster here. bench/sequence.py has the comparison with torch: the
+  per-step matmuls run at 220-270 GFLOP/s and the input projection (K = in = 256) at ~160,
+  against MKL's 250-310, and the scans add zero-filled [T, B, .] buffers that torch does not pay.
 """
 from __future__ import annotations
 
@@ -85,7 +90,7 @@ def project_inputs(cell: str, w: CellWeights, x: jax.Array) -> jax.Array:
     """W_ih x + the hoisted biases for all steps in one matmul: [..., in] -> [..., G*H]. Give
     it time-major inputs for `run_cell`: transposing the [T, B, in] input first is ~3x faster on
     XLA:CPU than an einsum that writes a transposed [T, B, G*H] output."""
-    return x @ w.input_kernel + hoisted_bias(cell, w)
+    return project(x, w.input_kernel) + hoisted_bias(cell, w)
 
 
 def _step(cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry,
@@ -116,6 +121,32 @@ def cell_step(cell: str, w: CellWeights, carry: Carry, projected: jax.Array
     b_hn = w.recurrent_bias[2 * w.recurrent_kernel.shape[0]:] if cell == "gru" else None
     new, _ = _step(cell, w.recurrent_kernel, b_hn, carry, projected)
     return new, carry_hidden(cell, new)
+
+
+def weight_gradient(inputs: jax.Array, grads: jax.Array) -> jax.Array:
+    """sum over rows of inputs[..., K]^T grads[..., N] -> [K, N], as one [K, rows] x [rows, N]
+    matmul on a transposed copy of `inputs` (the smaller operand here)."""
+    inputs_t = lax.optimization_barrier(inputs.reshape(-1, inputs.shape[-1]).T)
+    return inputs_t @ grads.reshape(-1, grads.shape[-1])
+
+
+@jax.custom_vjp
+def project(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., in] @ kernel [in, G*H]. The kernel's gradient transposes x, not the (G*H / in
+    times larger) output gradient, which is what XLA:CPU picks for the plain matmul."""
+    return x @ kernel
+
+
+def _project_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _project_bwd(residuals, d_out):
+    x, kernel = residuals
+    return d_out @ kernel.T, weight_gradient(x, d_out)
+
+
+project.defvjp(_project_fwd, _project_bwd)
 
 
 def _where(valid: jax.Array | None, new: Any, old: Any) -> Any:
@@ -211,7 +242,7 @@ def _scan_bwd(cell, reverse, unroll, residuals, cotangents):
     d_carry, d_steps = lax.scan(step, d_final, (per_step, mask), reverse=not reverse,
                                 unroll=unroll)
     d_projected, d_recurrent = d_steps if cell == "gru" else (d_steps, d_steps)
-    d_kernel = jnp.einsum("tbh,tbg->hg", h_prev, d_recurrent)
+    d_kernel = weight_gradient(h_prev, d_recurrent)
     d_b_hn = None if b_hn is None else d_recurrent[..., 2 * hidden:].sum(axis=(0, 1))
     d_bias = d_projected.sum(axis=(0, 1)) if has_bias else None
     return d_kernel, d_b_hn, d_bias, d_projected, d_carry, None
@@ -281,8 +312,9 @@ class Recurrent(nn.Module):
         w = self.weights(x.shape[-1])
         if carry is None:
             carry = zero_carry(self.cell, x.shape[1], self.hidden_dim, x.dtype)
-        carry, h = run_cell(self.cell, w, x @ w.input_kernel, carry, mask, reverse=self.reverse,
-                            unroll=self.unroll, bias=hoisted_bias(self.cell, w))
+        carry, h = run_cell(self.cell, w, project(x, w.input_kernel), carry, mask,
+                            reverse=self.reverse, unroll=self.unroll,
+                            bias=hoisted_bias(self.cell, w))
         return (h if time_major else jnp.swapaxes(h, 0, 1)), carry
 
 

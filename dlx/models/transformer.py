@@ -42,8 +42,9 @@ Dropout ("dropout" rng) on embeddings, attention probabilities and both residual
 
 Speed (bench/sequence.py; nanoGPT char model: 6 layers, 384 wide, 6 heads, context 256,
 vocab 65, batch 64, dropout 0.2, the runner's forward + backward + AdamW on 2 CPU cores):
-11-13 s a step, ~1.16 TFLOP by `train_flops_per_token` (92-106 GFLOP/s, 25-29% of the
-measured f32 matmul peak); PyTorch 2.13 (2 threads, same model): 7.7 s. Dropout masks come
+~1.16 TFLOP a step by `train_flops_per_token`; 7.0-7.7 s against PyTorch 2.13's 7.7-7.9 s
+(2 threads, same model) on an Intel host, 37-42% of its measured f32 matmul peak; 12.4 vs
+13.4 s on a slower AMD host (BENCHMARKS.md). Dropout masks come
 from `activations.Dropout` / `random_bits` (a fused Threefry): `jax.random.bernoulli`'s masks
 cost ~4 s a step. What remains is XLA:CPU's matmul rate on these shapes (100-155 GFLOP/s for
 the weight matmuls, 25-60 for attention's 256x64x256 batched ones, vs ~280 for 2048^2) and the
