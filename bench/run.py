@@ -6,12 +6,14 @@
 
 Prints a markdown table and writes bench/results.json. dlx runs exactly as the runner runs it
 (`loop.prepare_run` -> `init_state` -> `compile_steps`, 1-device mesh); dlx and PyTorch are timed in
-the same process, alternating in rounds, and the median round is reported.
+the same process, alternating in rounds (each side timed after one untimed step), and the median
+round is reported.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -54,7 +56,7 @@ GOAL_STALL = 0.05
 MAX_OTHER_LOAD = 0.10  # share of the CPU other processes may use during a kept round
 # Steps per timed round when --steps is not given: about 0.3-1 s of work per round.
 DEFAULT_STEPS = {"mlp": 100, "cnn": 20, "cnn_bn": 20}
-DEFAULT_PIPELINE_STEPS = {"mlp": 200, "cnn": 40}
+DEFAULT_PIPELINE_STEPS = {"mlp": 100, "cnn": 20}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,10 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is kept")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps after compiling")
     parser.add_argument("--pipeline-steps", type=int, default=None,
-                        help="steps per pipeline-stall round (default: mlp 200, cnn 40)")
-    parser.add_argument("--pipeline-rounds", type=int, default=9,
-                        help="pipeline-stall rounds; the stall is a small difference of two "
-                             "medians, so it takes more rounds than the step times")
+                        help="steps per pipeline-stall round (default: mlp 100, cnn 20)")
+    parser.add_argument("--pipeline-rounds", type=int, default=15,
+                        help="pipeline-stall rounds, each a loop and a step timing back to back; "
+                             "the median of the rounds' stalls is kept")
     args = parse_with_sections(parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results.json"))
     if min(args.rounds, args.pipeline_rounds) < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--rounds, --pipeline-rounds and --steps must be >= 1")
@@ -174,6 +176,18 @@ class Rounds(Generic[T]):
     kept: list[T]
     dropped: int      # rounds thrown away because another process was busy during them
     contended: bool   # too few quiet rounds: `kept` holds busy ones too
+
+
+def alternating_round(runners: dict[str, StepRunner], steps: int) -> dict[str, float]:
+    """ms per step of every contender in turn, so drifts hit them all alike. Each is timed after
+    one untimed step: the steady state of a training loop, with the memory the other contender
+    used and freed faulted back in (a nanoGPT step's kernel time grows ~3x right after the other
+    framework ran; BENCHMARKS.md)."""
+    ms = {}
+    for name, run_steps in runners.items():
+        run_steps(1)
+        ms[name] = 1e3 * run_steps(steps) / steps
+    return ms
 
 
 def quiet_rounds(run_round: Callable[[], T], wanted: int) -> Rounds[T]:
@@ -330,10 +344,7 @@ def compare_with_torch(name: str, model: DlxModel, args, peak_gflops: float | No
     for run_steps in runners.values():
         run_steps(args.warmup)
 
-    def one_round() -> dict[str, float]:  # every side in turn, so drifts hit them all alike
-        return {name: 1e3 * run_steps(steps) / steps for name, run_steps in runners.items()}
-
-    rounds = quiet_rounds(one_round, args.rounds)
+    rounds = quiet_rounds(lambda: alternating_round(runners, steps), args.rounds)
     ms_rounds = {contender: [r[contender] for r in rounds.kept] for contender in runners}
     ms = {contender: statistics.median(times) for contender, times in ms_rounds.items()}
 
@@ -363,13 +374,25 @@ def pipeline_stall(name: str, model: DlxModel, args) -> dict:
                                    seed=config.seed, num_threads=config.data.num_threads,
                                    prefetch=config.data.prefetch)
     model.run_loop(iterator, args.warmup)  # starts grain's reader threads
-    rounds = quiet_rounds(lambda: (model.run_loop(iterator, steps), model.run_steps(steps)),
-                          args.pipeline_rounds)
-    loop_time = statistics.median(loop for loop, _ in rounds.kept)
-    step_time = statistics.median(step for _, step in rounds.kept)
+    model.run_steps(args.warmup)  # the step on a placed batch is compiled on its first call
+    order = itertools.cycle([False, True])
+
+    def paired_round() -> tuple[float, float]:
+        """(loop time, step time) measured back to back, in alternating order: this host's speed
+        drifts by 10-30% between seconds, more than the stall, so each round's pair is compared
+        on its own rather than two medians over the whole run."""
+        if next(order):
+            step_time = model.run_steps(steps)
+            return model.run_loop(iterator, steps), step_time
+        loop_time = model.run_loop(iterator, steps)
+        return loop_time, model.run_steps(steps)
+
+    rounds = quiet_rounds(paired_round, args.pipeline_rounds)
+    stalls = [(loop - step) / loop for loop, step in rounds.kept]
     return {"steps_per_round": steps, "rounds": args.pipeline_rounds,
-            "loop_ms": 1e3 * loop_time / steps,
-            "step_ms": 1e3 * step_time / steps, "stall": (loop_time - step_time) / loop_time,
+            "loop_ms": 1e3 * statistics.median(loop for loop, _ in rounds.kept) / steps,
+            "step_ms": 1e3 * statistics.median(step for _, step in rounds.kept) / steps,
+            "stall": statistics.median(stalls), "stall_rounds": stalls,
             "goal_stall": GOAL_STALL, "busy_rounds_dropped": rounds.dropped,
             "contended": rounds.contended}
 

@@ -57,7 +57,8 @@ class ArraySource:
         return [self[index] for index in indices]
 
     def read_rows(self, indices: np.ndarray) -> Batch:
-        return {key: column[indices] for key, column in self.columns.items()}
+        # np.take copies whole rows; fancy indexing of a [N, 28, 28, 1] column took 2x as long.
+        return {key: np.take(column, indices, axis=0) for key, column in self.columns.items()}
 
 
 def _as_batch_dtypes(record: Mapping[str, Any]) -> Batch:
