@@ -145,6 +145,38 @@ def test_gradient_step_reports_the_global_gradient_norm_and_adam_update():
     assert not np.isfinite(metrics["grad_norm"])
 
 
+def test_gradient_accumulation_makes_the_full_batch_update():
+    """Micro-batches of a mean loss average to the full batch's gradient, so the update, loss
+    and gradient norm match one step on the whole batch; the batch-statistics-style model state
+    is threaded through the micro-batches in order."""
+    from dlx.train.state import TrainState, gradient_step
+
+    def loss_fn(params, model_state, batch, rng):
+        pred = batch["x"] @ params["w"] + params["b"]
+        loss = jnp.mean((pred - batch["y"]) ** 2)
+        return loss, ({"mae": jnp.mean(jnp.abs(pred - batch["y"]))},
+                      {"seen": model_state["seen"] + batch["x"].shape[0]})
+
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.standard_normal((16, 3)), jnp.float32),
+             "y": jnp.asarray(rng.standard_normal((16, 2)), jnp.float32)}
+    variables = {"params": {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, "seen": jnp.int32(0)}
+    tx = optimizer.build_optimizer(_cfg(name="adam"), TOTAL_STEPS)
+    state = TrainState.create(apply_fn=None, variables=variables, tx=tx,
+                              rng=jax.random.PRNGKey(0))
+    results = {k: jax.jit(lambda s, b, k=k: gradient_step(s, b, loss_fn, k))(state, batch)
+               for k in (1, 4)}
+    (whole, whole_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
+    for got, want in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(whole.params["w"], variables["params"]["w"])
+    for name in ("loss", "mae", "grad_norm"):
+        np.testing.assert_allclose(accumulated_metrics[name], whole_metrics[name], rtol=1e-5)
+    assert int(accumulated.model_state["seen"]) == int(whole.model_state["seen"]) == 16
+    with pytest.raises(ValueError, match="does not split into 5 micro-batches"):
+        gradient_step(state, batch, loss_fn, 5)
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 

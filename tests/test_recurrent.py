@@ -156,10 +156,11 @@ LM_CASES = [
     (dict(cell="lstm", num_layers=2, dropout=0.5),
      V * E + _gates(4, E) + _gates(4, H) + (H * V + V)),
     (dict(cell="gru", num_layers=1), V * E + _gates(3, E) + (H * V + V)),
+    (dict(cell="rnn", num_layers=2), V * E + _gates(1, E) + _gates(1, H) + (H * V + V)),
 ]
 
 
-@pytest.mark.parametrize("kwargs, expected", LM_CASES, ids=["lstm", "gru"])
+@pytest.mark.parametrize("kwargs, expected", LM_CASES, ids=["lstm", "gru", "rnn"])
 def test_language_model_counts_causality_and_cached_decoding(kwargs, expected):
     model = get_model("recurrent", vocab_size=V, embed_dim=E, hidden_dim=H, **kwargs)
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 1, V)

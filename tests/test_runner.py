@@ -66,9 +66,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(uninterrupted, tmp_path)
                                [reference[s] for s in range(1, 401)], rtol=1e-6)
 
 
-def test_sigterm_saves_and_the_same_command_resumes(uninterrupted, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_preemption_saves_and_the_same_command_resumes(uninterrupted, tmp_path, sig):
     workdir = tmp_path / "preempted"
-    process = _interrupted_run(workdir, signal.SIGTERM, at_step=60)
+    process = _interrupted_run(workdir, sig, at_step=60)
     assert process.returncode == 0
     stopped = max(train_losses(workdir))
     assert stopped < 400
@@ -104,9 +105,16 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["resumed_from_step"] == 10 and summary["device_count"] == 2
-    third = launch(*args, "--config.train_steps=30", "--config.mesh.fsdp=2", devices=8)
+    # A mesh that fits the new machine is a layout change, not a new run.
+    third = launch(*args, "--config.train_steps=30", "--config.mesh.fsdp=1", devices=1)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert sorted(train_losses(workdir)) == list(range(1, 31))
+    assert json.loads((workdir / "summary.json").read_text())["device_count"] == 1
+    fourth = launch(*args, "--config.train_steps=40", "--config.mesh.fsdp=4",
+                    "--config.mesh.model=2", devices=8)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 30 and summary["device_count"] == 8
+    assert sorted(train_losses(workdir)) == list(range(1, 41))
 
 
 def test_nan_stops_with_the_last_good_checkpoint_and_never_saves_it(tmp_path):

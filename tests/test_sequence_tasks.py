@@ -3,6 +3,7 @@
 the 1-device run, and the edit distance behind phoneme/word error rates."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import jax
@@ -80,7 +81,10 @@ def test_sample_mode_rejects_bad_settings(gpt_run, flag):
 def test_recurrent_language_models_train(config, tmp_path):
     result = launch("--config", f"configs/{config}", "--workdir", str(tmp_path / "rnn"), devices=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert eval_records(tmp_path / "rnn")[-1]["perplexity"] > 1.0
+    final = eval_records(tmp_path / "rnn")[-1]
+    vocab_size = load_tokenizer(tmp_path / "rnn" / "tokenizer.json").vocab_size
+    assert 0 < final["loss"] < np.log(vocab_size) + 0.5  # about uniform after 6 steps, not worse
+    assert final["perplexity"] == pytest.approx(np.exp(final["loss"]), rel=1e-5)
 
 
 @pytest.mark.parametrize("config", ["cmudict_transformer.py:test", "cmudict_gru_attention.py:test"])
@@ -95,6 +99,13 @@ def test_seq2seq_g2p_runs_and_scores_decoded_words(config, tmp_path):
     assert 0.0 < final["phoneme_error_rate_any"]
     lines = (workdir / "samples" / "step_0000006.txt").read_text().splitlines()
     assert len(lines) == 20 and all("(reference: " in line for line in lines)
+    if "gru" in config:  # the README's beam-search eval of a finished run
+        beam = launch("eval", "--workdir", str(workdir), "--config.decoding.beam_size=3",
+                      devices=2)
+        assert beam.returncode == 0, beam.stderr[-3000:]
+        scored = json.loads(beam.stdout[beam.stdout.index("{"):])
+        assert scored["step"] == final["step"]
+        assert 0.0 < scored["phoneme_error_rate"] and 0.0 < scored["word_error_rate"] <= 1.0
 
 
 def _levenshtein(a, b) -> int:

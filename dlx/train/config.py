@@ -28,11 +28,14 @@ DEFAULT_RULES = (
     ("kv_heads", "model"),
     ("vocab", "model"),
 )
-# Keys a re-run may change on an existing workdir without breaking its checkpoints.
+# Keys a re-run may change on an existing workdir without breaking its checkpoints. The mesh and
+# sharding rules only lay the same numbers out over other devices (checkpoints restore onto any
+# mesh), so a run moves to a machine with another device count.
 RESUMABLE_CHANGES = {"train_steps", "num_epochs", "log_every_steps", "eval_every_steps",
                      "eval_every_epochs", "checkpoint_every_steps", "checkpoint_every_epochs",
                      "keep_checkpoints", "progress_bar", "data.num_threads", "data.prefetch",
-                     "data.data_dir"} | {f"decoding.{key}" for key in (
+                     "data.data_dir", "mesh.data", "mesh.fsdp", "mesh.model", "sharding_rules"
+                     } | {f"decoding.{key}" for key in (
                          "prompt", "num_samples", "max_new_tokens", "temperature", "top_k",
                          "top_p", "beam_size", "length_penalty")}
 
