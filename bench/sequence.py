@@ -15,7 +15,8 @@ training loop), the layers in this process, each GPT side in a worker process of
 `quiet_rounds`) and the median round is kept.
 - Layers: one `dlx.layers.recurrent.Recurrent` layer vs `torch.nn.LSTM/GRU` (batch-first, same
   weights), forward + backward (gradients of sum(h * g) for a fixed g w.r.t. the weights and the
-  input); outputs and gradients are checked to agree before timing.
+  input); outputs and gradients are checked to agree before timing. Each side's forward alone
+  (no gradient, so no saved residuals) is timed in the same rounds, to tell where a gap lies.
 - GPT: the runner's compiled train step (`loop.prepare_run` -> `init_state` -> `compile_steps`,
   forward + backward + clipping + AdamW, dropout on) on one fixed batch, vs bench/torch_lm.py's
   GPT twin with the same weights, loss, clipping and AdamW. Model FLOPs from
@@ -27,6 +28,7 @@ training loop), the layers in this process, each GPT side in a worker process of
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -120,6 +122,7 @@ def compare_layer(cell: str, args) -> dict[str, Any]:
         return jnp.sum(out * g), out
 
     grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    forward_fn = jax.jit(lambda params, x: layer.apply(params, x)[0])
     x, g = jnp.asarray(x_np), jnp.asarray(g_np)
     xt, gt = torch.from_numpy(x_np).requires_grad_(True), torch.from_numpy(g_np)
 
@@ -145,25 +148,33 @@ def compare_layer(cell: str, args) -> dict[str, Any]:
     if max(errors.values()) > 2e-3:
         raise AssertionError(f"{cell}: dlx and torch disagree: {errors}")
 
-    def dlx_steps(n: int) -> float:
+    def dlx_steps(n: int, call=lambda: grad_fn(params, x, g)) -> float:
         start = time.perf_counter()
-        results = [grad_fn(params, x, g) for _ in range(n)]
+        results = [call() for _ in range(n)]
         jax.block_until_ready(results)
         return time.perf_counter() - start
 
-    def torch_steps(n: int) -> float:
+    def torch_steps(n: int, call=torch_call) -> float:
         start = time.perf_counter()
         for _ in range(n):
-            torch_call()
+            call()
         return time.perf_counter() - start
 
-    runners = {"dlx": dlx_steps, "torch": torch_steps}
+    def torch_forward():
+        with torch.no_grad():
+            return reference(xt)
+
+    # The forward alone too, without the residuals the gradient needs: where a gap comes from.
+    runners = {"dlx": dlx_steps, "torch": torch_steps,
+               "dlx_forward": functools.partial(dlx_steps, call=lambda: forward_fn(params, x)),
+               "torch_forward": functools.partial(torch_steps, call=torch_forward)}
     for run_steps in runners.values():
         run_steps(2)  # warm-up
     result = timed_rounds(runners, args.layer_steps, args.rounds)
     flop = layer_flops(cell, b, t, d, h)
     return {**LAYER_SHAPE, **result, "max_abs_diff": errors,
             "ratio": result["dlx_ms"] / result["torch_ms"], "goal_ratio": GOAL_RATIO,
+            "forward_ratio": result["dlx_forward_ms"] / result["torch_forward_ms"],
             "step_flops": flop,
             **{f"{side}_gflops": flop / result[f"{side}_ms"] / 1e6 for side in ("dlx", "torch")}}
 
@@ -346,13 +357,15 @@ def report(results: dict) -> str:
         s = LAYER_SHAPE
         lines += ["", f"| layer fwd+bwd (batch {s['batch']}, {s['steps']} steps, in {s['inputs']}, "
                   f"hidden {s['hidden']}) | dlx ms | torch ms | dlx/torch (goal <= 1.0) "
-                  "| matmul GFLOP | dlx GFLOP/s | torch GFLOP/s | max abs diff |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| matmul GFLOP | dlx GFLOP/s | torch GFLOP/s | forward only: dlx / torch ms "
+                  "| max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in layers.items():
             ok = verdict(r["ratio"] <= r["goal_ratio"], r)
             lines.append(f"| {name} | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} "
                          f"({ok}) | {r['step_flops'] / 1e9:.1f} | {r['dlx_gflops']:.0f} "
-                         f"| {r['torch_gflops']:.0f} | {max(r['max_abs_diff'].values()):.1e} |")
+                         f"| {r['torch_gflops']:.0f} | {r['dlx_forward_ms']:.1f} / "
+                         f"{r['torch_forward_ms']:.1f} ({r['forward_ratio']:.2f}) "
+                         f"| {max(r['max_abs_diff'].values()):.1e} |")
     gpts = {k: results[k] for k in GPTS if k in results}
     if gpts:
         lines += ["", "| GPT train step | dlx s | torch s | dlx/torch (goal <= 1.0) "

@@ -22,9 +22,10 @@ Speed (XLA:CPU, one layer, batch 64, 128 steps, in 256, hidden 512, forward + ba
   (transposing the input first is ~3x faster than an einsum writing a [T, B, G*H] output).
   `Recurrent` adds the biases inside the scan step, where they fuse into the gate arithmetic,
   rather than in a pass over the [T, B, G*H] projection (LSTM 624 -> 595 ms, GRU 472 -> 435).
-- The scan body holds the recurrent matmul and the gate arithmetic; each gate is activated on its
-  own slice (one sigmoid over [B, 4H], sliced afterwards, made the LSTM's gate arithmetic
-  ~1.8x slower).
+- The scan body holds the recurrent matmul and the gate arithmetic. The LSTM activates its four
+  gates with one tanh over [B, 4H] (sigmoid(x) = (1 + tanh(x / 2)) / 2 for i, f, o): its forward
+  scan 215 -> 157 ms, the layer's forward 1.27 -> 1.03x torch's. One sigmoid over [B, 4H],
+  sliced afterwards, had been ~1.8x slower than a sigmoid per slice.
 - A custom VJP runs a backward scan for the input and carry gradients only; the recurrent
   kernel's gradient is one [H, T*B] x [T*B, G*H] matmul afterwards instead of T small ones
   inside the loop (5-10% less CPU time than the scan's own autodiff).
@@ -95,8 +96,8 @@ def project_inputs(cell: str, w: CellWeights, x: jax.Array) -> jax.Array:
 
 def _step(cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry,
           projected: jax.Array) -> tuple[Carry, tuple[jax.Array, ...]]:
-    """One step: (new carry, the gate activations the backward pass needs). Each gate is
-    activated on its own slice (see the module's notes on speed)."""
+    """One step: (new carry, the gate activations the backward pass needs); see the module's
+    notes on speed for how the gates are activated."""
     hidden = kernel.shape[0]
     h = carry_hidden(cell, carry)
     recurrent = h @ kernel
@@ -104,9 +105,11 @@ def _step(cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry,
     if cell == "rnn":
         return jnp.tanh(projected + recurrent), ()
     if cell == "lstm":
-        gates = projected + recurrent
-        i, f, o = (jax.nn.sigmoid(gate(gates, k)) for k in (0, 1, 3))
-        g = jnp.tanh(gate(gates, 2))
+        # all four gates in one fused tanh; sigmoid(x) = (1 + tanh(x / 2)) / 2 for i, f and o
+        halves = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], np.float32), hidden)
+        activated = jnp.tanh((projected + recurrent) * halves.astype(projected.dtype))
+        i, f, o = (0.5 * gate(activated, k) + 0.5 for k in (0, 1, 3))
+        g = gate(activated, 2)
         c = f * carry[1] + i * g
         return (o * jnp.tanh(c), c), (i, f, g, o)
     r, z = (jax.nn.sigmoid(gate(projected, k) + gate(recurrent, k)) for k in (0, 1))
