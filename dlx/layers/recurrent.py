@@ -34,9 +34,11 @@ Speed (XLA:CPU, one layer, batch 64, 128 steps, in 256, hidden 512, forward + ba
   itself XLA:CPU transposed the G*H-wide gradient instead (67 MB for the LSTM) and, for the
   recurrent kernel, made both operands batch-major first: LSTM 533 -> 402 ms, GRU 374 -> 302
   (profiled; bench/sequence.py: LSTM 465 -> 367, GRU 330 -> 273).
-- `unroll` > 1 was not faster here. bench/sequence.py has the comparison with torch: the
-  per-step matmuls run at 220-270 GFLOP/s and the input projection (K = in = 256) at ~160,
-  against MKL's 250-310, and the scans add zero-filled [T, B, .] buffers that torch does not pay.
+- `unroll` > 1 was not faster here. bench/sequence.py has the comparison with torch, whose LSTM
+  is oneDNN's fused RNN primitive (`mkldnn_rnn_layer`, ~95% of the matmul peak): this layer's
+  dots run at ~180 GFLOP/s and its scans add ~100 ms of small ops (zero-filled [T, B, .]
+  outputs, carry copies, the gate-gradient concatenate), so the LSTM stays ~1.16x torch's
+  while the GRU, which torch runs op by op, is ~0.83x (BENCHMARKS.md, session 15).
 """
 from __future__ import annotations
 
