@@ -28,7 +28,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _config_argument(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The --config value and argv without it (JSON configs are loaded here, not by absl)."""
+    """The --config value and argv without it (the config is loaded here, not by absl)."""
     rest, path = [argv[0]], None
     args = iter(argv[1:])
     for arg in args:
@@ -67,11 +67,16 @@ def main(argv: list[str]) -> None:
         file_part = config_path.split(":", 1)[0]
         if not os.path.exists(file_part):
             raise UserError(f"config file {file_part} does not exist; see configs/ for the choices")
-        if config_path.endswith(".json"):  # a saved run: dlx/train/config.py's get_config reads it
-            config_path = f"{config_lib.__file__}:{os.path.abspath(config_path)}"
-        argv = argv_rest[:1] + [f"--config={config_path}"] + argv_rest[1:]
-        sys.argv[:] = argv  # config_flags reads sys.argv when the flag is defined
-        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, lock_config=True)
+        try:
+            config = config_lib.load(config_path)
+        except UserError:
+            raise
+        except Exception as e:  # errors raised while running the config file's get_config
+            raise UserError(f"cannot load config {config_path}: {e}") from None
+        config_lib.prepare_overrides(config, [arg[len("--config."):].split("=", 1)[0]
+                                              for arg in argv_rest if arg.startswith("--config.")])
+        sys.argv[:] = argv_rest  # config_flags reads sys.argv when the flag is defined
+        config_flags.DEFINE_config_dict("config", config, lock_config=True)
         flags.DEFINE_string("workdir", "runs/default", "Where config, checkpoints, metrics and plots go.")
         flags.DEFINE_bool("distributed", bool(os.environ.get("DLX_DISTRIBUTED")),
                           "Call jax.distributed.initialize() (auto-detects SLURM and TPU pods).")
@@ -87,11 +92,9 @@ def main(argv: list[str]) -> None:
         flags.DEFINE_integer("num_samples", 1, "sample: continuations to draw.")
         flags.DEFINE_integer("seed", 0, "sample: random seed.")
         try:
-            flags.FLAGS(argv)
-        except flags.Error as e:
+            flags.FLAGS(argv_rest)
+        except Exception as e:  # absl's flags.Error, and ml_collections' errors for a bad value
             raise UserError(str(e).replace("\n", " ")) from None
-        except Exception as e:  # errors raised while running the config file's get_config
-            raise UserError(f"cannot load config {config_path}: {e}") from None
     except UserError as e:
         _fail(str(e))
 

@@ -48,3 +48,16 @@ def test_epoch_cadence_falls_on_the_steps_completing_each_period():
     config.eval_every_epochs = 0.0
     assert not any(config_lib.is_due(s, config_lib.period(config, "eval_every", 5.0))
                    for s in range(1, 20))
+
+
+def test_command_line_may_set_any_model_field_and_typos_name_the_field():
+    config = config_lib.load(str(REPO / "configs/cmudict_transformer.py:small"))
+    assert "dtype" not in config.model  # left at the model's default by the file
+    config_lib.prepare_overrides(config, ["model.dtype", "optimizer.learning_rate"])
+    assert config.model.dtype == "float32" and config.model.embed_dim == 128
+    config_lib.validate(config)
+    for path, expected in [("model.dtyp", "did you mean 'dtype'"),
+                           ("optimizer.learnig_rate", "did you mean 'learning_rate'"),
+                           ("data.batch_size.x", "no key 'x' under data.batch_size")]:
+        with pytest.raises(config_lib.ConfigError, match=expected):
+            config_lib.prepare_overrides(config, [path])

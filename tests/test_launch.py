@@ -78,6 +78,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_summary(cnn_run):
     ("--config.data.batch_size=36", "divisible"),
     ("--config.optimizer.name=adamm", "adam"),
     ("--config.model.name=cnnn", "cnn"),
+    ("--config.model.dens=(64,)", "did you mean 'dense'"),
 ])
 def test_bad_config_is_one_clear_error_and_touches_nothing(cnn_run, override, expected):
     workdir, _ = cnn_run

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import json
 import math
 from typing import Any
@@ -109,9 +110,50 @@ def _type_ok(value, expected) -> bool:
     return isinstance(value, type(expected))
 
 
-def model_fields(name: str) -> set[str]:
+def model_defaults(name: str) -> dict[str, Any]:
+    """The fields of model `name` and their defaults (dataclasses.MISSING where it has none)."""
     module = importlib.import_module(f"dlx.models.{name}")
-    return {f.name for f in dataclasses.fields(module.Model)} - {"parent", "name"}
+    return {f.name: f.default for f in dataclasses.fields(module.Model)
+            if f.name not in ("parent", "name")}
+
+
+def model_fields(name: str) -> set[str]:
+    return set(model_defaults(name))
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of `configs/x.py[:variant]` (its get_config) or of a saved run's config.json."""
+    if spec.endswith(".json"):
+        return from_json(spec)
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("dlx_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def prepare_overrides(config: ml_collections.ConfigDict, paths: list[str]) -> None:
+    """Checks the dotted paths of `--config.<path>=value` overrides before they are applied, so a
+    typo is one clear error; and lets `model.<field>` set any field of the model, also one the
+    config file leaves at its default (the field is added with its default, then overridden)."""
+    from dlx import models  # imported late: it pulls in every model family
+    for path in paths:
+        keys = path.split(".")
+        if keys[0] == "model" and len(keys) == 2 and keys[1] not in config.model:
+            if config.model.get("name") in models.available():
+                default = model_defaults(config.model.name).get(keys[1], dataclasses.MISSING)
+                if default is not dataclasses.MISSING:
+                    config.model[keys[1]] = default
+        node = config
+        for depth, key in enumerate(keys):
+            if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+                choices = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                if keys[:depth] == ["model"] and config.model.get("name") in models.available():
+                    choices += sorted(model_fields(config.model.name))
+                parent = ".".join(keys[:depth]) or "the top level"
+                raise ConfigError(f"--config.{path}: the config has no key '{key}' under {parent}"
+                                  f"{_nearest(key, choices)}")
+            node = node[key]
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -209,11 +251,6 @@ def from_json(path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     values.setdefault("init_from", "")  # added after the first runs; their config.json lacks it
     return ml_collections.ConfigDict(_tuples(values))
-
-
-def get_config(path: str) -> ml_collections.ConfigDict:
-    """Lets `--config=dlx/train/config.py:runs/x/config.json` load a saved run's config."""
-    return from_json(path)
 
 
 def differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
