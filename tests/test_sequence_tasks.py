@@ -15,7 +15,7 @@ from dlx.data.tokenizers import load_tokenizer
 from dlx.tasks.base import SupervisedTask
 from dlx.tasks.seq2seq import (bucket_index, bucket_shapes, closest_edit_distances,
                                edit_distances)
-from helpers import REPO, eval_records, launch, launch_command, launch_env, train_losses
+from helpers import REPO, eval_records, launch, launch_command, launch_env
 
 GPT_TEST = ["--config", "configs/shakespeare_gpt.py:test"]
 SHARDED_MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.model=2"]
@@ -42,16 +42,6 @@ def test_language_model_run_writes_tokenizer_samples_and_text_metrics(gpt_run):
     assert 0 < final["loss"] < np.log(vocab_size) + 0.5  # about uniform after 6 steps, not worse
     sample = (gpt_run / "samples" / "step_0000006.txt").read_text()
     assert sample.count("=== sample") == 2 and len(sample) > 40
-
-
-def test_sharded_language_model_equals_one_device(gpt_run, tmp_path):
-    single = tmp_path / "one"
-    result = launch(*GPT_TEST, "--workdir", str(single), devices=1)
-    assert result.returncode == 0, result.stderr[-3000:]
-    sharded, one = train_losses(gpt_run), train_losses(single)
-    assert sorted(sharded) == sorted(one)
-    np.testing.assert_allclose([sharded[s] for s in sorted(sharded)],
-                               [one[s] for s in sorted(one)], rtol=1e-4)
 
 
 def test_sample_mode_streams_text_from_the_checkpoint(gpt_run):

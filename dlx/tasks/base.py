@@ -1,10 +1,13 @@
 """What every supervised task shares: model application with mutable collections, and inputs."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlx import data as data_lib
 from dlx.data import RandomAccessSource
@@ -76,8 +79,17 @@ class SupervisedTask:
 
     loss_fn: LossFn
 
+    @functools.cached_property
+    def param_specs(self) -> Any:
+        """The logical PartitionSpec of every parameter, from the model's boxed variables."""
+        example = {k: np.asarray(v)[None] for k, v in
+                   self.source(self.config.data.train_split, train=True)[0].items()}
+        variables = jax.eval_shape(self.init, jax.random.PRNGKey(0), example)
+        return nn.get_partition_spec(variables)["params"]
+
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return gradient_step(state, batch, self.loss_fn, self.config.grad_accum_steps)
+        return gradient_step(state, batch, self.loss_fn, self.config.grad_accum_steps,
+                             self.param_specs)
 
     def write_run_files(self, workdir: str) -> None:
         """Files the run needs besides its checkpoints (a tokenizer ...); none by default."""

@@ -34,7 +34,7 @@ import optax
 from dlx.data.text import G2P_DATA_SETS, g2p_source, g2p_vocabularies
 from dlx.errors import ConfigError
 from dlx.tasks import decoding
-from dlx.tasks.base import SupervisedTask, apply_model, is_main_process
+from dlx.tasks.base import SupervisedTask, is_main_process
 from dlx.train.optimizer import regularization_penalty
 
 NUM_EXAMPLES_SHOWN = 20  # decoded words written to <workdir>/samples at each eval

@@ -64,11 +64,13 @@ class Run:
     example_batch: dict
 
 
-def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None) -> Run:
+def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
+                devices: list | None = None) -> Run:
     """Everything that can fail on bad input, done before the workdir is touched (a task may read
-    files of an existing `workdir`, e.g. its tokenizer, but writes nothing yet)."""
+    files of an existing `workdir`, e.g. its tokenizer, but writes nothing yet). The mesh spans
+    `devices` (default: all of them)."""
     config_lib.validate(config)
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     config_lib.validate_for_mesh(config, sharding.data_parallel_size(mesh), jax.process_count())
     data_dir = config.data.data_dir or None
     if jax.process_index() == 0:  # preparing is idempotent but not safe to run concurrently

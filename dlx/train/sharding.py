@@ -18,10 +18,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from dlx.errors import ConfigError
-
-MESH_AXES = ("data", "fsdp", "model")
-# Batch rows are split over every axis that holds a different slice of the data.
-BATCH_AXES = ("data", "fsdp")
+from dlx.parallel import BATCH_AXES, MESH_AXES, fit_to_shape
 
 
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -71,16 +68,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """Drops mesh axes from dimensions they do not divide (e.g. a 1-channel conv input)."""
-    fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = math.prod(mesh.shape[a] for a in names)
-        fitted.append(axes if names and dim % size == 0 else None)
-    return P(*fitted)
-
-
 def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
     """NamedShardings for an ``eval_shape``'d tree of (possibly) logically-partitioned leaves.
 
@@ -91,7 +78,7 @@ def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[tuple[str
 
     def to_sharding(spec: P, leaf: jax.ShapeDtypeStruct) -> NamedSharding:
         mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if spec else P()
-        return NamedSharding(mesh, _fit_to_shape(mesh_spec, leaf.shape, mesh))
+        return NamedSharding(mesh, fit_to_shape(mesh_spec, leaf.shape, mesh.shape))
 
     return jax.tree.map(to_sharding, logical_specs, shapes,
                         is_leaf=lambda x: isinstance(x, P))

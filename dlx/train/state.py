@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dlx.parallel import gather_fsdp
+
 # loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
 
@@ -53,11 +55,18 @@ def _split_microbatches(batch: dict, num: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn,
-                  accum_steps: int = 1) -> tuple[TrainState, dict]:
+def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn, accum_steps: int = 1,
+                  param_specs: Any = None) -> tuple[TrainState, dict]:
     """One optimizer update; with ``accum_steps > 1`` the batch is cut into micro-batches whose
-    gradients are averaged (same update, a fraction of the activation memory)."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    gradients are averaged (same update, a fraction of the activation memory). `param_specs`
+    (the params' logical PartitionSpecs) gathers the weights over ``fsdp`` where the loss uses
+    them (``dlx.parallel.gather_fsdp``): give it whenever the step may run on a mesh."""
+    def gathered_loss(params, *args):
+        if param_specs is not None:
+            params = gather_fsdp(params, param_specs)
+        return loss_fn(params, *args)
+
+    grad_fn = jax.value_and_grad(gathered_loss, has_aux=True)
     rng = state.step_rng()
     if accum_steps == 1:
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
