@@ -19,6 +19,7 @@ import os
 import sys
 
 MODES = ("train", "eval", "sample")
+SAMPLE_FLAGS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples", "seed")
 DEFAULT_CONFIG = "configs/default.py"
 
 
@@ -83,14 +84,15 @@ def main(argv: list[str]) -> None:
         flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
         flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
         flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-        # sample mode; unset values come from the run's config.decoding
+        # sample mode: passed to the task's `sample`, which takes the options it knows (unset
+        # ones come from the run's config) and refuses the others
         flags.DEFINE_string("prompt", None, "sample: text to continue.")
         flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
         flags.DEFINE_float("temperature", None, "sample: softmax temperature; 0 is greedy.")
         flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: all).")
         flags.DEFINE_float("top_p", None, "sample: nucleus mass to keep (1: all).")
-        flags.DEFINE_integer("num_samples", 1, "sample: continuations to draw.")
-        flags.DEFINE_integer("seed", 0, "sample: random seed.")
+        flags.DEFINE_integer("num_samples", None, "sample: samples to draw (default 1).")
+        flags.DEFINE_integer("seed", None, "sample: random seed (default 0).")
         try:
             flags.FLAGS(argv_rest)
         except Exception as e:  # absl's flags.Error, and ml_collections' errors for a bad value
@@ -110,14 +112,10 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     try:
         if mode == "sample":
-            decoding = config.decoding
-            pick = lambda flag, default: default if flag is None else flag  # noqa: E731
-            loop.sample(config, FLAGS.workdir, prompt=pick(FLAGS.prompt, decoding.prompt),
-                        max_new_tokens=pick(FLAGS.max_new_tokens, decoding.max_new_tokens),
-                        temperature=pick(FLAGS.temperature, decoding.temperature),
-                        top_k=pick(FLAGS.top_k, decoding.top_k),
-                        top_p=pick(FLAGS.top_p, decoding.top_p),
-                        num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+            from dlx import inference
+            options = {name: FLAGS[name].value for name in SAMPLE_FLAGS
+                       if FLAGS[name].value is not None}
+            inference.load(FLAGS.workdir, config).sample(options)
             return
         if mode == "eval":
             metrics = loop.evaluate(config, FLAGS.workdir)

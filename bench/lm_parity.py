@@ -35,7 +35,7 @@ import torch_lm  # noqa: E402
 from dlx import data as data_lib  # noqa: E402
 from dlx import runtime  # noqa: E402
 from dlx.train import loop  # noqa: E402
-from dlx.train.optimizer import learning_rate_at  # noqa: E402
+from dlx.optim.optimizer import learning_rate_at  # noqa: E402
 
 CONFIGS = {"gpt": "configs.shakespeare_gpt", "lstm": "configs.shakespeare_lstm",
            "gru": "configs.shakespeare_gru"}

@@ -237,10 +237,12 @@ class DlxModel:
     train_step: Callable
     batch: dict[str, jax.Array]       # one sharded batch, reused by the step-only timings
     numpy_batch: dict[str, np.ndarray]
+    steps: int = 0                    # updates made so far (the runner's step index)
 
     def step(self, batch: dict[str, jax.Array]) -> dict:
         with loop._tracing_context(self.run.mesh, self.run.config):
-            self.state, metrics = self.train_step(self.state, batch)
+            self.state, metrics = self.train_step(self.state, batch, np.int32(self.steps))
+        self.steps += 1
         return metrics
 
     def run_steps(self, num_steps: int) -> float:
@@ -277,7 +279,7 @@ class DlxModel:
 def build_dlx(config) -> DlxModel:
     run = loop.prepare_run(config)
     state = loop.init_state(run)
-    train_step, _ = loop.compile_steps(run)
+    train_step = loop.compile_steps(run)
     source = data.source(config.data.name, config.data.train_split, run.data_dir)
     rows = np.arange(config.data.batch_size)
     numpy_batch = data.read_rows(source, rows)
@@ -295,9 +297,9 @@ def xla_flops(model: DlxModel) -> dict[str, float]:
 
     run, state = model.run, model.state
     with loop._tracing_context(run.mesh, run.config):
-        step = flops_of(model.train_step.lower(state, model.batch).compile())
+        step = flops_of(model.train_step.lower(state, model.batch, np.int32(0)).compile())
         forward = flops_of(jax.jit(run.task.loss_fn).lower(
-            state.params, state.model_state, model.batch, state.rng).compile())
+            state.params, state.model_state, model.batch, jax.random.PRNGKey(0)).compile())
     return {"xla_forward_flops": forward, "xla_step_flops": step}
 
 

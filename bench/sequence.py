@@ -193,7 +193,7 @@ def build_dlx_lm(config) -> bench_run.DlxModel:
     window source)."""
     run = loop.prepare_run(config)
     state = loop.init_state(run)
-    train_step, _ = loop.compile_steps(run)
+    train_step = loop.compile_steps(run)
     source = run.task.source(config.data.train_split, train=True)
     numpy_batch = next(iter(data_lib.train_iterator(
         source, global_batch_size=config.data.batch_size, seed=config.seed)))
@@ -259,7 +259,7 @@ def serve_side(section: str, side: str, dtype: str) -> None:
     if side == "dlx":
         model = build_dlx_lm(config)
         run_steps, params = model.run_steps, model.state.params
-        module = model.run.model  # the flax Model, vocab size filled in from the tokenizer
+        module = model.run.task.model  # the flax Model, vocab size filled in from the tokenizer
         info = {"vocab_size": module.vocab_size, **bench_run.xla_flops(model),
                 "step_flops": transformer.train_flops_per_token(module, config.data.seq_len)
                 * config.data.batch_size * config.data.seq_len}

@@ -9,8 +9,7 @@ VARIANTS = ("small", "test")
 def shakespeare_lm_config(arg: str | None, config_name: str):
     if arg and arg not in VARIANTS:
         raise ValueError(f"unknown variant '{arg}' of {config_name}; use small or test")
-    config = base_config()
-    config.task = "language_model"
+    config = base_config("language_model")
     config.data.name = "shakespeare"
     config.data.train_split = "train"
     config.data.eval_split = "validation"

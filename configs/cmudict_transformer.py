@@ -12,8 +12,7 @@ from dlx.train.config import base_config
 
 
 def get_config(arg: str | None = None):
-    config = base_config()
-    config.task = "seq2seq"
+    config = base_config("seq2seq")
     config.data.name = "cmudict"
     config.data.train_split = "train"
     config.data.eval_split = "validation"

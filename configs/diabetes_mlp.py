@@ -3,8 +3,7 @@ from dlx.train.config import base_config
 
 
 def get_config(arg: str | None = None):
-    config = base_config()
-    config.task = "regression"
+    config = base_config("regression")
     config.data.name = "diabetes"
     config.data.batch_size = 32
     config.data.eval_batch_size = 96

@@ -74,3 +74,18 @@ def reexec_with_malloc_policy() -> None:
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv,
               {**os.environ, "GLIBC_TUNABLES": tunables, "DLX_MALLOC_REEXEC": "1"})
+
+
+# XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow: YNNPACK gets
+# reductions and single matmuls only, convolutions go to Eigen (Fashion-MNIST CNN step: 60 -> 30
+# ms on 2 cores). YNNPACK's matmuls beat Eigen's, most on a transposed operand (the dense input
+# gradient x @ W.T: 3.5 -> 1.8 ms); BENCHMARKS.md has the measurements. YNNPACK declines a dot
+# whose left operand is contracted along its leading axis, so kernel gradients (x.T @ g) stay Eigen.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options() -> dict[str, str] | None:
+    """The XLA options dlx compiles its steps with on this backend (`jax.jit(compiler_options=)`)."""
+    import jax
+    return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None

@@ -27,11 +27,10 @@ SAMPLE_CHARS = 400  # of each model's last sample shown in the report
 
 def parameter_count(workdir: Path) -> int:
     """The run's parameters, from its saved config (and tokenizer) alone."""
-    from dlx.layers.linear import param_count
     from dlx.train import config as config_lib
     from dlx.train import loop
     run = loop.prepare_run(config_lib.from_json(str(workdir / "config.json")), str(workdir))
-    return param_count(run.abstract_state.params)
+    return run.task.num_params(run.abstract_state)
 
 
 def last_sample(workdir: Path) -> str:

@@ -3,6 +3,7 @@ fields, task options, optimizer), so a typo in a config fails here, not an hour 
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
 
@@ -61,3 +62,19 @@ def test_command_line_may_set_any_model_field_and_typos_name_the_field():
                            ("data.batch_size.x", "no key 'x' under data.batch_size")]:
         with pytest.raises(config_lib.ConfigError, match=expected):
             config_lib.prepare_overrides(config, [path])
+
+
+def test_a_config_json_from_before_task_groups_still_loads(tmp_path):
+    """Runs saved before tasks declared their own keys hold every task's keys (a classification
+    run has `decoding` and `data.tokenizer`); they still resume and reproduce."""
+    values = json.loads(config_lib.to_json(config_lib.base_config()))
+    values["decoding"] = {"prompt": "\n", "num_samples": 2, "max_new_tokens": 200,
+                          "temperature": 0.8, "top_k": 0, "top_p": 1.0, "beam_size": 1,
+                          "length_penalty": 0.0}
+    values["data"].update(tokenizer="char", vocab_size=0, seq_len=0)
+    values["num_epochs"] = 1.0
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    config = config_lib.from_json(str(path))
+    config_lib.validate(config)
+    assert "decoding" not in config and "tokenizer" not in config.data

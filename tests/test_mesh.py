@@ -43,15 +43,15 @@ def _train(spec: str, overrides: dict, mesh_shape: tuple[int, int, int], steps: 
     config.mesh.data, config.mesh.fsdp, config.mesh.model = mesh_shape
     run = loop.prepare_run(config, devices=jax.devices()[:int(np.prod(mesh_shape))])
     state = loop.init_state(run)
-    train_step, _ = loop.compile_steps(run)
+    train_step = loop.compile_steps(run)
     batches = data_lib.train_iterator(
         run.task.source(config.data.train_split, train=True),
         global_batch_size=config.data.batch_size, seed=config.seed, process_index=0,
         process_count=1, num_threads=1, prefetch=1)
     losses = []
     with loop._tracing_context(run.mesh, config):
-        for _ in range(steps):
-            state, metrics = train_step(state, next(batches))
+        for step in range(steps):
+            state, metrics = train_step(state, next(batches), np.int32(step))
             losses.append(float(metrics["loss"]))
     return np.array(losses), jax.device_get(state.params)
 

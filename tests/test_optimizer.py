@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from dlx.errors import ConfigError
-from dlx.train import optimizer
+from dlx.optim import optimizer
 
 TOTAL_STEPS = 100
 
@@ -122,15 +122,15 @@ def test_runs_under_jit():
 
 
 def test_gradient_step_reports_the_global_gradient_norm_and_adam_update():
-    from dlx.train.state import TrainState, gradient_step
+    from dlx.optim.state import ModelState, gradient_step
 
     def loss_fn(params, model_state, batch, rng):
         return batch["scale"] * _quadratic(params), ({}, model_state)
 
     tx = optimizer.build_optimizer(_cfg(name="adamw", weight_decay=0.1), TOTAL_STEPS)
-    state = TrainState.create(apply_fn=None, variables={"params": _params()}, tx=tx,
-                              rng=jax.random.PRNGKey(0))
-    step = jax.jit(lambda state, batch: gradient_step(state, batch, loss_fn))
+    state = ModelState.create(apply_fn=None, variables={"params": _params()}, tx=tx)
+    step = jax.jit(lambda state, batch: gradient_step(state, batch, jax.random.PRNGKey(0),
+                                                      loss_fn))
     new_state, metrics = step(state, {"scale": jnp.float32(1.0)})
 
     grads = jax.grad(_quadratic)(_params())
@@ -149,7 +149,7 @@ def test_gradient_accumulation_makes_the_full_batch_update():
     """Micro-batches of a mean loss average to the full batch's gradient, so the update, loss
     and gradient norm match one step on the whole batch; the batch-statistics-style model state
     is threaded through the micro-batches in order."""
-    from dlx.train.state import TrainState, gradient_step
+    from dlx.optim.state import ModelState, gradient_step
 
     def loss_fn(params, model_state, batch, rng):
         pred = batch["x"] @ params["w"] + params["b"]
@@ -162,9 +162,9 @@ def test_gradient_accumulation_makes_the_full_batch_update():
              "y": jnp.asarray(rng.standard_normal((16, 2)), jnp.float32)}
     variables = {"params": {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, "seen": jnp.int32(0)}
     tx = optimizer.build_optimizer(_cfg(name="adam"), TOTAL_STEPS)
-    state = TrainState.create(apply_fn=None, variables=variables, tx=tx,
-                              rng=jax.random.PRNGKey(0))
-    results = {k: jax.jit(lambda s, b, k=k: gradient_step(s, b, loss_fn, k))(state, batch)
+    state = ModelState.create(apply_fn=None, variables=variables, tx=tx)
+    rng = jax.random.PRNGKey(0)
+    results = {k: jax.jit(lambda s, b, k=k: gradient_step(s, b, rng, loss_fn, k))(state, batch)
                for k in (1, 4)}
     (whole, whole_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
     for got, want in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(whole.params)):
@@ -174,7 +174,7 @@ def test_gradient_accumulation_makes_the_full_batch_update():
         np.testing.assert_allclose(accumulated_metrics[name], whole_metrics[name], rtol=1e-5)
     assert int(accumulated.model_state["seen"]) == int(whole.model_state["seen"]) == 16
     with pytest.raises(ValueError, match="does not split into 5 micro-batches"):
-        gradient_step(state, batch, loss_fn, 5)
+        gradient_step(state, batch, rng, loss_fn, 5)
 
 
 # -- schedules --------------------------------------------------------------------------------
@@ -410,3 +410,28 @@ def test_regularization_penalty_gradient_is_coupled_l2():
     grads = jax.grad(lambda p: optimizer.regularization_penalty(p, 0.0, 0.5))(params)
     np.testing.assert_allclose(grads["head"]["kernel"], 0.5 * params["head"]["kernel"])
     np.testing.assert_array_equal(grads["Dense_0"]["bias"], 0.0)
+
+
+def test_frozen_and_lr_multiplier_rules_work_through_the_runner():
+    """The runner shards the optimizer state by the logical names the params carry, also under
+    `multi_transform` (frozen) and the multiplier rules: the frozen head never moves, and the
+    state has no Adam moments for it."""
+    from configs.digits_mlp import get_config
+    from dlx.train import loop
+
+    config = get_config()
+    config.update(num_epochs=0.0, train_steps=3, progress_bar=False)
+    config.optimizer.update(frozen="head/.*", weight_decay=0.01,
+                            lr_multipliers=(("Dense_0/.*", 0.5),))
+    run = loop.prepare_run(config)
+    state = loop.init_state(run)
+    before = jax.device_get(state.params)
+    step = loop.compile_steps(run)
+    batch = run.task.source("train", train=True).read_rows(np.arange(64))
+    with loop._tracing_context(run.mesh, config):
+        for i in range(3):
+            state, metrics = step(state, batch, np.int32(i))
+    after = jax.device_get(state.params)
+    jax.tree.map(np.testing.assert_array_equal, after["head"], before["head"])
+    assert not np.allclose(after["Dense_0"]["kernel"], before["Dense_0"]["kernel"])
+    assert np.isfinite(metrics["loss"])

@@ -5,7 +5,7 @@ import pytest
 from flax.core import FrozenDict
 
 from dlx.errors import ConfigError
-from dlx.train import rules
+from dlx.optim import rules
 
 
 def _params():

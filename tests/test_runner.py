@@ -239,9 +239,10 @@ def test_init_from_carries_batch_statistics(tmp_path):
 
     config.init_from = str(source)
     run = loop.prepare_run(config)
-    step = checkpoint.warm_start_step(str(source), run.abstract_state)
-    started = loop.init_state(run, checkpoint.restore_variables(
-        str(source), step, run.abstract_state, run.state_shardings))
+    items = run.task.warm_start_items
+    step = checkpoint.warm_start_step(str(source), run.abstract_state, items)
+    started = loop.init_state(run, checkpoint.restore_items(
+        str(source), step, run.abstract_state, run.state_shardings, items))
     saved = checkpoint.Checkpointer(str(source / "checkpoints"), keep_latest=1, best_metric="",
                                     best_mode="max", read_only=True)
     finished, _ = saved.restore(run.abstract_state, run.state_shardings, with_data=False)

@@ -187,12 +187,13 @@ def test_bucketed_sharded_train_step_equals_the_full_width_step(long_word_row):
     expected_bucket = 0 if long_word_row is None else 3
     assert int(bucket_index(batch["inputs"], batch["targets"], shapes, 0)) == expected_bucket
 
-    state = loop.init_state(run)
+    state, rng = loop.init_state(run), jax.random.PRNGKey(0)
     with loop._tracing_context(run.mesh, config):
         full_state, full_metrics = jax.jit(
-            lambda state, batch: SupervisedTask.train_step(run.task, state, batch))(state, batch)
-        train_step, _ = loop.compile_steps(run)
-        new_state, metrics = train_step(state, sharding.shard_batch(batch, run.mesh))
+            lambda state, batch: SupervisedTask.train_step(run.task, state, batch, rng, 0))(
+                state, batch)
+        train_step = loop.compile_steps(run)
+        new_state, metrics = train_step(state, sharding.shard_batch(batch, run.mesh), 0)
     for key in ("loss", "cross_entropy", "token_accuracy", "grad_norm"):
         np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=2e-5, err_msg=key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

@@ -1,14 +1,13 @@
 """Activation functions by name."""
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlx.errors import ConfigError
+from dlx import registry
 
 
 def step(x: jax.Array) -> jax.Array:
@@ -32,11 +31,7 @@ NAMES = tuple(_ACTIVATIONS)
 
 
 def get(name: str) -> Callable[[jax.Array], jax.Array]:
-    if name not in _ACTIVATIONS:
-        near = difflib.get_close_matches(name, NAMES, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"unknown activation '{name}'{hint}; choose from {NAMES}")
-    return _ACTIVATIONS[name]
+    return registry.lookup(_ACTIVATIONS, name, "activation")
 
 
 # ------------------------------------------------------------------------------------------------

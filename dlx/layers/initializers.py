@@ -1,11 +1,10 @@
 """Weight initializers by name (fan-in/fan-out scaled variance rules)."""
 from __future__ import annotations
 
-import difflib
 
 import jax.nn.initializers as init
 
-from dlx.errors import ConfigError
+from dlx import registry
 
 _INITIALIZERS = {
     "xavier_uniform": init.glorot_uniform(),
@@ -24,8 +23,4 @@ NAMES = tuple(_INITIALIZERS)
 
 
 def get(name: str) -> init.Initializer:
-    if name not in _INITIALIZERS:
-        near = difflib.get_close_matches(name, NAMES, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"unknown initializer '{name}'{hint}; choose from {NAMES}")
-    return _INITIALIZERS[name]
+    return registry.lookup(_INITIALIZERS, name, "initializer")

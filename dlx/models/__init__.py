@@ -1,34 +1,44 @@
 """Model families, one module each, found by name: `dlx.models.<name>.Model`."""
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import functools
-import importlib
-import pkgutil
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import registry
 from dlx.errors import ConfigError
 
 
 def available() -> list[str]:
-    names = []
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_") and hasattr(
-                importlib.import_module(f"{__name__}.{module.name}"), "Model"):
-            names.append(module.name)
-    return sorted(names)
+    return registry.available(__name__, "Model")
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
-    names = available()
-    if name not in names:
-        near = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"unknown model '{name}'{hint}; available: {names}")
-    return importlib.import_module(f"{__name__}.{name}").Model(**kwargs)
+    return registry.find(__name__, name, "Model", "model").Model(**kwargs)
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The fields of model `name` and their defaults (dataclasses.MISSING where it has none)."""
+    model = registry.find(__name__, name, "Model", "model").Model
+    return {f.name: f.default for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+
+
+def check_config(model_config) -> None:
+    """ConfigError for a `config.model` group that names no model or a field it does not have."""
+    name = model_config.get("name")
+    if name not in available():
+        raise ConfigError(f"config.model.name '{name}' is not a dlx model; available: "
+                          f"{available()}{registry.did_you_mean(str(name), available())}")
+    fields = model_defaults(name)
+    for key in model_config.keys():
+        if key != "name" and key not in fields:
+            raise ConfigError(f"unknown config key 'model.{key}' for model '{name}'"
+                              f"{registry.did_you_mean(key, fields)}; its fields are "
+                              f"{sorted(fields)}")
 
 
 def parameter_counts(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

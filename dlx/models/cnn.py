@@ -14,7 +14,7 @@ Speed on XLA:CPU (2 cores, batch 128 of 28x28x1; bench/run.py, BENCHMARKS.md):
   its output that the next conv's kernel gradient reads) it cost ~17 of the 44 ms step; fused,
   ~3 ms.
 - The other convolutions are `lax.conv_general_dilated`, as in `nn.Conv`, left to Eigen by the
-  runner's `CPU_COMPILER_OPTIONS` (YNNPACK's kernel gradient is ~2.5x slower). im2col as one
+  `dlx.runtime.CPU_COMPILER_OPTIONS` (YNNPACK's kernel gradient is ~2.5x slower). im2col as one
   matmul, shifted-slice sums, NCHW and channel-major layouts, and custom kernel-gradient VJPs
   were all slower.
 """

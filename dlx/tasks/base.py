@@ -1,18 +1,50 @@
-"""What every supervised task shares: model application with mutable collections, and inputs."""
+"""The task contract (what the runner asks of every task) and `SupervisedTask`, the one-model,
+one-optimizer task that classification, regression, language modelling and seq2seq build on.
+
+A task is one module `dlx/tasks/<name>.py` with a class `Task`; `config.task = "<name>"` picks
+it. The runner never learns what a task trains. It calls, in this order:
+
+    Task.config_defaults()                    the task's own config keys, merged into the
+                                              runner's (`dlx.train.config.base_config(task)`)
+    Task.check_config(config)                 ConfigError for a bad value, before anything runs
+    task = Task(config, data_info, data_dir, workdir)   may read the workdir, never writes
+    task.check_for_mesh(data_parallel_size)   what depends on the device layout
+    task.source(split, train=...)             random-access examples; examples_per_epoch()
+    task.init_state(rng, batch)               the whole train state, any pytree, parameters
+                                              boxed with logical axis names (the runner shards
+                                              by them and jits this with out_shardings)
+    task.train_step(state, batch, rng, step)  -> (state, metrics); jitted, state donated
+    task.evaluator()                          an Evaluator (dlx.metrics.evaluators)
+    task.write_run_files(workdir)             tokenizers, model summaries ...
+    task.warm_start(state, restored)          config.init_from: the items `warm_start_items`
+                                              of another run's state, into a fresh state
+    task.sample(state, options, out)          `launch.py sample` (optional)
+
+`nonfinite_metrics` are the train metrics the runner's NaN guard watches; `best_metric_default`
+is the eval metric whose best checkpoint is kept; `resumable_keys` are the task's config keys a
+resumed run may change.
+"""
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dlx import data as data_lib
 from dlx.data import RandomAccessSource
+from dlx.errors import ConfigError
+from dlx.metrics import BatchSums, Evaluator
+from dlx import models
 from dlx.models import get_model
-from dlx.train.state import LossFn, TrainState, gradient_step
+from dlx.optim import optimizer as optimizer_lib
+from dlx.optim.state import LossFn, ModelState, gradient_step
 
 
 def model_inputs(batch: dict) -> jax.Array:
@@ -38,17 +70,22 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-class SupervisedTask:
-    """What the runner asks of a task. Subclasses define `loss_fn`, `eval_step`,
-    `summarize_eval`; the defaults here read `config.data.name` through `dlx.data` and build
-    `config.model` by name.
+class Task:
+    """The base of every task: defaults for the optional parts of the contract (see the module
+    docstring). Subclasses define `init_state`, `train_step` and `evaluator`."""
 
-    Construction happens before the workdir is touched (a bad config must not harm a run), so a
-    task may read files of an existing `workdir` (a saved tokenizer) but writes them only in
-    `write_run_files`.
-    """
-
+    nonfinite_metrics: tuple[str, ...] = ("loss",)
     best_metric_default: tuple[str, str] = ("loss", "min")
+    warm_start_items: tuple[str, ...] = ()
+    resumable_keys: frozenset[str] = frozenset()
+
+    @staticmethod
+    def config_defaults() -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict()
+
+    @staticmethod
+    def check_config(config) -> None:
+        """Raises ConfigError for a bad value of the task's own keys."""
 
     def __init__(self, config, data_info, data_dir: str | None = None,
                  workdir: str | None = None):
@@ -56,10 +93,9 @@ class SupervisedTask:
         self.data_info = data_info
         self.data_dir = data_dir
         self.workdir = workdir
-        self.model = get_model(config.model.name, **self.model_kwargs())
 
-    def model_kwargs(self) -> dict:
-        return {k: v for k, v in self.config.model.items() if k != "name"}
+    def check_for_mesh(self, data_parallel_size: int) -> None:
+        """Raises ConfigError for what does not fit the device layout."""
 
     def source(self, split: str, *, train: bool) -> RandomAccessSource:
         """Random-access examples of `split`: shuffled batches for training (`train=True`),
@@ -69,15 +105,104 @@ class SupervisedTask:
     def examples_per_epoch(self) -> int:
         return self.data_info.num_examples[self.config.data.train_split]
 
+    def total_steps(self) -> int:
+        steps_per_epoch = self.examples_per_epoch() / self.config.data.batch_size
+        return self.config.train_steps or max(1, round(self.config.num_epochs * steps_per_epoch))
+
+    def init_state(self, rng: jax.Array, batch: dict) -> Any:
+        raise NotImplementedError
+
+    def train_step(self, state: Any, batch: dict, rng: jax.Array,
+                   step: jax.Array) -> tuple[Any, dict]:
+        raise NotImplementedError
+
+    def evaluator(self) -> Evaluator:
+        raise NotImplementedError
+
+    def write_run_files(self, workdir: str) -> None:
+        """Files the run needs besides its checkpoints (a tokenizer ...); none by default."""
+
+    def warm_start(self, state: Any, restored: dict) -> Any:
+        """A fresh state with the `warm_start_items` of another run (config.init_from)."""
+        return state.replace(**restored)
+
+    def num_params(self, state: Any) -> int:
+        """Trained parameters in `state` (abstract or real), for the run summary."""
+        return 0
+
+
+def supervised_config() -> ml_collections.ConfigDict:
+    """The config keys of every `SupervisedTask`: one optimizer, loss terms, accumulation."""
+    return ml_collections.ConfigDict(dict(
+        optimizer=optimizer_lib.default_config(),
+        loss=ml_collections.ConfigDict(dict(l1=0.0, l2=0.0, label_smoothing=0.0)),
+        grad_accum_steps=1))
+
+
+class SupervisedTask(Task):
+    """One model (`config.model`, found by name), one Optax chain (`config.optimizer`), a loss
+    over batches, metrics that are sums over the eval split. Subclasses define `loss_fn`,
+    `eval_step` (per-batch sums) and `summarize_eval` (sums -> metrics), and may define
+    `write_eval_artifacts`.
+
+    Construction happens before the workdir is touched (a bad config must not harm a run), so a
+    task may read files of an existing `workdir` (a saved tokenizer) but writes them only in
+    `write_run_files`.
+    """
+
+    nonfinite_metrics = ("loss", "grad_norm")
+    warm_start_items = ("params", "model_state")
+
+    @staticmethod
+    def config_defaults() -> ml_collections.ConfigDict:
+        return supervised_config()
+
+    @staticmethod
+    def check_config(config) -> None:
+        models.check_config(config.model)
+        optimizer_lib.check_config(config.optimizer)
+        if config.optimizer.weight_decay > 0 and config.loss.l2 > 0:
+            raise ConfigError("optimizer.weight_decay and loss.l2 are both set: that decays "
+                              "weights twice; keep one (weight_decay is decoupled, loss.l2 is a "
+                              "loss term)")
+        if config.grad_accum_steps < 1 or config.data.batch_size % config.grad_accum_steps:
+            raise ConfigError(f"config.data.batch_size={config.data.batch_size} must divide into "
+                              f"config.grad_accum_steps={config.grad_accum_steps} micro-batches")
+
+    def __init__(self, config, data_info, data_dir: str | None = None,
+                 workdir: str | None = None):
+        super().__init__(config, data_info, data_dir, workdir)
+        self.model = get_model(config.model.name, **self.model_kwargs())
+
+    def check_for_mesh(self, data_parallel_size: int) -> None:
+        micro = self.config.data.batch_size // self.config.grad_accum_steps
+        if micro % data_parallel_size:
+            raise ConfigError(f"micro-batch {micro} (batch_size / grad_accum_steps) is not "
+                              f"divisible by the data-parallel size {data_parallel_size}")
+
+    def model_kwargs(self) -> dict:
+        return {k: v for k, v in self.config.model.items() if k != "name"}
+
     def model_input(self, batch: dict) -> jax.Array:
         return model_inputs(batch)
 
     def init(self, rng: jax.Array, batch: dict) -> Any:
+        """The model's boxed variables."""
         params_rng, dropout_rng = jax.random.split(rng)
         return self.model.init({"params": params_rng, "dropout": dropout_rng},
                                self.model_input(batch), train=False)
 
-    loss_fn: LossFn
+    @functools.cached_property
+    def tx(self):
+        return optimizer_lib.build_optimizer(self.config.optimizer, self.total_steps())
+
+    @functools.cached_property
+    def schedule(self):
+        return optimizer_lib.build_schedule(self.config.optimizer, self.total_steps())
+
+    def init_state(self, rng: jax.Array, batch: dict) -> ModelState:
+        return ModelState.create(apply_fn=self.model.apply, variables=self.init(rng, batch),
+                                 tx=self.tx)
 
     @functools.cached_property
     def param_specs(self) -> Any:
@@ -87,13 +212,42 @@ class SupervisedTask:
         variables = jax.eval_shape(self.init, jax.random.PRNGKey(0), example)
         return nn.get_partition_spec(variables)["params"]
 
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return gradient_step(state, batch, self.loss_fn, self.config.grad_accum_steps,
-                             self.param_specs)
+    loss_fn: LossFn
 
-    def write_run_files(self, workdir: str) -> None:
-        """Files the run needs besides its checkpoints (a tokenizer ...); none by default."""
+    def train_step(self, state: ModelState, batch: dict, rng: jax.Array,
+                   step: jax.Array) -> tuple[ModelState, dict]:
+        state, metrics = gradient_step(state, batch, rng, self.loss_fn,
+                                       self.config.grad_accum_steps, self.param_specs)
+        return state, {**metrics, "learning_rate": self.schedule(step)}
 
-    def write_eval_artifacts(self, state: TrainState, sums: dict, workdir: str, step: int) -> None:
+    def eval_step(self, state: ModelState, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def summarize_eval(self, sums: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    def write_eval_artifacts(self, state: ModelState, sums: dict, workdir: str,
+                             step: int) -> None:
         """Figures and samples beyond the learning curves, under `workdir`. Called on every
         process (sampling runs sharded); only the main process writes."""
+
+    def evaluator(self) -> Evaluator:
+        return BatchSums(self.eval_step, self.summarize_eval, self.write_eval_artifacts)
+
+    def predict(self, state: ModelState, batch: dict) -> jax.Array:
+        """The model's output (logits, values) on a batch as the task feeds the model."""
+        return apply_model(state.apply_fn, state.params, state.model_state,
+                           self.model_input(batch), train=False)[0]
+
+    def write_run_files(self, workdir: str) -> None:
+        """`model_summary.txt` for the model families that tabulate themselves."""
+        module = importlib.import_module(f"dlx.models.{self.config.model.name}")
+        example = self.source(self.config.data.train_split, train=True)[0]
+        shape = next((np.shape(v) for k, v in example.items() if k in ("image", "features")), None)
+        if not hasattr(module, "summarize") or shape is None:
+            return
+        with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
+            f.write(module.summarize(self.model, (1, *shape)) + "\n")
+
+    def num_params(self, state: ModelState) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

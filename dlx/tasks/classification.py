@@ -10,7 +10,7 @@ import numpy as np
 import optax
 
 from dlx.tasks.base import SupervisedTask, apply_model, is_main_process, model_inputs
-from dlx.train.optimizer import regularization_penalty
+from dlx.optim.optimizer import regularization_penalty
 
 
 class Task(SupervisedTask):

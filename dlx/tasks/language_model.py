@@ -14,17 +14,20 @@ import math
 import os
 from collections.abc import Iterator
 
+import sys
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from dlx.data.text import WindowSource, read_texts
 from dlx.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from dlx.errors import ConfigError
-from dlx.tasks.base import SupervisedTask, apply_model, is_main_process
+from dlx.tasks.base import SupervisedTask, apply_model, is_main_process, supervised_config
 from dlx.tasks.decoding import sample_logits
-from dlx.train.optimizer import regularization_penalty
+from dlx.optim.optimizer import regularization_penalty
 
 TOKENIZER_FILE = "tokenizer.json"
 DOCUMENT_SEPARATOR = "\n\n"  # between the texts of a split when they become one stream
@@ -32,9 +35,22 @@ DOCUMENT_SEPARATOR = "\n\n"  # between the texts of a split when they become one
 
 class Task(SupervisedTask):
     best_metric_default = ("loss", "min")
+    resumable_keys = frozenset(f"decoding.{key}" for key in (
+        "prompt", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p"))
+
+    @staticmethod
+    def config_defaults() -> ml_collections.ConfigDict:
+        config = supervised_config()
+        # The tokenizer ("char" or "bpe"; vocab_size for BPE) and the window length in tokens.
+        config.data = ml_collections.ConfigDict(dict(tokenizer="char", vocab_size=0, seq_len=0))
+        # Text samples written at each eval, and the defaults of `launch.py sample`.
+        config.decoding = ml_collections.ConfigDict(dict(
+            prompt="\n", num_samples=2, max_new_tokens=200, temperature=0.8, top_k=0, top_p=1.0))
+        return config
 
     @staticmethod
     def check_config(config) -> None:
+        SupervisedTask.check_config(config)
         if config.data.seq_len <= 0:
             raise ConfigError("language_model needs config.data.seq_len > 0 (window length in tokens)")
         if config.data.tokenizer not in ("char", "bpe"):
@@ -145,6 +161,7 @@ class Task(SupervisedTask):
 
     def write_run_files(self, workdir: str) -> None:
         self.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+        super().write_run_files(workdir)
 
     def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
         decoding = self.config.decoding
@@ -212,6 +229,50 @@ class Task(SupervisedTask):
                                         top_k=top_k, top_p=top_p, num_samples=num_samples))
         tokens = np.stack(steps, axis=1)
         return [self.tokenizer.decode(row) for row in tokens]
+
+
+    def sample(self, state, options: dict, out=sys.stdout) -> list[str]:
+        """`launch.py sample`: continuations of `options["prompt"]`, the first streamed to `out`
+        as it is produced when only one is drawn (several are printed when done). Options not
+        given take config.decoding's values; `seed` picks the random draws."""
+        d = self.config.decoding
+        unknown = set(options) - {"prompt", "max_new_tokens", "temperature", "top_k", "top_p",
+                                  "num_samples", "seed"}
+        if unknown:
+            raise ConfigError(f"language_model sampling has no option(s) {sorted(unknown)}")
+        pick = {k: options.get(k) if options.get(k) is not None else d.get(k)
+                for k in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p")}
+        num_samples = options.get("num_samples", 1)
+        check_sampling(pick["max_new_tokens"], pick["temperature"], pick["top_k"], pick["top_p"],
+                       num_samples)
+        if num_samples < 1:
+            raise ConfigError("num_samples must be >= 1")
+        prompt = pick.pop("prompt")
+        live = num_samples == 1 and is_main_process()
+        if live:
+            out.write(prompt)
+        rows: list[list[int]] = [[] for _ in range(num_samples)]
+        shown = ""
+        for tokens in self.stream_tokens(state.params, self.encode_prompt(prompt),
+                                         rng=jax.random.PRNGKey(options.get("seed") or 0),
+                                         num_samples=num_samples, **pick):
+            for row, token in zip(rows, tokens):
+                row.append(int(token))
+            if live:
+                text = self.tokenizer.decode(rows[0])
+                if not text.endswith("\ufffd"):  # a byte-level token may end mid-character
+                    out.write(text[len(shown):])
+                    out.flush()
+                    shown = text
+        texts = [self.tokenizer.decode(row) for row in rows]
+        if is_main_process():
+            if live:
+                out.write(texts[0][len(shown):] + "\n")
+            else:
+                for i, text in enumerate(texts):
+                    out.write(f"=== sample {i} ===\n{prompt}{text}\n\n")
+            out.flush()
+        return texts
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,

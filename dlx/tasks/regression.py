@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from dlx.tasks.base import SupervisedTask, apply_model, model_inputs
-from dlx.train.optimizer import regularization_penalty
+from dlx.optim.optimizer import regularization_penalty
 
 
 class Task(SupervisedTask):

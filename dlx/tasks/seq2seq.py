@@ -28,14 +28,15 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from dlx.data.text import G2P_DATA_SETS, g2p_source, g2p_vocabularies
 from dlx.errors import ConfigError
 from dlx.tasks import decoding
-from dlx.tasks.base import SupervisedTask, is_main_process
-from dlx.train.optimizer import regularization_penalty
+from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
+from dlx.optim.optimizer import regularization_penalty
 
 NUM_EXAMPLES_SHOWN = 20  # decoded words written to <workdir>/samples at each eval
 TRAIN_LENGTH_BUCKETS = (8, 16, 24, 32)  # input and decoder lengths a train step is cropped to
@@ -44,8 +45,18 @@ TRAIN_LENGTH_BUCKETS = (8, 16, 24, 32)  # input and decoder lengths a train step
 class Task(SupervisedTask):
     best_metric_default = ("phoneme_error_rate", "min")
 
+    resumable_keys = frozenset({"decoding.beam_size", "decoding.length_penalty"})
+
+    @staticmethod
+    def config_defaults() -> ml_collections.ConfigDict:
+        config = supervised_config()
+        # Greedy (beam_size 1) or beam-search decoding at eval.
+        config.decoding = ml_collections.ConfigDict(dict(beam_size=1, length_penalty=0.0))
+        return config
+
     @staticmethod
     def check_config(config) -> None:
+        SupervisedTask.check_config(config)
         if config.data.name not in G2P_DATA_SETS:
             raise ConfigError(f"seq2seq reads {G2P_DATA_SETS}, not '{config.data.name}'")
         if config.decoding.beam_size < 1:
@@ -79,18 +90,18 @@ class Task(SupervisedTask):
     # -------------------------------------------------------------------------------------------
     # Training
     # -------------------------------------------------------------------------------------------
-    def train_step(self, state, batch):
+    def train_step(self, state, batch, rng, step):
         """One update on the batch cropped to its length bucket (see the module docstring)."""
         shapes = bucket_shapes(batch["inputs"].shape[1], batch["targets"].shape[1])
         if len(shapes) == 1:
-            return super().train_step(state, batch)
+            return super().train_step(state, batch, rng, step)
 
         def step_on(input_length: int, target_length: int):
-            def step(state, batch):
+            def bucket_step(state, batch):
                 cropped = {**batch, "inputs": batch["inputs"][:, :input_length],
                            "targets": batch["targets"][:, :target_length]}
-                return super(Task, self).train_step(state, cropped)
-            return step
+                return super(Task, self).train_step(state, cropped, rng, step)
+            return bucket_step
 
         index = bucket_index(batch["inputs"], batch["targets"], shapes, self.target_vocab.pad_id)
         return jax.lax.switch(index, [step_on(*shape) for shape in shapes], state, batch)

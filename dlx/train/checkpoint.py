@@ -3,9 +3,9 @@
 Restoring goes into an abstract target whose leaves carry the *current* mesh's shardings, so a
 run saved on 8 devices resumes on 1 and the other way round.
 
-`config.init_from` (`warm_start_step`, `restore_variables`) starts a new run from another run's
-latest checkpoint: its params and model state (e.g. batch statistics) only; the step, optimizer
-state, RNG and data position start afresh.
+`config.init_from` (`warm_start_step`, `restore_items`) starts a new run from another run's
+latest checkpoint: the items of its state the task names (`Task.warm_start_items`, e.g. params
+and batch statistics) only; the rest of the state, the step and the data position start afresh.
 """
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from dlx.errors import ConfigError
-
-WARM_START_ITEMS = ("params", "model_state")
-
 
 def _restore_target(abstract: Any, shardings: Any) -> Any:
     """Abstract leaves carrying this run's shardings: what Orbax restores into."""
@@ -92,9 +89,13 @@ def _named_leaves(tree: Any) -> dict[str, Any]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def warm_start_step(workdir: str, abstract_state: Any) -> int:
-    """The step of `workdir`'s latest checkpoint, after checking that its params and model state
-    have exactly the names, shapes and dtypes of `abstract_state`'s; raises ConfigError (naming
+def _item(state: Any, name: str) -> Any:
+    return state[name] if isinstance(state, dict) else getattr(state, name)
+
+
+def warm_start_step(workdir: str, abstract_state: Any, items: tuple[str, ...]) -> int:
+    """The step of `workdir`'s latest checkpoint, after checking that its state's `items` have
+    exactly the names, shapes and dtypes of `abstract_state`'s; raises ConfigError (naming
     what differs) otherwise. Reads metadata only."""
     where = f"config.init_from='{workdir}'"
     step = finished_step(os.path.join(workdir, "checkpoints"))
@@ -102,8 +103,8 @@ def warm_start_step(workdir: str, abstract_state: Any) -> int:
         raise ConfigError(f"{where} holds no finished checkpoint; give the workdir of a run that "
                           f"has saved one (its checkpoints/ folder)")
     stored = ocp.PyTreeCheckpointHandler().metadata(_state_dir(workdir, step))
-    stored = _named_leaves({k: stored[k] for k in WARM_START_ITEMS if k in stored})
-    wanted = _named_leaves({k: getattr(abstract_state, k) for k in WARM_START_ITEMS})
+    stored = _named_leaves({k: stored[k] for k in items if k in stored})
+    wanted = _named_leaves({k: _item(abstract_state, k) for k in items})
     missing = sorted(wanted.keys() - stored.keys())
     extra = sorted(stored.keys() - wanted.keys())
     if missing or extra:
@@ -119,14 +120,14 @@ def warm_start_step(workdir: str, abstract_state: Any) -> int:
     return step
 
 
-def restore_variables(workdir: str, step: int, abstract_state: Any, shardings: Any) -> dict:
-    """{'params': ..., 'model_state': ...} of `workdir`'s checkpoint `step`, laid out with
+def restore_items(workdir: str, step: int, abstract_state: Any, shardings: Any,
+                  items: tuple[str, ...]) -> dict:
+    """{item: ...} of `workdir`'s checkpoint `step` for each of `items`, laid out with
     `shardings` (this run's mesh); check it first with `warm_start_step`."""
-    target = {k: _restore_target(getattr(abstract_state, k), getattr(shardings, k))
-              for k in WARM_START_ITEMS
-              if jax.tree.leaves(getattr(abstract_state, k))}  # most models have no model state
+    target = {k: _restore_target(_item(abstract_state, k), _item(shardings, k)) for k in items
+              if jax.tree.leaves(_item(abstract_state, k))}  # e.g. a model without model state
     restored = ocp.PyTreeCheckpointer().restore(
         _state_dir(workdir, step), args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
-    return {"model_state": {}, **restored}
+    return {**{k: _item(abstract_state, k) for k in items if k not in target}, **restored}

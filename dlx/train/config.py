@@ -1,12 +1,12 @@
 """The runner's config schema: defaults, validation, durations, and config.json round trips.
 
-Configs in `configs/` start from `base_config()` and change a few fields. Validation runs before
+Configs in `configs/` start from `base_config(task)` (the runner's keys plus the task's own) and
+change a few fields. Validation runs before
 anything touches the workdir, so a bad config never harms an existing run.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import json
@@ -15,10 +15,9 @@ from typing import Any
 
 import ml_collections
 
+from dlx import registry
 from dlx.errors import ConfigError
-from dlx.train import optimizer as optimizer_lib
 
-TASKS = ("classification", "regression", "language_model", "seq2seq")
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -29,19 +28,22 @@ DEFAULT_RULES = (
     ("kv_heads", "model"),
     ("vocab", "model"),
 )
-# Keys a re-run may change on an existing workdir without breaking its checkpoints. The mesh and
-# sharding rules only lay the same numbers out over other devices (checkpoints restore onto any
-# mesh), so a run moves to a machine with another device count.
-RESUMABLE_CHANGES = {"train_steps", "num_epochs", "log_every_steps", "eval_every_steps",
-                     "eval_every_epochs", "checkpoint_every_steps", "checkpoint_every_epochs",
-                     "keep_checkpoints", "progress_bar", "data.num_threads", "data.prefetch",
-                     "data.data_dir", "mesh.data", "mesh.fsdp", "mesh.model", "sharding_rules"
-                     } | {f"decoding.{key}" for key in (
-                         "prompt", "num_samples", "max_new_tokens", "temperature", "top_k",
-                         "top_p", "beam_size", "length_penalty")}
+# Runner keys a re-run may change on an existing workdir without breaking its checkpoints (a task
+# adds its own, `Task.resumable_keys`). The mesh and sharding rules only lay the same numbers out
+# over other devices (checkpoints restore onto any mesh), so a run moves to a machine with another
+# device count.
+RESUMABLE_CHANGES = frozenset({
+    "train_steps", "num_epochs", "log_every_steps", "eval_every_steps", "eval_every_epochs",
+    "checkpoint_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "progress_bar",
+    "data.num_threads", "data.prefetch", "data.data_dir", "mesh.data", "mesh.fsdp", "mesh.model",
+    "sharding_rules"})
+# Keys of config.json files written before tasks declared their own groups, dropped on load when
+# the run's task does not declare them.
+LEGACY_KEYS = ("decoding", "data.tokenizer", "data.vocab_size", "data.seq_len")
 
 
-def base_config() -> ml_collections.ConfigDict:
+def runner_config() -> ml_collections.ConfigDict:
+    """The keys the runner reads itself, with their defaults."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.task = "classification"
@@ -50,20 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
         name="fashion_mnist", data_dir="", train_split="train", eval_split="test",
         batch_size=128,        # global, over all processes and devices
         eval_batch_size=1000,  # global
-        num_threads=2, prefetch=4,
-        # Text tasks: the tokenizer ("char" or "bpe"; vocab_size for BPE) and, for language
-        # models, the window length in tokens.
-        tokenizer="char", vocab_size=0, seq_len=0))
-    # Sampling and decoding at eval (and the defaults of `launch.py sample`).
-    c.decoding = ml_collections.ConfigDict(dict(
-        prompt="\n", num_samples=2, max_new_tokens=200, temperature=0.8, top_k=0, top_p=1.0,
-        beam_size=1, length_penalty=0.0))
-    c.optimizer = optimizer_lib.default_config()
-    c.loss = ml_collections.ConfigDict(dict(l1=0.0, l2=0.0, label_smoothing=0.0))
+        num_threads=2, prefetch=4))
     # Durations: set train_steps, or num_epochs (over the train split); cadences in steps or epochs.
     c.train_steps = 0
     c.num_epochs = 0.0
-    c.grad_accum_steps = 1
     c.log_every_steps = 50
     c.eval_every_steps = 0
     c.eval_every_epochs = 1.0
@@ -79,15 +71,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _nearest(name: str, choices) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+def _merge(into: ml_collections.ConfigDict, extra: ml_collections.ConfigDict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, ml_collections.ConfigDict) and key in into:
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def base_config(task: str | None = None) -> ml_collections.ConfigDict:
+    """Every key a run of `task` reads, with defaults: the runner's keys plus the task's own
+    (`Task.config_defaults()`, e.g. `optimizer`, `loss`, `decoding`, `data.tokenizer`)."""
+    config = runner_config()
+    config.task = task or config.task
+    _merge(config, registry.task_class(config.task).config_defaults())
+    return config
 
 
 def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, where: str):
     for key in config.keys():
         if key not in schema:
-            raise ConfigError(f"unknown config key '{where}{key}'{_nearest(key, schema.keys())}")
+            raise ConfigError(f"unknown config key '{where}{key}'{registry.did_you_mean(key, schema.keys())}")
         value, expected = config[key], schema[key]
         if isinstance(expected, ml_collections.ConfigDict):
             if where + key == "model":  # checked against the Model's fields in validate()
@@ -110,17 +114,6 @@ def _type_ok(value, expected) -> bool:
     return isinstance(value, type(expected))
 
 
-def model_defaults(name: str) -> dict[str, Any]:
-    """The fields of model `name` and their defaults (dataclasses.MISSING where it has none)."""
-    module = importlib.import_module(f"dlx.models.{name}")
-    return {f.name: f.default for f in dataclasses.fields(module.Model)
-            if f.name not in ("parent", "name")}
-
-
-def model_fields(name: str) -> set[str]:
-    return set(model_defaults(name))
-
-
 def load(spec: str) -> ml_collections.ConfigDict:
     """The config of `configs/x.py[:variant]` (its get_config) or of a saved run's config.json."""
     if spec.endswith(".json"):
@@ -141,7 +134,8 @@ def prepare_overrides(config: ml_collections.ConfigDict, paths: list[str]) -> No
         keys = path.split(".")
         if keys[0] == "model" and len(keys) == 2 and keys[1] not in config.model:
             if config.model.get("name") in models.available():
-                default = model_defaults(config.model.name).get(keys[1], dataclasses.MISSING)
+                default = models.model_defaults(config.model.name).get(keys[1],
+                                                                       dataclasses.MISSING)
                 if default is not dataclasses.MISSING:
                     config.model[keys[1]] = default
         node = config
@@ -149,34 +143,31 @@ def prepare_overrides(config: ml_collections.ConfigDict, paths: list[str]) -> No
             if not isinstance(node, ml_collections.ConfigDict) or key not in node:
                 choices = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 if keys[:depth] == ["model"] and config.model.get("name") in models.available():
-                    choices += sorted(model_fields(config.model.name))
+                    choices += sorted(models.model_defaults(config.model.name))
                 parent = ".".join(keys[:depth]) or "the top level"
                 raise ConfigError(f"--config.{path}: the config has no key '{key}' under {parent}"
-                                  f"{_nearest(key, choices)}")
+                                  f"{registry.did_you_mean(key, choices)}")
             node = node[key]
+
+
+def _check_missing(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                   task: str, where: str = "") -> None:
+    for key, expected in schema.items():
+        if key not in config:
+            raise ConfigError(f"the config lacks key '{where}{key}' that task '{task}' reads; "
+                              f"start the config from base_config('{task}')")
+        if isinstance(expected, ml_collections.ConfigDict) and where + key != "model":
+            _check_missing(config[key], expected, task, f"{where}{key}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first problem found; changes nothing."""
-    _check_keys(config, base_config(), "")
-    if config.task not in TASKS:
-        raise ConfigError(f"config.task '{config.task}' is not one of {TASKS}{_nearest(config.task, TASKS)}")
-    task = importlib.import_module(f"dlx.tasks.{config.task}").Task
-    if hasattr(task, "check_config"):
-        task.check_config(config)
-    from dlx import models  # imported late: it pulls in every model family
-    if config.model.get("name") not in models.available():
-        raise ConfigError(f"config.model.name '{config.model.get('name')}' is not a dlx model; "
-                          f"available: {models.available()}{_nearest(str(config.model.get('name')), models.available())}")
-    fields = model_fields(config.model.name)
-    for key in config.model.keys():
-        if key != "name" and key not in fields:
-            raise ConfigError(f"unknown config key 'model.{key}' for model '{config.model.name}'"
-                              f"{_nearest(key, fields)}; its fields are {sorted(fields)}")
-    optimizer_lib.check_config(config.optimizer)
-    if config.optimizer.weight_decay > 0 and config.loss.l2 > 0:
-        raise ConfigError("optimizer.weight_decay and loss.l2 are both set: that decays weights twice; "
-                          "keep one (weight_decay is decoupled, loss.l2 is a loss term)")
+    if "task" not in config:
+        raise ConfigError("the config has no key 'task'; start it from base_config()")
+    task = registry.task_class(config.task)
+    schema = base_config(config.task)
+    _check_keys(config, schema, "")
+    _check_missing(config, schema, config.task)
     if (config.train_steps > 0) == (config.num_epochs > 0):
         raise ConfigError("set exactly one of config.train_steps and config.num_epochs (> 0), "
                           f"got train_steps={config.train_steps}, num_epochs={config.num_epochs}")
@@ -185,9 +176,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if config.data[key] <= 0:
             raise ConfigError(f"config.data.{key} must be positive, got {config.data[key]}")
-    if config.grad_accum_steps < 1 or config.data.batch_size % config.grad_accum_steps:
-        raise ConfigError(f"config.data.batch_size={config.data.batch_size} must divide into "
-                          f"config.grad_accum_steps={config.grad_accum_steps} micro-batches")
+    task.check_config(config)
 
 
 def validate_for_mesh(config: ml_collections.ConfigDict, data_parallel: int, process_count: int):
@@ -200,10 +189,11 @@ def validate_for_mesh(config: ml_collections.ConfigDict, data_parallel: int, pro
                 f"config.data.{key}={size} is not divisible by the data-parallel size {data_parallel} "
                 f"(mesh data x fsdp) and {process_count} process(es); use a multiple of {unit}, "
                 f"e.g. {max(unit, size // unit * unit)}")
-    micro = config.data.batch_size // config.grad_accum_steps
-    if micro % data_parallel:
-        raise ConfigError(f"micro-batch {micro} (batch_size / grad_accum_steps) is not divisible "
-                          f"by the data-parallel size {data_parallel}")
+
+
+def resumable_changes(config: ml_collections.ConfigDict) -> frozenset[str]:
+    """Keys a re-run of this config may change on its workdir: the runner's and its task's."""
+    return RESUMABLE_CHANGES | registry.task_class(config.task).resumable_keys
 
 
 def period(config, name: str, steps_per_epoch: float) -> float:
@@ -250,7 +240,25 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     values.setdefault("init_from", "")  # added after the first runs; their config.json lacks it
+    if isinstance(values.get("task"), str):
+        _drop_legacy_keys(values, values["task"])
     return ml_collections.ConfigDict(_tuples(values))
+
+
+def _drop_legacy_keys(values: dict, task: str) -> None:
+    """Keys every config.json held before tasks declared their own groups (`LEGACY_KEYS`), gone
+    where `task` does not declare them, so those runs resume and reproduce."""
+    try:
+        schema = base_config(task)
+    except ConfigError:
+        return  # validation reports the unknown task
+    for path in LEGACY_KEYS:
+        *groups, key = path.split(".")
+        node, known = values, schema
+        for group in groups:
+            node, known = node.get(group, {}), known.get(group, {})
+        if isinstance(node, dict) and key in node and key not in known:
+            del node[key]
 
 
 def differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import platform
@@ -25,15 +24,12 @@ import numpy as np
 import optax
 
 from dlx import data as data_lib
+from dlx import registry, runtime
 from dlx.errors import ConfigError
-from dlx.layers.linear import param_count
 from dlx.train import config as config_lib
 from dlx.train import sharding
-from dlx.train.checkpoint import (Checkpointer, finished_step, restore_variables,
-                                  warm_start_step)
+from dlx.train.checkpoint import Checkpointer, finished_step, restore_items, warm_start_step
 from dlx.train.metrics import MetricWriter, plot_curves
-from dlx.train.optimizer import build_optimizer, learning_rate_at
-from dlx.train.state import TrainState
 
 
 class NonFiniteError(RuntimeError):
@@ -55,8 +51,6 @@ class Run:
     data_info: Any
     data_dir: str | None
     task: Any
-    model: Any
-    tx: optax.GradientTransformation
     total_steps: int
     steps_per_epoch: float
     abstract_state: Any
@@ -71,7 +65,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
     `devices` (default: all of them)."""
     config_lib.validate(config)
     mesh = sharding.make_mesh(config.mesh, devices)
-    config_lib.validate_for_mesh(config, sharding.data_parallel_size(mesh), jax.process_count())
+    data_parallel = sharding.data_parallel_size(mesh)
+    config_lib.validate_for_mesh(config, data_parallel, jax.process_count())
     data_dir = config.data.data_dir or None
     if jax.process_index() == 0:  # preparing is idempotent but not safe to run concurrently
         data_lib.prepare(config.data.name, data_dir)
@@ -83,39 +78,32 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
         if split not in info.num_examples:
             raise ConfigError(f"data set '{config.data.name}' has no split '{split}'; "
                               f"its splits are {sorted(info.num_examples)}")
-    task = importlib.import_module(f"dlx.tasks.{config.task}").Task(config, info, data_dir, workdir)
-    model = task.model
+    task = registry.task_class(config.task)(config, info, data_dir, workdir)
+    task.check_for_mesh(data_parallel)
     steps_per_epoch = task.examples_per_epoch() / config.data.batch_size
-    total_steps = config.train_steps or max(1, round(config.num_epochs * steps_per_epoch))
-    tx = build_optimizer(config.optimizer, total_steps)
+    total_steps = task.total_steps()
 
     source = task.source(config.data.train_split, train=True)
     example = {k: np.asarray(v) for k, v in source[0].items()}
     example_batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype)
                      for k, v in example.items()}
-    abstract_state, state_shardings = _state_layout(config, mesh, task, model, tx, example_batch)
-    return Run(config, mesh, info, data_dir, task, model, tx, total_steps, steps_per_epoch,
-               abstract_state, state_shardings, example_batch)
+    abstract_state, state_shardings = _state_layout(config, mesh, task, example_batch)
+    return Run(config, mesh, info, data_dir, task, total_steps, steps_per_epoch, abstract_state,
+               state_shardings, example_batch)
 
 
-def _state_layout(config, mesh, task, model, tx, example_batch):
-    """Shapes and shardings of the train state, from logical names, with nothing allocated."""
-    rng = jax.random.PRNGKey(0)
+def _state_layout(config, mesh, task, example_batch):
+    """Shapes and shardings of the task's whole train state, from the logical axis names its
+    leaves carry, with nothing allocated."""
     with _tracing_context(mesh, config):
-        abstract_variables = jax.eval_shape(task.init, rng, example_batch)
-    variable_shardings = sharding.logical_shardings(abstract_variables, mesh, config.sharding_rules)
-    abstract_state = jax.eval_shape(
-        lambda v: TrainState.create(apply_fn=model.apply, variables=v, tx=tx, rng=rng),
-        nn.meta.unbox(abstract_variables))
-    replicated = sharding.replicated(mesh)
-    opt_shardings = optax.tree_map_params(
-        tx, lambda _, param_sharding: param_sharding, abstract_state.opt_state,
-        variable_shardings["params"], transform_non_params=lambda _: replicated)
-    state_shardings = abstract_state.replace(
-        step=replicated, rng=replicated, params=variable_shardings["params"],
-        opt_state=opt_shardings,
-        model_state={k: v for k, v in variable_shardings.items() if k != "params"})
-    return abstract_state, state_shardings
+        boxed = jax.eval_shape(task.init_state, _run_keys(config)[0], example_batch)
+    return nn.meta.unbox(boxed), sharding.logical_shardings(boxed, mesh, config.sharding_rules)
+
+
+def _run_keys(config) -> tuple[jax.Array, jax.Array]:
+    """(the key the state is initialised from, the key step s folds in s to draw from)."""
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    return init_key, step_key
 
 
 def _tracing_context(mesh, config) -> contextlib.ExitStack:
@@ -126,65 +114,54 @@ def _tracing_context(mesh, config) -> contextlib.ExitStack:
     return stack
 
 
-def init_state(run: Run, variables: dict | None = None) -> TrainState:
-    """A step-0 state: from `variables` ({'params': ..., 'model_state': ...}, e.g. another
-    run's, see `config.init_from`) if given, else freshly initialised from config.seed."""
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(run.config.seed))
+def init_state(run: Run, restored: dict | None = None) -> Any:
+    """A step-0 state, freshly initialised from config.seed and laid out over the mesh; with
+    `restored` (items of another run's state, see `config.init_from`), the task puts those in."""
+    init_key, _ = _run_keys(run.config)
 
-    def create(given):
-        if given is None:
-            batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in run.example_batch.items()}
-            fresh = nn.meta.unbox(run.task.init(init_rng, batch))
-        else:
-            fresh = {"params": given["params"], **given["model_state"]}
-        return TrainState.create(apply_fn=run.model.apply, variables=fresh, tx=run.tx,
-                                 rng=state_rng)
+    def create():
+        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in run.example_batch.items()}
+        return nn.meta.unbox(run.task.init_state(init_key, batch))
 
     with _tracing_context(run.mesh, run.config):
-        return jax.jit(create, out_shardings=run.state_shardings)(variables)
-
-
-# XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow: YNNPACK gets
-# reductions and single matmuls only, convolutions go to Eigen (Fashion-MNIST CNN step: 60 -> 30
-# ms on 2 cores). YNNPACK's matmuls beat Eigen's, most on a transposed operand (the dense input
-# gradient x @ W.T: 3.5 -> 1.8 ms); BENCHMARKS.md has the measurements. YNNPACK declines a dot
-# whose left operand is contracted along its leading axis, so kernel gradients (x.T @ g) stay Eigen.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+        state = jax.jit(create, out_shardings=run.state_shardings)()
+    return state if restored is None else run.task.warm_start(state, restored)
 
 
 def compile_steps(run: Run):
+    """The jitted train step `(state, batch, step) -> (state, metrics)`: the task's step with
+    this step's random key, and the NaN guard on the metrics the task names."""
     batch_sharding = sharding.batch_sharding(run.mesh)
-    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     skip_nonfinite = run.config.nan_policy == "skip"
+    _, step_key = _run_keys(run.config)
+    watched = run.task.nonfinite_metrics
 
-    def train_step(state, batch):
-        new_state, metrics = run.task.train_step(state, batch)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    def train_step(state, batch, step):
+        new_state, metrics = run.task.train_step(state, batch, jax.random.fold_in(step_key, step),
+                                                 step)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(metrics[k])) for k in watched]))
         if skip_nonfinite:
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-            new_state = new_state.replace(step=state.step + 1)
         return new_state, {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
-    train = jax.jit(train_step, in_shardings=(run.state_shardings, batch_sharding),
-                    out_shardings=(run.state_shardings, None), donate_argnums=0,
-                    compiler_options=options)
-    evaluate = jax.jit(run.task.eval_step, in_shardings=(run.state_shardings, batch_sharding),
-                       compiler_options=options)
-    return train, evaluate
+    return jax.jit(train_step,
+                   in_shardings=(run.state_shardings, batch_sharding, sharding.replicated(run.mesh)),
+                   out_shardings=(run.state_shardings, None), donate_argnums=0,
+                   compiler_options=runtime.compiler_options())
 
 
-def run_eval(run: Run, state, eval_step) -> tuple[dict[str, float], dict]:
+def run_eval(run: Run, state, evaluator=None) -> tuple[dict[str, float], Any]:
+    """(metrics, the evaluator's merged accumulator) of `state` on config.data.eval_split."""
+    evaluator = evaluator or run.task.evaluator()
     source = run.task.source(run.config.data.eval_split, train=False)
-    sums = None
+    acc = evaluator.init()
     for local in data_lib.eval_batches(source, global_batch_size=run.config.data.eval_batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
         with _tracing_context(run.mesh, run.config):
-            out = eval_step(state, sharding.shard_batch(local, run.mesh))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    return run.task.summarize_eval(sums), sums
+            acc = evaluator.update(acc, state, sharding.shard_batch(local, run.mesh))
+    acc = evaluator.merge(acc)
+    return evaluator.result(acc), acc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,7 +172,7 @@ def _check_workdir_config(config, workdir: str) -> None:
     if not os.path.exists(path):
         return
     changed = [k for k in config_lib.differences(config_lib.from_json(path), config)
-               if k not in config_lib.RESUMABLE_CHANGES]
+               if k not in config_lib.resumable_changes(config)]
     if changed:
         raise ConfigError(
             f"{workdir} holds a run with a different config ({', '.join(changed[:5])} differ); "
@@ -275,7 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = finished_step(checkpoints) or 0
     warm_start = None
     if not start_step and config.init_from:  # checked before anything is written
-        warm_start = config.init_from, warm_start_step(config.init_from, run.abstract_state)
+        warm_start = config.init_from, warm_start_step(config.init_from, run.abstract_state,
+                                                       run.task.warm_start_items)
     _write_config(config, workdir)
     if jax.process_index() == 0:
         run.task.write_run_files(workdir)
@@ -297,21 +275,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log(f"Resumed from {workdir}/checkpoints at step {start_step}.")
     elif warm_start:
         source, source_step = warm_start
-        state = init_state(run, restore_variables(
-            source, source_step, run.abstract_state, run.state_shardings))
-        log(f"Initialised from {source}/checkpoints at step {source_step} (params and model "
-            f"state; step, optimizer and data start afresh).")
+        items = run.task.warm_start_items
+        state = init_state(run, restore_items(source, source_step, run.abstract_state,
+                                              run.state_shardings, items))
+        log(f"Initialised from {source}/checkpoints at step {source_step} ({', '.join(items)}; "
+            f"the rest of the state, the step and the data start afresh).")
     else:
         state = init_state(run)
-    _write_model_summary(run, workdir)
-
-    train_step, eval_step = compile_steps(run)
+    train_step = compile_steps(run)
+    evaluator = run.task.evaluator()
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
     steps_per_epoch = run.steps_per_epoch
     log_every = max(1, cfg.log_every_steps)
     eval_every = config_lib.period(cfg, "eval_every", steps_per_epoch)
     checkpoint_every = config_lib.period(cfg, "checkpoint_every", steps_per_epoch)
-    log(f"Training {cfg.model.name} on {cfg.data.name}: {run.total_steps} steps "
+    log(f"Training {cfg.task} ({cfg.model.get('name')}) on {cfg.data.name}: {run.total_steps} steps "
         f"({run.total_steps / steps_per_epoch:.2f} epochs) of global batch {cfg.data.batch_size} "
         f"on mesh {dict(run.mesh.shape)} ({jax.device_count()} {jax.default_backend()} devices, "
         f"{jax.process_count()} process(es)).")
@@ -347,7 +325,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_train = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != "nonfinite"}
         if cfg.nan_policy == "skip":
             last_train["skipped_updates"] = float(sum(h["nonfinite"] for h in host))
-        last_train["learning_rate"] = float(learning_rate_at(cfg.optimizer, run.total_steps, step - 1))
         last_train["steps_per_sec"] = len(pending) / max(elapsed, 1e-9)
         writer.write(step, "train", last_train)
         progress.set_postfix(loss=f"{last_train['loss']:.4f}", refresh=False)
@@ -355,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     step = start_step
     if start_step >= run.total_steps:  # already finished: report, train nothing
-        eval_metrics, _ = run_eval(run, state, eval_step)
+        eval_metrics, _ = run_eval(run, state, evaluator)
     stopped = False
     try:
         with _StopRequest() as stop:
@@ -364,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if jax.process_count() > 1:  # one process: the jitted step places the numpy
                     batch = sharding.shard_batch(batch, run.mesh)  # batch itself, ~10x cheaper
                 with _tracing_context(run.mesh, cfg):
-                    state, metrics = train_step(state, batch)
+                    state, metrics = train_step(state, batch, np.int32(step))
                 step += 1
                 pending.append((step, metrics))
                 progress.update(1)
@@ -377,10 +354,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step % log_every == 0 or do_eval or do_checkpoint or stopped:
                     flush()
                 if do_eval:
-                    eval_metrics, eval_sums = run_eval(run, state, eval_step)
+                    eval_metrics, eval_acc = run_eval(run, state, evaluator)
                     writer.write(step, "eval", eval_metrics)
                     with _tracing_context(run.mesh, cfg):
-                        run.task.write_eval_artifacts(state, eval_sums, workdir, step)
+                        evaluator.write_artifacts(eval_acc, state, workdir, step)
                     if is_main:
                         progress.write(f"step {step}: eval " + ", ".join(
                             f"{k}={v:.4f}" for k, v in eval_metrics.items()))
@@ -404,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {
         "final_eval": eval_metrics, "final_train": last_train, "steps": step,
         "epochs": step / steps_per_epoch, "wall_time_s": wall,
-        "num_params": param_count(run.abstract_state.params),
+        "num_params": run.task.num_params(run.abstract_state),
         "train_steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
         "resumed_from_step": start_step, "device_count": jax.device_count(),
         "process_count": jax.process_count(), "backend": jax.default_backend(),
@@ -418,28 +395,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def _write_model_summary(run: Run, workdir: str) -> None:
-    module = importlib.import_module(f"dlx.models.{run.config.model.name}")
-    if jax.process_index() != 0 or not hasattr(module, "summarize"):
-        return
-    shape = next((v.shape for k, v in run.example_batch.items() if k in ("image", "features")), None)
-    if shape is None:
-        return
-    text = module.summarize(run.model, (1, *shape[1:]))
-    with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
-        f.write(text + "\n")
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Scores the latest checkpoint of `workdir` on config.data.eval_split."""
     run = prepare_run(config, workdir)
-    state, step = _restore_latest(run, workdir)
-    _, eval_step = compile_steps(run)
-    metrics, _ = run_eval(run, state, eval_step)
+    state, step = restore_latest(run, workdir)
+    metrics, _ = run_eval(run, state)
     return {"step": step, **metrics}
 
 
-def _restore_latest(run: Run, workdir: str):
+def restore_latest(run: Run, workdir: str):
     """(state, step) of the workdir's latest finished checkpoint, restored onto run's mesh."""
     checkpoints = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoints):
@@ -455,47 +419,3 @@ def _restore_latest(run: Run, workdir: str):
     finally:
         checkpointer.close()
     return state, step
-
-
-def sample(config: ml_collections.ConfigDict, workdir: str, *, prompt: str, max_new_tokens: int,
-           temperature: float, top_k: int, top_p: float, num_samples: int, seed: int,
-           out=sys.stdout) -> list[str]:
-    """Generates text from the latest checkpoint of `workdir`, streaming one sample to `out` as
-    it is produced (several samples are printed when done)."""
-    from dlx.tasks.language_model import check_sampling
-    check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
-    if num_samples < 1:
-        raise ConfigError("num_samples must be >= 1")
-    run = prepare_run(config, workdir)
-    if not hasattr(run.task, "stream_tokens"):
-        raise ConfigError(f"task '{config.task}' does not generate text; sample needs a "
-                          f"language_model run")
-    state, _ = _restore_latest(run, workdir)
-    tokenizer = run.task.tokenizer
-    live = num_samples == 1 and jax.process_index() == 0
-    if live:
-        out.write(prompt)
-    rows: list[list[int]] = [[] for _ in range(num_samples)]
-    shown = ""
-    with _tracing_context(run.mesh, config):
-        for tokens in run.task.stream_tokens(
-                state.params, run.task.encode_prompt(prompt), rng=jax.random.PRNGKey(seed),
-                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                num_samples=num_samples):
-            for row, token in zip(rows, tokens):
-                row.append(int(token))
-            if live:
-                text = tokenizer.decode(rows[0])
-                if not text.endswith("\ufffd"):  # a byte-level token may end mid-character
-                    out.write(text[len(shown):])
-                    out.flush()
-                    shown = text
-    texts = [tokenizer.decode(row) for row in rows]
-    if jax.process_index() == 0:
-        if live:
-            out.write(texts[0][len(shown):] + "\n")
-        else:
-            for i, text in enumerate(texts):
-                out.write(f"=== sample {i} ===\n{prompt}{text}\n\n")
-        out.flush()
-    return texts

@@ -1,4 +1,4 @@
-"""The train state and the gradient step every supervised task shares."""
+"""The one-model train state and the gradient step every supervised task shares."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,25 +16,25 @@ LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]
 
 
 @flax.struct.dataclass
-class TrainState:
-    """Everything a checkpoint holds about the model; `apply_fn` and `tx` are static."""
-    step: jax.Array
+class ModelState:
+    """The usual state of a task that trains one model with one optimizer: its params, their
+    optimizer state and the model's other mutable collections. `apply_fn` and `tx` are static
+    (not checkpointed)."""
     params: Any
     opt_state: Any
     model_state: Any  # mutable Flax collections other than params, e.g. {"batch_stats": ...}
-    rng: jax.Array    # base key; step s uses fold_in(rng, s), so a resumed run draws the same
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, *, apply_fn, variables: dict, tx, rng) -> "TrainState":
+    def create(cls, *, apply_fn, variables: dict, tx) -> "ModelState":
+        """From a model's variables. Given boxed variables (with logical axis names, as
+        `model.init` returns them), the optimizer state carries the params' names too, which is
+        what the runner shards the whole state by."""
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   model_state=model_state, rng=rng, apply_fn=apply_fn, tx=tx)
-
-    def step_rng(self) -> jax.Array:
-        return jax.random.fold_in(self.rng, self.step)
+        return cls(params=params, opt_state=tx.init(params), model_state=model_state,
+                   apply_fn=apply_fn, tx=tx)
 
 
 def global_norm(grads: Any) -> jax.Array:
@@ -55,8 +55,8 @@ def _split_microbatches(batch: dict, num: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn, accum_steps: int = 1,
-                  param_specs: Any = None) -> tuple[TrainState, dict]:
+def gradient_step(state: ModelState, batch: dict, rng: jax.Array, loss_fn: LossFn,
+                  accum_steps: int = 1, param_specs: Any = None) -> tuple[ModelState, dict]:
     """One optimizer update; with ``accum_steps > 1`` the batch is cut into micro-batches whose
     gradients are averaged (same update, a fraction of the activation memory). `param_specs`
     (the params' logical PartitionSpecs) gathers the weights over ``fsdp`` where the loss uses
@@ -67,7 +67,6 @@ def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn, accum_steps: 
         return loss_fn(params, *args)
 
     grad_fn = jax.value_and_grad(gathered_loss, has_aux=True)
-    rng = state.step_rng()
     if accum_steps == 1:
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
     else:
@@ -90,6 +89,5 @@ def gradient_step(state: TrainState, batch: dict, loss_fn: LossFn, accum_steps: 
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state)
+    new_state = state.replace(params=params, opt_state=opt_state, model_state=model_state)
     return new_state, metrics

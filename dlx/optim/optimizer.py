@@ -6,7 +6,7 @@ Chain order (each piece only when switched on):
     -> scale_by_learning_rate(schedule) -> lr multipliers          [all inside the "frozen" split]
 
 With every extra off, the chain is the same transformation ``optax.<name>`` builds. Masks and
-multipliers are regex rules (``dlx.train.rules``) evaluated on the params structure when the
+multipliers are regex rules (``dlx.optim.rules``) evaluated on the params structure when the
 optimizer is initialised, so one optimizer config works for any model.
 
 Weight decay here is always DECOUPLED (AdamW-style, scaled by the learning rate, never part of the
@@ -14,7 +14,6 @@ loss). Coupled L1/L2 penalties are loss terms: ``regularization_penalty`` gives 
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +23,9 @@ import ml_collections
 import optax
 from flax.core import meta
 
+from dlx import registry
 from dlx.errors import ConfigError
-from dlx.train import rules
+from dlx.optim import rules
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam", "adamw", "nadam")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear")
@@ -99,9 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
 def _known(name: str, valid: Sequence[str], what: str) -> str:
     if name in valid:
         return name
-    nearest = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
-    hint = f"did you mean {nearest[0]!r}? " if nearest else ""
-    raise ConfigError(f"unknown {what} {name!r}; {hint}valid: {', '.join(valid)}")
+    registry.lookup(dict.fromkeys(valid), name, what)
 
 
 def check_config(cfg: Any) -> None:

@@ -1,0 +1,62 @@
+"""A trained run loaded for use: no training loop, no optimizer steps.
+
+    bundle = inference.load("runs/fashion_cnn")
+    logits = bundle(batch)                      # the task's `predict`, jitted, on the run's mesh
+    bundle.sample({"prompt": "ROMEO:"})         # what `launch.py sample` does
+
+`load` reads the workdir's config.json (or takes a config), builds the task and the state layout
+as the runner does, and restores the latest checkpoint onto this machine's devices, whatever mesh
+it was trained on. Pipelines and `predict` stand on this.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+
+from dlx import runtime
+from dlx.errors import ConfigError
+from dlx.train import config as config_lib
+from dlx.train import loop
+
+
+@dataclasses.dataclass
+class Bundle:
+    config: ml_collections.ConfigDict
+    task: Any
+    state: Any
+    step: int
+    run: loop.Run
+
+    @functools.cached_property
+    def _predict(self):
+        return jax.jit(self.task.predict, compiler_options=runtime.compiler_options())
+
+    def __call__(self, batch: dict) -> Any:
+        with loop._tracing_context(self.run.mesh, self.config):
+            return self._predict(self.state, batch)
+
+    def sample(self, options: dict, out=sys.stdout) -> Any:
+        if not hasattr(self.task, "sample"):
+            raise ConfigError(f"task '{self.config.task}' has no sampling; `launch.py sample` "
+                              f"needs a task that generates (e.g. language_model)")
+        with loop._tracing_context(self.run.mesh, self.config):
+            return self.task.sample(self.state, options, out)
+
+
+def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Bundle:
+    """The latest checkpoint of `workdir`, ready to call; `config` defaults to its config.json."""
+    if config is None:
+        path = os.path.join(workdir, "config.json")
+        if not os.path.exists(path):
+            raise ConfigError(f"{workdir} holds no run (no config.json); give the --workdir of a "
+                              f"run that has trained")
+        config = config_lib.from_json(path)
+    run = loop.prepare_run(config, workdir)
+    state, step = loop.restore_latest(run, workdir)
+    return Bundle(config, run.task, state, step, run)
