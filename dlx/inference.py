@@ -22,7 +22,7 @@ import ml_collections
 from dlx import runtime
 from dlx.errors import ConfigError
 from dlx.train import config as config_lib
-from dlx.train import loop
+from dlx.train import loop, sharding
 
 
 @dataclasses.dataclass
@@ -57,6 +57,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Bundl
             raise ConfigError(f"{workdir} holds no run (no config.json); give the --workdir of a "
                               f"run that has trained")
         config = config_lib.from_json(path)
+    sharding.fit_mesh_to_devices(config.mesh, jax.device_count())
     run = loop.prepare_run(config, workdir)
     state, step = loop.restore_latest(run, workdir)
     return Bundle(config, run.task, state, step, run)

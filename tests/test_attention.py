@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlx.layers import norms, positional
+from dlx.layers import linear, mlp, norms, positional
 from dlx.layers.attention import (MultiHeadAttention, causal_mask, dot_product_attention,
                                   padding_mask)
 
@@ -270,14 +270,14 @@ def test_layer_norm_and_rms_norm_match_torch():
 def test_gelu_mlp_and_swiglu_match_torch():
     x = jax.random.normal(jax.random.key(0), (2, 3, 8))
     t = torch.from_numpy(np.asarray(x))
-    gelu = norms.GeluMLP(hidden=16)
+    gelu = mlp.GeluMLP(hidden=16)
     p = _params(gelu, x)
     w = {k: {n: torch.from_numpy(np.asarray(a)) for n, a in v.items()} for k, v in p.items()}
     hidden = F.gelu(t @ w["fc"]["kernel"] + w["fc"]["bias"], approximate="tanh")
     theirs = hidden @ w["proj"]["kernel"] + w["proj"]["bias"]
     np.testing.assert_allclose(gelu.apply({"params": p}, x), theirs.numpy(), atol=1e-6)
 
-    swiglu = norms.SwiGLU(hidden=16)
+    swiglu = mlp.SwiGLU(hidden=16)
     p = _params(swiglu, x)
     assert set(p) == {"gate", "up", "down"} and all(set(v) == {"kernel"} for v in p.values())
     w = {k: torch.from_numpy(np.asarray(v["kernel"])) for k, v in p.items()}
@@ -286,7 +286,7 @@ def test_gelu_mlp_and_swiglu_match_torch():
 
 
 def test_projection_contracts_several_axes():
-    layer = norms.Projection(5, ("heads", "head_dim"), ("embed",))
+    layer = linear.Projection(5, ("heads", "head_dim"), ("embed",))
     x = jax.random.normal(jax.random.key(0), (2, 3, 4, 6))
     p = nn.meta.unbox(jax.jit(layer.init)(jax.random.key(1), x))["params"]
     assert p["kernel"].shape == (4, 6, 5)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from dlx.layers.activations import random_bits
-from dlx.layers.norms import INIT_STDDEV, Projection
+from dlx.layers.linear import INIT_STDDEV, Projection
 from dlx.layers.positional import rotary
 
 IMPLEMENTATIONS = ("auto", "einsum", "jax")

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlx.layers.norms import INIT_STDDEV
+from dlx.layers.linear import INIT_STDDEV
 
 
 def sinusoidal(positions: jax.Array, features: int, base: float = 10000.0) -> jax.Array:

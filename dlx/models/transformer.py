@@ -63,7 +63,9 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers.activations import Dropout
 from dlx.layers.attention import IMPLEMENTATIONS, MultiHeadAttention, padding_mask
-from dlx.layers.norms import INIT_STDDEV, MLPS, NORMS, Projection, make_mlp, make_norm
+from dlx.layers.linear import INIT_STDDEV, Projection
+from dlx.layers.mlp import MLPS, make_mlp
+from dlx.layers.norms import NORMS, make_norm
 from dlx.layers.positional import LearnedPositions, sinusoidal
 
 KINDS = ("decoder", "encoder", "encoder_decoder")

@@ -316,8 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 where = (f"the last good checkpoint is step {good} in {workdir}/checkpoints"
                          if good else "no checkpoint was written yet")
                 raise NonFiniteError(
-                    f"loss or gradient became NaN/Inf at step {step}; {where}. Lower "
-                    f"optimizer.learning_rate, add clipping, or set nan_policy='skip'.")
+                    f"{' or '.join(run.task.nonfinite_metrics)} became NaN/Inf at step {step}; "
+                    f"{where}. Lower the learning rate, add clipping, or set "
+                    f"nan_policy='skip'.")
         step = pending[-1][0]
         elapsed = time.time() - t_window
         timed_steps += len(pending)
@@ -327,7 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             last_train["skipped_updates"] = float(sum(h["nonfinite"] for h in host))
         last_train["steps_per_sec"] = len(pending) / max(elapsed, 1e-9)
         writer.write(step, "train", last_train)
-        progress.set_postfix(loss=f"{last_train['loss']:.4f}", refresh=False)
+        progress.set_postfix({k: f"{last_train[k]:.4f}" for k in run.task.nonfinite_metrics
+                              if k in last_train}, refresh=False)
         pending, t_window = [], time.time()
 
     step = start_step
@@ -397,6 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Scores the latest checkpoint of `workdir` on config.data.eval_split."""
+    sharding.fit_mesh_to_devices(config.mesh, jax.device_count())
     run = prepare_run(config, workdir)
     state, step = restore_latest(run, workdir)
     metrics, _ = run_eval(run, state)

@@ -44,6 +44,16 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ..
     return tuple(sizes)
 
 
+def fit_mesh_to_devices(axis_sizes, num_devices: int) -> None:
+    """For using a trained run (eval, sample, inference): a mesh this machine cannot build (a run
+    trained on 8 devices, read on 1) becomes all devices along `data`. The mesh is layout only;
+    checkpoints restore onto any."""
+    try:
+        mesh_shape(axis_sizes, num_devices)
+    except ConfigError:
+        axis_sizes.update(data=-1, fsdp=1, model=1)
+
+
 def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(axis_sizes, len(devices))
