@@ -5,6 +5,7 @@ In-process: the runner's own state layout and jitted step, a mesh over the first
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -30,11 +31,13 @@ FAMILIES = {
     "gru": ("configs/shakespeare_gru.py:test", {}),
     "transformer-seq2seq": ("configs/cmudict_transformer.py:test", {}),
     "gru-attention-seq2seq": ("configs/cmudict_gru_attention.py:test", {}),
+    "conv-vae": ("configs/fashion_vae.py:test", {"model.kind": "conv"}),
+    "dcgan": ("configs/fashion_dcgan.py:test", {}),
 }
 
 
 def _train(spec: str, overrides: dict, mesh_shape: tuple[int, int, int], steps: int = STEPS):
-    """(losses, params) after `steps` updates of the config's run on a data x fsdp x model mesh."""
+    """(losses, state) after `steps` updates of the config's run on a data x fsdp x model mesh."""
     config = config_lib.load(spec)
     config.progress_bar = False
     for path, value in overrides.items():
@@ -52,18 +55,31 @@ def _train(spec: str, overrides: dict, mesh_shape: tuple[int, int, int], steps: 
     with loop._tracing_context(run.mesh, config):
         for step in range(steps):
             state, metrics = train_step(state, next(batches), np.int32(step))
-            losses.append(float(metrics["loss"]))
-    return np.array(losses), jax.device_get(state.params)
+            losses.append([float(metrics[k]) for k in run.task.nonfinite_metrics])
+    return np.array(losses), jax.device_get(state)
 
 
 def _assert_same_training(a, b):
-    (losses_a, params_a), (losses_b, params_b) = a, b
+    """The same watched losses at every step, and the same train state (every player's
+    parameters, optimizer states, batch statistics) at the end."""
+    (losses_a, state_a), (losses_b, state_b) = a, b
     np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
-    # Relative to the model's weight scale: summation order differs between layouts, and a
-    # parameter whose gradient is zero up to rounding (a bias before a batch norm) moves by noise.
-    scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(params_b))
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale),
-                 params_a, params_b)
+    # Relative to the scale of each part of the state (params, optimizer state, statistics):
+    # summation order differs between layouts, and a parameter whose gradient is zero up to
+    # rounding (a bias before a batch norm) moves by noise.
+    for part_a, part_b in zip(_parts(state_a), _parts(state_b)):
+        floats = [leaf for leaf in jax.tree.leaves(part_b) if np.issubdtype(leaf.dtype, np.floating)]
+        scale = max((float(np.abs(leaf).max()) for leaf in floats), default=0.0)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale),
+                     part_a, part_b)
+
+
+def _parts(state) -> list:
+    """The top-level subtrees of a train state (a flax dataclass or a dict)."""
+    if not dataclasses.is_dataclass(state):
+        return list(state.values())
+    return [getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.metadata.get("pytree_node", True)]
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 
 from dlx import runtime
 
@@ -65,6 +66,49 @@ class BatchSums:
     def result(self, acc: dict | None) -> dict[str, float]:
         if acc is None:
             raise ValueError("the eval split gave no batches")
+        return self._summarize(acc)
+
+    def write_artifacts(self, acc: dict, state: Any, workdir: str, step: int) -> None:
+        if self._artifacts is not None:
+            self._artifacts(state, acc, workdir, step)
+
+
+class PerExample:
+    """Metrics of the whole split's per-example values (a median, an AUROC, an importance-
+    sampled likelihood): `per_example(state, batch, rng) -> {name: [B, ...]}` is jitted with
+    replicated outputs, the rows that are not padding are kept on the host, and
+    `summarize({name: [N, ...]}) -> {name: float}` reduces them. `rng` is fixed per batch
+    (`fold_in(key(seed), batch index)`), so the score of a state never changes between evals.
+    `artifacts(state, values, workdir, step)`, if given, writes figures."""
+
+    def __init__(self, per_example: Callable[[Any, dict, jax.Array], dict],
+                 summarize: Callable[[dict], dict[str, float]],
+                 artifacts: Callable[[Any, dict, str, int], None] | None = None, seed: int = 0):
+        def with_mask(state, batch, rng):
+            return {**per_example(state, batch, rng), "_mask": batch["mask"]}
+
+        self._per_example = jax.jit(with_mask, out_shardings=jax.sharding.PartitionSpec(),
+                                    compiler_options=runtime.compiler_options())
+        self._summarize = summarize
+        self._artifacts = artifacts
+        self._key = jax.random.PRNGKey(seed)
+
+    def init(self) -> list:
+        return []
+
+    def update(self, acc: list, state: Any, batch: dict) -> list:
+        rng = jax.random.fold_in(self._key, len(acc))
+        values = jax.device_get(self._per_example(state, batch, rng))
+        keep = np.asarray(values.pop("_mask")).astype(bool)
+        return [*acc, {k: np.asarray(v)[keep] for k, v in values.items()}]
+
+    def merge(self, acc: list) -> dict:
+        # Replicated outputs: every process already holds the values of every batch.
+        if not acc:
+            raise ValueError("the eval split gave no batches")
+        return {k: np.concatenate([part[k] for part in acc]) for k in acc[0]}
+
+    def result(self, acc: dict) -> dict[str, float]:
         return self._summarize(acc)
 
     def write_artifacts(self, acc: dict, state: Any, workdir: str, step: int) -> None:

@@ -1,0 +1,40 @@
+"""What the image tasks share: pixels as floats, a train split without one class (anomaly
+detection), and figures of image grids."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlx.data import ArraySource, load_into_memory, read_rows
+from dlx.layers.images import image_grid, save_image
+
+
+def pixels(batch: dict) -> jax.Array:
+    """batch["image"] (uint8 [B, H, W, C]) as floats in [0, 1]."""
+    image = batch["image"]
+    return image.astype(jnp.float32) / 255.0 if image.dtype == jnp.uint8 else image
+
+
+def without_class(source, label: int) -> ArraySource:
+    """`source`'s examples whose label is not `label`."""
+    source = source if isinstance(source, ArraySource) else load_into_memory(source)
+    keep = source.columns["label"] != label
+    return ArraySource({k: v[keep] for k, v in source.columns.items()})
+
+
+def write_grid(workdir: str, name: str, images, columns: int | None = None,
+               folder: str = "plots") -> str:
+    """Saves [N, H, W, C] images in [0, 1] as `<workdir>/<folder>/<name>.png`; returns the
+    path."""
+    os.makedirs(os.path.join(workdir, folder), exist_ok=True)
+    path = os.path.join(workdir, folder, f"{name}.png")
+    save_image(path, image_grid(np.asarray(images), columns))
+    return path
+
+
+def first_images(source, count: int) -> dict:
+    """The first `count` examples of `source` as one batch."""
+    return read_rows(source, np.arange(min(count, len(source))))
