@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
             from dlx import inference
             options = {name: FLAGS[name].value for name in SAMPLE_FLAGS
                        if FLAGS[name].value is not None}
-            inference.load(FLAGS.workdir, config).sample(options)
+            inference.load(FLAGS.workdir, config, sample_options=options).sample(options)
             return
         if mode == "eval":
             metrics = loop.evaluate(config, FLAGS.workdir)

@@ -42,15 +42,23 @@ class Bundle:
             return self._predict(self.state, batch)
 
     def sample(self, options: dict, out=sys.stdout) -> Any:
-        if not hasattr(self.task, "sample"):
-            raise ConfigError(f"task '{self.config.task}' has no sampling; `launch.py sample` "
-                              f"needs a task that generates (e.g. language_model)")
+        check_sample_options(self.task, options)
         with loop._tracing_context(self.run.mesh, self.config):
             return self.task.sample(self.state, options, out)
 
 
-def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Bundle:
-    """The latest checkpoint of `workdir`, ready to call; `config` defaults to its config.json."""
+def check_sample_options(task, options: dict) -> None:
+    if not hasattr(task, "sample"):
+        raise ConfigError(f"task '{task.config.task}' has no sampling; `launch.py sample` needs a "
+                          f"task that generates (language_model, vae, gan, diffusion)")
+    if hasattr(task, "check_sample_options"):
+        task.check_sample_options(options)
+
+
+def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
+         sample_options: dict | None = None) -> Bundle:
+    """The latest checkpoint of `workdir`, ready to call; `config` defaults to its config.json.
+    `sample_options` are checked against the task before anything is restored."""
     if config is None:
         path = os.path.join(workdir, "config.json")
         if not os.path.exists(path):
@@ -59,5 +67,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Bundl
         config = config_lib.from_json(path)
     sharding.fit_mesh_to_devices(config.mesh, jax.device_count())
     run = loop.prepare_run(config, workdir)
+    if sample_options is not None:
+        check_sample_options(run.task, sample_options)
     state, step = loop.restore_latest(run, workdir)
     return Bundle(config, run.task, state, step, run)

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from dlx.errors import ConfigError, DataError  # noqa: E402
-from dlx.hub import gpt2  # noqa: E402
+from dlx.hub import gpt2, safetensors  # noqa: E402
 from dlx.models.transformer import Model  # noqa: E402
 from dlx.tasks import decoding  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_unprefixed_layout_with_mask_buffers_and_shards_load_the_same(checkpoint
     for shard, shard_names in halves.items():
         save_file({n: renamed[n] for n in shard_names}, tmp_path / shard)
     index = {"weight_map": {n: shard for shard, ns in halves.items() for n in ns}}
-    (tmp_path / gpt2.INDEX_FILE).write_text(json.dumps(index))
+    (tmp_path / safetensors.INDEX_FILE).write_text(json.dumps(index))
     shutil.copy(directory / gpt2.CONFIG_FILE, tmp_path)
 
     model, params = gpt2.load_gpt2(tmp_path)

@@ -29,7 +29,6 @@ Mapping (E embed, H heads, D = E / H; GPT-2's Conv1D weights are already [in, ou
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,20 +40,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from dlx.errors import ConfigError, DataError
+from dlx.hub import safetensors
+from dlx.hub.safetensors import WEIGHTS_FILE
 from dlx.models.transformer import Model
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 PREFIX = "transformer."
 LM_HEAD = "lm_head.weight"
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # the same tanh approximation, two names
-READABLE_DTYPES = {"F64", "F32", "F16"}  # numpy has no bfloat16
 
 # GPT2Config's defaults, for keys an older config.json leaves out (transformers fills them in
 # the same way).
@@ -261,42 +258,6 @@ def _check_specs_match_model(model: Model, specs: list[TensorSpec]) -> None:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
-def _weight_files(directory: Path) -> list[Path]:
-    single, index = directory / WEIGHTS_FILE, directory / INDEX_FILE
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise DataError(f"gpt2: {index} is not a safetensors index ({error!r})") from error
-        for shard in shards:  # plain file names only: an index must not point elsewhere
-            if not isinstance(shard, str) or Path(shard).name != shard:
-                raise DataError(f"gpt2: {index} names shard {shard!r} outside the directory")
-            if not (directory / shard).is_file():
-                raise DataError(f"gpt2: shard {shard} listed in {index.name} is missing")
-        return [directory / shard for shard in shards]
-    found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    raise DataError(f"gpt2: no {WEIGHTS_FILE} or {INDEX_FILE} in {directory} (found {found}); "
-                    f"dlx reads safetensors only, never pickled .bin files")
-
-
-def _open_tensors(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...], str]]:
-    """name -> (file, shape, safetensors dtype) of every tensor, without reading the data."""
-    tensors = {}
-    for path in files:
-        try:
-            with safe_open(path, framework="np") as f:
-                for name in f.keys():
-                    info = f.get_slice(name)
-                    tensors[name] = (path, tuple(info.get_shape()), info.get_dtype())
-        except Exception as error:  # safetensors raises its own error types for bad headers
-            raise DataError(f"gpt2: cannot read {path} as safetensors: "
-                            f"{(str(error).splitlines() or [type(error).__name__])[0]}") from error
-    return tensors
-
-
 def _strip_prefix(names: list[str], where: Path) -> dict[str, str]:
     """GPT-2 name (without "transformer.") -> stored name; buffers dropped."""
     body = [n for n in names if n != LM_HEAD]
@@ -305,30 +266,6 @@ def _strip_prefix(names: list[str], where: Path) -> dict[str, str]:
         raise DataError(f"gpt2: {where} mixes names with and without the '{PREFIX}' prefix")
     return {(n[len(PREFIX):] if n.startswith(PREFIX) else n): n for n in names
             if not n.endswith(BUFFER_SUFFIXES)}
-
-
-class _Reader:
-    """Reads tensors by name, opening each file once."""
-
-    def __init__(self, stored: dict[str, tuple[Path, tuple[int, ...], str]]):
-        self.stored = stored
-        self.handles: dict[Path, Any] = {}
-        self.stack = contextlib.ExitStack()
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stack.close()
-
-    def __call__(self, name: str) -> np.ndarray:
-        path, _, dtype = self.stored[name]
-        if dtype not in READABLE_DTYPES:
-            raise DataError(f"gpt2: tensor {name} in {path.name} is {dtype}; dlx reads "
-                            f"{sorted(READABLE_DTYPES)} (convert the checkpoint to float32)")
-        if path not in self.handles:
-            self.handles[path] = self.stack.enter_context(safe_open(path, framework="np"))
-        return self.handles[path].get_tensor(name)
 
 
 def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
@@ -340,8 +277,7 @@ def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
     model = Model(**model_config(read_config(directory), dropout=dropout))
     specs = tensor_specs(model)
     _check_specs_match_model(model, specs)
-    files = _weight_files(directory)
-    stored = _open_tensors(files)
+    stored = safetensors.tensor_index(safetensors.weight_files(directory, "gpt2"), "gpt2")
     names = _strip_prefix(list(stored), directory)
 
     expected = {spec.name for spec in specs}
@@ -360,7 +296,7 @@ def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
                             f"config implies {list(spec.hf_shape)}")
 
     params: dict[str, Any] = {}
-    with _Reader(stored) as read:
+    with safetensors.Reader(stored, "gpt2") as read:
         for spec in specs:
             node = params
             for key in spec.path[:-1]:

@@ -26,14 +26,13 @@ import numpy as np
 import optax
 
 from dlx import models
-from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim import optimizer as optimizer_lib
 from dlx.optim.state import global_norm
 from dlx.parallel import gather_fsdp
 from dlx.tasks.base import Task as TaskBase
 from dlx.tasks.base import is_main_process
-from dlx.tasks.images import pixels, write_grid
+from dlx.tasks.images import image_sample_options, pixels, write_grid
 
 NUM_SHOWN = 64
 
@@ -187,15 +186,13 @@ class Task(TaskBase):
         return PerExample(self.per_example, self.summarize, self.write_samples,
                           seed=self.config.seed)
 
+    def check_sample_options(self, options: dict) -> None:
+        image_sample_options(options, "gan")
+
     def sample(self, state, options: dict, out=sys.stdout) -> str:
         """`launch.py sample`: a grid of generated images under the workdir's samples/
         (options: num_samples, seed)."""
-        unknown = set(options) - {"num_samples", "seed"}
-        if unknown:
-            raise ConfigError(f"gan sampling takes num_samples and seed, not {sorted(unknown)}")
-        count, seed = options.get("num_samples", 64), options.get("seed", 0)
-        if count < 1:
-            raise ConfigError("num_samples must be >= 1")
+        count, seed = image_sample_options(options, "gan")
         images = self.samples(state, count, seed)
         if not is_main_process():
             return ""

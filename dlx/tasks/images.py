@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx.data import ArraySource, load_into_memory, read_rows
+from dlx.errors import ConfigError
 from dlx.layers.images import image_grid, save_image
 
 
@@ -33,6 +34,17 @@ def write_grid(workdir: str, name: str, images, columns: int | None = None,
     path = os.path.join(workdir, folder, f"{name}.png")
     save_image(path, image_grid(np.asarray(images), columns))
     return path
+
+
+def image_sample_options(options: dict, task: str) -> tuple[int, int]:
+    """(num_samples, seed) of `launch.py sample` for a task that generates images."""
+    unknown = set(options) - {"num_samples", "seed"}
+    if unknown:
+        raise ConfigError(f"{task} sampling takes num_samples and seed, not {sorted(unknown)}")
+    count, seed = options.get("num_samples", 64), options.get("seed", 0)
+    if count < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {count}")
+    return count, seed
 
 
 def first_images(source, count: int) -> dict:

@@ -230,16 +230,13 @@ class Task(SupervisedTask):
         tokens = np.stack(steps, axis=1)
         return [self.tokenizer.decode(row) for row in tokens]
 
-
-    def sample(self, state, options: dict, out=sys.stdout) -> list[str]:
-        """`launch.py sample`: continuations of `options["prompt"]`, the first streamed to `out`
-        as it is produced when only one is drawn (several are printed when done). Options not
-        given take config.decoding's values; `seed` picks the random draws."""
-        d = self.config.decoding
+    def _sample_settings(self, options: dict) -> tuple[dict, int]:
+        """(prompt and decoding settings, number of samples): `options` over config.decoding."""
         unknown = set(options) - {"prompt", "max_new_tokens", "temperature", "top_k", "top_p",
                                   "num_samples", "seed"}
         if unknown:
             raise ConfigError(f"language_model sampling has no option(s) {sorted(unknown)}")
+        d = self.config.decoding
         pick = {k: options.get(k) if options.get(k) is not None else d.get(k)
                 for k in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p")}
         num_samples = options.get("num_samples", 1)
@@ -247,6 +244,16 @@ class Task(SupervisedTask):
                        num_samples)
         if num_samples < 1:
             raise ConfigError("num_samples must be >= 1")
+        return pick, num_samples
+
+    def check_sample_options(self, options: dict) -> None:
+        self._sample_settings(options)
+
+    def sample(self, state, options: dict, out=sys.stdout) -> list[str]:
+        """`launch.py sample`: continuations of `options["prompt"]`, the first streamed to `out`
+        as it is produced when only one is drawn (several are printed when done). Options not
+        given take config.decoding's values; `seed` picks the random draws."""
+        pick, num_samples = self._sample_settings(options)
         prompt = pick.pop("prompt")
         live = num_samples == 1 and is_main_process()
         if live:

@@ -32,7 +32,7 @@ from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import gradient_step
 from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
-from dlx.tasks.images import first_images, pixels, write_grid
+from dlx.tasks.images import first_images, image_sample_options, pixels, write_grid
 
 NUM_SHOWN = 16
 
@@ -171,15 +171,13 @@ class Task(SupervisedTask):
         return PerExample(self.per_example, self.summarize, self.write_figures,
                           seed=self.config.seed)
 
+    def check_sample_options(self, options: dict) -> None:
+        image_sample_options(options, "vae")
+
     def sample(self, state, options: dict, out=sys.stdout) -> str:
         """`launch.py sample`: a grid of images decoded from prior samples, saved under the
         workdir's samples/ (options: num_samples, seed)."""
-        unknown = set(options) - {"num_samples", "seed"}
-        if unknown:
-            raise ConfigError(f"vae sampling takes num_samples and seed, not {sorted(unknown)}")
-        count, seed = options.get("num_samples", 64), options.get("seed", 0)
-        if count < 1:
-            raise ConfigError("num_samples must be >= 1")
+        count, seed = image_sample_options(options, "vae")
         z = jax.random.normal(jax.random.PRNGKey(seed), (count, self.config.model.latent_dim))
         images = self.decode_images(state, z)
         if not is_main_process():

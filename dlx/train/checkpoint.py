@@ -9,11 +9,13 @@ and batch statistics) only; the rest of the state, the step and the data positio
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -30,6 +32,17 @@ def _state_dir(workdir: str, step: int) -> epath.Path:
     return epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state"
 
 
+@contextlib.contextmanager
+def _absl_warnings_silenced(silenced: bool):
+    previous = absl_logging.get_verbosity()
+    if silenced:
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(previous)
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep_latest: int, best_metric: str, best_mode: str,
                  read_only: bool = False):
@@ -39,11 +52,13 @@ class Checkpointer:
                 get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min",
                 n=1, keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
-        self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(
-                create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-                preservation_policy=policies.AnyPreservationPolicy(preserve)))
+        # Orbax warns that a read-only manager saves nothing: what it is asked for (eval, sample).
+        with _absl_warnings_silenced(read_only):
+            self.manager = ocp.CheckpointManager(
+                os.path.abspath(directory),
+                options=ocp.CheckpointManagerOptions(
+                    create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+                    preservation_policy=policies.AnyPreservationPolicy(preserve)))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
