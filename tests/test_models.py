@@ -42,7 +42,7 @@ IDS = [f"{name}-{i}" for i, (name, *_) in enumerate(CASES)]
 MODELS_TESTED_ELSEWHERE = {"transformer": "test_transformer.py", "recurrent": "test_recurrent.py",
                            "seq2seq": "test_recurrent.py",
                            "autoencoder": "test_generative_models.py",
-                           "dcgan": "test_generative_models.py"}
+                           "dcgan": "test_generative_models.py", "unet": "test_diffusion.py"}
 
 
 def test_every_registered_model_has_a_case():

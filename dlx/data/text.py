@@ -23,8 +23,9 @@ from dlx.data import prepare, source
 from dlx.data.builders import CMUDICT_ALTERNATES_SEPARATOR, CMUDICT_GRAPHEMES, CMUDICT_PHONEMES
 from dlx.data.pipeline import ArraySource, Batch
 from dlx.errors import DataError
+from dlx.layers.attention import PAD_ID
 
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+BOS_ID, EOS_ID = 1, 2
 G2P_DATA_SETS = ("cmudict",)  # the data sets `g2p_source` reads
 G2P_MAX_INPUT_LENGTH = 32   # cmudict's longest word has 28 letters
 G2P_MAX_TARGET_LENGTH = 32  # its longest pronunciation 28 phonemes, +2 for bos and eos

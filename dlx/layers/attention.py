@@ -14,13 +14,8 @@ Implementations (`implementation=`):
   the door to cuDNN flash attention, which jax picks only when asked and for bf16/fp16).
 - "auto" (default): "einsum" on CPU or whenever probability dropout is active, else "jax".
 "einsum" runs causal self-attention of length >= 64 (without other masks) in 4 blocks of
-queries, each over the keys up to its end: 10/16 of the score matrix. Measured on XLA:CPU (2
-cores shared with a training run; B=64, T=256, 6 heads of 64, dropout 0.2, forward + backward):
-600-650 ms in one block, 410-500 ms in 2, 400-435 in 4, 470-500 in 8; B=32, T=128, 4 heads of
-32: 35-39, 20-26 (2), 19-21 ms (4).
-Measured on XLA:CPU (2 busy cores; B=64, T=256, 6 heads of 64, causal, forward + backward): the
-two agree to 4e-7; "einsum" took 470 ms (min of 12), "jax" 590 ms, and the same einsums over
-[B, T, heads, head_dim] operands 610 ms.
+queries, each over the keys up to its end: 10/16 of the score matrix (measurements in
+BENCHMARKS.md, "Tuning notes").
 """
 from __future__ import annotations
 
@@ -47,7 +42,11 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: jax.Array | int =
     return (jnp.arange(kv_len)[None, :] <= query_pos)[None, None]
 
 
-def padding_mask(kv_tokens: jax.Array, pad_id: int = 0) -> jax.Array:
+# The id of padding in every token sequence dlx builds (tokenizers, G2P vocabularies, decoders).
+PAD_ID = 0
+
+
+def padding_mask(kv_tokens: jax.Array, pad_id: int = PAD_ID) -> jax.Array:
     """[B, 1, 1, S]: keys that are real tokens (not `pad_id`)."""
     return (kv_tokens != pad_id)[:, None, None, :]
 

@@ -17,28 +17,10 @@ mesh axis, which puts a collective into every time step of the scan.
 Masks: a padded step keeps the carry and outputs zeros, so a reverse scan over a right-padded
 sequence starts at each sequence's last valid token and padding never reaches a real position.
 
-Speed (XLA:CPU, one layer, batch 64, 128 steps, in 256, hidden 512, forward + backward):
-- The input projection for all steps is one matmul before the scan, on time-major inputs
-  (transposing the input first is ~3x faster than an einsum writing a [T, B, G*H] output).
-  `Recurrent` adds the biases inside the scan step, where they fuse into the gate arithmetic,
-  rather than in a pass over the [T, B, G*H] projection (LSTM 624 -> 595 ms, GRU 472 -> 435).
-- The scan body holds the recurrent matmul and the gate arithmetic. The LSTM activates its four
-  gates with one tanh over [B, 4H] (sigmoid(x) = (1 + tanh(x / 2)) / 2 for i, f, o): its forward
-  scan 215 -> 157 ms, the layer's forward 1.27 -> 1.03x torch's. One sigmoid over [B, 4H],
-  sliced afterwards, had been ~1.8x slower than a sigmoid per slice.
-- A custom VJP runs a backward scan for the input and carry gradients only; the recurrent
-  kernel's gradient is one [H, T*B] x [T*B, G*H] matmul afterwards instead of T small ones
-  inside the loop (5-10% less CPU time than the scan's own autodiff).
-- Both kernel gradients (`weight_gradient`) are a matmul of an explicit transposed copy of the
-  layer input or carried h ([in or H, T*B]) with the [T*B, G*H] gradient as it lies. Left to
-  itself XLA:CPU transposed the G*H-wide gradient instead (67 MB for the LSTM) and, for the
-  recurrent kernel, made both operands batch-major first: LSTM 533 -> 402 ms, GRU 374 -> 302
-  (profiled; bench/sequence.py: LSTM 465 -> 367, GRU 330 -> 273).
-- `unroll` > 1 was not faster here. bench/sequence.py has the comparison with torch, whose LSTM
-  is oneDNN's fused RNN primitive (`mkldnn_rnn_layer`, ~95% of the matmul peak): this layer's
-  dots run at ~180 GFLOP/s and its scans add ~100 ms of small ops (zero-filled [T, B, .]
-  outputs, carry copies, the gate-gradient concatenate), so the LSTM stays ~1.16x torch's
-  while the GRU, which torch runs op by op, is ~0.83x (BENCHMARKS.md, session 15).
+The input projection is one matmul before the scan; the scan body holds the recurrent matmul
+and the gate arithmetic (one tanh over the LSTM's four gates); a custom VJP computes each
+kernel gradient as one matmul after the backward scan. Why, with measurements: BENCHMARKS.md,
+"Tuning notes".
 """
 from __future__ import annotations
 

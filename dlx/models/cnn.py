@@ -1,22 +1,8 @@
 """Convolutional classifier: [Conv -> (BatchNorm) -> activation -> pool] x stages -> flatten ->
 [Dense -> activation -> (Dropout)] -> linear head.
 
-Speed on XLA:CPU (2 cores, batch 128 of 28x28x1; bench/run.py, BENCHMARKS.md):
-- A pool's window equals its stride, so it is a reshape into windows. The max pool's gradient is
-  a custom VJP made of elementwise selects; `nn.max_pool`'s select_and_scatter took ~45% of the
-  train step.
-- Without batch norm and with an activation in `_COMMUTES_WITH_MAX`, the max pool runs on the raw
-  conv output and the bias and activation on the pooled map: the same numbers, one pass less
-  over the full-size map.
-- A conv with few input taps (the first layer: 3x3 on one channel) runs as a direct convolution
-  fused with its pool, bias and activation (`conv_max_pool`): no library call, and the 28x28x32
-  map is never written to memory. As an Eigen convolution plus pool (with the transposed copy of
-  its output that the next conv's kernel gradient reads) it cost ~17 of the 44 ms step; fused,
-  ~3 ms.
-- The other convolutions are `lax.conv_general_dilated`, as in `nn.Conv`, left to Eigen by the
-  `dlx.runtime.CPU_COMPILER_OPTIONS` (YNNPACK's kernel gradient is ~2.5x slower). im2col as one
-  matmul, shifted-slice sums, NCHW and channel-major layouts, and custom kernel-gradient VJPs
-  were all slower.
+The pooling and first-layer formulations are what measured fastest on XLA:CPU; the
+measurements are in BENCHMARKS.md ("Tuning notes").
 """
 from __future__ import annotations
 

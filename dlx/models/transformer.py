@@ -40,16 +40,7 @@ Initialisation: GPT-2's N(0, 0.02) for embeddings and kernels, N(0, 0.02 / sqrt(
 for the projections that write into the residual stream, zero biases, unit norm scales.
 Dropout ("dropout" rng) on embeddings, attention probabilities and both residual branches.
 
-Speed (bench/sequence.py; nanoGPT char model: 6 layers, 384 wide, 6 heads, context 256,
-vocab 65, batch 64, dropout 0.2, the runner's forward + backward + AdamW on 2 CPU cores):
-~1.16 TFLOP a step by `train_flops_per_token`; 7.0-7.7 s against PyTorch 2.13's 7.7-7.9 s
-(2 threads, same model) on an Intel host, 37-42% of its measured f32 matmul peak; 12.4 vs
-13.4 s on a slower AMD host (BENCHMARKS.md). Dropout masks come
-from `activations.Dropout` / `random_bits` (a fused Threefry): `jax.random.bernoulli`'s masks
-cost ~4 s a step. What remains is XLA:CPU's matmul rate on these shapes (100-155 GFLOP/s for
-the weight matmuls, 25-60 for attention's 256x64x256 batched ones, vs ~280 for 2048^2) and the
-transposes it inserts before weight-gradient dots. The attention implementation choice is in
-dlx/layers/attention.py.
+FLOPs per token: `train_flops_per_token`; speed against PyTorch: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -62,7 +53,7 @@ import jax.numpy as jnp
 
 from dlx.errors import ConfigError
 from dlx.layers.activations import Dropout
-from dlx.layers.attention import IMPLEMENTATIONS, MultiHeadAttention, padding_mask
+from dlx.layers.attention import PAD_ID, IMPLEMENTATIONS, MultiHeadAttention, padding_mask
 from dlx.layers.linear import INIT_STDDEV, Projection
 from dlx.layers.mlp import MLPS, make_mlp
 from dlx.layers.norms import NORMS, make_norm
@@ -71,7 +62,6 @@ from dlx.layers.positional import LearnedPositions, sinusoidal
 KINDS = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 DTYPES = ("float32", "bfloat16")
-PAD_ID = 0
 
 
 @dataclasses.dataclass(frozen=True)

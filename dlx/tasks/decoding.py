@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-PAD_ID = 0
+from dlx.layers.attention import PAD_ID
 
 
 # ---------------------------------------------------------------------------------------------
