@@ -7,6 +7,7 @@ eval reports the AUROC of reconstruction error for that class against the rest; 
 
     python launch.py --config configs/fashion_autoencoder.py:conv --workdir runs/fashion_cae
 """
+from configs._short import short_run
 from dlx.train.config import base_config
 
 VARIANTS = ("conv", "denoise", "anomaly", "test")
@@ -33,11 +34,5 @@ def get_config(arg: str | None = None):
     if arg == "test":
         config.model.update(latent_dim=8, hidden=(32, 16))
         config.data.eval_batch_size = 1000
-        config.num_epochs = 0.0
-        config.train_steps = 6
-        config.eval_every_epochs = 0.0
-        config.eval_every_steps = 3
-        config.checkpoint_every_epochs = 0.0
-        config.checkpoint_every_steps = 3
-        config.log_every_steps = 2
+        short_run(config)
     return config

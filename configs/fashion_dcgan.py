@@ -6,6 +6,7 @@ Variants: `:test` tiny.
     python launch.py --config configs/fashion_dcgan.py --workdir runs/fashion_dcgan
     python launch.py sample --workdir runs/fashion_dcgan --num_samples 64 --seed 1
 """
+from configs._short import short_run
 from dlx.train.config import base_config
 
 
@@ -21,11 +22,5 @@ def get_config(arg: str | None = None):
     config.log_every_steps = 100
     if arg == "test":
         config.model.update(latent_dim=8, width=8)
-        config.num_epochs = 0.0
-        config.train_steps = 6
-        config.eval_every_epochs = 0.0
-        config.eval_every_steps = 3
-        config.checkpoint_every_epochs = 0.0
-        config.checkpoint_every_steps = 3
-        config.log_every_steps = 2
+        short_run(config)
     return config

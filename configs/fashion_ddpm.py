@@ -7,6 +7,7 @@ Variants: `:cosine` the cosine schedule; `:test` tiny.
     python launch.py --config configs/fashion_ddpm.py --workdir runs/fashion_ddpm
     python launch.py sample --workdir runs/fashion_ddpm --num_samples 64 --seed 1
 """
+from configs._short import short_run
 from dlx.train.config import base_config
 
 VARIANTS = ("cosine", "test")
@@ -30,11 +31,5 @@ def get_config(arg: str | None = None):
     if arg == "test":
         config.model.update(channels=(8, 16), attention_levels=(1,), time_dim=16, groups=4)
         config.diffusion.update(timesteps=20, sample_steps=5)
-        config.num_epochs = 0.0
-        config.train_steps = 4
-        config.eval_every_epochs = 0.0
-        config.eval_every_steps = 4
-        config.checkpoint_every_epochs = 0.0
-        config.checkpoint_every_steps = 2
-        config.log_every_steps = 2
+        short_run(config, steps=4, eval_every=4, checkpoint_every=2)
     return config

@@ -8,6 +8,7 @@ Variants: `:2d` a 2-D latent (its posterior means as a figure); `:test` tiny.
     python launch.py --config configs/fashion_vae.py --workdir runs/fashion_vae
     python launch.py sample --workdir runs/fashion_vae --num_samples 64
 """
+from configs._short import short_run
 from dlx.train.config import base_config
 
 VARIANTS = ("2d", "test")
@@ -35,11 +36,5 @@ def get_config(arg: str | None = None):
         config.model.update(latent_dim=4, hidden=(32, 16))
         config.vae.kl_warmup_steps = 4
         config.vae.importance_samples = 5
-        config.num_epochs = 0.0
-        config.train_steps = 6
-        config.eval_every_epochs = 0.0
-        config.eval_every_steps = 3
-        config.checkpoint_every_epochs = 0.0
-        config.checkpoint_every_steps = 3
-        config.log_every_steps = 2
+        short_run(config)
     return config
