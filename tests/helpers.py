@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,10 @@ def tree_snapshot(path: Path) -> dict[str, tuple[int, float]]:
     """Every file under `path` with its size and modification time."""
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime)
             for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a coordinator of a multi-process run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -104,3 +104,31 @@ def test_bad_generative_configs_are_one_clear_error(tmp_path, spec, error):
     with pytest.raises(config_lib.ConfigError, match=error):
         _run(spec, tmp_path / "bad", **changes)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_per_example_evaluator_gives_the_same_result_over_two_processes(tmp_path):
+    """Two processes (2 CPU devices each) each hold half of every eval batch; the per-example
+    values come back whole on both, so the AUROC, a statistic of the whole split, equals the
+    one-process result."""
+    import subprocess
+
+    from helpers import REPO, free_port, launch, launch_command, launch_env
+
+    args = ["--config", "configs/fashion_autoencoder.py:test", "--config.eval_every_steps=6",
+            "--config.autoencoder.holdout_class=0"]
+    port = free_port()
+    two = [*args, "--workdir", str(tmp_path / "two"), "--coordinator_address",
+           f"127.0.0.1:{port}", "--num_processes", "2"]
+    processes = [subprocess.Popen(launch_command(*two, "--process_id", str(i)), cwd=REPO,
+                                  env=launch_env(2), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    one = launch(*args, "--workdir", str(tmp_path / "one"), devices=4)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (json.loads((tmp_path / name / "summary.json").read_text())["final_eval"]
+            for name in ("two", "one"))
+    assert set(a) == {"loss", "mse", "auroc"}
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from helpers import REPO, launch, launch_command, launch_env, train_losses
+from helpers import REPO, free_port, launch, launch_command, launch_env, train_losses
 
 DIGITS = ["--config", "configs/digits_mlp.py", "--config.log_every_steps=1"]
 
@@ -130,15 +129,9 @@ def test_nan_skip_policy_drops_bad_updates(tmp_path):
     assert sum(r.get("skipped_updates", 0) for r in records) > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_run_trains_and_checkpoints(tmp_path):
     workdir = tmp_path / "two"
-    port = _free_port()
+    port = free_port()
     args = [*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0", "--config.train_steps=20",
             "--config.checkpoint_every_steps=10", "--coordinator_address", f"127.0.0.1:{port}",
             "--num_processes", "2"]
