@@ -36,7 +36,7 @@ from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import global_norm
 from dlx.parallel import gather_fsdp
 from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
-from dlx.tasks.images import pixels, write_grid
+from dlx.tasks.images import image_sample_options, pixels, save_samples, write_grid
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ancestral")
@@ -258,23 +258,17 @@ class Task(SupervisedTask):
         return PerExample(self.per_example, self.summarize, self.write_figures,
                           seed=self.config.seed)
 
+    def check_sample_options(self, options: dict) -> None:
+        image_sample_options(options, "diffusion")
+
     def sample(self, state: DiffusionState, options: dict, out=sys.stdout) -> str:
         """`launch.py sample`: a grid of images from the EMA weights under the workdir's
         samples/ (options: num_samples, seed; the sampler is config.diffusion's)."""
-        unknown = set(options) - {"num_samples", "seed"}
-        if unknown:
-            raise ConfigError(f"diffusion sampling takes num_samples and seed, not "
-                              f"{sorted(unknown)}")
-        count, seed = options.get("num_samples", 64), options.get("seed", 0)
-        if count < 1:
-            raise ConfigError("num_samples must be >= 1")
+        count, seed = image_sample_options(options, "diffusion")
         images, _ = self.generate(state.ema, count, seed)
-        if not is_main_process():
-            return ""
-        name = f"{self.config.diffusion.sampler}_seed{seed}"
-        grid = write_grid(self.workdir, name, images, folder="samples")
-        out.write(f"{count} samples ({self.config.diffusion.sampler}): {grid}\n")
-        return grid
+        sampler = self.config.diffusion.sampler
+        return save_samples(self.workdir, f"{sampler}_seed{seed}", images,
+                            f"samples ({sampler})", out)
 
     def num_params(self, state: DiffusionState) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

@@ -32,7 +32,7 @@ from dlx.optim.state import global_norm
 from dlx.parallel import gather_fsdp
 from dlx.tasks.base import Task as TaskBase
 from dlx.tasks.base import is_main_process
-from dlx.tasks.images import image_sample_options, pixels, write_grid
+from dlx.tasks.images import image_sample_options, pixels, save_samples, write_grid
 
 NUM_SHOWN = 64
 
@@ -193,12 +193,8 @@ class Task(TaskBase):
         """`launch.py sample`: a grid of generated images under the workdir's samples/
         (options: num_samples, seed)."""
         count, seed = image_sample_options(options, "gan")
-        images = self.samples(state, count, seed)
-        if not is_main_process():
-            return ""
-        grid = write_grid(self.workdir, f"generated_seed{seed}", images, folder="samples")
-        out.write(f"{count} generated images: {grid}\n")
-        return grid
+        return save_samples(self.workdir, f"generated_seed{seed}", self.samples(state, count, seed),
+                            "generated images", out)
 
     def num_params(self, state: GanState) -> int:
         return sum(int(np.prod(x.shape))

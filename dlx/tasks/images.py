@@ -47,6 +47,16 @@ def image_sample_options(options: dict, task: str) -> tuple[int, int]:
     return count, seed
 
 
+def save_samples(workdir: str, name: str, images, description: str, out) -> str:
+    """`launch.py sample`'s output for an image task: the grid saved as
+    `<workdir>/samples/<name>.png` (by the main process), its path reported on `out`."""
+    if jax.process_index() != 0:
+        return ""
+    grid = write_grid(workdir, name, images, folder="samples")
+    out.write(f"{len(images)} {description}: {grid}\n")
+    return grid
+
+
 def first_images(source, count: int) -> dict:
     """The first `count` examples of `source` as one batch."""
     return read_rows(source, np.arange(min(count, len(source))))

@@ -32,7 +32,8 @@ from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import gradient_step
 from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
-from dlx.tasks.images import first_images, image_sample_options, pixels, write_grid
+from dlx.tasks.images import (first_images, image_sample_options, pixels, save_samples,
+                              write_grid)
 
 NUM_SHOWN = 16
 
@@ -179,12 +180,8 @@ class Task(SupervisedTask):
         workdir's samples/ (options: num_samples, seed)."""
         count, seed = image_sample_options(options, "vae")
         z = jax.random.normal(jax.random.PRNGKey(seed), (count, self.config.model.latent_dim))
-        images = self.decode_images(state, z)
-        if not is_main_process():
-            return ""
-        grid = write_grid(self.workdir, f"prior_seed{seed}", images, folder="samples")
-        out.write(f"{count} samples from the prior: {grid}\n")
-        return grid
+        return save_samples(self.workdir, f"prior_seed{seed}", self.decode_images(state, z),
+                            "samples from the prior", out)
 
 
 def _plot_latent_means(means, labels, path: str, class_names) -> None:
