@@ -57,6 +57,20 @@ def save_samples(workdir: str, name: str, images, description: str, out) -> str:
     return grid
 
 
+def draw_images(task, state, count: int, seed: int, batch_size: int = 500) -> np.ndarray:
+    """`count` generated images [count, H, W, C] in [0, 1] from a generative task's
+    `sample_images(state, rng, n)`, drawn `batch_size` at a time (batch i with
+    `fold_in(key(seed), i)`; every batch full size, so it compiles once), so that 10,000 images
+    fit in memory."""
+    if count < 1 or batch_size < 1:
+        raise ConfigError(f"draw_images needs count >= 1 and batch_size >= 1, got {count} and "
+                          f"{batch_size}")
+    key, batch_size = jax.random.PRNGKey(seed), min(batch_size, count)
+    batches = [np.asarray(task.sample_images(state, jax.random.fold_in(key, i), batch_size))
+               for i in range(-(-count // batch_size))]
+    return np.concatenate(batches)[:count]
+
+
 def first_images(source, count: int) -> dict:
     """The first `count` examples of `source` as one batch."""
     return read_rows(source, np.arange(min(count, len(source))))
