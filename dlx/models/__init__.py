@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlx import registry
+from dlx import registry, schema
 from dlx.errors import ConfigError
 
 
@@ -27,18 +28,33 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
 
 
+@functools.cache
+def field_rules(name: str) -> dict[str, schema.Rule]:
+    """Each field of model `name` as a rule: the range its module declares in `FIELD_RULES`,
+    else the type of its annotation (int, float, bool, str, Sequence[int], Optional[...])."""
+    module = registry.find(__name__, name, "Model", "model")
+    declared = getattr(module, "FIELD_RULES", {})
+    annotations = typing.get_type_hints(module.Model)
+    return {field: declared.get(field) or schema.from_annotation(annotations[field])
+            for field in model_defaults(name)}
+
+
 def check_config(model_config) -> None:
-    """ConfigError for a `config.model` group that names no model or a field it does not have."""
+    """ConfigError for a `config.model` group that names no model, a field it does not have, or
+    a value of the wrong type or out of range; before anything is built."""
     name = model_config.get("name")
     if name not in available():
         raise ConfigError(f"config.model.name '{name}' is not a dlx model; available: "
                           f"{available()}{registry.did_you_mean(str(name), available())}")
-    fields = model_defaults(name)
+    rules = field_rules(name)
     for key in model_config.keys():
-        if key != "name" and key not in fields:
+        if key == "name":
+            continue
+        if key not in rules:
             raise ConfigError(f"unknown config key 'model.{key}' for model '{name}'"
-                              f"{registry.did_you_mean(key, fields)}; its fields are "
-                              f"{sorted(fields)}")
+                              f"{registry.did_you_mean(key, rules)}; its fields are "
+                              f"{sorted(rules)}")
+        schema.check(f"model.{key}", model_config[key], rules[key])
 
 
 def parameter_counts(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

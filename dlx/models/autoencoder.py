@@ -21,8 +21,14 @@ from dlx.errors import ConfigError
 from dlx.layers import activations
 from dlx.layers.images import conv, upsample
 from dlx.layers.linear import dense
+from dlx.schema import Fixed, Int, OneOf, Seq
 
 KINDS = ("dense", "conv")
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    kind=OneOf(*KINDS), latent_dim=Int(low=1), hidden=Seq(Int(low=1), min_len=1),
+    image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)))
 
 
 class Model(nn.Module):

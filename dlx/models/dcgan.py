@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers.images import conv, upsample
 from dlx.layers.linear import dense
+from dlx.schema import Fixed, Int
 
 NORM_AXES = ("norm",)
 
@@ -60,6 +61,10 @@ class Discriminator(nn.Module):
         for features in (self.width, 2 * self.width):
             h = nn.leaky_relu(conv(features, kernel=4, stride=2)(h), negative_slope=0.2)
         return dense(1, ("embed", "classes"), "lecun_normal")(h.reshape(x.shape[0], -1))[:, 0]
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    latent_dim=Int(low=1), width=Int(low=1), image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)))
 
 
 class Model(nn.Module):

@@ -11,6 +11,11 @@ import jax
 from dlx.layers import activations, initializers
 from dlx.layers.linear import batch_norm, dense
 from dlx.models import parameter_counts
+from dlx.schema import Float, Int, Seq
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    num_outputs=Int(low=1), hidden=Seq(Int(low=1)), dropout=Float(0, 1, high_open=True))
 
 
 class Model(nn.Module):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers import recurrent as rnn
 from dlx.layers.linear import dense
+from dlx.schema import Float, Int
 
 PADDING_ID = 0
 
@@ -28,6 +29,11 @@ PADDING_ID = 0
 def embedding(vocab_size: int, features: int, name: str | None = None) -> nn.Embed:
     return nn.Embed(vocab_size, features, name=name, embedding_init=nn.with_logical_partitioning(
         nn.initializers.normal(stddev=1.0), ("vocab", "embed")))
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    vocab_size=Int(low=0), embed_dim=Int(low=1), hidden_dim=Int(low=1), num_layers=Int(low=1),
+    dropout=Float(0, 1, high_open=True), num_outputs=Int(low=0), unroll=Int(low=1))
 
 
 class Model(nn.Module):

@@ -28,6 +28,7 @@ from dlx.errors import ConfigError
 from dlx.layers import recurrent as rnn
 from dlx.layers.linear import dense
 from dlx.models.recurrent import PADDING_ID, embedding
+from dlx.schema import Float, Int, OneOf
 
 Memory = dict[str, jax.Array]  # values [B,S,He], keys [B,S,K], mask [B,S], initial [B,L,H]
 
@@ -168,6 +169,13 @@ class Decoder(nn.Module):
             h, context = out
             out = jnp.tanh(jnp.concatenate([context, h], -1) @ combine[0] + combine[1])
         return jnp.swapaxes(out, 0, 1), carries, feed
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    vocab_size=Int(low=0), target_vocab_size=Int(low=0), embed_dim=Int(low=1),
+    hidden_dim=Int(low=1), num_layers=Int(low=1), attention=OneOf("bahdanau", "luong"),
+    luong_score=OneOf("general", "dot"), attention_dim=Int(low=0),
+    dropout=Float(0, 1, high_open=True), unroll=Int(low=1))
 
 
 class Model(nn.Module):

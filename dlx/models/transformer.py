@@ -58,6 +58,7 @@ from dlx.layers.linear import INIT_STDDEV, Projection
 from dlx.layers.mlp import MLPS, make_mlp
 from dlx.layers.norms import NORMS, make_norm
 from dlx.layers.positional import LearnedPositions, sinusoidal
+from dlx.schema import Float, Int, OneOf
 
 KINDS = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -147,6 +148,15 @@ class DecodePosition(nn.Module):
         start = index.value
         index.value = start + length
         return start + offsets
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    kind=OneOf(*KINDS), vocab_size=Int(low=0), num_layers=Int(low=1), embed_dim=Int(low=1),
+    num_heads=Int(low=1), num_kv_heads=Int(low=0), mlp_dim=Int(low=0), max_len=Int(low=1),
+    dropout=Float(0, 1, high_open=True), norm=OneOf(*NORMS), norm_eps=Float(low=0, low_open=True),
+    mlp=OneOf(*MLPS), position=OneOf(*POSITIONS), rope_base=Float(low=0, low_open=True),
+    num_outputs=Int(low=0), target_vocab_size=Int(low=0), num_decoder_layers=Int(low=0),
+    attention=OneOf(*IMPLEMENTATIONS), dtype=OneOf(*DTYPES))
 
 
 class Model(nn.Module):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers.images import conv, upsample
 from dlx.layers.linear import dense
+from dlx.schema import Fixed, Float, Int, Seq
 
 NORM_AXES = ("norm",)
 
@@ -69,6 +70,12 @@ class SelfAttention(nn.Module):
         weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(c), axis=-1)
         out = dense(c, ("mlp", "embed"))(jnp.einsum("bqk,bkc->bqc", weights, v))
         return x + out.reshape(b, height, width, c)
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    channels=Seq(Int(low=1), min_len=1), blocks=Int(low=1), attention_levels=Seq(Int(low=0)),
+    time_dim=Int(low=1), groups=Int(low=1), dropout=Float(0, 1, high_open=True),
+    image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)))
 
 
 class Model(nn.Module):

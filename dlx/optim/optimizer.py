@@ -14,7 +14,6 @@ loss). Coupled L1/L2 penalties are loss terms: ``regularization_penalty`` gives 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -23,9 +22,10 @@ import ml_collections
 import optax
 from flax.core import meta
 
-from dlx import registry
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.optim import rules
+from dlx.schema import Bool, Fixed, Float, Int, Named, OneOf, Seq, Str
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam", "adamw", "nadam")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear")
@@ -96,21 +96,27 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def _known(name: str, valid: Sequence[str], what: str) -> str:
-    if name in valid:
-        return name
-    registry.lookup(dict.fromkeys(valid), name, what)
+_DECAY = Float(0, 1, high_open=True)  # a decay of 1 never forgets (b1 = 1 divides by zero)
+# The type and range of every field of `default_config()`.
+RULES: dict[str, schema.Rule] = dict(
+    name=OneOf(*OPTIMIZERS), learning_rate=Float(low=0, low_open=True),
+    schedule=OneOf(*SCHEDULES), warmup_steps=Int(low=0), end_lr_factor=Float(low=0),
+    boundaries=Named(Seq(Float(0, 1, low_open=True, high_open=True)),
+                     "increasing fractions of the total steps, each in (0, 1), e.g. (0.5, 0.75)"),
+    decay_rate=Float(low=0), momentum=_DECAY, nesterov=Bool(), b1=_DECAY, b2=_DECAY,
+    eps=Float(low=0), rho=_DECAY, initial_accumulator_value=Float(low=0),
+    weight_decay=Float(low=0), weight_decay_exclude=Str(), clip_value=Float(low=0),
+    clip_global_norm=Float(low=0),
+    lr_multipliers=Named(Seq(Fixed(Str(), Float(low=0))), "a sequence of (regex, factor >= 0) "
+                         "pairs"),
+    frozen=Str())
 
 
-def check_config(cfg: Any) -> None:
+def check_config(cfg: Any, where: str = "optimizer") -> None:
     """Raises ConfigError for anything wrong that does not depend on the run's length or params:
-    names, signs, boundaries, regexes. ``build_optimizer`` also checks the rest."""
-    _known(cfg.name, OPTIMIZERS, "optimizer")
-    _known(cfg.schedule, SCHEDULES, "schedule")
-    for field in ("learning_rate", "warmup_steps", "weight_decay", "clip_value",
-                  "clip_global_norm"):
-        if cfg[field] < 0:
-            raise ConfigError(f"optimizer.{field}={cfg[field]} must be >= 0")
+    each field by type and range (`RULES`), boundaries, regexes; `where` is the config group
+    the messages name. ``build_optimizer`` also checks the rest."""
+    schema.check_values(cfg, RULES, f"{where}.")
     if cfg.schedule == "warmup_cosine" and cfg.warmup_steps == 0:
         raise ConfigError("schedule 'warmup_cosine' needs optimizer.warmup_steps > 0")
     if cfg.schedule == "step":
