@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -268,16 +269,49 @@ def _strip_prefix(names: list[str], where: Path) -> dict[str, str]:
             if not n.endswith(BUFFER_SUFFIXES)}
 
 
+def _check_sizes_against_weights(fields: Mapping[str, Any], stored: safetensors.TensorIndex,
+                                 directory: Path) -> None:
+    """The sizes config.json claims (vocab, width, positions, MLP width, layers) against the
+    shapes in the safetensors headers, before anything is built: a config claiming 100,000
+    layers is refused here rather than after minutes of building them. (GPT-2's tensors do not
+    show the number of heads; model_config checks that it divides n_embd.)"""
+    names = _strip_prefix(list(stored), directory)
+    shapes = {name: stored[stored_name][1] for name, stored_name in names.items()}
+    for table in ("wte.weight", "wpe.weight"):
+        if table not in shapes:
+            raise DataError(f"gpt2: {directory} lacks tensor(s) ['{table}']")
+        if len(shapes[table]) != 2:
+            raise DataError(f"gpt2: tensor {names[table]} has shape {list(shapes[table])}; "
+                            f"an embedding table is 2-D")
+    claims = [("vocab_size", fields["vocab_size"], shapes["wte.weight"][0], "rows of wte.weight"),
+              ("n_embd", fields["embed_dim"], shapes["wte.weight"][1], "columns of wte.weight"),
+              ("n_positions", fields["max_len"], shapes["wpe.weight"][0], "rows of wpe.weight")]
+    fc = shapes.get("h.0.mlp.c_fc.weight")
+    if fc is not None and len(fc) == 2:
+        claims.append(("n_inner", fields["mlp_dim"], fc[1], "columns of h.0.mlp.c_fc.weight"))
+    for key, claimed, found, where in claims:
+        if claimed != found:
+            raise DataError(f"gpt2: config.json claims {key}={claimed} but the weights in "
+                            f"{directory} have {found} ({where})")
+    blocks = {int(match.group(1)) for name in shapes if (match := re.match(r"h\.(\d+)\.", name))}
+    if fields["num_layers"] > len(blocks):  # fewer: the extra blocks' tensors are named below
+        raise DataError(f"gpt2: config.json claims n_layer={fields['num_layers']} but the "
+                        f"weights in {directory} hold {len(blocks)} block(s)"
+                        f"{f' (h.{min(blocks)} ... h.{max(blocks)})' if blocks else ''}")
+
+
 def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
               dtype: Any = jnp.float32) -> tuple[Model, dict[str, Any]]:
     """(model, params) from a Hugging Face GPT-2 checkpoint directory; apply the model with
     `{"params": params}`. `dropout`: see model_config. Raises ConfigError / DataError (one line)
-    for a checkpoint that is not GPT-2 or does not match its own config."""
+    for a checkpoint that is not GPT-2 or does not match its own config; the config's sizes are
+    checked against the safetensors headers before the model is built."""
     directory = Path(directory)
-    model = Model(**model_config(read_config(directory), dropout=dropout))
-    specs = tensor_specs(model)
-    _check_specs_match_model(model, specs)
+    fields = model_config(read_config(directory), dropout=dropout)
     stored = safetensors.tensor_index(safetensors.weight_files(directory, "gpt2"), "gpt2")
+    _check_sizes_against_weights(fields, stored, directory)
+    model = Model(**fields)
+    specs = tensor_specs(model)
     names = _strip_prefix(list(stored), directory)
 
     expected = {spec.name for spec in specs}
@@ -294,6 +328,7 @@ def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
         if shape != spec.hf_shape:
             raise DataError(f"gpt2: tensor {names[spec.name]} has shape {list(shape)}, the "
                             f"config implies {list(spec.hf_shape)}")
+    _check_specs_match_model(model, specs)
 
     params: dict[str, Any] = {}
     with safetensors.Reader(stored, "gpt2") as read:
