@@ -99,7 +99,8 @@ def default_config() -> ml_collections.ConfigDict:
 _DECAY = Float(0, 1, high_open=True)  # a decay of 1 never forgets (b1 = 1 divides by zero)
 # The type and range of every field of `default_config()`.
 RULES: dict[str, schema.Rule] = dict(
-    name=OneOf(*OPTIMIZERS), learning_rate=Float(low=0, low_open=True),
+    # learning_rate 0 is allowed: a run that must not move its weights (checking a warm start)
+    name=OneOf(*OPTIMIZERS), learning_rate=Float(low=0),
     schedule=OneOf(*SCHEDULES), warmup_steps=Int(low=0), end_lr_factor=Float(low=0),
     boundaries=Named(Seq(Float(0, 1, low_open=True, high_open=True)),
                      "increasing fractions of the total steps, each in (0, 1), e.g. (0.5, 0.75)"),
