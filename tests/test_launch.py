@@ -1,22 +1,73 @@
-"""launch.py end to end: the workdir it writes, reproduction from config.json, eval mode,
-clear errors for bad input that leave an existing workdir untouched."""
+"""launch.py as a user runs it, in this process (`launch.main(argv)`; 8 fake devices): the
+workdir it writes, reproduction from config.json, resuming a run from its workdir alone, eval
+mode, --help, clear errors for bad input that leave an existing workdir untouched, batch-job
+logs, provenance. Only the multi-process run starts subprocesses."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
+import subprocess
+import sys
 
 import pytest
+from helpers import (
+    REPO,
+    eval_records,
+    free_port,
+    launch_command,
+    launch_env,
+    train_losses,
+    tree_snapshot,
+)
 
-from helpers import eval_records, launch, train_losses, tree_snapshot
+from dlx.train import progress, provenance
+
+sys.path.insert(0, str(REPO))
+import launch
 
 CNN_TEST = ["--config", "configs/fashion_cnn.py:test"]
+DIGITS = ["--config", "configs/digits_mlp.py"]
+
+
+@dataclasses.dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def run(*args: str) -> Result:
+    """`launch.py *args` in this process: its exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            launch.main(["launch.py", *args])
+        except SystemExit as e:
+            code = e.code
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def refused(result: Result, expected: str) -> str:
+    """The one `error:` line of a refused command, checked to name `expected`."""
+    assert result.code == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert len(result.error_lines) == 1 and expected in result.error_lines[0], result.stderr
+    return result.error_lines[0]
 
 
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs") / "cnn"
-    result = launch(*CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
-                    "--config.eval_every_steps=10")
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run("train", *CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
+                 "--config.eval_every_steps=10")
+    assert result.code == 0, result.stderr[-3000:]
     return workdir, result
 
 
@@ -32,9 +83,44 @@ def test_end_to_end_writes_every_workdir_file(cnn_run):
     assert summary["steps"] == 20 and summary["device_count"] == 8
     assert {"jax", "flax", "optax"} <= set(summary["versions"])
     assert 0.0 <= summary["final_eval"]["accuracy"] <= 1.0
+    # examples/s leaves out the first window (the compilation); steps/s is over the whole run
+    batch_size = json.loads((workdir / "config.json").read_text())["data"]["batch_size"]
+    assert summary["train_examples_per_sec"] > batch_size * summary["train_steps_per_sec"] > 0
     assert [r["step"] for r in eval_records(workdir)] == [10, 20]
     assert sorted(train_losses(workdir)) == list(range(1, 21))
     assert "Results in" in result.stdout
+
+
+def test_summary_records_the_whole_command_and_the_code(cnn_run):
+    workdir, _ = cnn_run
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["command"] == (f"launch.py train --config configs/fashion_cnn.py:test "
+                                  f"--workdir {workdir} --config.log_every_steps=1 "
+                                  f"--config.eval_every_steps=10")
+    if (REPO / ".git").exists():  # a git checkout (not an installed copy)
+        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", summary["git_commit"],
+                                   "HEAD"], cwd=REPO, check=False).returncode
+        assert ancestor == 0  # the commit the run started from (HEAD, or before it)
+        assert isinstance(summary["git_dirty"], bool)
+        assert (workdir / "git.diff").is_file() == summary["git_dirty"]
+
+
+def test_model_summary_is_flax_table_with_receptive_fields(cnn_run):
+    text = (cnn_run[0] / "model_summary.txt").read_text()
+    assert "Model Summary" in text and "Conv_0" in text and "head" in text
+    assert "Total Parameters: 26,698" in text
+    assert "receptive field" in text and "max_pool_1" in text
+
+
+def test_batch_log_has_plain_progress_lines(cnn_run):
+    """Not a terminal: plain lines with step, loss, examples/s and an ETA; no bar redraws."""
+    stdout = cnn_run[1].stdout
+    assert "\r" not in stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("step ") and "/20" in line]
+    assert lines and lines[-1].startswith("step 20/20 (100%)")
+    assert "loss " in lines[0] and "examples/s" in lines[0] and "steps/s" in lines[0]
+    assert "ETA" in lines[0]  # the first line comes before the last step
+    assert "step 10: eval loss=" in stdout
 
 
 def test_loss_goes_down_on_real_data(cnn_run):
@@ -45,31 +131,45 @@ def test_loss_goes_down_on_real_data(cnn_run):
 def test_reproduce_from_saved_config(cnn_run, tmp_path):
     workdir, _ = cnn_run
     copy = tmp_path / "copy"
-    result = launch("--config", str(workdir / "config.json"), "--workdir", str(copy))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run("--config", str(workdir / "config.json"), "--workdir", str(copy))
+    assert result.code == 0, result.stderr[-3000:]
     assert train_losses(copy) == train_losses(workdir)
     assert eval_records(copy) == eval_records(workdir)
 
 
-def test_eval_mode_scores_latest_checkpoint(cnn_run):
+def test_eval_mode_scores_latest_checkpoint_and_saves_it(cnn_run):
     workdir, _ = cnn_run
-    result = launch("eval", "--workdir", str(workdir))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run("eval", "--workdir", str(workdir))
+    assert result.code == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout[result.stdout.index("{"):])
     assert metrics["step"] == 20
     assert metrics["accuracy"] == pytest.approx(eval_records(workdir)[-1]["accuracy"], abs=1e-6)
+    saved = json.loads((workdir / "eval_results.jsonl").read_text().splitlines()[-1])
+    assert saved["step"] == 20 and saved["split"] == "test"
+    assert saved["accuracy"] == metrics["accuracy"]
+    assert saved["command"] == f"launch.py eval --workdir {workdir}"
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_summary(cnn_run):
     workdir, _ = cnn_run
     summary_before = (workdir / "summary.json").read_text()
     metrics_before = (workdir / "metrics.jsonl").read_text()
-    result = launch(*CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
-                    "--config.eval_every_steps=10")
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run(*CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
+                 "--config.eval_every_steps=10")
+    assert result.code == 0, result.stderr[-3000:]
     assert (workdir / "summary.json").read_text() == summary_before  # wall time, speed kept
     assert (workdir / "metrics.jsonl").read_text() == metrics_before
     assert "after 20 steps" in result.stdout
+
+
+def test_workdir_alone_resumes_the_run_with_its_own_config(cnn_run):
+    """No --config: the run's config.json, not configs/default.py (which it would refuse)."""
+    workdir, _ = cnn_run
+    metrics_before = (workdir / "metrics.jsonl").read_text()
+    result = run("--workdir", str(workdir))
+    assert result.code == 0, result.stderr[-3000:]
+    assert "after 20 steps" in result.stdout
+    assert (workdir / "metrics.jsonl").read_text() == metrics_before
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -79,28 +179,194 @@ def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_summary(cnn_run):
     ("--config.optimizer.name=adamm", "adam"),
     ("--config.model.name=cnnn", "cnn"),
     ("--config.model.dens=(64,)", "did you mean 'dense'"),
+    ("--config.profile_steps=(5,2)", "profile_steps"),
+    ("--config.train_steps=0", "train_steps wins"),
 ])
 def test_bad_config_is_one_clear_error_and_touches_nothing(cnn_run, override, expected):
     workdir, _ = cnn_run
     before = tree_snapshot(workdir)
-    result = launch(*CNN_TEST, "--workdir", str(workdir), override)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert message and expected in message[0], result.stderr[-2000:]
+    refused(run(*CNN_TEST, "--workdir", str(workdir), override), expected)
     assert tree_snapshot(workdir) == before
 
 
 def test_changed_config_on_existing_workdir_is_refused(cnn_run):
     workdir, _ = cnn_run
     before = tree_snapshot(workdir)
-    result = launch(*CNN_TEST, "--workdir", str(workdir), "--config.model.dense=(64,)")
-    assert result.returncode == 2
-    assert "model.dense" in result.stderr
+    refused(run(*CNN_TEST, "--workdir", str(workdir), "--config.model.dense=(64,)"), "model.dense")
     assert tree_snapshot(workdir) == before
 
 
 def test_missing_config_file(tmp_path):
-    result = launch("--config", "configs/nope.py", "--workdir", str(tmp_path / "x"))
-    assert result.returncode == 2 and "does not exist" in result.stderr
+    refused(run("--config", "configs/nope.py", "--workdir", str(tmp_path / "x")), "does not exist")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("mode", ["eval", "sample"])
+def test_eval_or_sample_of_a_folder_without_a_run_says_so(mode, tmp_path):
+    refused(run(mode, "--workdir", str(tmp_path)), "holds no run (no config.json)")
+    refused(run(mode, "--workdir", str(tmp_path / "nope")), "does not exist")
+    refused(run(mode), "needs --workdir")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--num_processes", "2", "--process_id", "0"], "need --coordinator_address"),
+    (["--process_id=1"], "need --coordinator_address"),
+    (["--coordinator_address", "127.0.0.1:1234"], "needs --num_processes and --process_id"),
+    (["--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
+     "must be in 0 .. 1"),
+    (["train", "extra"], "unexpected argument 'extra'"),
+    (["bogus"], "unknown mode 'bogus'"),
+])
+def test_bad_launcher_flags_are_refused(args, expected, tmp_path):
+    refused(run(*args, *DIGITS, "--workdir", str(tmp_path / "x")) if args[0] != "bogus"
+            else run(*args), expected)
+    assert not (tmp_path / "x").exists()
+
+
+def test_distributed_outside_a_cluster_is_one_error_line(tmp_path, monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri",
+                 "TPU_WORKER_HOSTNAMES", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    line = refused(run(*DIGITS, "--workdir", str(tmp_path / "x"), "--distributed"),
+                   "found no cluster")
+    assert "--coordinator_address" in line
+
+
+def test_train_steps_overrides_an_epoch_based_config(tmp_path):
+    """With num_epochs set (as in most config files), --config.train_steps=6 alone makes the
+    run 6 steps long."""
+    workdir = tmp_path / "epochs"
+    result = run(*CNN_TEST, "--config.num_epochs=1", "--workdir", str(workdir),
+                 "--config.train_steps=6",
+                 "--config.log_every_steps=1", "--config.progress_bar=False",
+                 "--config.profile_steps=(2,3)")
+    assert result.code == 0, result.stderr[-3000:]
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == 6
+    assert sorted(train_losses(workdir)) == [1, 2, 3, 4, 5, 6]
+    # the profiler window's trace, where TensorBoard's profile plugin looks for it
+    assert list((workdir / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert not [line for line in result.stdout.splitlines() if line.startswith("step 6/6")]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("configs/fashion_vae.py", ["--config.vae.kl_warmup_steps", "--config.optimizer.learning_rate",
+                                "--config.model.latent_dim", "task 'vae'"]),
+    ("configs/default.py", ["--config.model.features", "--config.model.kernel_init",
+                            "task 'classification'"]),
+])
+def test_help_lists_modes_flags_and_every_config_key(spec, expected):
+    result = run("--config", spec, "--help")
+    assert result.code == 0 and not result.stderr, result.stderr
+    for text in ["train", "eval", "sample", "--workdir", "--distributed",
+                 "--coordinator_address", "--num_processes", "--process_id", "--prompt",
+                 "--config.train_steps", "--config.num_epochs", "--config.profile_steps",
+                 f"config keys of {spec}", *expected]:
+        assert text in result.stdout, text
+    # every key the config holds, with its value
+    assert "--config.data.batch_size" in result.stdout and "--config.seed" in result.stdout
+    assert run("-h").stdout.count("--config.") > 40  # the default config, short flag
+
+
+def test_help_for_a_run_shows_its_saved_values(cnn_run):
+    """eval --workdir W --help: the keys of the run's own config.json."""
+    result = run("eval", "--workdir", str(cnn_run[0]), "--help")
+    assert result.code == 0, result.stderr
+    assert f"config keys of {cnn_run[0] / 'config.json'}" in result.stdout
+    assert any(line.split() == ["--config.train_steps", "20"]
+               for line in result.stdout.splitlines())
+
+
+def test_two_processes_from_a_slurm_environment(tmp_path):
+    """`srun launch.py ... --distributed`, as scripts/slurm.sbatch runs it: two processes (2 CPU
+    devices each) find each other from the SLURM variables alone, print who they are, and train
+    one run."""
+    workdir = tmp_path / "two"
+    port = free_port()
+    processes = []
+    for i in range(2):
+        env = {**launch_env(2), "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost",
+               "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+        command = launch_command(*DIGITS, "--workdir", str(workdir), "--config.train_steps=4",
+                                 "--config.eval_every_steps=4", "--distributed")
+        # jax derives the port from the job id; pin it to a free one instead
+        env["JAX_COORDINATOR_PORT"] = str(port)
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for i, (p, (out, err)) in enumerate(zip(processes, outputs)):
+        assert p.returncode == 0, err[-3000:]
+        assert f"process {i}/2, coordinator localhost:{port}: 2 of 4 cpu devices" in out
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["process_count"] == 2 and summary["steps"] == 4
+
+
+def test_plain_progress_lines_are_spaced_and_carry_throughput_mfu_and_eta():
+    out = io.StringIO()
+    bar = progress.Progress(100, 0, progress.Throughput("tokens", 1024, flops_per_step=2e9,
+                                                        peak_flops=1e11),
+                            enabled=True, plain=True, interval_s=3600, out=out)
+    bar.report(10, {"loss": 2.0, "steps_per_sec": 1.0})    # the first line: always
+    bar.report(20, {"loss": 1.5, "steps_per_sec": 10.0})   # within the interval: no line
+    bar.report(100, {"loss": 1.0, "steps_per_sec": 10.0})  # the last step: always
+    first, last = out.getvalue().splitlines()
+    assert first == ("step 10/100 (10%) | loss 2.0000 | 1.0 ktokens/s | 1.00 steps/s | "
+                     "MFU 2.0% (2.0 GFLOP/s) | ETA 0:01:30")
+    assert last == ("step 100/100 (100%) | loss 1.0000 | 10.2 ktokens/s | 10.00 steps/s | "
+                    "MFU 20.0% (20.0 GFLOP/s)")
+    # the run's throughput leaves out the first window, which holds the compilation
+    assert bar.summary(0.5) == {"train_tokens_per_sec": 10240.0,
+                                "train_model_flops_per_sec": 2e10, "train_mfu": 0.2,
+                                "model_flops_per_step": 2e9, "peak_flops": 1e11}
+
+
+def test_git_diff_in_the_workdir_rebuilds_the_source_tree(tmp_path):
+    source, workdir = tmp_path / "source", tmp_path / "run"
+    source.mkdir()
+    workdir.mkdir()
+
+    def git(*args, cwd=source):
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (source / "model.py").write_text("width = 1\n")
+    git("add", "model.py")
+    git("commit", "-qm", "one")
+    assert provenance.save_git_state(str(workdir), str(source)) == {
+        "commit": git("rev-parse", "HEAD"), "dirty": False, "diff_file": None}
+
+    (source / "model.py").write_text("width = 2\n")   # a tracked change
+    (source / "extra.py").write_text("depth = 3\n")   # an untracked file
+    state = provenance.save_git_state(str(workdir), str(source))
+    assert state["dirty"] and state["diff_file"] == "git.diff"
+    rebuilt = tmp_path / "rebuilt"
+    git("clone", "-q", str(source), str(rebuilt), cwd=tmp_path)
+    git("checkout", "-q", state["commit"], cwd=rebuilt)
+    git("apply", str(workdir / "git.diff"), cwd=rebuilt)
+    assert (rebuilt / "model.py").read_text() == "width = 2\n"
+    assert (rebuilt / "extra.py").read_text() == "depth = 3\n"
+
+    git("add", "extra.py", "model.py")
+    git("commit", "-qm", "two")
+    assert not provenance.save_git_state(str(workdir), str(source))["dirty"]
+    assert not (workdir / "git.diff").exists()  # a clean tree leaves no stale diff behind
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("configs/fashion_dcgan.py:test", ["generator", "discriminator", "float32[1,28,28,1]"]),
+    ("configs/fashion_ddpm.py:test", ["int32[1]", "Total Parameters"]),
+])
+def test_model_summary_of_models_called_with_several_inputs(spec, expected, tmp_path):
+    """A GAN's (noise, images) and a U-Net's (x, t): tabulated as the task's init calls them."""
+    from dlx import data as data_lib
+    from dlx import registry
+    from dlx.train import config as config_lib
+    with contextlib.chdir(REPO):
+        config = config_lib.load(spec)
+    task = registry.task_class(config.task)(config, data_lib.info(config.data.name, None))
+    task.write_run_files(str(tmp_path))
+    text = (tmp_path / "model_summary.txt").read_text()
+    for word in expected:
+        assert word in text, word
