@@ -7,14 +7,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections import defaultdict
+
+from dlx.errors import UserError
+from dlx.train.workdir import write_atomically
 
 
 def read_metrics(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    # Every record ends with a newline: a last line without one was cut short by a kill.
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
 class MetricWriter:
@@ -25,10 +31,10 @@ class MetricWriter:
         if not enabled:
             return
         # Steps after the restored checkpoint will be trained again: drop their old lines so the
-        # file reads like one uninterrupted run.
-        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        # file reads like one uninterrupted run, with one line per step and split (the last).
+        latest = {(r["step"], r["split"]): r for r in read_metrics(self.path)
+                  if r["step"] <= resume_step}
+        write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in latest.values()))
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                  purge_step=resume_step + 1 if resume_step else None)
@@ -37,15 +43,24 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: the checkpoints saved so far are intact
+            raise UserError(f"writing {self.path} failed ({e.strerror or e}); free space (or fix "
+                            f"the folder) and run the same command to resume") from None
         for name, value in values.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
     def close(self) -> None:
-        if self._tb is not None:
+        if self._tb is None:
+            return
+        try:
             self._tb.close()
+        except OSError as e:  # never masks the error that stopped the run (often the same disk)
+            print(f"warning: TensorBoard events of {os.path.dirname(self.path)} are incomplete "
+                  f"({e.strerror or e})", file=sys.stderr, flush=True)
 
 
 def plot_curves(metrics_path: str, plots_dir: str) -> list[str]:
