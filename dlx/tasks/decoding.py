@@ -10,16 +10,20 @@ Every cache leaf has the batch on axis 0, except scalar leaves, so caches and me
 beams with `jnp.repeat(x, beam, axis=0)` and reorder by gathering rows.
 
 Token id 0 is padding: decoded sequences hold 0 after their end-of-sequence token.
-Everything here runs as one jitted program per (model, shapes, settings).
+`generate`, `greedy_decode` and `beam_search` each run as one jitted program per (model, shapes,
+settings); `stream` runs generate's jitted prefill and step a token at a time (the language
+model's text samples and `launch.py sample` stand on it).
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlx.layers.attention import PAD_ID
 
@@ -69,8 +73,72 @@ def _without_cache(variables: Any) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoder-only generation
+# The cached forward pass, shared by every decoder below
 # ---------------------------------------------------------------------------------------------
+
+def _empty_cache(model, variables, rows: int, length: int, memory=None):
+    """A zero cache for `rows` sequences of up to `length` tokens (after `memory` for an
+    encoder-decoder model)."""
+    zeros = jnp.zeros((rows, length), jnp.int32)
+    if memory is None:
+        _, state = model.apply(variables, zeros, decode=True, mutable=["cache"])
+    else:
+        _, state = model.apply(variables, memory, zeros, decode=True, method="decode",
+                               mutable=["cache"])
+    return state["cache"]
+
+
+def _advance(model, variables, cache, tokens: jax.Array, memory=None):
+    """Logits [rows, V] after consuming `tokens` [rows, T] past what `cache` holds, and the
+    updated cache."""
+    variables = {**variables, "cache": cache}
+    if memory is None:
+        logits, state = model.apply(variables, tokens, decode=True, mutable=["cache"])
+    else:
+        logits, state = model.apply(variables, memory, tokens, decode=True, method="decode",
+                                    mutable=["cache"])
+    return logits[:, -1], state["cache"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder-only generation: one prefill and one step, run either as one program (`generate`) or
+# a token at a time (`stream`, for text printed as it comes). Token i of a continuation is drawn
+# with `fold_in(rng, i)` in both, so they give the same tokens for the same key.
+# ---------------------------------------------------------------------------------------------
+
+def _draw(logits, rng, temperature, top_p, top_k: int, greedy: bool, use_top_p: bool):
+    # Greedy and "no nucleus" are compiled in (static), so they skip the sampling work (two
+    # vocabulary-wide argsorts a token for top_p); the values themselves stay traced, so one
+    # compiled program serves every temperature and nucleus size.
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return sample_logits(logits, rng, temperature, top_k, top_p if use_top_p else 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+def _prefill(model, variables, prompt, key, settings, cache_len, top_k, greedy, use_top_p):
+    """(the token after `prompt` [B, P], drawn with `key`; a cache of `cache_len` positions
+    holding the prompt)."""
+    cache = _empty_cache(model, variables, prompt.shape[0], cache_len)
+    logits, cache = _advance(model, variables, cache, prompt)
+    return _draw(logits, key, *settings, top_k, greedy, use_top_p), cache
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
+def _step(model, variables, cache, token, key, settings, top_k, greedy, use_top_p):
+    """(the token after `token` [B], drawn with `key`; the updated cache)."""
+    logits, cache = _advance(model, variables, cache, token[:, None])
+    return _draw(logits, key, *settings, top_k, greedy, use_top_p), cache
+
+
+def _decoding_settings(temperature: float, top_k: int, top_p: float):
+    """(traced settings, static top_k / greedy / use_top_p) for `_prefill` and `_step`."""
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1, got "
+                         f"{temperature}, {top_k}, {top_p}")
+    return ((jnp.float32(temperature), jnp.float32(top_p)),
+            (int(top_k), temperature == 0, top_p < 1))
+
 
 def generate(model: nn.Module, variables: Any, prompt: jax.Array, rng: jax.Array,
              max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
@@ -80,42 +148,64 @@ def generate(model: nn.Module, variables: Any, prompt: jax.Array, rng: jax.Array
     `lax.scan`, all in one jitted program. temperature 0 is greedy."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    # Greedy and "no nucleus" are compiled in (static), so they skip the sampling work (two
-    # vocabulary-wide argsorts a token for top_p); the values themselves stay traced.
+    settings, static = _decoding_settings(temperature, top_k, top_p)
     return _generate(model, _without_cache(variables), jnp.asarray(prompt, jnp.int32), rng,
-                     jnp.float32(temperature), jnp.float32(top_p), max_new_tokens, int(top_k),
-                     temperature == 0, top_p < 1)
+                     settings, max_new_tokens, *static)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
-def _generate(model, variables, prompt, rng, temperature, top_p, max_new_tokens, top_k,
-              greedy, use_top_p):
-    batch, prompt_len = prompt.shape
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+def _generate(model, variables, prompt, rng, settings, max_new_tokens, top_k, greedy,
+              use_top_p):
+    static = (top_k, greedy, use_top_p)
+    first, cache = _prefill(model, variables, prompt, jax.random.fold_in(rng, 0), settings,
+                            prompt.shape[1] + max_new_tokens, *static)
 
-    def sample(logits, step_rng):
-        if greedy:
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return sample_logits(logits, step_rng, temperature, top_k, top_p if use_top_p else 1.0)
-
-    def step(cache, tokens):
-        logits, state = model.apply({**variables, "cache": cache}, tokens, decode=True,
-                                    mutable=["cache"])
-        return logits[:, -1], state["cache"]
-
-    _, state = model.apply(variables, jnp.zeros((batch, prompt_len + max_new_tokens), jnp.int32),
-                           decode=True, mutable=["cache"])
-    last_logits, cache = step(state["cache"], prompt)
-    rngs = jax.random.split(rng, max_new_tokens)
-    first = sample(last_logits, rngs[0])
-
-    def body(carry, step_rng):
+    def body(carry, index):
         token, cache = carry
-        logits, cache = step(cache, token[:, None])
-        following = sample(logits, step_rng)
+        following, cache = _step(model, variables, cache, token, jax.random.fold_in(rng, index),
+                                 settings, *static)
         return (following, cache), following
 
-    _, rest = jax.lax.scan(body, (first, cache), rngs[1:])
+    _, rest = jax.lax.scan(body, (first, cache), jnp.arange(1, max_new_tokens))
     return jnp.concatenate([prompt, first[:, None], rest.T.astype(jnp.int32)], axis=1)
+
+
+def stream(model: nn.Module, variables: Any, prompt: np.ndarray, rng: jax.Array,
+           max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0) -> Iterator[np.ndarray]:
+    """Yields the continuation of prompt [B, P] a token at a time (numpy [B]): the tokens
+    `generate` draws with the same key, while the model has room. A model with a position limit (`max_len`) that runs out
+    of room is restarted on the last max_len / 2 tokens (the context a full-window model would
+    keep, halved so the restart is rare)."""
+    if max_new_tokens < 1:
+        return
+    settings, static = _decoding_settings(temperature, top_k, top_p)
+    variables = _without_cache(variables)
+    max_len = getattr(model, "max_len", None)
+    history = np.asarray(prompt, np.int32)
+    if max_len:
+        history = history[:, -max_len:]
+    cache_len = history.shape[1] + max_new_tokens
+    if max_len:
+        cache_len = min(max_len, cache_len)
+    token, cache = _prefill(model, variables, jnp.asarray(history), jax.random.fold_in(rng, 0),
+                            settings, cache_len, *static)
+    position = history.shape[1]
+    for index in range(1, max_new_tokens + 1):
+        token_host = np.asarray(token)
+        yield token_host
+        if index == max_new_tokens:
+            return
+        history = np.concatenate([history, token_host[:, None]], axis=1)
+        position += 1
+        key = jax.random.fold_in(rng, index)
+        if max_len and position >= cache_len:
+            history = history[:, -(max_len // 2):]
+            position = history.shape[1]
+            token, cache = _prefill(model, variables, jnp.asarray(history), key, settings,
+                                    cache_len, *static)
+        else:
+            token, cache = _step(model, variables, cache, token, key, settings, *static)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,17 +222,13 @@ def _start(model, variables, inputs, copies: int, max_len: int):
     memory = model.apply(variables, inputs, method="encode")
     if copies > 1:
         memory = jax.tree.map(lambda x: jnp.repeat(x, copies, axis=0) if x.ndim else x, memory)
-    rows = inputs.shape[0] * copies
-    _, state = model.apply(variables, memory, jnp.zeros((rows, max_len), jnp.int32),
-                           decode=True, method="decode", mutable=["cache"])
-    return memory, state["cache"]
+    return memory, _empty_cache(model, variables, inputs.shape[0] * copies, max_len, memory)
 
 
 def _decode_step(model, variables, memory, cache, tokens):
     """Log-probabilities [rows, V] of the token after `tokens` [rows], and the updated cache."""
-    logits, state = model.apply({**variables, "cache": cache}, memory, tokens[:, None],
-                                decode=True, method="decode", mutable=["cache"])
-    return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1), state["cache"]
+    logits, cache = _advance(model, variables, cache, tokens[:, None], memory)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), cache
 
 
 def greedy_decode(model: nn.Module, variables: Any, inputs: jax.Array, *, bos_id: int,
