@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from dlx.tasks.base import SupervisedTask, apply_model, is_main_process, model_inputs
-from dlx.optim.optimizer import regularization_penalty
+from dlx.tasks import losses
 
 
 class Task(SupervisedTask):
@@ -24,10 +23,9 @@ class Task(SupervisedTask):
         logits, model_state = apply_model(self.model.apply, params, model_state,
                                           model_inputs(batch), train=True, rng=rng)
         labels = batch["label"]
-        smoothing = self.config.loss.label_smoothing
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-        cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
-        loss = cross_entropy + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
+        cross_entropy = losses.cross_entropy(logits, labels,
+                                             self.config.loss.label_smoothing).mean()
+        loss = losses.with_penalty(cross_entropy, params, self.config.loss)
         accuracy = (logits.argmax(-1) == labels).mean()
         return loss, ({"cross_entropy": cross_entropy, "accuracy": accuracy}, model_state)
 
@@ -35,11 +33,11 @@ class Task(SupervisedTask):
         logits, _ = apply_model(state.apply_fn, state.params, state.model_state,
                                 model_inputs(batch), train=False)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         predictions = logits.argmax(-1)
         confusion = jnp.zeros((self.num_classes, self.num_classes), jnp.float32)
         confusion = confusion.at[labels, predictions].add(mask)
-        return {"loss": (losses * mask).sum(), "correct": ((predictions == labels) * mask).sum(),
+        return {"loss": (nll * mask).sum(), "correct": ((predictions == labels) * mask).sum(),
                 "count": mask.sum(), "confusion": confusion}
 
     def summarize_eval(self, sums: dict) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from dlx.tasks.base import SupervisedTask, apply_model, model_inputs
-from dlx.optim.optimizer import regularization_penalty
+from dlx.tasks import losses
 
 
 class Task(SupervisedTask):
@@ -18,15 +18,15 @@ class Task(SupervisedTask):
     def loss_fn(self, params, model_state, batch, rng):
         prediction, model_state = self._predict(self.model.apply, params, model_state, batch,
                                                 train=True, rng=rng)
-        mse = jnp.mean((prediction - batch["target"]) ** 2)
-        loss = mse + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
+        mse = jnp.mean(losses.squared_error(prediction, batch["target"]))
+        loss = losses.with_penalty(mse, params, self.config.loss)
         return loss, ({"mse": mse}, model_state)
 
     def eval_step(self, state, batch) -> dict:
         prediction, _ = self._predict(state.apply_fn, state.params, state.model_state, batch,
                                       train=False)
         target, mask = batch["target"], batch["mask"].astype(jnp.float32)
-        return {"squared_error": (((prediction - target) ** 2) * mask).sum(),
+        return {"squared_error": (losses.squared_error(prediction, target) * mask).sum(),
                 "target_sum": (target * mask).sum(), "target_sq_sum": (target ** 2 * mask).sum(),
                 "count": mask.sum()}
 
