@@ -9,6 +9,8 @@ shakespeare, cmudict) are built from files on this machine; every other name goe
 catalog (which downloads, so it needs internet). `fashion_mnist` is built from the local IDX files
 when they exist, and is the catalog's `fashion_mnist` otherwise. Text data sets have readers,
 language-model windows and G2P arrays in `dlx.data.text`, tokenizers in `dlx.data.tokenizers`.
+A task may also train on the whole data set as one batch (a graph) or on examples drawn on the
+fly: `WholeBatchSource` and `GeneratedSource` in `dlx.data.sources`.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from dlx.data.builders import OFFLINE_BUILDERS, missing_hint, offline_files_pres
 from dlx.data.pipeline import (ArraySource, Batch, NumpyRecords, RandomAccessSource, batch_dtype,
                                eval_batches, load_into_memory, num_eval_batches, read_rows,
                                train_iterator)
+from dlx.data.sources import GeneratedSource, WholeBatchSource
 from dlx.errors import DataError
 
-__all__ = ["ArraySource", "Batch", "DataInfo", "FeatureInfo", "NumpyRecords", "OFFLINE_BUILDERS",
-           "RandomAccessSource", "default_data_dir", "eval_batches", "get_builder", "info",
-           "load_into_memory", "num_eval_batches", "prepare", "read_rows", "source",
-           "train_iterator"]
+__all__ = ["ArraySource", "Batch", "DataInfo", "FeatureInfo", "GeneratedSource", "NumpyRecords",
+           "OFFLINE_BUILDERS", "RandomAccessSource", "WholeBatchSource", "default_data_dir",
+           "eval_batches", "get_builder", "info", "load_into_memory", "num_eval_batches",
+           "prepare", "read_rows", "source", "train_iterator"]
 
 FILE_FORMAT = "array_record"
 IN_MEMORY_MAX_BYTES = 1 << 30  # `source` loads a split into memory when its files are this small

@@ -3,7 +3,10 @@
 A source is anything with random access: `len(source)` and `source[i] -> dict of arrays`
 (a `tfds.data_source`, or an `ArraySource` holding a whole split in memory). Features must be flat
 (one array per key) with fixed shapes. Rows are stacked along a new leading axis, and 64-bit
-numbers narrowed to what JAX uses by default (int64 -> int32, float64 -> float32).
+numbers narrowed to what JAX uses by default (int64 -> int32, float64 -> float32). A source may
+also make its own global train batches, `global_batch(step, batch_size, seed)` (the whole data
+set as one batch, examples drawn on the fly: `dlx.data.sources`), and a boolean "mask" column
+marks rows that eval batches do not count.
 
 Reading through a TFDS data source costs ~25-40 us per record in TFDS's Python deserialisation
 (~190 batches/s of 128 on one core), so small splits are better read once into an `ArraySource`:
@@ -153,7 +156,9 @@ def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: 
 
     Every process draws the same global batches of indices from `seed` and reads only its own
     rows. The iterator's `get_state()` is a small JSON-able dict (`{"next_index": step}`);
-    `set_state()` on a fresh iterator built with the same arguments resumes exactly.
+    `set_state()` on a fresh iterator built with the same arguments resumes exactly. A source
+    with its own `global_batch(step, batch_size, seed)` is not shuffled: batch `step` is that
+    (this process's rows of it), with the same iterator state.
 
     `num_threads` reader threads (and `prefetch` batches) serve record sources such as TFDS; a
     source with a bulk `read_rows` (an `ArraySource`, a `text.WindowSource`) is read on the
@@ -169,8 +174,14 @@ def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: 
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     rows = _process_rows(global_batch_size, process_index, process_count)
     num_examples = len(source)
+    own_batch = getattr(source, "global_batch", None)
+    if hasattr(source, "check_batch_size"):  # refused now rather than at the first batch
+        source.check_batch_size(global_batch_size)
 
     def read_batch(step: int) -> Batch:
+        if own_batch is not None:
+            return {key: column[rows] for key, column in
+                    own_batch(step, global_batch_size, seed).items()}
         indices = shuffled_batch_indices(num_examples, global_batch_size, seed, step)
         return read_rows(source, indices[rows])
 
@@ -184,6 +195,8 @@ def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: 
 
 
 def num_eval_batches(source: RandomAccessSource, global_batch_size: int) -> int:
+    if getattr(source, "one_batch", False):
+        return 1
     return -(-len(source) // global_batch_size)
 
 
@@ -193,12 +206,16 @@ def eval_batches(source: RandomAccessSource, *, global_batch_size: int, process_
 
     Every batch has a boolean `mask`; the last global batch is padded to full size with copies
     of the split's last example marked False, so every process yields the same number of batches
-    (`num_eval_batches`) of the same shape.
+    (`num_eval_batches`) of the same shape. Rows the source's own "mask" column marks False stay
+    False. A source whose batch is all of it (`one_batch`, as `sources.WholeBatchSource`) is read
+    as one batch, whatever `global_batch_size`.
     """
+    if getattr(source, "one_batch", False):
+        global_batch_size = len(source)
     rows = _process_rows(global_batch_size, process_index, process_count)
     size = len(source)
     for start in range(0, size, global_batch_size):
         indices = np.arange(start, start + global_batch_size)[rows]
         batch = read_rows(source, np.minimum(indices, size - 1))
-        batch["mask"] = indices < size
+        batch["mask"] = (indices < size) & batch["mask"] if "mask" in batch else indices < size
         yield batch
