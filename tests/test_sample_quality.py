@@ -161,12 +161,25 @@ def test_command_scores_a_generator_and_the_floor_and_writes_json(features_dir, 
         assert result["fid"] >= 0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     # Train images are closer to the test images than a 6-step DCGAN's samples.
     assert floor["fid"] < saved["fid"]
+    # The floor's train images, saved as another library's samples would be ([N, H, W] floats),
+    # score as the floor does.
+    train = sq.FeatureNetwork(features_dir).split_images("train", 64, seed=0)
+    np.save(tmp_path / "train.npy", train[..., 0].astype(np.float32) / 255.0)
+    from_file = sq.main(["--features", features_dir, "--images", str(tmp_path / "train.npy"),
+                         "--num_samples", "64"], io.StringIO())
+    assert json.loads((tmp_path / "train.sample_quality.json").read_text()) == from_file
+    assert [from_file[key] for key in ("fid", "precision", "recall")] == \
+        [floor[key] for key in ("fid", "precision", "recall")]
 
 
-def test_scoring_a_run_that_does_not_generate_is_one_clear_error(features_dir):
+def test_what_cannot_be_scored_is_one_clear_error(features_dir, tmp_path):
     with pytest.raises(ConfigError, match="task that generates images"):
         sq.main(["--features", features_dir, "--samples", features_dir, "--num_samples", "64"],
                 io.StringIO())
     assert not (Path(features_dir) / sq.RESULT_FILE).exists()
     with pytest.raises(ConfigError, match="num_samples > k"):
         sq.main(["--features", features_dir, "--floor", "--num_samples", "3"], io.StringIO())
+    np.save(tmp_path / "rgb.npy", np.zeros((8, 28, 28, 3), np.uint8))
+    with pytest.raises(ConfigError, match=r"takes \(28, 28, 1\) images"):
+        sq.main(["--features", features_dir, "--images", str(tmp_path / "rgb.npy")],
+                io.StringIO())

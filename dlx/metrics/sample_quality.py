@@ -3,12 +3,14 @@ samples against real images, in the feature space of a classifier dlx trains its
 
     python -m dlx.metrics.sample_quality --features runs/fashion_features --samples runs/fashion_dcgan
     python -m dlx.metrics.sample_quality --features runs/fashion_features --floor
+    python -m dlx.metrics.sample_quality --features runs/fashion_features --images torch.npy
 
 The first draws `--num_samples` (10,000) images from the generator's workdir through its task's
 `sample_images` and scores them against as many test images (`sample_quality.json` in the
 generator's workdir); `--floor` scores that many train images instead (`sample_quality_floor.json`
 in the feature network's workdir): what a generator that reproduced the training distribution
-exactly would get with this feature network and sample size.
+exactly would get with this feature network and sample size. `--images` scores the images in a
+.npy file, e.g. a PyTorch reference's samples (`torch.sample_quality.json` beside it).
 
 Features: the activations a classifier's head reads (`dlx.models.cnn.penultimate`), of the
 network `configs/fashion_features.py` trains (`make features`). FID's usual Inception network
@@ -98,7 +100,8 @@ def _squared_distances(queries: np.ndarray, points: np.ndarray,
     return np.maximum(distances, 0.0)
 
 
-def knn_radii(features: np.ndarray, k: int = DEFAULT_K, batch_size: int = 1000) -> np.ndarray:
+def squared_knn_radii(features: np.ndarray, k: int = DEFAULT_K,
+                      batch_size: int = 1000) -> np.ndarray:
     """The squared distance of every point to its k-th nearest other point of the set, computed
     `batch_size` rows at a time ([batch_size, N] float64 in memory)."""
     features = np.asarray(features, np.float64)
@@ -113,15 +116,15 @@ def knn_radii(features: np.ndarray, k: int = DEFAULT_K, batch_size: int = 1000) 
     return radii
 
 
-def in_manifold(queries: np.ndarray, points: np.ndarray, radii: np.ndarray,
+def in_manifold(queries: np.ndarray, points: np.ndarray, squared_radii: np.ndarray,
                 batch_size: int = 1000) -> np.ndarray:
-    """For each query, whether it lies in at least one ball (point, squared radius)."""
+    """For each query, whether it lies in at least one of the balls around `points`."""
     queries, points = np.asarray(queries, np.float64), np.asarray(points, np.float64)
     points_sq = np.einsum("ij,ij->i", points, points)
     inside = np.empty(len(queries), bool)
     for start in range(0, len(queries), batch_size):
         block = _squared_distances(queries[start:start + batch_size], points, points_sq)
-        inside[start:start + batch_size] = (block <= radii[None, :]).any(axis=1)
+        inside[start:start + batch_size] = (block <= squared_radii[None, :]).any(axis=1)
     return inside
 
 
@@ -131,8 +134,10 @@ def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = DEFAULT_K
     [N, D] features, with k-nearest-neighbour balls. Memory: [batch_size, max(N, M)] float64
     (80 MB for 10,000 points and the default batch)."""
     real, generated = np.asarray(real, np.float64), np.asarray(generated, np.float64)
-    precision = in_manifold(generated, real, knn_radii(real, k, batch_size), batch_size).mean()
-    recall = in_manifold(real, generated, knn_radii(generated, k, batch_size), batch_size).mean()
+    precision = in_manifold(generated, real, squared_knn_radii(real, k, batch_size),
+                            batch_size).mean()
+    recall = in_manifold(real, generated, squared_knn_radii(generated, k, batch_size),
+                         batch_size).mean()
     return float(precision), float(recall)
 
 
@@ -164,9 +169,10 @@ class FeatureNetwork:
         bundle = inference.load(workdir)
         config = bundle.config
         if config.task != "classification" or config.model.name != "cnn":
-            raise ConfigError(f"{workdir} is a {config.task} run of a '{config.model.name}' "
-                              f"model; the feature network must be a classification run of a cnn "
-                              f"(make features trains configs/fashion_features.py)")
+            raise ConfigError(f"{workdir} is a '{config.task}' run of the model "
+                              f"'{config.model.name}'; the feature network must be a "
+                              f"classification run of a cnn (make features trains "
+                              f"configs/fashion_features.py)")
         self.workdir, self.bundle = workdir, bundle
         self.data_name, self.data_dir = config.data.name, config.data.data_dir or None
         self.image_shape = tuple(bundle.run.data_info.features["image"].shape)
@@ -252,6 +258,39 @@ def score_generator(features_dir: str, samples_dir: str, num_samples: int = DEFA
     return result
 
 
+def score_images(features_dir: str, images_path: str, num_samples: int = DEFAULT_NUM_SAMPLES,
+                 seed: int = 0, k: int = DEFAULT_K, eval_split: str = "test") -> dict:
+    """Scores the first `num_samples` images of a .npy file ([N, H, W] or [N, H, W, C], uint8 or
+    floats in [0, 1]; e.g. a PyTorch model's samples) against as many `eval_split` images; writes
+    `<file without .npy>.sample_quality.json`."""
+    from dlx.errors import ConfigError
+
+    _check_counts(num_samples, k)
+    if not os.path.isfile(images_path):
+        raise ConfigError(f"no file {images_path}; give a .npy file of images")
+    images = np.load(images_path)[:num_samples]
+    network = FeatureNetwork(features_dir)
+    if images.ndim == len(network.image_shape):  # [N, H, W]: no channel axis
+        images = images[..., None]
+    floats = np.issubdtype(images.dtype, np.floating)
+    if (images.shape[1:] != network.image_shape or not (floats or images.dtype == np.uint8)
+            or floats and (images.min() < 0.0 or images.max() > 1.0)):
+        raise ConfigError(f"{images_path} holds {images.dtype} images of shape "
+                          f"{images.shape[1:]}; the feature network takes {network.image_shape} "
+                          f"images, uint8 or floats in [0, 1]")
+    if len(images) <= k:
+        raise ConfigError(f"{images_path} holds {len(images)} images; k={k} needs more than k")
+    started = time.time()
+    reference = network.split_images(eval_split, len(images), seed)
+    result = {**sample_quality(network(reference), network(images), k),
+              "generated": os.path.abspath(images_path),
+              **_common_fields(network, len(images), len(reference), seed, k),
+              "reference": f"{network.data_name} {eval_split}",
+              "wall_time_s": round(time.time() - started, 1)}
+    _write(images_path.removesuffix(".npy") + ".sample_quality.json", result)
+    return result
+
+
 def score_floor(features_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
                 k: int = DEFAULT_K, train_split: str = "train", test_split: str = "test") -> dict:
     """`num_samples` train images scored as if generated, against as many test images; writes
@@ -298,16 +337,23 @@ def main(argv: list[str], out=sys.stdout) -> dict:
                         help="workdir of the feature classifier (make features)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--samples", help="workdir of the generator run to score")
+    which.add_argument("--images", help="a .npy file of images to score (e.g. another "
+                       "library's samples): [N, H, W(, C)], uint8 or floats in [0, 1]")
     which.add_argument("--floor", action="store_true",
                        help="score train images against test images instead")
     parser.add_argument("--num_samples", type=int, default=DEFAULT_NUM_SAMPLES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument("--batch_size", type=int, default=500,
+                        help="samples drawn at a time (lower it if sampling runs out of memory)")
     args = parser.parse_args(argv)
     if args.floor:
         result = score_floor(args.features, args.num_samples, args.seed, args.k)
+    elif args.images:
+        result = score_images(args.features, args.images, args.num_samples, args.seed, args.k)
     else:
-        result = score_generator(args.features, args.samples, args.num_samples, args.seed, args.k)
+        result = score_generator(args.features, args.samples, args.num_samples, args.seed, args.k,
+                                 args.batch_size)
     out.write(json.dumps(result, indent=1) + "\n")
     return result
 
