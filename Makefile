@@ -8,9 +8,15 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test data bench clean-venv
 
+# `make demo` installs dlx alone; `make test` adds the test extras (torch, transformers: the
+# reference implementations of the parity tests, which dlx itself never imports).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -36,8 +42,18 @@ data: $(VENV)/.installed
 demo: data
 	$(PY) launch.py
 
-test: data
+test: data $(VENV)/.installed-test
 	$(PY) -m pytest tests
+
+# The feature network of the sample-quality metrics (FID, precision/recall of generated images;
+# dlx/metrics/sample_quality.py): trained once into runs/fashion_features (summary.json is written
+# when the run completes; an interrupted run resumes), then kept, so every score uses the same one.
+FEATURES_DIR := runs/fashion_features
+.PHONY: features
+features: $(FEATURES_DIR)/summary.json
+
+$(FEATURES_DIR)/summary.json: | data
+	$(PY) launch.py --config configs/fashion_features.py --workdir $(FEATURES_DIR)
 
 # Benchmarks against PyTorch (CPU build pinned; an unpinned torch pulls a multi-GB CUDA build).
 bench: $(VENV)/.installed

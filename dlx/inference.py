@@ -6,14 +6,15 @@
 
 `load` reads the workdir's config.json (or takes a config), builds the task and the state layout
 as the runner does, and restores the latest checkpoint onto this machine's devices, whatever mesh
-it was trained on. Pipelines and `predict` stand on this.
+it was trained on. The data set is not needed: the run's data_spec.json holds what the layout
+needs of it (runs trained before that file existed open their data set instead). Pipelines and
+`predict` stand on this.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-import sys
 from typing import Any
 
 import jax
@@ -41,7 +42,7 @@ class Bundle:
         with loop._tracing_context(self.run.mesh, self.config):
             return self._predict(self.state, batch)
 
-    def sample(self, options: dict, out=sys.stdout) -> Any:
+    def sample(self, options: dict, out=None) -> Any:
         check_sample_options(self.task, options)
         with loop._tracing_context(self.run.mesh, self.config):
             return self.task.sample(self.state, options, out)
@@ -66,7 +67,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
                               f"run that has trained")
         config = config_lib.from_json(path)
     sharding.fit_mesh_to_devices(config.mesh, jax.device_count())
-    run = loop.prepare_run(config, workdir)
+    run = loop.prepare_run(config, workdir, data_spec=loop.read_data_spec(workdir))
     if sample_options is not None:
         check_sample_options(run.task, sample_options)
     state, step = loop.restore_latest(run, workdir)

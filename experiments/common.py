@@ -1,22 +1,25 @@
 """What every study shares: its runs are ordinary `launch.py` runs (resumable, reproducible from
-their workdir like any other), and it reads them back from their metrics.jsonl."""
+their workdir like any other), trained one after another in the study's own process (one start-up
+and one compilation cache for them all), and it reads them back from their metrics.jsonl."""
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 
 def launch_run(config: str, workdir: Path, overrides: dict, label: str) -> Path:
     """Runs (or resumes, or finds finished) `launch.py --config config --workdir workdir` with
-    `--config.key=value` for each override; raises if the run fails."""
-    command = [sys.executable, str(REPO / "launch.py"), "--config", config,
-               "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    print(f"[{label}] python {shlex.join(command[1:]).replace(str(REPO) + '/', '')}", flush=True)
-    subprocess.run(command, cwd=REPO, check=True)
+    `--config.key=value` for each override, in this process; exits as launch.py does if the run
+    fails (code 2 for bad input, 1 for a loss that became NaN)."""
+    import launch
+    argv = ["launch.py", "--config", config, "--workdir", str(workdir),
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
+    print(f"[{label}] python {shlex.join(argv)}", flush=True)
+    launch.main(argv)
     return workdir
 
 

@@ -92,7 +92,7 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
     return common.write_report(out, lines, f"{args.out}/<optimizer>", command)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/fashion_mlp.py")
     parser.add_argument("--epochs", type=float, default=5.0)
@@ -101,12 +101,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/experiments/optimizers")
     parser.add_argument("--only", nargs="*", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     workdirs = {name: run_one(name, OPTIMIZERS[name], args) for name in args.only}
-    command = shlex.join(["python", "experiments/optimizers.py", *sys.argv[1:]])
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "experiments/optimizers.py", *given])
     print(f"Report: {report(workdirs, args, command)}")
 
 
 if __name__ == "__main__":
+    from dlx.runtime import reexec_with_malloc_policy
+    reexec_with_malloc_policy()  # as launch.py does: the runs train in this process
     main()

@@ -100,21 +100,24 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
     return common.write_report(out, lines, f"{args.out}/<model>", command)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="small", help="config variant: small, test, or '' "
                         "for the full (nanoGPT-sized) configs")
     parser.add_argument("--out", default="runs/experiments/shakespeare_lm")
     parser.add_argument("--only", nargs="*", choices=MODELS, default=list(MODELS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     suffix = f":{args.variant}" if args.variant else ""
     workdirs = {name: common.launch_run(f"configs/shakespeare_{name}.py{suffix}",
                                         Path(args.out) / name, {"progress_bar": False}, label=name)
                 for name in args.only}
-    command = shlex.join(["python", "experiments/shakespeare_lm.py", *sys.argv[1:]])
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "experiments/shakespeare_lm.py", *given])
     print(f"Report: {report(workdirs, args, command)}")
 
 
 if __name__ == "__main__":
+    from dlx.runtime import reexec_with_malloc_policy
+    reexec_with_malloc_policy()  # as launch.py does: the runs train in this process
     main()

@@ -1,6 +1,11 @@
-"""Running launch.py the way a user does: a subprocess with its own device count."""
+"""Running dlx the way a user does: in this process for most tests (`train`, `load_config`), or
+launch.py as a subprocess with its own device count where a process boundary is the point
+(signals, kill -9, several processes, another device count)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import socket
@@ -9,6 +14,58 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_config(spec: str, overrides: dict | None = None):
+    """`spec` (a configs/ file[:variant] or a config.json) with `{"dotted.key": value}` overrides
+    applied as `--config.dotted.key=value` would be, progress bar off."""
+    from dlx.train import config as config_lib
+    config = config_lib.load(spec)
+    config.progress_bar = False
+    overrides = overrides or {}
+    config_lib.prepare_overrides(config, list(overrides))
+    for path, value in overrides.items():
+        *groups, key = path.split(".")
+        node = config
+        for group in groups:
+            node = node[group]
+        node[key] = value
+    return config
+
+
+def train(spec: str, workdir, overrides: dict | None = None, devices: int | None = None) -> dict:
+    """What `launch.py --config spec --workdir workdir --config.k=v ...` trains, in this process
+    on its first `devices` fake devices (default: all 8): the run's summary."""
+    import jax
+    from dlx.train import loop
+    return loop.train_and_evaluate(load_config(spec, overrides), str(workdir),
+                                   jax.devices()[:devices] if devices else None)
+
+
+@dataclasses.dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def cli(*args: str) -> CliResult:
+    """`launch.py *args` in this process (`launch.main`): its exit code and what it printed."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import launch
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            launch.main(["launch.py", *args])
+        except SystemExit as e:
+            code = e.code
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def launch_env(devices: int = 8) -> dict[str, str]:

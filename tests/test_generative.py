@@ -12,19 +12,12 @@ import pytest
 from dlx import inference
 from dlx.train import config as config_lib
 from dlx.train import loop
-from helpers import eval_records, train_losses
+from helpers import eval_records, train, train_losses
 
 
 def _run(spec: str, workdir, **changes) -> dict:
-    config = config_lib.load(spec)
-    config.progress_bar = False
-    for path, value in changes.items():
-        node = config
-        *groups, key = path.split("__")
-        for group in groups:
-            node = node[group]
-        node[key] = value
-    return loop.train_and_evaluate(config, str(workdir))
+    """A run in this process; `a__b=v` sets config.a.b."""
+    return train(spec, workdir, {k.replace("__", "."): v for k, v in changes.items()})
 
 
 def test_autoencoder_reconstructs_and_writes_its_figure(tmp_path):

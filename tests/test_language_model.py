@@ -1,10 +1,9 @@
-"""A byte-level BPE language model end to end through launch.py: the tokenizer trained on the
+"""A byte-level BPE language model end to end: the tokenizer trained on the
 train split is saved in the workdir, reloaded unchanged on resume and by `launch.py sample`, and
 bits per character account for the characters each token covers."""
 from __future__ import annotations
 
 import math
-import subprocess
 
 import numpy as np
 import pytest
@@ -12,18 +11,17 @@ import pytest
 from dlx.data.text import read_texts
 from dlx.data.tokenizers import BpeTokenizer, load_tokenizer
 from dlx.tasks.language_model import DOCUMENT_SEPARATOR
-from helpers import REPO, eval_records, launch, launch_command, launch_env, train_losses
+from helpers import cli, eval_records, train, train_losses
 
 VOCAB_SIZE = 300
-BPE_GPT = ["--config", "configs/shakespeare_gpt.py:test", "--config.data.tokenizer=bpe",
-           f"--config.data.vocab_size={VOCAB_SIZE}"]
+GPT_TEST = "configs/shakespeare_gpt.py:test"
+BPE = {"data.tokenizer": "bpe", "data.vocab_size": VOCAB_SIZE}
 
 
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs") / "bpe"
-    result = launch(*BPE_GPT, "--workdir", str(workdir), devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(GPT_TEST, workdir, BPE)
     return workdir
 
 
@@ -41,20 +39,16 @@ def test_bpe_run_saves_its_tokenizer_and_reports_bits_per_character(bpe_run):
 
 def test_bpe_run_resumes_with_the_saved_tokenizer(bpe_run, tmp_path):
     saved = (bpe_run / "tokenizer.json").read_bytes()
-    result = launch(*BPE_GPT, "--workdir", str(bpe_run), "--config.train_steps=8", devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(GPT_TEST, bpe_run, {**BPE, "train_steps": 8})
     assert (bpe_run / "tokenizer.json").read_bytes() == saved
     losses = train_losses(bpe_run)
     assert max(losses) == 8 and np.isfinite(losses[8])
 
 
 def test_bpe_sample_decodes_whole_tokens_after_the_prompt(bpe_run):
-    command = launch_command("sample", "--workdir", str(bpe_run), "--prompt", "ROMEO:",
-                             "--max_new_tokens", "20", "--temperature", "0")
-    command.remove("--config.progress_bar=False")
-    result = subprocess.run(command, cwd=REPO, env=launch_env(2), capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = cli("sample", "--workdir", str(bpe_run), "--prompt", "ROMEO:", "--max_new_tokens",
+                 "20", "--temperature", "0")
+    assert result.code == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ROMEO:") and result.stdout.endswith("\n")
     continuation = result.stdout[len("ROMEO:"):-1]  # sample mode ends the text with a newline
     tokenizer = load_tokenizer(bpe_run / "tokenizer.json")
@@ -62,12 +56,11 @@ def test_bpe_sample_decodes_whole_tokens_after_the_prompt(bpe_run):
     assert len(tokenizer.encode(continuation)) <= 20
 
 
-def test_init_from_takes_the_source_runs_tokenizer(bpe_run, tmp_path):
+def test_init_from_takes_the_source_runs_tokenizer(bpe_run, tmp_path, capsys):
     """Fine-tuning on other text keeps the source's token ids: its tokenizer, not a new one
     trained on the new train split (here the validation works, whose merges differ)."""
     workdir = tmp_path / "finetune"
-    result = launch(*BPE_GPT, "--workdir", str(workdir), f"--config.init_from={bpe_run}",
-                    "--config.data.train_split=validation", "--config.train_steps=3", devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(GPT_TEST, workdir, {**BPE, "init_from": str(bpe_run),
+                              "data.train_split": "validation", "train_steps": 3})
     assert (workdir / "tokenizer.json").read_bytes() == (bpe_run / "tokenizer.json").read_bytes()
-    assert "Initialised from" in result.stdout
+    assert "Initialised from" in capsys.readouterr().out

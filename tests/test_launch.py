@@ -5,7 +5,6 @@ logs, provenance. Only the multi-process run starts subprocesses."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import subprocess
@@ -14,6 +13,8 @@ import sys
 import pytest
 from helpers import (
     REPO,
+    CliResult,
+    cli as run,
     eval_records,
     free_port,
     launch_command,
@@ -24,37 +25,12 @@ from helpers import (
 
 from dlx.train import progress, provenance
 
-sys.path.insert(0, str(REPO))
-import launch
 
 CNN_TEST = ["--config", "configs/fashion_cnn.py:test"]
 DIGITS = ["--config", "configs/digits_mlp.py"]
 
 
-@dataclasses.dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
-
-
-def run(*args: str) -> Result:
-    """`launch.py *args` in this process: its exit code and what it printed."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            launch.main(["launch.py", *args])
-        except SystemExit as e:
-            code = e.code
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def refused(result: Result, expected: str) -> str:
+def refused(result: CliResult, expected: str) -> str:
     """The one `error:` line of a refused command, checked to name `expected`."""
     assert result.code == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

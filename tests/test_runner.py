@@ -11,9 +11,20 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO, free_port, launch, launch_command, launch_env, train_losses
+from dlx.errors import ConfigError
+from dlx.train import loop
+from helpers import REPO, free_port, launch_command, launch_env, train, train_losses
 
-DIGITS = ["--config", "configs/digits_mlp.py", "--config.log_every_steps=1"]
+DIGITS = "configs/digits_mlp.py"
+DIGITS_ARGS = ["--config", DIGITS, "--config.log_every_steps=1"]
+# 400 steps, a checkpoint every 50: the run the kill and preemption tests interrupt.
+LONG_RUN = {"log_every_steps": 1, "num_epochs": 0.0, "train_steps": 400,
+            "checkpoint_every_steps": 50, "eval_every_steps": 200}
+
+
+def _steps(train_steps: int, **more) -> dict:
+    """Overrides for a digits run of `train_steps` steps, a train log line each step."""
+    return {"log_every_steps": 1, "num_epochs": 0.0, "train_steps": train_steps, **more}
 
 
 def _wait_for_step(workdir, step: int, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -28,18 +39,15 @@ def _wait_for_step(workdir, step: int, process: subprocess.Popen, timeout: float
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The reference: 400 digits steps, checkpoint every 50, on 8 devices."""
+    """The reference: 400 digits steps, checkpoint every 50, on 8 devices, never interrupted."""
     workdir = tmp_path_factory.mktemp("ref") / "run"
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=400", "--config.checkpoint_every_steps=50",
-                    "--config.eval_every_steps=200")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(DIGITS, workdir, LONG_RUN)
     return workdir
 
 
 def _interrupted_run(workdir, sig: int, at_step: int) -> subprocess.Popen:
-    args = [*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0", "--config.train_steps=400",
-            "--config.checkpoint_every_steps=50", "--config.eval_every_steps=200"]
+    args = ["--config", DIGITS, "--workdir", str(workdir),
+            *(f"--config.{k}={v}" for k, v in LONG_RUN.items())]
     process = subprocess.Popen(launch_command(*args), cwd=REPO, env=launch_env(8),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_step(workdir, at_step, process)
@@ -54,11 +62,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(uninterrupted, tmp_path)
     assert process.returncode == -signal.SIGKILL
     steps_before = max(train_losses(workdir))
     assert steps_before < 400, "the run finished before it could be killed"
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=400", "--config.checkpoint_every_steps=50",
-                    "--config.eval_every_steps=200")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((workdir / "summary.json").read_text())
+    summary = train(DIGITS, workdir, LONG_RUN)  # the same run again resumes it
     assert 50 <= summary["resumed_from_step"] <= steps_before
     resumed, reference = train_losses(workdir), train_losses(uninterrupted)
     assert sorted(resumed) == sorted(reference) == list(range(1, 401))
@@ -74,11 +78,7 @@ def test_preemption_saves_and_the_same_command_resumes(uninterrupted, tmp_path, 
     stopped = max(train_losses(workdir))
     assert stopped < 400
     assert (workdir / "checkpoints" / str(stopped)).is_dir()
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=400", "--config.checkpoint_every_steps=50",
-                    "--config.eval_every_steps=200")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] == stopped
+    assert train(DIGITS, workdir, LONG_RUN)["resumed_from_step"] == stopped
     resumed, reference = train_losses(workdir), train_losses(uninterrupted)
     np.testing.assert_allclose([resumed[s] for s in range(1, 401)],
                                [reference[s] for s in range(1, 401)], rtol=1e-6)
@@ -86,32 +86,22 @@ def test_preemption_saves_and_the_same_command_resumes(uninterrupted, tmp_path, 
 
 def test_checkpoint_moves_between_device_counts(tmp_path):
     workdir = tmp_path / "moving"
-    args = [*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0"]
-    first = launch(*args, "--config.train_steps=10", "--config.mesh.fsdp=2", devices=8)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = launch(*args, "--config.train_steps=20", "--config.mesh.fsdp=2", devices=2)
-    assert second.returncode == 0, second.stderr[-3000:]
-    summary = json.loads((workdir / "summary.json").read_text())
+    train(DIGITS, workdir, _steps(10, **{"mesh.fsdp": 2}), devices=8)
+    summary = train(DIGITS, workdir, _steps(20, **{"mesh.fsdp": 2}), devices=2)
     assert summary["resumed_from_step"] == 10 and summary["device_count"] == 2
     # A mesh that fits the new machine is a layout change, not a new run.
-    third = launch(*args, "--config.train_steps=30", "--config.mesh.fsdp=1", devices=1)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert json.loads((workdir / "summary.json").read_text())["device_count"] == 1
-    fourth = launch(*args, "--config.train_steps=40", "--config.mesh.fsdp=4",
-                    "--config.mesh.model=2", devices=8)
-    assert fourth.returncode == 0, fourth.stderr[-3000:]
-    summary = json.loads((workdir / "summary.json").read_text())
+    assert train(DIGITS, workdir, _steps(30), devices=1)["device_count"] == 1
+    summary = train(DIGITS, workdir, _steps(40, **{"mesh.fsdp": 4, "mesh.model": 2}), devices=8)
     assert summary["resumed_from_step"] == 30 and summary["device_count"] == 8
     assert sorted(train_losses(workdir)) == list(range(1, 41))
 
 
 def test_nan_stops_with_the_last_good_checkpoint_and_never_saves_it(tmp_path):
     workdir = tmp_path / "nan"
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=60", "--config.checkpoint_every_steps=2",
-                    "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=300")
-    assert result.returncode == 1
-    message = result.stderr.strip().splitlines()[-1]
+    with pytest.raises(loop.NonFiniteError) as stopped:
+        train(DIGITS, workdir, _steps(60, checkpoint_every_steps=2,
+                                      **{"optimizer.name": "sgd", "optimizer.learning_rate": 300.0}))
+    message = str(stopped.value)
     assert "NaN/Inf at step" in message and "last good checkpoint is step" in message, message
     bad_step = int(message.split("at step ")[1].split(";")[0])
     good_step = int(message.split("checkpoint is step ")[1].split(" ")[0])
@@ -121,10 +111,7 @@ def test_nan_stops_with_the_last_good_checkpoint_and_never_saves_it(tmp_path):
 
 def test_nan_skip_policy_drops_bad_updates(tmp_path):
     workdir = tmp_path / "skip"
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=20", "--config.optimizer.learning_rate=1e30",
-                    "--config.nan_policy=skip")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(DIGITS, workdir, _steps(20, nan_policy="skip", **{"optimizer.learning_rate": 1e30}))
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("skipped_updates", 0) for r in records) > 0
 
@@ -132,7 +119,7 @@ def test_nan_skip_policy_drops_bad_updates(tmp_path):
 def test_two_process_run_trains_and_checkpoints(tmp_path):
     workdir = tmp_path / "two"
     port = free_port()
-    args = [*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0", "--config.train_steps=20",
+    args = [*DIGITS_ARGS, "--workdir", str(workdir), "--config.num_epochs=0", "--config.train_steps=20",
             "--config.checkpoint_every_steps=10", "--coordinator_address", f"127.0.0.1:{port}",
             "--num_processes", "2"]
     processes = [subprocess.Popen(launch_command(*args, "--process_id", str(i)), cwd=REPO,
@@ -145,20 +132,15 @@ def test_two_process_run_trains_and_checkpoints(tmp_path):
     assert summary["process_count"] == 2 and summary["device_count"] == 4
     assert (workdir / "checkpoints" / "20").is_dir()
     # The same global batches on one process with 4 devices give the same losses.
-    single = launch(*DIGITS, "--workdir", str(tmp_path / "one"), "--config.num_epochs=0",
-                    "--config.train_steps=20", devices=4)
-    assert single.returncode == 0, single.stderr[-3000:]
+    train(DIGITS, tmp_path / "one", _steps(20), devices=4)
     a, b = train_losses(workdir), train_losses(tmp_path / "one")
     np.testing.assert_allclose([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], rtol=1e-5)
 
 
 def test_keeps_the_latest_and_the_best_checkpoint(tmp_path):
     workdir = tmp_path / "best"
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=60", "--config.eval_every_steps=5",
-                    "--config.checkpoint_every_steps=5", "--config.keep_checkpoints=1",
-                    "--config.optimizer.learning_rate=0.03", devices=1)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(DIGITS, workdir, _steps(60, eval_every_steps=5, checkpoint_every_steps=5,
+                                  keep_checkpoints=1, **{"optimizer.learning_rate": 0.03}))
     evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["split"] == "eval"]
     best = max(evals, key=lambda r: (r["accuracy"], -r["step"]))["step"]
@@ -170,9 +152,7 @@ def test_keeps_the_latest_and_the_best_checkpoint(tmp_path):
 def source_run(tmp_path_factory):
     """A finished digits run for config.init_from to start from (8 devices)."""
     workdir = tmp_path_factory.mktemp("source") / "run"
-    result = launch(*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-                    "--config.train_steps=40", "--config.eval_every_steps=40")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(DIGITS, workdir, _steps(40, eval_every_steps=40))
     return workdir
 
 
@@ -180,40 +160,38 @@ def _final_eval(workdir) -> dict:
     return json.loads((workdir / "summary.json").read_text())["final_eval"]
 
 
-def test_init_from_starts_from_the_source_weights_then_resumes_its_own(source_run, tmp_path):
+def test_init_from_starts_from_the_source_weights_then_resumes_its_own(source_run, tmp_path,
+                                                                       capsys):
     """Warm start on another mesh (2 devices) with a zero learning rate: one step later the new
     run evaluates exactly as its source. Re-running it resumes its own checkpoint instead."""
     workdir = tmp_path / "finetune"
-    args = (*DIGITS, "--workdir", str(workdir), "--config.num_epochs=0",
-            f"--config.init_from={source_run}", "--config.optimizer.learning_rate=0.0",
-            "--config.eval_every_steps=1")
-    first = launch(*args, "--config.train_steps=1", devices=2)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "Initialised from" in first.stdout and "step 40" in first.stdout
+    tuning = {"init_from": str(source_run), "optimizer.learning_rate": 0.0,
+              "eval_every_steps": 1}
+    train(DIGITS, workdir, _steps(1, **tuning), devices=2)
+    first = capsys.readouterr().out
+    assert "Initialised from" in first and "step 40" in first
     source, tuned = _final_eval(source_run), _final_eval(workdir)
     assert tuned.keys() == source.keys()
     for name in source:
         np.testing.assert_allclose(tuned[name], source[name], rtol=1e-5, err_msg=name)
     assert json.loads((workdir / "summary.json").read_text())["steps"] == 1
 
-    again = launch(*args, "--config.train_steps=2", devices=2)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resumed from" in again.stdout and "Initialised from" not in again.stdout
+    train(DIGITS, workdir, _steps(2, **tuning), devices=2)
+    again = capsys.readouterr().out
+    assert "Resumed from" in again and "Initialised from" not in again
 
 
 @pytest.mark.parametrize("init_from, override, expected", [
-    ("missing", (), "holds no finished checkpoint"),
-    ("source", ("--config.model.hidden=(32,64)",), "needs the same model config"),
+    ("missing", {}, "holds no finished checkpoint"),
+    ("source", {"model.hidden": (32, 64)}, "needs the same model config"),
 ])
 def test_bad_init_from_is_one_clear_error_and_writes_nothing(source_run, tmp_path, init_from,
                                                              override, expected):
     path = source_run if init_from == "source" else tmp_path / "nothing_here"
     workdir = tmp_path / "finetune"
-    result = launch(*DIGITS, "--workdir", str(workdir), f"--config.init_from={path}", *override,
-                    devices=1)
-    assert result.returncode == 2, result.stderr[-2000:]
-    message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert message and expected in message[0] and "init_from" in message[0], result.stderr[-2000:]
+    with pytest.raises(ConfigError, match="init_from") as refused:
+        train(DIGITS, workdir, {"init_from": str(path), **override})
+    assert expected in str(refused.value) and "\n" not in str(refused.value)
     assert not workdir.exists()
 
 

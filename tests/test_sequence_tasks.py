@@ -1,10 +1,7 @@
-"""Language-model and seq2seq tasks end to end through launch.py on the real offline corpora
+"""Language-model and seq2seq tasks end to end on the real offline corpora
 (Shakespeare, CMUdict): the workdir files, sampling from a checkpoint, the sharded run equal to
 the 1-device run, and the edit distance behind phoneme/word error rates."""
 from __future__ import annotations
-
-import json
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -15,18 +12,15 @@ from dlx.data.tokenizers import load_tokenizer
 from dlx.tasks.base import SupervisedTask
 from dlx.tasks.seq2seq import (bucket_index, bucket_shapes, closest_edit_distances,
                                edit_distances)
-from helpers import REPO, eval_records, launch, launch_command, launch_env
-
-GPT_TEST = ["--config", "configs/shakespeare_gpt.py:test"]
-SHARDED_MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.model=2"]
+from dlx.train import loop
+from helpers import cli, eval_records, load_config, train
 
 
 @pytest.fixture(scope="module")
-def gpt_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("runs") / "gpt"
-    result = launch(*GPT_TEST, "--workdir", str(workdir), *SHARDED_MESH)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+def gpt_run(shakespeare_study):
+    """configs/shakespeare_gpt.py:test, trained by the Shakespeare study (on a data, fsdp, model
+    mesh the same run gives the same numbers: test_mesh.py)."""
+    return shakespeare_study / "gpt"
 
 
 def test_language_model_run_writes_tokenizer_samples_and_text_metrics(gpt_run):
@@ -45,34 +39,26 @@ def test_language_model_run_writes_tokenizer_samples_and_text_metrics(gpt_run):
 
 
 def test_sample_mode_streams_text_from_the_checkpoint(gpt_run):
-    command = launch_command("sample", "--workdir", str(gpt_run), "--prompt", "ROMEO:",
-                             "--max_new_tokens", "25", "--temperature", "0.8", "--top_k", "5")
-    command.remove("--config.progress_bar=False")
-    result = subprocess.run(command, cwd=REPO, env=launch_env(8), capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = ("sample", "--workdir", str(gpt_run), "--prompt", "ROMEO:", "--max_new_tokens", "25",
+               "--temperature", "0.8", "--top_k", "5")
+    result = cli(*command)
+    assert result.code == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.rstrip("\n")) == 6 + 25
-    again = subprocess.run(command, cwd=REPO, env=launch_env(8), capture_output=True, text=True,
-                           timeout=300)
-    assert again.stdout == result.stdout  # same seed, same text
+    assert cli(*command).stdout == result.stdout  # same seed, same text
 
 
 @pytest.mark.parametrize("flag", ["--temperature=-1", "--top_p=0", "--top_k=-3"])
 def test_sample_mode_rejects_bad_settings(gpt_run, flag):
-    command = launch_command("sample", "--workdir", str(gpt_run), flag)
-    command.remove("--config.progress_bar=False")
-    result = subprocess.run(command, cwd=REPO, env=launch_env(1), capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 2
+    result = cli("sample", "--workdir", str(gpt_run), flag)
+    assert result.code == 2
     assert result.stderr.startswith("error: ") and flag.split("=")[0][2:] in result.stderr
 
 
-@pytest.mark.parametrize("config", ["shakespeare_lstm.py:test", "shakespeare_gru.py:test"])
-def test_recurrent_language_models_train(config, tmp_path):
-    result = launch("--config", f"configs/{config}", "--workdir", str(tmp_path / "rnn"), devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
-    final = eval_records(tmp_path / "rnn")[-1]
-    vocab_size = load_tokenizer(tmp_path / "rnn" / "tokenizer.json").vocab_size
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_recurrent_language_models_train(model, shakespeare_study):
+    workdir = shakespeare_study / model  # configs/shakespeare_<model>.py:test
+    final = eval_records(workdir)[-1]
+    vocab_size = load_tokenizer(workdir / "tokenizer.json").vocab_size
     assert 0 < final["loss"] < np.log(vocab_size) + 0.5  # about uniform after 6 steps, not worse
     assert final["perplexity"] == pytest.approx(np.exp(final["loss"]), rel=1e-5)
 
@@ -80,8 +66,7 @@ def test_recurrent_language_models_train(config, tmp_path):
 @pytest.mark.parametrize("config", ["cmudict_transformer.py:test", "cmudict_gru_attention.py:test"])
 def test_seq2seq_g2p_runs_and_scores_decoded_words(config, tmp_path):
     workdir = tmp_path / "g2p"
-    result = launch("--config", f"configs/{config}", "--workdir", str(workdir), devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(f"configs/{config}", workdir)
     final = eval_records(workdir)[-1]
     assert 0.0 < final["phoneme_error_rate"] and 0.0 < final["word_error_rate"] <= 1.0
     # Scored against any of its pronunciations, a word can only gain.
@@ -90,10 +75,8 @@ def test_seq2seq_g2p_runs_and_scores_decoded_words(config, tmp_path):
     lines = (workdir / "samples" / "step_0000006.txt").read_text().splitlines()
     assert len(lines) == 20 and all("(reference: " in line for line in lines)
     if "gru" in config:  # the README's beam-search eval of a finished run
-        beam = launch("eval", "--workdir", str(workdir), "--config.decoding.beam_size=3",
-                      devices=2)
-        assert beam.returncode == 0, beam.stderr[-3000:]
-        scored = json.loads(beam.stdout[beam.stdout.index("{"):])
+        beam = load_config(str(workdir / "config.json"), {"decoding.beam_size": 3})
+        scored = loop.evaluate(beam, str(workdir))
         assert scored["step"] == final["step"]
         assert 0.0 < scored["phoneme_error_rate"] and 0.0 < scored["word_error_rate"] <= 1.0
 

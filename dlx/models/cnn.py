@@ -19,9 +19,11 @@ from dlx.layers import activations, initializers
 from dlx.layers.linear import batch_norm, dense
 from dlx.models import parameter_counts
 from dlx.models.receptive_field import Layer, receptive_fields
+from dlx.schema import Float, Int, Seq
 
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 ACTIVATION_AXES = ("batch", "height", "width", "conv_out")
+PENULTIMATE = "penultimate"  # the sown name of the head's input
 
 # Non-decreasing f: f(max(a) + b) == max(f(a + b)) bit for bit, and the gradient goes to the same
 # element unless rounding ties two a + b that differ in a. These are also piecewise linear through
@@ -211,6 +213,11 @@ class Conv(nn.Module):
         return act(y + bias) if self.use_bias else act(y)
 
 
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    num_outputs=Int(low=1), features=Seq(Int(low=1)), kernel_size=Int(low=1), strides=Int(low=1),
+    pool_size=Int(low=1), dense=Seq(Int(low=1)), dropout=Float(0, 1, high_open=True))
+
+
 class Model(nn.Module):
     num_outputs: int = 10
     features: Sequence[int] = (32, 64)
@@ -260,7 +267,18 @@ class Model(nn.Module):
             x = nn.with_logical_constraint(act(x), ("batch", "mlp"))
             if self.dropout:
                 x = activations.Dropout(self.dropout, deterministic=not train)(x)
+        # What the head reads, kept only when a caller asks for the collection (`penultimate`);
+        # init and training leave "intermediates" immutable, so nothing is stored.
+        self.sow("intermediates", PENULTIMATE, x)
         return dense(self.num_outputs, ("mlp", "classes"), "lecun_normal", name="head")(x)
+
+
+def penultimate(apply_fn, variables: dict, x: jax.Array) -> jax.Array:
+    """The activations the classifier's head reads, [B, dense[-1]] (or the flattened last conv
+    stage without dense layers), in eval mode: the feature space of the sample-quality metrics
+    (dlx/metrics/sample_quality.py). `apply_fn` is a CNN `Model`'s apply."""
+    _, captured = apply_fn(variables, x, train=False, mutable=["intermediates"])
+    return captured["intermediates"][PENULTIMATE][0]
 
 
 def layer_stack(model: Model) -> list[Layer]:

@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
-from dlx.optim.optimizer import regularization_penalty
-from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
+from dlx.tasks import losses
+from dlx.schema import Float, Int, OneOf
+from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 from dlx.tasks.images import first_images, pixels, without_class, write_grid
 
 LOSSES = ("bce", "mse")
@@ -30,10 +31,9 @@ NUM_SHOWN = 16
 def reconstruction_loss(logits: jax.Array, target: jax.Array, kind: str) -> jax.Array:
     """Per image, summed over pixels: Bernoulli cross-entropy of sigmoid(logits) against the
     target intensities, or squared error of sigmoid(logits)."""
-    axes = tuple(range(1, logits.ndim))
     if kind == "bce":
-        return optax.sigmoid_binary_cross_entropy(logits, target).sum(axes)
-    return jnp.square(jax.nn.sigmoid(logits) - target).sum(axes)
+        return losses.bernoulli_nll(logits, target)
+    return losses.squared_error(jax.nn.sigmoid(logits), target)
 
 
 class Task(SupervisedTask):
@@ -48,14 +48,8 @@ class Task(SupervisedTask):
             holdout_class=-1))  # >= 0: trained without this class; eval reports its AUROC
         return config
 
-    @staticmethod
-    def check_config(config) -> None:
-        SupervisedTask.check_config(config)
-        c = config.autoencoder
-        if c.loss not in LOSSES:
-            raise ConfigError(f"config.autoencoder.loss must be one of {LOSSES}, got '{c.loss}'")
-        if c.noise_std < 0:
-            raise ConfigError(f"config.autoencoder.noise_std must be >= 0, got {c.noise_std}")
+    config_rules = {**SUPERVISED_RULES, **schema.under(
+        "autoencoder", loss=OneOf(*LOSSES), noise_std=Float(low=0), holdout_class=Int(low=-1))}
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
         holdout = config.autoencoder.holdout_class
@@ -82,7 +76,7 @@ class Task(SupervisedTask):
             noisy = clean + self.config.autoencoder.noise_std * jax.random.normal(rng, clean.shape)
         logits = self.model.apply({"params": params}, noisy, train=True)
         recon = reconstruction_loss(logits, clean, self.config.autoencoder.loss).mean()
-        loss = recon + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
+        loss = losses.with_penalty(recon, params, self.config.loss)
         return loss, ({"reconstruction": recon}, model_state)
 
     def per_example(self, state, batch, rng) -> dict:

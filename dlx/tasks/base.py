@@ -6,10 +6,16 @@ it. The runner never learns what a task trains. It calls, in this order:
 
     Task.config_defaults()                    the task's own config keys, merged into the
                                               runner's (`dlx.train.config.base_config(task)`)
-    Task.check_config(config)                 ConfigError for a bad value, before anything runs
+    Task.config_rules                         the type and range of each of those keys by
+                                              full key (`dlx.schema`), checked by the runner; a
+                                              key without one is checked against its default's
+                                              type
+    Task.check_config(config)                 ConfigError for relations between values (and
+                                              the model's fields), before anything runs
     task = Task(config, data_info, data_dir, workdir)   may read the workdir, never writes
     task.check_for_mesh(data_parallel_size)   what depends on the device layout
-    task.source(split, train=...)             random-access examples; examples_per_epoch()
+    task.source(split, train=...)             the examples (see "Sources" below);
+                                              examples_per_epoch()
     task.init_state(rng, batch)               the whole train state, any pytree, parameters
                                               boxed with logical axis names (the runner shards
                                               by them and jits this with out_shardings)
@@ -23,6 +29,19 @@ it. The runner never learns what a task trains. It calls, in this order:
 `nonfinite_metrics` are the train metrics the runner's NaN guard watches; `best_metric_default`
 is the eval metric whose best checkpoint is kept; `resumable_keys` are the task's config keys a
 resumed run may change.
+
+Sources: `source(split, train=...)` returns one of
+- random-access examples (the default: the TFDS split `config.data.name`; any `len` +
+  `__getitem__`): the runner shuffles them into global batches of `config.data.batch_size`;
+- `dlx.data.WholeBatchSource(columns, mask=...)`: the whole data set is every step's batch (a
+  graph: node features, adjacency rows, labels, one row per node) and eval's one batch; `mask`
+  marks the rows the split scores and arrives as the batch's "mask". The batch size must be the
+  row count: call `source.check_batch_size(config.data.batch_size)` in `source`;
+- `dlx.data.GeneratedSource(draw, num_examples, seed)`: train batch `step` drawn on the fly by
+  `draw(numpy Generator, count)` from (seed, the run's seed, step); eval reads `num_examples`
+  fixed draws.
+Each is read through `dlx.data.train_iterator`, whose state (the step) the runner checkpoints,
+so a resumed run sees the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -38,6 +57,7 @@ import ml_collections
 import numpy as np
 
 from dlx import data as data_lib
+from dlx import schema
 from dlx.data import RandomAccessSource
 from dlx.errors import ConfigError
 from dlx.metrics import BatchSums, Evaluator
@@ -78,6 +98,7 @@ class Task:
     best_metric_default: tuple[str, str] = ("loss", "min")
     warm_start_items: tuple[str, ...] = ()
     resumable_keys: frozenset[str] = frozenset()
+    config_rules: dict[str, schema.Rule] = {}
 
     @staticmethod
     def config_defaults() -> ml_collections.ConfigDict:
@@ -85,7 +106,8 @@ class Task:
 
     @staticmethod
     def check_config(config) -> None:
-        """Raises ConfigError for a bad value of the task's own keys."""
+        """Raises ConfigError for values of the task's keys that do not fit together (each
+        value alone is checked by `config_rules`)."""
 
     def __init__(self, config, data_info, data_dir: str | None = None,
                  workdir: str | None = None):
@@ -98,8 +120,9 @@ class Task:
         """Raises ConfigError for what does not fit the device layout."""
 
     def source(self, split: str, *, train: bool) -> RandomAccessSource:
-        """Random-access examples of `split`: shuffled batches for training (`train=True`),
-        in order once for evaluation."""
+        """The examples of `split` (see "Sources" in the module docstring): by default random
+        access to the TFDS split, shuffled batches for training (`train=True`), in order once
+        for evaluation."""
         return data_lib.source(self.config.data.name, split, self.data_dir)
 
     def examples_per_epoch(self) -> int:
@@ -120,7 +143,26 @@ class Task:
         raise NotImplementedError
 
     def write_run_files(self, workdir: str) -> None:
-        """Files the run needs besides its checkpoints (a tokenizer ...); none by default."""
+        """Files the run needs besides its checkpoints (a tokenizer ...). By default
+        `model_summary.txt`, Flax's table of `self.model` (when the task has one) as
+        `init_state` calls it."""
+        model = getattr(self, "model", None)
+        if not isinstance(model, nn.Module):
+            return
+        from dlx.tasks.model_summary import example_batch, model_summary
+        table = model_summary(self, model, example_batch(self))
+        if table is not None:
+            with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
+                f.write(table)
+
+    def tokens_per_example(self) -> int | None:
+        """Tokens in one training example, for tokens/s in the logs; None counts examples."""
+        return None
+
+    def train_flops_per_example(self) -> float | None:
+        """Model FLOPs of one training example (forward + backward), for MFU in the logs; None
+        when the model has no FLOPs count."""
+        return None
 
     def warm_start(self, state: Any, restored: dict) -> Any:
         """A fresh state with the `warm_start_items` of another run (config.init_from)."""
@@ -139,6 +181,13 @@ def supervised_config() -> ml_collections.ConfigDict:
         grad_accum_steps=1))
 
 
+SUPERVISED_RULES: dict[str, schema.Rule] = {
+    **schema.under("optimizer", **optimizer_lib.RULES),
+    **schema.under("loss", l1=schema.Float(low=0), l2=schema.Float(low=0),
+                   label_smoothing=schema.Float(0, 1, high_open=True)),
+    "grad_accum_steps": schema.Int(low=1)}
+
+
 class SupervisedTask(Task):
     """One model (`config.model`, found by name), one Optax chain (`config.optimizer`), a loss
     over batches, metrics that are sums over the eval split. Subclasses define `loss_fn`,
@@ -152,6 +201,7 @@ class SupervisedTask(Task):
 
     nonfinite_metrics = ("loss", "grad_norm")
     warm_start_items = ("params", "model_state")
+    config_rules = SUPERVISED_RULES
 
     @staticmethod
     def config_defaults() -> ml_collections.ConfigDict:
@@ -165,7 +215,7 @@ class SupervisedTask(Task):
             raise ConfigError("optimizer.weight_decay and loss.l2 are both set: that decays "
                               "weights twice; keep one (weight_decay is decoupled, loss.l2 is a "
                               "loss term)")
-        if config.grad_accum_steps < 1 or config.data.batch_size % config.grad_accum_steps:
+        if config.data.batch_size % config.grad_accum_steps:
             raise ConfigError(f"config.data.batch_size={config.data.batch_size} must divide into "
                               f"config.grad_accum_steps={config.grad_accum_steps} micro-batches")
 
@@ -239,15 +289,24 @@ class SupervisedTask(Task):
         return apply_model(state.apply_fn, state.params, state.model_state,
                            self.model_input(batch), train=False)[0]
 
-    def write_run_files(self, workdir: str) -> None:
-        """`model_summary.txt` for the model families that tabulate themselves."""
-        module = importlib.import_module(f"dlx.models.{self.config.model.name}")
-        example = self.source(self.config.data.train_split, train=True)[0]
-        shape = next((np.shape(v) for k, v in example.items() if k in ("image", "features")), None)
-        if not hasattr(module, "summarize") or shape is None:
-            return
-        with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
-            f.write(module.summarize(self.model, (1, *shape)) + "\n")
+    def tokens_per_example(self) -> int | None:
+        """The length of a token-id model input (a [batch, length] integer array), else None."""
+        example = {k: np.asarray(v)[None] for k, v in
+                   self.source(self.config.data.train_split, train=True)[0].items()}
+        try:
+            x = self.model_input(example)
+        except KeyError:  # the task feeds the model more than one array
+            return None
+        is_tokens = getattr(x, "ndim", 0) == 2 and np.issubdtype(x.dtype, np.integer)
+        return int(x.shape[1]) if is_tokens else None
+
+    def train_flops_per_example(self) -> float | None:
+        """From the model family's count per token (`train_flops_per_token(model, seq_len)`,
+        see dlx/models/transformer.py), for token inputs."""
+        count = getattr(importlib.import_module(type(self.model).__module__),
+                        "train_flops_per_token", None)
+        tokens = self.tokens_per_example()
+        return tokens * count(self.model, tokens) if count and tokens else None
 
     def num_params(self, state: ModelState) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

@@ -31,11 +31,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import global_norm
 from dlx.parallel import gather_fsdp
-from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
+from dlx.schema import Float, Int, OneOf
+from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 from dlx.tasks.images import image_sample_options, pixels, save_samples, write_grid
 
 SCHEDULES = ("linear", "cosine")
@@ -74,21 +76,18 @@ class Task(SupervisedTask):
             sampler="ddim", sample_steps=50, eta=0.0))
         return config
 
+    config_rules = {**SUPERVISED_RULES, **schema.under(
+        "diffusion", timesteps=Int(low=2), schedule=OneOf(*SCHEDULES),
+        ema_decay=Float(0, 1, high_open=True), image_size=Int(low=1), sampler=OneOf(*SAMPLERS),
+        sample_steps=Int(low=1), eta=Float(low=0))}
+
     @staticmethod
     def check_config(config) -> None:
         SupervisedTask.check_config(config)
         d = config.diffusion
-        if d.schedule not in SCHEDULES:
-            raise ConfigError(f"config.diffusion.schedule must be one of {SCHEDULES}, got "
-                              f"'{d.schedule}'")
-        if d.sampler not in SAMPLERS:
-            raise ConfigError(f"config.diffusion.sampler must be one of {SAMPLERS}, got "
-                              f"'{d.sampler}'")
-        if d.timesteps < 2 or not 1 <= d.sample_steps <= d.timesteps:
-            raise ConfigError(f"config.diffusion needs timesteps >= 2 and 1 <= sample_steps <= "
-                              f"timesteps, got {d.timesteps} and {d.sample_steps}")
-        if not 0.0 <= d.ema_decay < 1.0 or d.eta < 0:
-            raise ConfigError("config.diffusion.ema_decay must be in [0, 1) and eta >= 0")
+        if d.sample_steps > d.timesteps:
+            raise ConfigError(f"config.diffusion.sample_steps={d.sample_steps} must be <= "
+                              f"config.diffusion.timesteps={d.timesteps}")
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
         super().__init__(config, data_info, data_dir, workdir)
@@ -233,6 +232,17 @@ class Task(SupervisedTask):
         x, predictions = self._sample(params, jax.random.PRNGKey(seed), count, sampler)
         return self.to_images(x), predictions
 
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def _final_samples(self, params, rng, count: int):
+        # Only x: the predictions along the way are dropped inside the jit, so they are never
+        # kept (1,000 ancestral steps of them are 4 GB for 1,000 images).
+        return self._sample(params, rng, count, self.config.diffusion.sampler)[0]
+
+    def sample_images(self, state: DiffusionState, rng: jax.Array, count: int) -> np.ndarray:
+        """`count` images in [0, 1] from the EMA weights with config.diffusion.sampler, noise
+        from `rng` (dlx.tasks.images.draw_images)."""
+        return self.to_images(self._final_samples(state.ema, rng, count))
+
     # -------------------------------------------------------------------------------------------
     # Evaluation
     # -------------------------------------------------------------------------------------------
@@ -261,9 +271,10 @@ class Task(SupervisedTask):
     def check_sample_options(self, options: dict) -> None:
         image_sample_options(options, "diffusion")
 
-    def sample(self, state: DiffusionState, options: dict, out=sys.stdout) -> str:
+    def sample(self, state: DiffusionState, options: dict, out=None) -> str:
         """`launch.py sample`: a grid of images from the EMA weights under the workdir's
         samples/ (options: num_samples, seed; the sampler is config.diffusion's)."""
+        out = out or sys.stdout  # looked up now: a caller may have redirected it
         count, seed = image_sample_options(options, "diffusion")
         images, _ = self.generate(state.ema, count, seed)
         sampler = self.config.diffusion.sampler

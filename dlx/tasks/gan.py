@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dlx import models
+from dlx import models, schema
 from dlx.metrics.evaluators import PerExample
 from dlx.optim import optimizer as optimizer_lib
 from dlx.optim.state import global_norm
@@ -66,11 +66,15 @@ class Task(TaskBase):
         return ml_collections.ConfigDict({"gan": dict(
             generator_optimizer=_dcgan_optimizer(), discriminator_optimizer=_dcgan_optimizer())})
 
+    config_rules = {**schema.under("gan.generator_optimizer", **optimizer_lib.RULES),
+                    **schema.under("gan.discriminator_optimizer", **optimizer_lib.RULES)}
+
     @staticmethod
     def check_config(config) -> None:
         models.check_config(config.model)
         for player in ("generator", "discriminator"):
-            optimizer_lib.check_config(config.gan[f"{player}_optimizer"])
+            optimizer_lib.check_config(config.gan[f"{player}_optimizer"],
+                                       f"gan.{player}_optimizer")
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
         super().__init__(config, data_info, data_dir, workdir)
@@ -171,11 +175,18 @@ class Task(TaskBase):
         return {"d_accuracy": float(correct.mean()), "d_real": float(values["real"].mean()),
                 "d_fake": float(values["fake"].mean())}
 
-    def samples(self, state: GanState, count: int, seed: int) -> np.ndarray:
-        z = self._noise(jax.random.PRNGKey(seed), count)
-        images, _ = jax.jit(functools.partial(self._generate, train=False))(
-            state.generator, state.batch_stats, z)
+    @functools.cached_property
+    def _generate_eval(self):
+        return jax.jit(functools.partial(self._generate, train=False))
+
+    def sample_images(self, state: GanState, rng: jax.Array, count: int) -> np.ndarray:
+        """`count` images in [0, 1] from noise drawn with `rng` (dlx.tasks.images.draw_images)."""
+        images, _ = self._generate_eval(state.generator, state.batch_stats,
+                                        self._noise(rng, count))
         return np.asarray(_to_unit(images))
+
+    def samples(self, state: GanState, count: int, seed: int) -> np.ndarray:
+        return self.sample_images(state, jax.random.PRNGKey(seed), count)
 
     def write_samples(self, state, values, workdir: str, step: int) -> None:
         images = self.samples(state, NUM_SHOWN, self.config.seed)
@@ -189,9 +200,10 @@ class Task(TaskBase):
     def check_sample_options(self, options: dict) -> None:
         image_sample_options(options, "gan")
 
-    def sample(self, state, options: dict, out=sys.stdout) -> str:
+    def sample(self, state, options: dict, out=None) -> str:
         """`launch.py sample`: a grid of generated images under the workdir's samples/
         (options: num_samples, seed)."""
+        out = out or sys.stdout  # looked up now: a caller may have redirected it
         count, seed = image_sample_options(options, "gan")
         return save_samples(self.workdir, f"generated_seed{seed}", self.samples(state, count, seed),
                             "generated images", out)

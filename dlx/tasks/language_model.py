@@ -24,10 +24,12 @@ import optax
 
 from dlx.data.text import WindowSource, read_texts
 from dlx.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from dlx import schema
 from dlx.errors import ConfigError
-from dlx.tasks.base import SupervisedTask, apply_model, is_main_process, supervised_config
-from dlx.tasks.decoding import sample_logits
-from dlx.optim.optimizer import regularization_penalty
+from dlx.schema import Float, Int, OneOf, Str
+from dlx.tasks.base import (SUPERVISED_RULES, SupervisedTask, apply_model, is_main_process,
+                            supervised_config)
+from dlx.tasks import decoding, losses
 
 TOKENIZER_FILE = "tokenizer.json"
 DOCUMENT_SEPARATOR = "\n\n"  # between the texts of a split when they become one stream
@@ -48,19 +50,21 @@ class Task(SupervisedTask):
             prompt="\n", num_samples=2, max_new_tokens=200, temperature=0.8, top_k=0, top_p=1.0))
         return config
 
+    config_rules = {
+        **SUPERVISED_RULES,
+        **schema.under("data", tokenizer=OneOf("char", "bpe"), vocab_size=Int(low=0),
+                       seq_len=Int(low=0)),
+        **schema.under("decoding", prompt=Str(), num_samples=Int(low=0),
+                       max_new_tokens=Int(low=0), temperature=Float(low=0), top_k=Int(low=0),
+                       top_p=Float(0, 1, low_open=True))}
+
     @staticmethod
     def check_config(config) -> None:
         SupervisedTask.check_config(config)
         if config.data.seq_len <= 0:
             raise ConfigError("language_model needs config.data.seq_len > 0 (window length in tokens)")
-        if config.data.tokenizer not in ("char", "bpe"):
-            raise ConfigError(f"config.data.tokenizer must be 'char' or 'bpe', got "
-                              f"'{config.data.tokenizer}'")
         if config.data.tokenizer == "bpe" and config.data.vocab_size <= 0:
             raise ConfigError("config.data.tokenizer='bpe' needs config.data.vocab_size > 0")
-        d = config.decoding
-        check_sampling(d.max_new_tokens, d.temperature, d.top_k, d.top_p, d.num_samples,
-                       where="config.decoding.")
         max_len = config.model.get("max_len")
         if max_len is not None and max_len < config.data.seq_len:
             raise ConfigError(f"config.model.max_len={max_len} is shorter than the windows "
@@ -137,7 +141,7 @@ class Task(SupervisedTask):
                                           train=True, rng=rng)
         targets = tokens[:, 1:]
         cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-        loss = cross_entropy + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
+        loss = losses.with_penalty(cross_entropy, params, self.config.loss)
         accuracy = (logits.argmax(-1) == targets).mean()
         return loss, ({"cross_entropy": cross_entropy, "accuracy": accuracy}, model_state)
 
@@ -147,8 +151,8 @@ class Task(SupervisedTask):
                                 train=False)
         targets = tokens[:, 1:]
         mask = jnp.broadcast_to(batch["mask"][:, None], targets.shape).astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return {"loss": (losses * mask).sum(), "tokens": mask.sum(),
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        return {"loss": (nll * mask).sum(), "tokens": mask.sum(),
                 "correct": ((logits.argmax(-1) == targets) * mask).sum()}
 
     def summarize_eval(self, sums: dict) -> dict[str, float]:
@@ -194,32 +198,11 @@ class Task(SupervisedTask):
                       max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                       top_p: float = 1.0, num_samples: int = 1) -> Iterator[np.ndarray]:
         """Yields the next token of each of `num_samples` continuations, one step at a time
-        (shape [num_samples]). The prompt is consumed in one cached forward pass, then one token
-        per step. A model with a position limit (`max_len`) that runs out of room is restarted
-        on the last max_len / 2 tokens (the context a full-window model would keep, halved so
-        the restart is rare)."""
-        max_len = getattr(self.model, "max_len", None)
-        history = np.tile(np.asarray(prompt_ids, np.int32)[None], (num_samples, 1))
-        if max_len:
-            history = history[:, -max_len:]
-        cache_len = min(max_len, history.shape[1] + max_new_tokens) if max_len else (
-            history.shape[1] + max_new_tokens)
-        prefill, step_fn = _decoding_functions(self.model, cache_len, temperature, top_k, top_p)
-        token, cache = prefill(params, jnp.asarray(history), jax.random.fold_in(rng, 0))
-        position = history.shape[1]
-        for i in range(max_new_tokens):
-            token_host = np.asarray(token)
-            yield token_host
-            history = np.concatenate([history, token_host[:, None]], axis=1)
-            position += 1
-            if i + 1 == max_new_tokens:
-                return
-            if max_len and position >= cache_len:
-                history = history[:, -(max_len // 2):]
-                position = history.shape[1]
-                token, cache = prefill(params, jnp.asarray(history), jax.random.fold_in(rng, i + 1))
-            else:
-                token, cache = step_fn(params, cache, token, jax.random.fold_in(rng, i + 1))
+        (shape [num_samples]), from `dlx.tasks.decoding.stream` (the KV / recurrent-state cache;
+        a model with a position limit restarts on the last max_len / 2 tokens)."""
+        prompt = np.tile(np.asarray(prompt_ids, np.int32)[None], (num_samples, 1))
+        yield from decoding.stream(self.model, {"params": params}, prompt, rng, max_new_tokens,
+                                   temperature=temperature, top_k=top_k, top_p=top_p)
 
     def sample_texts(self, params, prompt: str, *, rng: jax.Array, num_samples: int,
                      max_new_tokens: int, temperature: float, top_k: int = 0,
@@ -249,10 +232,11 @@ class Task(SupervisedTask):
     def check_sample_options(self, options: dict) -> None:
         self._sample_settings(options)
 
-    def sample(self, state, options: dict, out=sys.stdout) -> list[str]:
+    def sample(self, state, options: dict, out=None) -> list[str]:
         """`launch.py sample`: continuations of `options["prompt"]`, the first streamed to `out`
         as it is produced when only one is drawn (several are printed when done). Options not
         given take config.decoding's values; `seed` picks the random draws."""
+        out = out or sys.stdout  # looked up now: a caller may have redirected it
         pick, num_samples = self._sample_settings(options)
         prompt = pick.pop("prompt")
         live = num_samples == 1 and is_main_process()
@@ -292,31 +276,3 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: f
         ("num_samples", num_samples, num_samples >= 0, "must be >= 0")) if not ok]
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-@functools.lru_cache(maxsize=8)
-def _decoding_functions(model, cache_len: int, temperature: float, top_k: int, top_p: float):
-    """Jitted (prefill, step) for one model and cache length; cached so repeated evals reuse the
-    compiled functions."""
-
-    def new_cache(params, batch_size: int):
-        _, variables = model.apply({"params": params}, jnp.zeros((batch_size, cache_len), jnp.int32),
-                                   decode=True, mutable=["cache"])
-        return variables["cache"]
-
-    def advance(params, cache, tokens):
-        logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True,
-                                        mutable=["cache"])
-        return logits[:, -1], variables["cache"]
-
-    @jax.jit
-    def prefill(params, prompt, rng):
-        logits, cache = advance(params, new_cache(params, prompt.shape[0]), prompt)
-        return sample_logits(logits, rng, temperature, top_k, top_p), cache
-
-    @jax.jit
-    def step(params, cache, token, rng):
-        logits, cache = advance(params, cache, token[:, None])
-        return sample_logits(logits, rng, temperature, top_k, top_p), cache
-
-    return prefill, step

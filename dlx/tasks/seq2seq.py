@@ -33,10 +33,11 @@ import numpy as np
 import optax
 
 from dlx.data.text import G2P_DATA_SETS, g2p_source, g2p_vocabularies
+from dlx import schema
 from dlx.errors import ConfigError
-from dlx.tasks import decoding
-from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
-from dlx.optim.optimizer import regularization_penalty
+from dlx.schema import Float, Int
+from dlx.tasks import decoding, losses
+from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 
 NUM_EXAMPLES_SHOWN = 20  # decoded words written to <workdir>/samples at each eval
 TRAIN_LENGTH_BUCKETS = (8, 16, 24, 32)  # input and decoder lengths a train step is cropped to
@@ -54,14 +55,14 @@ class Task(SupervisedTask):
         config.decoding = ml_collections.ConfigDict(dict(beam_size=1, length_penalty=0.0))
         return config
 
+    config_rules = {**SUPERVISED_RULES, **schema.under(
+        "decoding", beam_size=Int(low=1), length_penalty=Float(low=0))}
+
     @staticmethod
     def check_config(config) -> None:
         SupervisedTask.check_config(config)
         if config.data.name not in G2P_DATA_SETS:
             raise ConfigError(f"seq2seq reads {G2P_DATA_SETS}, not '{config.data.name}'")
-        if config.decoding.beam_size < 1:
-            raise ConfigError(f"config.decoding.beam_size must be >= 1, got "
-                              f"{config.decoding.beam_size}")
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
         self.input_vocab, self.target_vocab = g2p_vocabularies()
@@ -116,12 +117,10 @@ class Task(SupervisedTask):
         logits = self._logits(self.model.apply, params, model_state, batch, train=True, rng=rng)
         targets = batch["targets"][:, 1:]
         mask = (targets != self.target_vocab.pad_id).astype(jnp.float32)
-        smoothing = self.config.loss.label_smoothing
-        soft = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), smoothing)
-        losses = optax.softmax_cross_entropy(logits, soft)
-        cross_entropy = (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-        loss = cross_entropy + regularization_penalty(params, self.config.loss.l1, self.config.loss.l2)
-        accuracy = ((logits.argmax(-1) == targets) * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        per_token = losses.cross_entropy(logits, targets, self.config.loss.label_smoothing)
+        cross_entropy = losses.masked_mean(per_token, mask)
+        loss = losses.with_penalty(cross_entropy, params, self.config.loss)
+        accuracy = losses.masked_mean(logits.argmax(-1) == targets, mask)
         return loss, ({"cross_entropy": cross_entropy, "token_accuracy": accuracy}, model_state)
 
     # -------------------------------------------------------------------------------------------
@@ -151,13 +150,13 @@ class Task(SupervisedTask):
         targets = batch["targets"][:, 1:]
         token_mask = (targets != self.target_vocab.pad_id).astype(jnp.float32)
         row_mask = batch["mask"].astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         predicted = self.decode(state.params, batch["inputs"], targets.shape[1])
         eos_id = self.target_vocab.eos_id
         distance, reference_length = edit_distances(predicted, targets, eos_id)
         closest, closest_length = closest_edit_distances(
             predicted, batch["references"], eos_id, self.target_vocab.pad_id)
-        return {"loss": (losses * token_mask * row_mask[:, None]).sum(),
+        return {"loss": (nll * token_mask * row_mask[:, None]).sum(),
                 "tokens": (token_mask * row_mask[:, None]).sum(),
                 "edits": (distance * row_mask).sum(),
                 "reference_phonemes": (reference_length * row_mask).sum(),

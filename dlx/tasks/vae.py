@@ -18,6 +18,7 @@ for a 2-D latent the test set's posterior means coloured by label.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -26,12 +27,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import gradient_step
-from dlx.tasks.base import SupervisedTask, is_main_process, supervised_config
+from dlx.tasks.losses import bernoulli_nll
+from dlx.schema import Int
+from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 from dlx.tasks.images import (first_images, image_sample_options, pixels, save_samples,
                               write_grid)
 
@@ -47,11 +50,6 @@ def gaussian_kl(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(jnp.exp(log_variance) + mean ** 2 - 1.0 - log_variance, axis=-1)
 
 
-def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
-    """-log p(x | logits), summed over all but the leading axis."""
-    return optax.sigmoid_binary_cross_entropy(logits, x).reshape(x.shape[0], -1).sum(-1)
-
-
 class Task(SupervisedTask):
     best_metric_default = ("negative_elbo", "min")
 
@@ -61,15 +59,15 @@ class Task(SupervisedTask):
         config.vae = ml_collections.ConfigDict(dict(kl_warmup_steps=0, importance_samples=100))
         return config
 
+    config_rules = {**SUPERVISED_RULES, **schema.under(
+        "vae", kl_warmup_steps=Int(low=0), importance_samples=Int(low=0))}
+
     @staticmethod
     def check_config(config) -> None:
         SupervisedTask.check_config(config)
         if not config.model.get("variational", False):
             raise ConfigError("the vae task needs config.model.variational=True (an encoder that "
                               "gives a mean and a log-variance)")
-        for key in ("kl_warmup_steps", "importance_samples"):
-            if config.vae[key] < 0:
-                raise ConfigError(f"config.vae.{key} must be >= 0, got {config.vae[key]}")
 
     def model_input(self, batch: dict) -> jax.Array:
         return pixels(batch)
@@ -142,10 +140,18 @@ class Task(SupervisedTask):
     # -------------------------------------------------------------------------------------------
     # Figures and samples
     # -------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def _decode(self):
+        return jax.jit(lambda params, z: self.model.apply({"params": params}, z, method="decode"))
+
     def decode_images(self, state, z) -> np.ndarray:
-        logits = jax.jit(lambda p, z: state.apply_fn({"params": p}, z, method="decode"))(
-            state.params, z)
-        return np.asarray(jax.nn.sigmoid(logits))  # Bernoulli means
+        return np.asarray(jax.nn.sigmoid(self._decode(state.params, z)))  # Bernoulli means
+
+    def sample_images(self, state, rng: jax.Array, count: int) -> np.ndarray:
+        """`count` images in [0, 1], the Bernoulli means decoded from prior samples drawn with
+        `rng` (dlx.tasks.images.draw_images)."""
+        return self.decode_images(state, jax.random.normal(
+            rng, (count, self.config.model.latent_dim)))
 
     def write_figures(self, state, values: dict, workdir: str, step: int) -> None:
         latent = self.config.model.latent_dim
@@ -175,9 +181,10 @@ class Task(SupervisedTask):
     def check_sample_options(self, options: dict) -> None:
         image_sample_options(options, "vae")
 
-    def sample(self, state, options: dict, out=sys.stdout) -> str:
+    def sample(self, state, options: dict, out=None) -> str:
         """`launch.py sample`: a grid of images decoded from prior samples, saved under the
         workdir's samples/ (options: num_samples, seed)."""
+        out = out or sys.stdout  # looked up now: a caller may have redirected it
         count, seed = image_sample_options(options, "vae")
         z = jax.random.normal(jax.random.PRNGKey(seed), (count, self.config.model.latent_dim))
         return save_samples(self.workdir, f"prior_seed{seed}", self.decode_images(state, z),

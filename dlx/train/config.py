@@ -15,8 +15,10 @@ from typing import Any
 
 import ml_collections
 
-from dlx import registry
+from dlx import registry, schema
 from dlx.errors import ConfigError
+from dlx.parallel import MESH_AXES
+from dlx.schema import Bool, Either, Fixed, Float, Int, Named, OneOf, Seq, Str
 
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
@@ -35,6 +37,7 @@ DEFAULT_RULES = (
 RESUMABLE_CHANGES = frozenset({
     "train_steps", "num_epochs", "log_every_steps", "eval_every_steps", "eval_every_epochs",
     "checkpoint_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "progress_bar",
+    "profile_steps",
     "data.num_threads", "data.prefetch", "data.data_dir", "mesh.data", "mesh.fsdp", "mesh.model",
     "sharding_rules"})
 # Keys of config.json files written before tasks declared their own groups, dropped on load when
@@ -53,7 +56,8 @@ def runner_config() -> ml_collections.ConfigDict:
         batch_size=128,        # global, over all processes and devices
         eval_batch_size=1000,  # global
         num_threads=2, prefetch=4))
-    # Durations: set train_steps, or num_epochs (over the train split); cadences in steps or epochs.
+    # Durations: set train_steps or num_epochs (over the train split); train_steps wins when both
+    # are set. Cadences in steps or epochs.
     c.train_steps = 0
     c.num_epochs = 0.0
     c.log_every_steps = 50
@@ -68,7 +72,38 @@ def runner_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.sharding_rules = DEFAULT_RULES
     c.progress_bar = True
+    c.profile_steps = (0, 0)     # (first, last) train steps to trace with jax.profiler; (0, 0): none
     return c
+
+
+_MESH_AXIS = OneOf(*MESH_AXES)
+_COUNT = Int(low=0)  # steps, threads, batches: 0 is "none" or "never"
+_EPOCHS = Float(low=0)
+# The type and range of every runner key (the model's fields: dlx.models.check_config; a task's
+# keys: its `config_rules`). Relations between keys are checked in validate().
+RUNNER_RULES: dict[str, schema.Rule] = {
+    "seed": Int(0, 2**32 - 1),
+    "task": Str(nonempty=True),
+    "model.name": Str(nonempty=True),
+    **schema.under("data", name=Str(nonempty=True), data_dir=Str(),
+                   train_split=Str(nonempty=True), eval_split=Str(nonempty=True),
+                   batch_size=Int(low=1), eval_batch_size=Int(low=1), num_threads=_COUNT,
+                   prefetch=_COUNT),
+    "train_steps": _COUNT, "num_epochs": _EPOCHS,
+    "log_every_steps": _COUNT, "eval_every_steps": _COUNT, "eval_every_epochs": _EPOCHS,
+    "checkpoint_every_steps": _COUNT, "checkpoint_every_epochs": _EPOCHS,
+    "keep_checkpoints": Int(low=1),
+    "best_metric": Str(),
+    "nan_policy": OneOf("stop", "skip"),
+    "init_from": Str(),
+    **schema.under("mesh", **dict.fromkeys(MESH_AXES, Either(OneOf(-1), Int(low=1)))),
+    "sharding_rules": Named(
+        Seq(Fixed(Str(nonempty=True), Either(OneOf(None), _MESH_AXIS, Seq(_MESH_AXIS)))),
+        f"a sequence of (logical_name, mesh_axis | tuple of mesh axes | None) pairs, the mesh "
+        f"axes among {MESH_AXES}"),
+    "progress_bar": Bool(),
+    "profile_steps": Fixed(_COUNT, _COUNT),
+}
 
 
 def _merge(into: ml_collections.ConfigDict, extra: ml_collections.ConfigDict) -> None:
@@ -88,30 +123,32 @@ def base_config(task: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
-def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, where: str):
+def _check_keys(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                where: str) -> None:
+    """Unknown keys, and values where the defaults have groups of keys."""
     for key in config.keys():
-        if key not in schema:
-            raise ConfigError(f"unknown config key '{where}{key}'{registry.did_you_mean(key, schema.keys())}")
-        value, expected = config[key], schema[key]
+        if key not in defaults:
+            raise ConfigError(f"unknown config key '{where}{key}'"
+                              f"{registry.did_you_mean(key, defaults.keys())}")
+        value, expected = config[key], defaults[key]
         if isinstance(expected, ml_collections.ConfigDict):
-            if where + key == "model":  # checked against the Model's fields in validate()
+            if where + key == "model":  # the Model's fields: dlx.models.check_config
                 continue
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"config key '{where}{key}' must be a group of keys, got {value!r}")
             _check_keys(value, expected, f"{where}{key}.")
-        elif expected is not None and not _type_ok(value, expected):
-            raise ConfigError(f"config key '{where}{key}' should be {type(expected).__name__}, "
-                              f"got {type(value).__name__} {value!r}")
 
 
-def _type_ok(value, expected) -> bool:
-    if isinstance(expected, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(expected, bool)
-    if isinstance(expected, float):
-        return isinstance(value, (int, float))
-    if isinstance(expected, (tuple, list)):
-        return isinstance(value, (tuple, list))
-    return isinstance(value, type(expected))
+def _check_values(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                  rules: dict[str, schema.Rule], where: str = "") -> None:
+    """Every value outside `model` by its rule, else by the type of its default."""
+    for key, default in defaults.items():
+        path = where + key
+        if isinstance(default, ml_collections.ConfigDict):
+            if path != "model":
+                _check_values(config[key], default, rules, f"{path}.")
+            continue
+        schema.check(path, config[key], rules.get(path) or schema.from_default(default))
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
@@ -150,9 +187,9 @@ def prepare_overrides(config: ml_collections.ConfigDict, paths: list[str]) -> No
             node = node[key]
 
 
-def _check_missing(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+def _check_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
                    task: str, where: str = "") -> None:
-    for key, expected in schema.items():
+    for key, expected in defaults.items():
         if key not in config:
             raise ConfigError(f"the config lacks key '{where}{key}' that task '{task}' reads; "
                               f"start the config from base_config('{task}')")
@@ -165,17 +202,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if "task" not in config:
         raise ConfigError("the config has no key 'task'; start it from base_config()")
     task = registry.task_class(config.task)
-    schema = base_config(config.task)
-    _check_keys(config, schema, "")
-    _check_missing(config, schema, config.task)
-    if (config.train_steps > 0) == (config.num_epochs > 0):
-        raise ConfigError("set exactly one of config.train_steps and config.num_epochs (> 0), "
-                          f"got train_steps={config.train_steps}, num_epochs={config.num_epochs}")
-    if config.nan_policy not in ("stop", "skip"):
-        raise ConfigError(f"config.nan_policy must be 'stop' or 'skip', got '{config.nan_policy}'")
-    for key in ("batch_size", "eval_batch_size"):
-        if config.data[key] <= 0:
-            raise ConfigError(f"config.data.{key} must be positive, got {config.data[key]}")
+    defaults = base_config(config.task)
+    _check_keys(config, defaults, "")
+    _check_missing(config, defaults, config.task)
+    _check_values(config, defaults, {**RUNNER_RULES, **task.config_rules})
+    if config.train_steps <= 0 and config.num_epochs <= 0:
+        raise ConfigError("set config.train_steps or config.num_epochs (> 0; train_steps wins when "
+                          f"both are), got train_steps={config.train_steps}, "
+                          f"num_epochs={config.num_epochs}")
+    window = tuple(config.profile_steps)
+    if window != (0, 0) and not (len(window) == 2 and 0 < window[0] <= window[1]):
+        raise ConfigError(f"config.profile_steps must be (first, last) with 0 < first <= last, "
+                          f"or (0, 0) for no trace; got {window}")
     task.check_config(config)
 
 
@@ -240,6 +278,7 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     values.setdefault("init_from", "")  # added after the first runs; their config.json lacks it
+    values.setdefault("profile_steps", [0, 0])  # likewise
     if isinstance(values.get("task"), str):
         _drop_legacy_keys(values, values["task"])
     return ml_collections.ConfigDict(_tuples(values))

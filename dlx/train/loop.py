@@ -11,8 +11,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -27,8 +25,11 @@ from dlx import data as data_lib
 from dlx import registry, runtime
 from dlx.errors import ConfigError
 from dlx.train import config as config_lib
-from dlx.train import sharding
-from dlx.train.checkpoint import Checkpointer, finished_step, restore_items, warm_start_step
+from dlx.train import profiling, provenance, sharding
+from dlx.train import progress as progress_lib
+from dlx.train import workdir as workdir_lib
+from dlx.train.checkpoint import (Checkpointer, finished_step, restore_items, usable_step,
+                                  warm_start_step)
 from dlx.train.metrics import MetricWriter, plot_curves
 
 
@@ -59,15 +60,21 @@ class Run:
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
-                devices: list | None = None) -> Run:
+                devices: list | None = None, *, data_spec: dict | None = None) -> Run:
     """Everything that can fail on bad input, done before the workdir is touched (a task may read
     files of an existing `workdir`, e.g. its tokenizer, but writes nothing yet). The mesh spans
-    `devices` (default: all of them)."""
+    `devices` (default: all of them). With `data_spec` (a trained run's, `read_data_spec`), the
+    data set is not opened: what the state's layout needs of it comes from the spec."""
     config_lib.validate(config)
     mesh = sharding.make_mesh(config.mesh, devices)
     data_parallel = sharding.data_parallel_size(mesh)
     config_lib.validate_for_mesh(config, data_parallel, jax.process_count())
     data_dir = config.data.data_dir or None
+    if data_spec is not None:
+        task = registry.task_class(config.task)(config, data_spec["info"], data_dir, workdir)
+        task.check_for_mesh(data_parallel)
+        return _run_with_example(config, mesh, task, data_dir, data_spec["example"],
+                                 data_spec["total_steps"], data_spec["steps_per_epoch"])
     if jax.process_index() == 0:  # preparing is idempotent but not safe to run concurrently
         data_lib.prepare(config.data.name, data_dir)
     if jax.process_count() > 1:
@@ -84,12 +91,55 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
     total_steps = task.total_steps()
 
     source = task.source(config.data.train_split, train=True)
-    example = {k: np.asarray(v) for k, v in source[0].items()}
+    example = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
+               for k, v in source[0].items()}
+    return _run_with_example(config, mesh, task, data_dir, example, total_steps, steps_per_epoch)
+
+
+def _run_with_example(config, mesh, task, data_dir, example: dict, total_steps: int,
+                      steps_per_epoch: float) -> Run:
     example_batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype)
                      for k, v in example.items()}
     abstract_state, state_shardings = _state_layout(config, mesh, task, example_batch)
-    return Run(config, mesh, info, data_dir, task, total_steps, steps_per_epoch, abstract_state,
-               state_shardings, example_batch)
+    return Run(config, mesh, task.data_info, data_dir, task, total_steps, steps_per_epoch,
+               abstract_state, state_shardings, example_batch)
+
+
+# What a trained run's workdir keeps of its data set, so that loading the run for inference
+# (dlx.inference) needs no data set: the split sizes, features and classes, one example's shapes.
+DATA_SPEC_FILE = "data_spec.json"
+
+
+def write_data_spec(run: Run, workdir: str) -> None:
+    info = run.data_info
+    spec = {
+        "info": {"name": info.name, "num_examples": info.num_examples,
+                 "features": {k: {"shape": list(f.shape), "dtype": np.dtype(f.dtype).name}
+                              for k, f in info.features.items()},
+                 "num_classes": info.num_classes,
+                 "class_names": list(info.class_names) if info.class_names else None},
+        "example": {k: {"shape": list(v.shape[1:]), "dtype": np.dtype(v.dtype).name}
+                    for k, v in run.example_batch.items()},
+        "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch}
+    workdir_lib.write_atomically(os.path.join(workdir, DATA_SPEC_FILE), json.dumps(spec, indent=1))
+
+
+def read_data_spec(workdir: str) -> dict | None:
+    """The data spec a run wrote into `workdir` (None for runs older than the spec)."""
+    path = os.path.join(workdir, DATA_SPEC_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        spec = json.load(f)
+    info = spec["info"]
+    features = {k: data_lib.FeatureInfo(tuple(f["shape"]), np.dtype(f["dtype"]))
+                for k, f in info["features"].items()}
+    class_names = tuple(info["class_names"]) if info["class_names"] else None
+    return {**spec,
+            "info": data_lib.DataInfo(info["name"], info["num_examples"], features,
+                                      info["num_classes"], class_names),
+            "example": {k: jax.ShapeDtypeStruct(tuple(v["shape"]), np.dtype(v["dtype"]))
+                        for k, v in spec["example"].items()}}
 
 
 def _state_layout(config, mesh, task, example_batch):
@@ -182,17 +232,8 @@ def _check_workdir_config(config, workdir: str) -> None:
 def _write_config(config, workdir: str) -> None:
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config) + "\n")
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+        workdir_lib.write_atomically(os.path.join(workdir, "config.json"),
+                                     config_lib.to_json(config) + "\n")
 
 
 def _versions() -> dict[str, str]:
@@ -244,19 +285,37 @@ class _StopRequest:
 # ------------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    run = prepare_run(config, workdir)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list | None = None) -> dict:
+    """Trains `config` into `workdir` on a mesh over `devices` (default: all of them), resuming
+    from the workdir's newest intact checkpoint; returns the run's summary."""
+    run = prepare_run(config, workdir, devices)
     _check_workdir_config(config, workdir)
-    checkpoints = os.path.join(workdir, "checkpoints")
     # One order of initialisation: the workdir's checkpoint, else config.init_from, else scratch.
-    start_step = finished_step(checkpoints) or 0
     warm_start = None
-    if not start_step and config.init_from:  # checked before anything is written
-        warm_start = config.init_from, warm_start_step(config.init_from, run.abstract_state,
-                                                       run.task.warm_start_items)
+    if config.init_from and finished_step(os.path.join(workdir, "checkpoints")) is None:
+        warm_start = _warm_start(config, run)  # checked before anything is written
+    with workdir_lib.locked(workdir):  # one run at a time; the lock of a killed run is stale
+        return _train(config, workdir, run, warm_start)
+
+
+def _warm_start(config, run: Run) -> tuple[str, int]:
+    return config.init_from, warm_start_step(config.init_from, run.abstract_state,
+                                             run.task.warm_start_items)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
+           warm_start: tuple[str, int] | None) -> dict:
+    checkpoints = os.path.join(workdir, "checkpoints")
+    # The newest intact checkpoint: damaged ones are moved aside, unfinished ones deleted.
+    start_step = usable_step(checkpoints, resuming_workdir=workdir) or 0
+    if not start_step and config.init_from and warm_start is None:  # it held unfinished ones only
+        warm_start = _warm_start(config, run)
     _write_config(config, workdir)
     if jax.process_index() == 0:
+        write_data_spec(run, workdir)
         run.task.write_run_files(workdir)
+    git = provenance.save_git_state(workdir) if jax.process_index() == 0 else None
     is_main = jax.process_index() == 0
     cfg = run.config
 
@@ -270,7 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch)
 
     if start_step:
-        state, data_state = checkpointer.restore(run.abstract_state, run.state_shardings)
+        state, data_state = checkpointer.restore(run.abstract_state, run.state_shardings,
+                                                 step=start_step)
         train_iter.set_state(data_state)
         log(f"Resumed from {workdir}/checkpoints at step {start_step}.")
     elif warm_start:
@@ -291,12 +351,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint_every = config_lib.period(cfg, "checkpoint_every", steps_per_epoch)
     log(f"Training {cfg.task} ({cfg.model.get('name')}) on {cfg.data.name}: {run.total_steps} steps "
         f"({run.total_steps / steps_per_epoch:.2f} epochs) of global batch {cfg.data.batch_size} "
-        f"on mesh {dict(run.mesh.shape)} ({jax.device_count()} {jax.default_backend()} devices, "
+        f"on mesh {dict(run.mesh.shape)} ({run.mesh.devices.size} {jax.default_backend()} devices, "
         f"{jax.process_count()} process(es)).")
 
-    from tqdm import tqdm
-    progress = tqdm(total=run.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                    disable=not (is_main and cfg.progress_bar), mininterval=1.0)
+    throughput = progress_lib.throughput_of(
+        run.task, cfg.data.batch_size, cfg.model.get("dtype", "float32"),
+        measure_peak=is_main and start_step < run.total_steps)
+    progress = progress_lib.Progress(run.total_steps, start_step, throughput,
+                                     enabled=is_main and cfg.progress_bar, main=is_main,
+                                     watched=run.task.nonfinite_metrics)
+    trace = profiling.TraceWindow(cfg.profile_steps, workdir)
     pending: list[tuple[int, dict]] = []
     eval_metrics: dict[str, float] = {}
     last_train: dict[str, float] = {}
@@ -328,8 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             last_train["skipped_updates"] = float(sum(h["nonfinite"] for h in host))
         last_train["steps_per_sec"] = len(pending) / max(elapsed, 1e-9)
         writer.write(step, "train", last_train)
-        progress.set_postfix({k: f"{last_train[k]:.4f}" for k in run.task.nonfinite_metrics
-                              if k in last_train}, refresh=False)
+        progress.report(step, last_train)
         pending, t_window = [], time.time()
 
     step = start_step
@@ -342,9 +405,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 batch = next(train_iter)
                 if jax.process_count() > 1:  # one process: the jitted step places the numpy
                     batch = sharding.shard_batch(batch, run.mesh)  # batch itself, ~10x cheaper
+                trace.before_step(step + 1)
                 with _tracing_context(run.mesh, cfg):
                     state, metrics = train_step(state, batch, np.int32(step))
                 step += 1
+                trace.after_step(step, metrics)
                 pending.append((step, metrics))
                 progress.update(1)
                 is_last = step == run.total_steps
@@ -360,14 +425,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.write(step, "eval", eval_metrics)
                     with _tracing_context(run.mesh, cfg):
                         evaluator.write_artifacts(eval_acc, state, workdir, step)
-                    if is_main:
-                        progress.write(f"step {step}: eval " + ", ".join(
-                            f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+                    progress.write(f"step {step}: eval " + ", ".join(
+                        f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                     t_window = time.time()  # eval time is not training throughput
                 if do_checkpoint or stopped:
                     checkpointer.save(step, state, train_iter.get_state(),
                                       eval_metrics if do_eval else None)
     finally:  # also on NaN or errors: let in-flight checkpoint saves finish
+        trace.close()
         progress.close()
         checkpointer.close()
         writer.close()
@@ -385,24 +450,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "epochs": step / steps_per_epoch, "wall_time_s": wall,
         "num_params": run.task.num_params(run.abstract_state),
         "train_steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
-        "resumed_from_step": start_step, "device_count": jax.device_count(),
+        "resumed_from_step": start_step, "device_count": run.mesh.devices.size,
         "process_count": jax.process_count(), "backend": jax.default_backend(),
-        "mesh": dict(run.mesh.shape), "versions": _versions(), "git_commit": _git_commit(),
-        "command": " ".join(sys.argv),
+        "mesh": dict(run.mesh.shape), "versions": _versions(),
+        **progress.summary(timed_steps / timed_seconds if timed_seconds else None),
+        "command": provenance.command_line(), "cwd": os.getcwd(),
+        "git_commit": git and git["commit"], "git_dirty": git and git["dirty"],
+        "git_diff": git and git["diff_file"],
     }
     if is_main:
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
+        workdir_lib.write_atomically(summary_path, json.dumps(summary, indent=2))
         plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "plots"))
     return summary
 
 
+EVAL_RESULTS = "eval_results.jsonl"
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Scores the latest checkpoint of `workdir` on config.data.eval_split."""
+    """Scores the latest checkpoint of `workdir` on config.data.eval_split, and appends the
+    result (with the split, the time and the command) to `workdir/eval_results.jsonl`."""
     sharding.fit_mesh_to_devices(config.mesh, jax.device_count())
     run = prepare_run(config, workdir)
     state, step = restore_latest(run, workdir)
     metrics, _ = run_eval(run, state)
+    if jax.process_index() == 0:
+        record = {"step": step, "split": config.data.eval_split, **metrics,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "command": provenance.command_line()}
+        with open(os.path.join(workdir, EVAL_RESULTS), "a") as f:
+            f.write(json.dumps(record) + "\n")
     return {"step": step, **metrics}
 
 
@@ -415,10 +492,11 @@ def restore_latest(run: Run, workdir: str):
     checkpointer = Checkpointer(checkpoints, keep_latest=run.config.keep_checkpoints,
                                 best_metric=best_name, best_mode=best_mode, read_only=True)
     try:
-        step = checkpointer.latest_step()
+        step = checkpointer.latest_step()  # the newest intact one
         if step is None:
             raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
-        state, _ = checkpointer.restore(run.abstract_state, run.state_shardings, with_data=False)
+        state, _ = checkpointer.restore(run.abstract_state, run.state_shardings, step=step,
+                                        with_data=False)
     finally:
         checkpointer.close()
     return state, step
