@@ -14,6 +14,7 @@ Re-running the same command on the same workdir resumes. On a cluster run the sa
 every host with --distributed (SLURM and TPU pods are detected) or with explicit
 --coordinator_address/--num_processes/--process_id (scripts/slurm.sbatch, scripts/tpu_pod.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,9 @@ from typing import Any
 MODES = {
     "train": "train into --workdir (the default); re-running on the same workdir resumes",
     "eval": "score the latest checkpoint of --workdir; prints the metrics and appends them to "
-            "WORKDIR/eval_results.jsonl",
+    "WORKDIR/eval_results.jsonl",
     "sample": "generate from the latest checkpoint of --workdir (tasks that generate: "
-              "language_model, vae, gan, diffusion)",
+    "language_model, vae, gan, diffusion)",
 }
 DEFAULT_CONFIG = "configs/default.py"
 DEFAULT_WORKDIR = "runs/default"
@@ -44,14 +45,26 @@ class Flag:
 
 
 FLAGS = (
-    Flag("string", "workdir", DEFAULT_WORKDIR,
-         "where config.json, checkpoints, metrics, plots and summary.json go"),
-    Flag("bool", "distributed", False,
-         "join a multi-process run whose coordinator the cluster names (SLURM, Open MPI, TPU pod, "
-         "Kubernetes are detected); DLX_DISTRIBUTED=1 sets it too"),
-    Flag("string", "coordinator_address", None,
-         "host:port of process 0, for a multi-process run outside a detected cluster (with "
-         "--num_processes and --process_id)"),
+    Flag(
+        "string",
+        "workdir",
+        DEFAULT_WORKDIR,
+        "where config.json, checkpoints, metrics, plots and summary.json go",
+    ),
+    Flag(
+        "bool",
+        "distributed",
+        False,
+        "join a multi-process run whose coordinator the cluster names (SLURM, Open MPI, TPU pod, "
+        "Kubernetes are detected); DLX_DISTRIBUTED=1 sets it too",
+    ),
+    Flag(
+        "string",
+        "coordinator_address",
+        None,
+        "host:port of process 0, for a multi-process run outside a detected cluster (with "
+        "--num_processes and --process_id)",
+    ),
     Flag("integer", "num_processes", None, "processes in the multi-process run"),
     Flag("integer", "process_id", None, "this process's index, 0 .. num_processes - 1"),
     # sample mode: passed to the task's `sample`, which takes the options it knows (unset ones
@@ -102,40 +115,55 @@ def _config_path(mode: str, config_spec: str | None, workdir: str | None) -> str
     """Which config a command runs: --config; else the run in --workdir (eval and sample need
     one; train resumes one); else configs/default.py."""
     from dlx.errors import UserError
+
     if config_spec is not None:
         if not os.path.exists(config_spec.split(":", 1)[0]):
-            raise UserError(f"config file {config_spec.split(':', 1)[0]} does not exist; see "
-                            f"configs/ for the choices")
+            raise UserError(
+                f"config file {config_spec.split(':', 1)[0]} does not exist; see "
+                f"configs/ for the choices"
+            )
         return config_spec
     saved = os.path.join(workdir, "config.json") if workdir else None
     if mode in ("eval", "sample"):
         if workdir is None:
             raise UserError(f"{mode} needs --workdir (the run to {mode} from)")
         if not os.path.isdir(workdir):
-            raise UserError(f"--workdir {workdir} does not exist; give the workdir of a trained run")
+            raise UserError(
+                f"--workdir {workdir} does not exist; give the workdir of a trained run"
+            )
         if not os.path.exists(saved):
-            raise UserError(f"{workdir} holds no run (no config.json); give the --workdir of a "
-                            f"trained run")
+            raise UserError(
+                f"{workdir} holds no run (no config.json); give the --workdir of a trained run"
+            )
         return saved
     if saved and os.path.exists(saved):
         return saved  # resume the run with its own config
     if workdir is None:
         return DEFAULT_CONFIG
-    raise UserError(f"{workdir} holds no run to resume; give --config (e.g. --config "
-                    f"{DEFAULT_CONFIG}) to start one there")
+    raise UserError(
+        f"{workdir} holds no run to resume; give --config (e.g. --config "
+        f"{DEFAULT_CONFIG}) to start one there"
+    )
 
 
 def _load_config(path: str, overrides: list[str]):
     from dlx.errors import UserError
     from dlx.train import config as config_lib
+
     try:
         config = config_lib.load(path)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 (errors raised by the config file's get_config)
         raise UserError(f"cannot load config {path}: {e}") from None
-    config_lib.prepare_overrides(config, [arg[len("--config."):].split("=", 1)[0]
-                                          for arg in overrides if arg.startswith("--config.")])
+    config_lib.prepare_overrides(
+        config,
+        [
+            arg[len("--config.") :].split("=", 1)[0]
+            for arg in overrides
+            if arg.startswith("--config.")
+        ],
+    )
     return config
 
 
@@ -146,10 +174,12 @@ def _parse_flags(config, args: list[str], program: str):
     from ml_collections import config_flags
 
     from dlx.errors import UserError
+
     values = flags.FlagValues()
     argv = [program, *args]
-    config_flags.DEFINE_config_dict("config", config, flag_values=values, lock_config=True,
-                                    sys_argv=argv)
+    config_flags.DEFINE_config_dict(
+        "config", config, flag_values=values, lock_config=True, sys_argv=argv
+    )
     for flag in FLAGS:
         default = flag.default
         if flag.name == "distributed":
@@ -160,48 +190,62 @@ def _parse_flags(config, args: list[str], program: str):
     except Exception as e:  # noqa: BLE001 (absl's flags.Error, ml_collections' bad values)
         raise UserError(str(e).replace("\n", " ")) from None
     if extra:
-        raise UserError(f"unexpected argument {extra[0]!r}; modes come first ({', '.join(MODES)}) "
-                        f"and flags are --name=value")
+        raise UserError(
+            f"unexpected argument {extra[0]!r}; modes come first ({', '.join(MODES)}) "
+            f"and flags are --name=value"
+        )
     return values
 
 
 def _check_processes(values) -> None:
     """A multi-process run needs a coordinator; without one each process would train alone."""
     from dlx.errors import UserError
+
     explicit = values.num_processes is not None or values.process_id is not None
     if values.distributed:
         return  # the cluster names the coordinator; explicit values are passed on
     if explicit and not values.coordinator_address:
-        raise UserError("--num_processes/--process_id need --coordinator_address host:port (of "
-                        "process 0), or --distributed in a SLURM or TPU cluster; without it every "
-                        "process would train alone into the same workdir")
+        raise UserError(
+            "--num_processes/--process_id need --coordinator_address host:port (of "
+            "process 0), or --distributed in a SLURM or TPU cluster; without it every "
+            "process would train alone into the same workdir"
+        )
     if values.coordinator_address:
         if values.num_processes is None or values.process_id is None:
             raise UserError("--coordinator_address needs --num_processes and --process_id")
         if values.num_processes < 1 or not 0 <= values.process_id < values.num_processes:
-            raise UserError(f"--process_id={values.process_id} must be in 0 .. "
-                            f"{values.num_processes - 1} (--num_processes={values.num_processes})")
+            raise UserError(
+                f"--process_id={values.process_id} must be in 0 .. "
+                f"{values.num_processes - 1} (--num_processes={values.num_processes})"
+            )
 
 
 def _start_processes(values) -> None:
     import jax
+
     if not (values.coordinator_address or values.distributed):
         return
     try:
-        jax.distributed.initialize(values.coordinator_address, values.num_processes,
-                                   values.process_id)
+        jax.distributed.initialize(
+            values.coordinator_address, values.num_processes, values.process_id
+        )
     except (ValueError, RuntimeError) as e:
         message = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
         if values.distributed and not values.coordinator_address:
-            _fail(f"--distributed found no cluster to join (SLURM, Open MPI, TPU pod and "
-                  f"Kubernetes are detected): {message}. Outside one pass --coordinator_address "
-                  f"host:port --num_processes N --process_id i")
+            _fail(
+                f"--distributed found no cluster to join (SLURM, Open MPI, TPU pod and "
+                f"Kubernetes are detected): {message}. Outside one pass --coordinator_address "
+                f"host:port --num_processes N --process_id i"
+            )
         _fail(f"cannot join the multi-process run at {values.coordinator_address}: {message}")
     from jax._src import distributed
+
     coordinator = distributed.global_state.coordinator_address or values.coordinator_address
-    print(f"process {jax.process_index()}/{jax.process_count()}, coordinator {coordinator}: "
-          f"{jax.local_device_count()} of {jax.device_count()} {jax.default_backend()} devices",
-          flush=True)
+    print(
+        f"process {jax.process_index()}/{jax.process_count()}, coordinator {coordinator}: "
+        f"{jax.local_device_count()} of {jax.device_count()} {jax.default_backend()} devices",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,6 +272,7 @@ def _flags_help(sample: bool) -> list[str]:
 
 def _flat_items(node, prefix: str = "") -> list[tuple[str, Any]]:
     import ml_collections
+
     items = []
     for key, value in node.items():
         if isinstance(value, ml_collections.ConfigDict):
@@ -242,6 +287,7 @@ def _config_help(config, path: str) -> list[str]:
     own group(s), the model's fields (also those the config leaves at the model's default)."""
     from dlx import models
     from dlx.train import config as config_lib
+
     runner_keys = {key for key, _ in _flat_items(config_lib.runner_config())}
     task_keys = {key for key, _ in _flat_items(config_lib.base_config(config.task))} - runner_keys
     items = _flat_items(config)
@@ -249,16 +295,19 @@ def _config_help(config, path: str) -> list[str]:
     model_items = [(key, value) for key, value in items if key.startswith("model.")]
     if model_name in models.available():
         given = {key for key, _ in model_items}
-        model_items += [(f"model.{field}", value)
-                        for field, value in models.model_defaults(model_name).items()
-                        if f"model.{field}" not in given]
+        model_items += [
+            (f"model.{field}", value)
+            for field, value in models.model_defaults(model_name).items()
+            if f"model.{field}" not in given
+        ]
     groups = [
         ("runner", [(k, v) for k, v in items if k in runner_keys and not k.startswith("model.")]),
         (f"task '{config.task}'", [(k, v) for k, v in items if k in task_keys]),
         (f"model '{model_name}' (--config.model.FIELD sets any field of the model)", model_items),
     ]
-    other = [(k, v) for k, v in items
-             if k not in runner_keys | task_keys and not k.startswith("model.")]
+    other = [
+        (k, v) for k, v in items if k not in runner_keys | task_keys and not k.startswith("model.")
+    ]
     if other:
         groups.append(("other keys in the config", other))
     width = max((len(key) for _, group in groups for key, _ in group), default=0) + 12
@@ -272,11 +321,18 @@ def _config_help(config, path: str) -> list[str]:
 def _help(mode: str, config_spec: str | None, args: list[str]) -> None:
     lines = [USAGE, "", "modes:"]
     lines += [f"  {name:<8}{text}" for name, text in MODES.items()]
-    config_flag = "  --config                config file (FILE.py or FILE.py:VARIANT) or a run's config.json"
+    config_flag = (
+        "  --config                config file (FILE.py or FILE.py:VARIANT) or a run's config.json"
+    )
     lines += ["", "flags:", config_flag, *_flags_help(sample=False)]
-    lines += ["", "sample flags (unset ones come from the run's config):", *_flags_help(sample=True)]
+    lines += [
+        "",
+        "sample flags (unset ones come from the run's config):",
+        *_flags_help(sample=True),
+    ]
     print("\n".join(lines), flush=True)
     from dlx.errors import UserError
+
     try:
         path = _config_path(mode, config_spec, _flag_value(args, "workdir"))
         config = _parse_flags(_load_config(path, args), args, "launch.py").config
@@ -303,6 +359,7 @@ def main(argv: list[str]) -> None:
         return
 
     from dlx.errors import UserError
+
     workdir = _flag_value(args, "workdir")
     try:
         path = _config_path(mode, config_spec, workdir)
@@ -317,13 +374,16 @@ def main(argv: list[str]) -> None:
     import jax
 
     from dlx.train import loop, provenance
+
     provenance.set_command(argv)
     config = values.config
     try:
         if mode == "sample":
             from dlx import inference
-            options = {name: values[name].value for name in SAMPLE_FLAGS
-                       if values[name].value is not None}
+
+            options = {
+                name: values[name].value for name in SAMPLE_FLAGS if values[name].value is not None
+            }
             inference.load(values.workdir, config, sample_options=options).sample(options)
             return
         if mode == "eval":
@@ -338,12 +398,15 @@ def main(argv: list[str]) -> None:
         _fail(str(e), code=1)
     if jax.process_index() == 0 and "stopped_at" not in summary:
         final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_eval"].items())
-        print(f"Done: {final} after {summary['steps']} steps in {summary['wall_time_s']:.0f} s. "
-              f"Results in {os.path.abspath(values.workdir)} (summary.json, metrics.jsonl, plots/).")
+        print(
+            f"Done: {final} after {summary['steps']} steps in {summary['wall_time_s']:.0f} s. "
+            f"Results in {os.path.abspath(values.workdir)} (summary.json, metrics.jsonl, plots/)."
+        )
 
 
 if __name__ == "__main__":
     from dlx.runtime import reexec_with_malloc_policy
+
     try:
         reexec_with_malloc_policy()  # first: glibc reads its malloc settings at process start
     except ValueError as e:

@@ -9,6 +9,7 @@ XLA's `cost_analysis()` counts differently: it leaves out the multiply-adds on t
 of SAME convolutions (for a 3x3 SAME conv on 28x28 it counts (82/84)^2 of `conv_flops`), and it
 adds elementwise and optimizer work.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,8 +21,14 @@ def dense_flops(batch: int, in_features: int, out_features: int) -> int:
     return 2 * batch * in_features * out_features
 
 
-def conv_flops(batch: int, out_height: int, out_width: int, in_channels: int, out_channels: int,
-               kernel_size: int) -> int:
+def conv_flops(
+    batch: int,
+    out_height: int,
+    out_width: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+) -> int:
     # Every output element is a dot product over a kernel_size^2 x in_channels window.
     return 2 * batch * out_height * out_width * out_channels * kernel_size**2 * in_channels
 
@@ -35,9 +42,16 @@ def _conv_out(size: int, kernel_size: int, padding: str) -> int:
     return size if padding.upper() == "SAME" else size - kernel_size + 1
 
 
-def cnn_forward_flops(batch: int, image_shape: tuple[int, int, int], features: Sequence[int],
-                      kernel_size: int, dense: Sequence[int], num_outputs: int,
-                      padding: str = "SAME", pool_window: int = 2) -> int:
+def cnn_forward_flops(
+    batch: int,
+    image_shape: tuple[int, int, int],
+    features: Sequence[int],
+    kernel_size: int,
+    dense: Sequence[int],
+    num_outputs: int,
+    padding: str = "SAME",
+    pool_window: int = 2,
+) -> int:
     """Conv stages (each followed by a pool that divides height and width by pool_window), then
     dense layers on the flattened feature map. Pooling, norms and activations are not counted."""
     height, width, channels = image_shape

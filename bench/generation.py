@@ -13,6 +13,7 @@ median round is kept. tokens/s = new tokens / wall time of the whole call (prefi
 Prints a table; writes bench/results_generation.json (with the load average: the machine is
 shared, and 2-thread torch suffers most from other processes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_checkpoint(args: argparse.Namespace, directory: str) -> transformers.GPT2LMHeadModel:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        n_layer=args.layers, n_embd=args.embed, n_head=args.heads, vocab_size=args.vocab,
-        n_positions=max(1024, args.prompt + args.new), bos_token_id=None, eos_token_id=None)
+        n_layer=args.layers,
+        n_embd=args.embed,
+        n_head=args.heads,
+        vocab_size=args.vocab,
+        n_positions=max(1024, args.prompt + args.new),
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     hf = transformers.GPT2LMHeadModel(config).eval()
     hf.save_pretrained(directory, safe_serialization=True)
     return hf
@@ -98,16 +105,25 @@ def main(argv: list[str] | None = None) -> dict:
     def run_hf(threads: int) -> np.ndarray:
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            return hf.generate(prompt_torch, attention_mask=torch.ones_like(prompt_torch),
-                               do_sample=False, use_cache=True, max_new_tokens=args.new,
-                               min_new_tokens=args.new, pad_token_id=0,
-                               eos_token_id=None).numpy()
+            return hf.generate(
+                prompt_torch,
+                attention_mask=torch.ones_like(prompt_torch),
+                do_sample=False,
+                use_cache=True,
+                max_new_tokens=args.new,
+                min_new_tokens=args.new,
+                pad_token_id=0,
+                eos_token_id=None,
+            ).numpy()
 
     # The goal is measured against 2 torch threads; 1 thread is a reference that stays fair
     # when other processes load the machine (2-thread torch then waits on a descheduled
     # thread at every op: measured 15x slower than 1 thread at load average 6 on 2 cores).
-    runs = {"dlx": run_dlx, REFERENCE: lambda: run_hf(TORCH_THREADS),
-            "transformers, 1 thread": lambda: run_hf(1)}
+    runs = {
+        "dlx": run_dlx,
+        REFERENCE: lambda: run_hf(TORCH_THREADS),
+        "transformers, 1 thread": lambda: run_hf(1),
+    }
     compile_s, dlx_tokens = timed(run_dlx)  # warm-up: traces and compiles
     hf_tokens = [run() for name, run in runs.items() if name != "dlx"]  # warm-ups
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -123,32 +139,55 @@ def main(argv: list[str] | None = None) -> dict:
     ratio_best = rate["dlx"] / max(r for name, r in rate.items() if name != "dlx")
     same_tokens = all(np.array_equal(dlx_tokens, tokens) for tokens in hf_tokens)
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "jax_devices": str(jax.devices()), "torch_threads": TORCH_THREADS,
-                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-                    "load_average_before_after": [load_before, load_after],
-                    "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                                 "transformers": transformers.__version__}},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "jax_devices": str(jax.devices()),
+            "torch_threads": TORCH_THREADS,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+            "load_average_before_after": [load_before, load_after],
+            "versions": {
+                "jax": jax.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+        },
         "command": " ".join(["bench/generation.py", *(sys.argv[1:] if argv is None else argv)]),
-        "model": {"layers": args.layers, "embed": args.embed, "heads": args.heads,
-                  "vocab": args.vocab, "parameters": sum(p.numel() for p in hf.parameters())},
-        "batch": args.batch, "prompt_tokens": args.prompt, "new_tokens": args.new,
-        "rounds": args.rounds, "seconds_rounds": seconds, "tokens_per_s": rate,
-        "ratio_dlx_over_transformers": ratio, "ratio_dlx_over_best_transformers": ratio_best,
-        "goal_ratio": GOAL_RATIO, "dlx_compile_and_first_run_s": compile_s,
-        "dlx_load_checkpoint_s": load_s, "greedy_tokens_identical": same_tokens,
+        "model": {
+            "layers": args.layers,
+            "embed": args.embed,
+            "heads": args.heads,
+            "vocab": args.vocab,
+            "parameters": sum(p.numel() for p in hf.parameters()),
+        },
+        "batch": args.batch,
+        "prompt_tokens": args.prompt,
+        "new_tokens": args.new,
+        "rounds": args.rounds,
+        "seconds_rounds": seconds,
+        "tokens_per_s": rate,
+        "ratio_dlx_over_transformers": ratio,
+        "ratio_dlx_over_best_transformers": ratio_best,
+        "goal_ratio": GOAL_RATIO,
+        "dlx_compile_and_first_run_s": compile_s,
+        "dlx_load_checkpoint_s": load_s,
+        "greedy_tokens_identical": same_tokens,
     }
-    print(f"GPT-2 {args.layers}x{args.embed}, {args.heads} heads, vocab {args.vocab}; "
-          f"batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, "
-          f"median of {args.rounds}")
+    print(
+        f"GPT-2 {args.layers}x{args.embed}, {args.heads} heads, vocab {args.vocab}; "
+        f"batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, "
+        f"median of {args.rounds}"
+    )
     print(f"| {'':<24}| {'tokens/s':>9} | {'ms/token':>9} | rounds (s) |")
     print(f"|{'-' * 25}|{'-' * 11}|{'-' * 11}|------------|")
     for name in seconds:
         rounds = ", ".join(f"{s:.2f}" for s in seconds[name])
         print(f"| {name:<24}| {rate[name]:>9.1f} | {1000 / rate[name]:>9.2f} | {rounds} |")
-    print(f"dlx / {REFERENCE} = {ratio:.2f}x (goal >= {GOAL_RATIO}x); dlx / best transformers "
-          f"= {ratio_best:.2f}x; greedy tokens identical: {same_tokens}; load average "
-          f"{load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores")
+    print(
+        f"dlx / {REFERENCE} = {ratio:.2f}x (goal >= {GOAL_RATIO}x); dlx / best transformers "
+        f"= {ratio_best:.2f}x; greedy tokens identical: {same_tokens}; load average "
+        f"{load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores"
+    )
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
 

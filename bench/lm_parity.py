@@ -10,6 +10,7 @@ Writes bench/results_lm_parity.json and, next to it with the same stem, a .png (
 both): validation loss against step and wall time for both. Dropout masks come from each
 framework's own generator, so the curves agree statistically, not bit for bit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 import torch_lm  # noqa: E402
+
 from dlx import data as data_lib  # noqa: E402
 from dlx import runtime  # noqa: E402
-from dlx.train import loop  # noqa: E402
 from dlx.optim.optimizer import learning_rate_at  # noqa: E402
+from dlx.train import loop  # noqa: E402
 
-CONFIGS = {"gpt": "configs.shakespeare_gpt", "lstm": "configs.shakespeare_lstm",
-           "gru": "configs.shakespeare_gru"}
+CONFIGS = {
+    "gpt": "configs.shakespeare_gpt",
+    "lstm": "configs.shakespeare_lstm",
+    "gru": "configs.shakespeare_gru",
+}
 
 
 def load_config(name: str, steps: int | None, variant: str):
@@ -74,8 +78,11 @@ def torch_curve(config) -> tuple[list[dict], float]:
     params = jax.device_get(loop.init_state(run).params)  # the weights the dlx run starts from
     model = torch_model(config, params)
     optimizer = torch_lm.adamw(model, config.optimizer)
-    train = data_lib.train_iterator(run.task.source(config.data.train_split, train=True),
-                                    global_batch_size=config.data.batch_size, seed=config.seed)
+    train = data_lib.train_iterator(
+        run.task.source(config.data.train_split, train=True),
+        global_batch_size=config.data.batch_size,
+        seed=config.seed,
+    )
     eval_source = run.task.source(config.data.eval_split, train=False)
     eval_every = config.eval_every_steps
     curve, elapsed = [], 0.0
@@ -94,15 +101,22 @@ def torch_curve(config) -> tuple[list[dict], float]:
         elapsed += time.time() - start
         done = step + 1
         if done % eval_every == 0 or done == run.total_steps:
-            batches = data_lib.eval_batches(eval_source,
-                                            global_batch_size=config.data.eval_batch_size)
-            curve.append({"step": done, "loss": torch_lm.mean_token_loss(model, batches),
-                          "train_seconds": elapsed})
+            batches = data_lib.eval_batches(
+                eval_source, global_batch_size=config.data.eval_batch_size
+            )
+            curve.append(
+                {
+                    "step": done,
+                    "loss": torch_lm.mean_token_loss(model, batches),
+                    "train_seconds": elapsed,
+                }
+            )
     return curve, elapsed
 
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -140,13 +154,22 @@ def main() -> None:
         dlx_points, dlx_wall = dlx_curve(config)
         torch_points, torch_wall = torch_curve(config)
         gaps = [abs(a["loss"] - b["loss"]) for a, b in zip(dlx_points, torch_points)]
-        results[name] = {"config": f"{CONFIGS[name].replace('.', '/')}.py:{args.variant}",
-                         "total_steps": config.train_steps, "dlx": dlx_points, "torch": torch_points,
-                         "dlx_wall_s": dlx_wall, "torch_wall_s": torch_wall,
-                         "final_gap": gaps[-1], "max_gap": max(gaps)}
-        print(f"{name}: final val loss dlx {dlx_points[-1]['loss']:.4f} torch "
-              f"{torch_points[-1]['loss']:.4f} (gap {gaps[-1]:.4f}, max {max(gaps):.4f}); "
-              f"train time dlx {dlx_wall:.0f} s, torch {torch_wall:.0f} s", flush=True)
+        results[name] = {
+            "config": f"{CONFIGS[name].replace('.', '/')}.py:{args.variant}",
+            "total_steps": config.train_steps,
+            "dlx": dlx_points,
+            "torch": torch_points,
+            "dlx_wall_s": dlx_wall,
+            "torch_wall_s": torch_wall,
+            "final_gap": gaps[-1],
+            "max_gap": max(gaps),
+        }
+        print(
+            f"{name}: final val loss dlx {dlx_points[-1]['loss']:.4f} torch "
+            f"{torch_points[-1]['loss']:.4f} (gap {gaps[-1]:.4f}, max {max(gaps):.4f}); "
+            f"train time dlx {dlx_wall:.0f} s, torch {torch_wall:.0f} s",
+            flush=True,
+        )
         Path(args.out).write_text(json.dumps(results, indent=1))
         plot(results, Path(args.out).with_suffix(".png"))
 

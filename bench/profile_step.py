@@ -11,6 +11,7 @@ gap before the next op in the timeline. Run it on an idle machine. The step time
 the process's page faults and kernel (system) CPU time per step, the cost of memory the step maps
 afresh (see DLX_MALLOC in dlx/runtime.py); the traced time includes the profiler's overhead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,27 @@ def trace_events(model: run.DlxModel, steps: int) -> tuple[list[dict], float]:
         path = sorted(glob.glob(pattern))[-1]
         with gzip.open(path) as f:
             trace = json.load(f)
-    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
-               if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    events = [{**e, "thread": threads.get((e["pid"], e["tid"]), "")}
-              for e in trace["traceEvents"] if e.get("ph") == "X"]
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in trace["traceEvents"]
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
+    events = [
+        {**e, "thread": threads.get((e["pid"], e["tid"]), "")}
+        for e in trace["traceEvents"]
+        if e.get("ph") == "X"
+    ]
     return events, seconds / steps
 
 
 def xla_ops(events: list[dict]) -> list[dict]:
     """Events of XLA's kernels (not the executor's own bookkeeping)."""
-    return [e for e in events if ("Eigen" in e["thread"] or "PjRt" in e["thread"])
-            and not e["name"].startswith(("ThunkExecutor", "ThreadpoolListener"))]
+    return [
+        e
+        for e in events
+        if ("Eigen" in e["thread"] or "PjRt" in e["thread"])
+        and not e["name"].startswith(("ThunkExecutor", "ThreadpoolListener"))
+    ]
 
 
 def op_table(ops: list[dict], steps: int, top: int) -> str:
@@ -61,8 +72,10 @@ def op_table(ops: list[dict], steps: int, top: int) -> str:
     for e in ops:
         total[e["name"]] += e["dur"]
         count[e["name"]] += 1
-    lines = [f"sum of op times: {sum(total.values()) / 1e3 / steps:.2f} ms/step",
-             f"{'ms/step':>8} {'calls':>6}  op"]
+    lines = [
+        f"sum of op times: {sum(total.values()) / 1e3 / steps:.2f} ms/step",
+        f"{'ms/step':>8} {'calls':>6}  op",
+    ]
     for name, us in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{us / 1e3 / steps:8.3f} {count[name] / steps:6.1f}  {name}")
     return "\n".join(lines)
@@ -70,8 +83,10 @@ def op_table(ops: list[dict], steps: int, top: int) -> str:
 
 def timeline(events: list[dict], ops: list[dict], min_ms: float) -> str:
     """One step from the middle of the trace: op start (ms from the step's start), duration."""
-    steps = sorted((e for e in events if e["name"].startswith("ThunkExecutor::Execute (wait")),
-                   key=lambda e: e["ts"])
+    steps = sorted(
+        (e for e in events if e["name"].startswith("ThunkExecutor::Execute (wait")),
+        key=lambda e: e["ts"],
+    )
     if not steps:
         return "(no step boundaries found in the trace)"
     step = steps[len(steps) // 2]
@@ -99,15 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     untraced = model.run_steps(args.steps) / args.steps
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"{args.model}: per step untraced {(after.ru_minflt - before.ru_minflt) / args.steps:.0f} "
-          f"page faults, {(after.ru_stime - before.ru_stime) / args.steps:.3f} s system CPU time "
-          f"(GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')}); peak RSS "
-          f"{after.ru_maxrss / 2**20:.2f} GiB")
+    print(
+        f"{args.model}: per step untraced {(after.ru_minflt - before.ru_minflt) / args.steps:.0f} "
+        f"page faults, {(after.ru_stime - before.ru_stime) / args.steps:.3f} s system CPU time "
+        f"(GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')}); peak RSS "
+        f"{after.ru_maxrss / 2**20:.2f} GiB"
+    )
     load = run.OtherLoad()
     events, traced = trace_events(model, args.steps)
     other = load.fraction()
-    print(f"{args.model}: {1e3 * untraced:.2f} ms/step untraced, {1e3 * traced:.2f} traced; other "
-          f"processes used {run._pct(other)} of the CPU meanwhile")
+    print(
+        f"{args.model}: {1e3 * untraced:.2f} ms/step untraced, {1e3 * traced:.2f} traced; other "
+        f"processes used {run._pct(other)} of the CPU meanwhile"
+    )
     ops = xla_ops(events)
     print(op_table(ops, args.steps, args.top))
     if args.timeline:

@@ -9,6 +9,7 @@ Prints a markdown table and writes bench/results.json. dlx runs exactly as the r
 the same process, alternating in rounds (each side timed after one untimed step), and the median
 round is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def cnn_with_batch_norm():
     return config
 
 
-MODELS = {"mlp": fashion_mlp.get_config, "cnn": fashion_cnn.get_config,
-          "cnn_bn": cnn_with_batch_norm}
+MODELS = {
+    "mlp": fashion_mlp.get_config,
+    "cnn": fashion_cnn.get_config,
+    "cnn_bn": cnn_with_batch_norm,
+}
 PIPELINE_MODELS = ("mlp", "cnn")
 SECTIONS = ("peak", *MODELS, "pipeline")
 GOAL_RATIO = {"mlp": 0.6, "cnn": 1.0, "cnn_bn": 1.0}
@@ -61,26 +65,42 @@ DEFAULT_PIPELINE_STEPS = {"mlp": 100, "cnn": 20}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="train steps per timed round (default: mlp 100, cnns 20)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train steps per timed round (default: mlp 100, cnns 20)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is kept")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps after compiling")
-    parser.add_argument("--pipeline-steps", type=int, default=None,
-                        help="steps per pipeline-stall round (default: mlp 100, cnn 20)")
-    parser.add_argument("--pipeline-rounds", type=int, default=15,
-                        help="pipeline-stall rounds, each a loop and a step timing back to back; "
-                             "the median of the rounds' stalls is kept")
+    parser.add_argument(
+        "--pipeline-steps",
+        type=int,
+        default=None,
+        help="steps per pipeline-stall round (default: mlp 100, cnn 20)",
+    )
+    parser.add_argument(
+        "--pipeline-rounds",
+        type=int,
+        default=15,
+        help="pipeline-stall rounds, each a loop and a step timing back to back; "
+        "the median of the rounds' stalls is kept",
+    )
     args = parse_with_sections(parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results.json"))
     if min(args.rounds, args.pipeline_rounds) < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--rounds, --pipeline-rounds and --steps must be >= 1")
     return args
 
 
-def parse_with_sections(parser: argparse.ArgumentParser, argv: list[str] | None,
-                        sections: tuple[str, ...], out: str) -> argparse.Namespace:
+def parse_with_sections(
+    parser: argparse.ArgumentParser, argv: list[str] | None, sections: tuple[str, ...], out: str
+) -> argparse.Namespace:
     """Adds --only (comma-separated sections, checked against `sections`) and --out, parses."""
-    parser.add_argument("--only", default=",".join(sections),
-                        help=f"comma-separated sections to run: {', '.join(sections)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(sections),
+        help=f"comma-separated sections to run: {', '.join(sections)}",
+    )
     parser.add_argument("--out", default=out)
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -111,12 +131,22 @@ def cpu_model() -> str:
 def machine_info() -> dict[str, Any]:
     import flax
     import optax
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "jax_devices": str(jax.devices()),
-            "torch_threads": TORCH_THREADS,
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # the DLX_MALLOC policy
-            "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                         "flax": flax.__version__, "optax": optax.__version__,
-                         "torch": torch.__version__, "numpy": np.__version__}}
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "jax_devices": str(jax.devices()),
+        "torch_threads": TORCH_THREADS,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # the DLX_MALLOC policy
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
+    }
 
 
 WORKER_PIDS: set[int] = set()  # this benchmark's worker processes (bench/sequence.py's GPT sides)
@@ -148,8 +178,12 @@ class OtherLoad:
 
     def fraction(self) -> float | None:
         try:
-            busy, own, wall = (now - then for now, then in zip(
-                (self._busy_seconds(), self._own_seconds(), time.perf_counter()), self._start))
+            busy, own, wall = (
+                now - then
+                for now, then in zip(
+                    (self._busy_seconds(), self._own_seconds(), time.perf_counter()), self._start
+                )
+            )
         except OSError:  # no /proc/stat: not Linux
             return None
         if wall < 0.2:  # /proc/stat counts in 10 ms ticks: too coarse to judge
@@ -174,8 +208,8 @@ T = TypeVar("T")
 @dataclasses.dataclass
 class Rounds(Generic[T]):
     kept: list[T]
-    dropped: int      # rounds thrown away because another process was busy during them
-    contended: bool   # too few quiet rounds: `kept` holds busy ones too
+    dropped: int  # rounds thrown away because another process was busy during them
+    contended: bool  # too few quiet rounds: `kept` holds busy ones too
 
 
 def alternating_round(runners: dict[str, StepRunner], steps: int) -> dict[str, float]:
@@ -216,12 +250,16 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096)) -> dict[str, Any]:
         repeats = 7 if n <= 2048 else 3
         flop = 2 * n**3
         a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float32) for i in (0, 1))
-        measured[f"jax_{n}"] = flop / seconds_per_call(
-            lambda: matmul(a, b).block_until_ready(), repeats) / 1e9
+        measured[f"jax_{n}"] = (
+            flop / seconds_per_call(lambda: matmul(a, b).block_until_ready(), repeats) / 1e9  # noqa: B023
+        )
         ta, tb = torch.randn(n, n), torch.randn(n, n)
-        measured[f"torch_{n}"] = flop / seconds_per_call(lambda: torch.mm(ta, tb), repeats) / 1e9
-    return {"gflops": measured, "peak_gflops": max(measured.values()),
-            "peak_from": max(measured, key=measured.get)}
+        measured[f"torch_{n}"] = flop / seconds_per_call(lambda: torch.mm(ta, tb), repeats) / 1e9  # noqa: B023
+    return {
+        "gflops": measured,
+        "peak_gflops": max(measured.values()),
+        "peak_from": max(measured, key=measured.get),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,9 +273,9 @@ class DlxModel:
     run: loop.Run
     state: Any
     train_step: Callable
-    batch: dict[str, jax.Array]       # one sharded batch, reused by the step-only timings
+    batch: dict[str, jax.Array]  # one sharded batch, reused by the step-only timings
     numpy_batch: dict[str, np.ndarray]
-    steps: int = 0                    # updates made so far (the runner's step index)
+    steps: int = 0  # updates made so far (the runner's step index)
 
     def step(self, batch: dict[str, jax.Array]) -> dict:
         with loop._tracing_context(self.run.mesh, self.run.config):
@@ -283,13 +321,15 @@ def build_dlx(config) -> DlxModel:
     source = data.source(config.data.name, config.data.train_split, run.data_dir)
     rows = np.arange(config.data.batch_size)
     numpy_batch = data.read_rows(source, rows)
-    return DlxModel(run, state, train_step, sharding.shard_batch(numpy_batch, run.mesh),
-                    numpy_batch)
+    return DlxModel(
+        run, state, train_step, sharding.shard_batch(numpy_batch, run.mesh), numpy_batch
+    )
 
 
 def xla_flops(model: DlxModel) -> dict[str, float]:
     """XLA's own count (cost_analysis of the compiled executables) for the forward+loss and the
     whole train step. It counts every op (elementwise, optimizer), and skips work XLA removed."""
+
     def flops_of(compiled) -> float:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -298,19 +338,29 @@ def xla_flops(model: DlxModel) -> dict[str, float]:
     run, state = model.run, model.state
     with loop._tracing_context(run.mesh, run.config):
         step = flops_of(model.train_step.lower(state, model.batch, np.int32(0)).compile())
-        forward = flops_of(jax.jit(run.task.loss_fn).lower(
-            state.params, state.model_state, model.batch, jax.random.PRNGKey(0)).compile())
+        forward = flops_of(
+            jax.jit(run.task.loss_fn)
+            .lower(state.params, state.model_state, model.batch, jax.random.PRNGKey(0))
+            .compile()
+        )
     return {"xla_forward_flops": forward, "xla_step_flops": step}
 
 
 def analytic_forward_flops(config, image_shape: tuple[int, int, int]) -> int:
     model, batch = config.model, config.data.batch_size
     if model.name == "mlp":
-        return flops.mlp_forward_flops(batch, int(np.prod(image_shape)), model.hidden,
-                                       model.num_outputs)
-    return flops.cnn_forward_flops(batch, image_shape, model.features, model.kernel_size,
-                                   model.get("dense", ()), model.num_outputs,
-                                   model.get("padding", "SAME"))
+        return flops.mlp_forward_flops(
+            batch, int(np.prod(image_shape)), model.hidden, model.num_outputs
+        )
+    return flops.cnn_forward_flops(
+        batch,
+        image_shape,
+        model.features,
+        model.kernel_size,
+        model.get("dense", ()),
+        model.num_outputs,
+        model.get("padding", "SAME"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,7 +372,8 @@ def torch_runner(config, numpy_batch: dict[str, np.ndarray], fused_adamw: bool) 
     image_shape = tuple(numpy_batch["image"].shape[1:])
     net = torch_models.from_config(config.model.to_dict(), image_shape)
     step = torch_models.train_step(
-        net, torch_models.adamw(net, config.optimizer, fused=fused_adamw))
+        net, torch_models.adamw(net, config.optimizer, fused=fused_adamw)
+    )
     images, labels = torch_models.to_torch_batch(numpy_batch)
 
     def run_steps(num_steps: int) -> float:
@@ -354,11 +405,17 @@ def compare_with_torch(name: str, model: DlxModel, args, peak_gflops: float | No
     forward = analytic_forward_flops(config, image_shape)
     step_flops = flops.TRAIN_STEP_MULTIPLIER * forward
     result = {
-        "batch_size": config.data.batch_size, "steps_per_round": steps, "rounds": args.rounds,
+        "batch_size": config.data.batch_size,
+        "steps_per_round": steps,
+        "rounds": args.rounds,
         **{f"{contender}_ms": value for contender, value in ms.items()},
-        "ratio": ms["dlx"] / ms["torch"], "goal_ratio": GOAL_RATIO[name],
-        "ms_rounds": ms_rounds, "busy_rounds_dropped": rounds.dropped,
-        "contended": rounds.contended, "forward_flops": forward, "step_flops": step_flops,
+        "ratio": ms["dlx"] / ms["torch"],
+        "goal_ratio": GOAL_RATIO[name],
+        "ms_rounds": ms_rounds,
+        "busy_rounds_dropped": rounds.dropped,
+        "contended": rounds.contended,
+        "forward_flops": forward,
+        "step_flops": step_flops,
         **{f"{side}_gflops": step_flops / ms[side] / 1e6 for side in ("dlx", "torch")},
         **xla_flops(model),
     }
@@ -372,9 +429,13 @@ def pipeline_stall(name: str, model: DlxModel, args) -> dict:
     config = model.run.config
     steps = args.pipeline_steps or DEFAULT_PIPELINE_STEPS[name]
     source = data.source(config.data.name, config.data.train_split, model.run.data_dir)
-    iterator = data.train_iterator(source, global_batch_size=config.data.batch_size,
-                                   seed=config.seed, num_threads=config.data.num_threads,
-                                   prefetch=config.data.prefetch)
+    iterator = data.train_iterator(
+        source,
+        global_batch_size=config.data.batch_size,
+        seed=config.seed,
+        num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch,
+    )
     model.run_loop(iterator, args.warmup)  # starts grain's reader threads
     model.run_steps(args.warmup)  # the step on a placed batch is compiled on its first call
     order = itertools.cycle([False, True])
@@ -391,12 +452,17 @@ def pipeline_stall(name: str, model: DlxModel, args) -> dict:
 
     rounds = quiet_rounds(paired_round, args.pipeline_rounds)
     stalls = [(loop - step) / loop for loop, step in rounds.kept]
-    return {"steps_per_round": steps, "rounds": args.pipeline_rounds,
-            "loop_ms": 1e3 * statistics.median(loop for loop, _ in rounds.kept) / steps,
-            "step_ms": 1e3 * statistics.median(step for _, step in rounds.kept) / steps,
-            "stall": statistics.median(stalls), "stall_rounds": stalls,
-            "goal_stall": GOAL_STALL, "busy_rounds_dropped": rounds.dropped,
-            "contended": rounds.contended}
+    return {
+        "steps_per_round": steps,
+        "rounds": args.pipeline_rounds,
+        "loop_ms": 1e3 * statistics.median(loop for loop, _ in rounds.kept) / steps,
+        "step_ms": 1e3 * statistics.median(step for _, step in rounds.kept) / steps,
+        "stall": statistics.median(stalls),
+        "stall_rounds": stalls,
+        "goal_stall": GOAL_STALL,
+        "busy_rounds_dropped": rounds.dropped,
+        "contended": rounds.contended,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -412,15 +478,20 @@ def _verdict(met: bool, result: dict) -> str:
 
 def report_header(results: dict) -> list[str]:
     """The machine and, when measured, its matmul peak: the first lines of every bench report."""
-    lines = [f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
-             + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items())
-             + f"; GLIBC_TUNABLES {results['machine'].get('glibc_tunables')}"]
+    lines = [
+        f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+        + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items())
+        + f"; GLIBC_TUNABLES {results['machine'].get('glibc_tunables')}"
+    ]
     peak = results.get("peak")
     if peak:
-        lines += ["", "f32 matmul GFLOP/s (median): " + ", ".join(
-            f"{k} {v:.0f}" for k, v in peak["gflops"].items()),
+        lines += [
+            "",
+            "f32 matmul GFLOP/s (median): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in peak["gflops"].items()),
             f"this machine's measured f32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
-            f"({peak['peak_from']})"]
+            f"({peak['peak_from']})",
+        ]
     return lines
 
 
@@ -430,9 +501,13 @@ def report(results: dict) -> str:
     models = results.get("models", {})
     if models:
         batch = next(iter(models.values()))["batch_size"]
-        lines += ["", f"| train step (batch {batch}) | dlx ms | torch ms | dlx/torch (goal) "
-                  "| model GFLOP/step | XLA GFLOP fwd / step | dlx % peak | torch % peak "
-                  "| torch fused-AdamW ms |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| train step (batch {batch}) | dlx ms | torch ms | dlx/torch (goal) "
+            "| model GFLOP/step | XLA GFLOP fwd / step | dlx % peak | torch % peak "
+            "| torch fused-AdamW ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in models.items():
             ok = _verdict(r["ratio"] <= r["goal_ratio"], r)
             lines.append(
@@ -440,17 +515,26 @@ def report(results: dict) -> str:
                 f"(<= {r['goal_ratio']}, {ok}) | {r['step_flops'] / 1e9:.3f} "
                 f"(fwd {r['forward_flops'] / 1e9:.3f} x3) | {r['xla_forward_flops'] / 1e9:.3f} / "
                 f"{r['xla_step_flops'] / 1e9:.3f} | {_pct(r.get('dlx_peak_fraction'))} "
-                f"| {_pct(r.get('torch_peak_fraction'))} | {r['torch_fused_adamw_ms']:.2f} |")
+                f"| {_pct(r.get('torch_peak_fraction'))} | {r['torch_fused_adamw_ms']:.2f} |"
+            )
     stalls = results.get("pipeline", {})
     if stalls:
-        lines += ["", "| input pipeline | loop ms/step (next + placing the batch + step) "
-                  "| step ms on a fixed batch | stall (goal < 5%) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| input pipeline | loop ms/step (next + placing the batch + step) "
+            "| step ms on a fixed batch | stall (goal < 5%) |",
+            "|---|---|---|---|",
+        ]
         for name, r in stalls.items():
             ok = _verdict(r["stall"] < r["goal_stall"], r)
-            lines.append(f"| {name} | {r['loop_ms']:.2f} | {r['step_ms']:.2f} "
-                         f"| {_pct(r['stall'])} ({ok}) |")
-    sections = [("peak", peak or {}), *models.items(),
-                *((f"{name} pipeline", r) for name, r in stalls.items())]
+            lines.append(
+                f"| {name} | {r['loop_ms']:.2f} | {r['step_ms']:.2f} | {_pct(r['stall'])} ({ok}) |"
+            )
+    sections = [
+        ("peak", peak or {}),
+        *models.items(),
+        *((f"{name} pipeline", r) for name, r in stalls.items()),
+    ]
     return "\n".join(lines + load_notes(results, sections))
 
 
@@ -459,13 +543,18 @@ def load_notes(results: dict, sections: list[tuple[str, dict]]) -> list[str]:
     lines = []
     dropped = sum(r.get("busy_rounds_dropped", 0) for _, r in sections)
     if dropped:
-        lines += ["", f"note: {dropped} timed round(s) dropped because other processes used over "
-                  f"{_pct(MAX_OTHER_LOAD)} of the CPU during them (over the whole run: "
-                  f"{_pct(results.get('other_processes_cpu_fraction'))})."]
+        lines += [
+            "",
+            f"note: {dropped} timed round(s) dropped because other processes used over "
+            f"{_pct(MAX_OTHER_LOAD)} of the CPU during them (over the whole run: "
+            f"{_pct(results.get('other_processes_cpu_fraction'))}).",
+        ]
     contended = [name for name, r in sections if r.get("contended")]
     if contended:
-        lines += [f"WARNING: too few quiet rounds for {', '.join(contended)}: those numbers are "
-                  "from a busy machine (PyTorch's suffer most). Re-run when it is idle."]
+        lines += [
+            f"WARNING: too few quiet rounds for {', '.join(contended)}: those numbers are "
+            "from a busy machine (PyTorch's suffer most). Re-run when it is idle."
+        ]
     return lines
 
 
@@ -475,8 +564,11 @@ def main(argv: list[str] | None = None) -> dict:
     probe = OtherLoad()
     time.sleep(1.0)
     if (busy := probe.fraction()) and busy > MAX_OTHER_LOAD:
-        print(f"note: other processes are using {_pct(busy)} of the CPU; rounds they disturb are "
-              "retried (up to 3x), so this run may take longer", flush=True)
+        print(
+            f"note: other processes are using {_pct(busy)} of the CPU; rounds they disturb are "
+            "retried (up to 3x), so this run may take longer",
+            flush=True,
+        )
     started, other_load = time.perf_counter(), OtherLoad()
     results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
     peak_gflops = measure_peak(results) if "peak" in args.only else None
@@ -486,8 +578,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         model = build_dlx(get_config())
         if name in args.only:
-            results.setdefault("models", {})[name] = compare_with_torch(name, model, args,
-                                                                        peak_gflops)
+            results.setdefault("models", {})[name] = compare_with_torch(
+                name, model, args, peak_gflops
+            )
         if with_pipeline:
             results.setdefault("pipeline", {})[name] = pipeline_stall(name, model, args)
     return finish(results, started, other_load, args.out, report)
@@ -500,8 +593,9 @@ def measure_peak(results: dict) -> float:
     return results["peak"]["peak_gflops"]
 
 
-def finish(results: dict, started: float, other_load: OtherLoad, out: str,
-           report_fn: Callable[[dict], str]) -> dict:
+def finish(
+    results: dict, started: float, other_load: OtherLoad, out: str, report_fn: Callable[[dict], str]
+) -> dict:
     """Adds the run's wall time and the other processes' CPU share, prints the report, saves."""
     results["wall_s"] = time.perf_counter() - started
     results["other_processes_cpu_fraction"] = other_load.fraction()

@@ -25,6 +25,7 @@ training loop), the layers in this process, each GPT side in a worker process of
   under `torch.autocast("cpu", torch.bfloat16)` (both keep float32 weights, optimizer and
   logits); % of peak is then left out (the peak measured is float32's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,21 +69,35 @@ StepRunner = Callable[[int], float]  # run_steps(n) -> seconds for n calls, all 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is kept")
-    parser.add_argument("--layer-steps", type=int, default=5,
-                        help="forward+backward calls per layer round")
-    parser.add_argument("--gpt-rounds", type=int, default=3,
-                        help="timed rounds for the nanoGPT-size model (~20 s each)")
-    parser.add_argument("--gpt-steps", type=int, default=2,
-                        help="train steps per round for the nanoGPT-size model")
-    parser.add_argument("--gpt-small-steps", type=int, default=10,
-                        help="train steps per round for the :small model")
-    parser.add_argument("--gpt-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype of both GPTs (see the module docstring)")
+    parser.add_argument(
+        "--layer-steps", type=int, default=5, help="forward+backward calls per layer round"
+    )
+    parser.add_argument(
+        "--gpt-rounds",
+        type=int,
+        default=3,
+        help="timed rounds for the nanoGPT-size model (~20 s each)",
+    )
+    parser.add_argument(
+        "--gpt-steps", type=int, default=2, help="train steps per round for the nanoGPT-size model"
+    )
+    parser.add_argument(
+        "--gpt-small-steps", type=int, default=10, help="train steps per round for the :small model"
+    )
+    parser.add_argument(
+        "--gpt-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of both GPTs (see the module docstring)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # SECTION:SIDE, see SideWorker
-    args = bench_run.parse_with_sections(parser, argv, SECTIONS,
-                                         os.path.join(BENCH_DIR, "results_sequence.json"))
-    if min(args.rounds, args.gpt_rounds, args.layer_steps, args.gpt_steps,
-           args.gpt_small_steps) < 1:
+    args = bench_run.parse_with_sections(
+        parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results_sequence.json")
+    )
+    if (
+        min(args.rounds, args.gpt_rounds, args.layer_steps, args.gpt_steps, args.gpt_small_steps)
+        < 1
+    ):
         parser.error("--rounds and the --*-steps must be >= 1")
     return args
 
@@ -91,10 +106,14 @@ def timed_rounds(runners: dict[str, StepRunner], steps: int, rounds: int) -> dic
     """`bench_run.alternating_round`s while the machine is quiet; median ms per call."""
     kept = bench_run.quiet_rounds(lambda: bench_run.alternating_round(runners, steps), rounds)
     ms_rounds = {name: [r[name] for r in kept.kept] for name in runners}
-    return {"steps_per_round": steps, "rounds": rounds,
-            **{f"{name}_ms": statistics.median(ms) for name, ms in ms_rounds.items()},
-            "ms_rounds": ms_rounds, "busy_rounds_dropped": kept.dropped,
-            "contended": kept.contended}
+    return {
+        "steps_per_round": steps,
+        "rounds": rounds,
+        **{f"{name}_ms": statistics.median(ms) for name, ms in ms_rounds.items()},
+        "ms_rounds": ms_rounds,
+        "busy_rounds_dropped": kept.dropped,
+        "contended": kept.contended,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,15 +155,22 @@ def compare_layer(cell: str, args) -> dict[str, Any]:
     # Same computation on both sides: outputs, input and weight gradients.
     (grads, x_grad), out = grad_fn(params, x, g)
     out_t = torch_call()
-    names = {"input_kernel": "weight_ih_l0", "recurrent_kernel": "weight_hh_l0",
-             "input_bias": "bias_ih_l0", "recurrent_bias": "bias_hh_l0"}
-    errors = {"output": float(np.abs(np.asarray(out) - out_t.detach().numpy()).max()),
-              "input_grad": float(np.abs(np.asarray(x_grad) - xt.grad.numpy()).max())}
+    names = {
+        "input_kernel": "weight_ih_l0",
+        "recurrent_kernel": "weight_hh_l0",
+        "input_bias": "bias_ih_l0",
+        "recurrent_bias": "bias_hh_l0",
+    }
+    errors = {
+        "output": float(np.abs(np.asarray(out) - out_t.detach().numpy()).max()),
+        "input_grad": float(np.abs(np.asarray(x_grad) - xt.grad.numpy()).max()),
+    }
     for ours, theirs in names.items():
         reference_grad = getattr(reference, theirs).grad.numpy()
         ours_grad = np.asarray(grads["params"][ours])
-        errors[ours + "_grad"] = float(np.abs(ours_grad - (reference_grad.T if ours_grad.ndim == 2
-                                                            else reference_grad)).max())
+        errors[ours + "_grad"] = float(
+            np.abs(ours_grad - (reference_grad.T if ours_grad.ndim == 2 else reference_grad)).max()
+        )
     if max(errors.values()) > 2e-3:
         raise AssertionError(f"{cell}: dlx and torch disagree: {errors}")
 
@@ -165,18 +191,26 @@ def compare_layer(cell: str, args) -> dict[str, Any]:
             return reference(xt)
 
     # The forward alone too, without the residuals the gradient needs: where a gap comes from.
-    runners = {"dlx": dlx_steps, "torch": torch_steps,
-               "dlx_forward": functools.partial(dlx_steps, call=lambda: forward_fn(params, x)),
-               "torch_forward": functools.partial(torch_steps, call=torch_forward)}
+    runners = {
+        "dlx": dlx_steps,
+        "torch": torch_steps,
+        "dlx_forward": functools.partial(dlx_steps, call=lambda: forward_fn(params, x)),
+        "torch_forward": functools.partial(torch_steps, call=torch_forward),
+    }
     for run_steps in runners.values():
         run_steps(2)  # warm-up
     result = timed_rounds(runners, args.layer_steps, args.rounds)
     flop = layer_flops(cell, b, t, d, h)
-    return {**LAYER_SHAPE, **result, "max_abs_diff": errors,
-            "ratio": result["dlx_ms"] / result["torch_ms"], "goal_ratio": GOAL_RATIO,
-            "forward_ratio": result["dlx_forward_ms"] / result["torch_forward_ms"],
-            "step_flops": flop,
-            **{f"{side}_gflops": flop / result[f"{side}_ms"] / 1e6 for side in ("dlx", "torch")}}
+    return {
+        **LAYER_SHAPE,
+        **result,
+        "max_abs_diff": errors,
+        "ratio": result["dlx_ms"] / result["torch_ms"],
+        "goal_ratio": GOAL_RATIO,
+        "forward_ratio": result["dlx_forward_ms"] / result["torch_forward_ms"],
+        "step_flops": flop,
+        **{f"{side}_gflops": flop / result[f"{side}_ms"] / 1e6 for side in ("dlx", "torch")},
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,11 +229,17 @@ def build_dlx_lm(config) -> bench_run.DlxModel:
     state = loop.init_state(run)
     train_step = loop.compile_steps(run)
     source = run.task.source(config.data.train_split, train=True)
-    numpy_batch = next(iter(data_lib.train_iterator(
-        source, global_batch_size=config.data.batch_size, seed=config.seed)))
+    numpy_batch = next(
+        iter(
+            data_lib.train_iterator(
+                source, global_batch_size=config.data.batch_size, seed=config.seed
+            )
+        )
+    )
     numpy_batch = {k: np.asarray(v) for k, v in numpy_batch.items()}
-    return bench_run.DlxModel(run, state, train_step,
-                              sharding.shard_batch(numpy_batch, run.mesh), numpy_batch)
+    return bench_run.DlxModel(
+        run, state, train_step, sharding.shard_batch(numpy_batch, run.mesh), numpy_batch
+    )
 
 
 def torch_gpt_runner(config, params, numpy_batch) -> StepRunner:
@@ -233,14 +273,22 @@ def initial_params_and_batch(config) -> tuple[Any, dict[str, np.ndarray]]:
     run = loop.prepare_run(config)
     params = jax.device_get(loop.init_state(run).params)
     source = run.task.source(config.data.train_split, train=True)
-    batch = next(iter(data_lib.train_iterator(
-        source, global_batch_size=config.data.batch_size, seed=config.seed)))
+    batch = next(
+        iter(
+            data_lib.train_iterator(
+                source, global_batch_size=config.data.batch_size, seed=config.seed
+            )
+        )
+    )
     return params, {k: np.asarray(v) for k, v in batch.items()}
 
 
 def params_checksum(params) -> float:
-    return float(sum(np.abs(np.asarray(leaf, np.float64)).sum()
-                     for leaf in jax.tree_util.tree_leaves(params)))
+    return float(
+        sum(
+            np.abs(np.asarray(leaf, np.float64)).sum() for leaf in jax.tree_util.tree_leaves(params)
+        )
+    )
 
 
 WORKER_REPLY = "@@bench-worker "  # prefixes the worker's protocol lines on its stdout
@@ -260,9 +308,13 @@ def serve_side(section: str, side: str, dtype: str) -> None:
         model = build_dlx_lm(config)
         run_steps, params = model.run_steps, model.state.params
         module = model.run.task.model  # the flax Model, vocab size filled in from the tokenizer
-        info = {"vocab_size": module.vocab_size, **bench_run.xla_flops(model),
-                "step_flops": transformer.train_flops_per_token(module, config.data.seq_len)
-                * config.data.batch_size * config.data.seq_len}
+        info = {
+            "vocab_size": module.vocab_size,
+            **bench_run.xla_flops(model),
+            "step_flops": transformer.train_flops_per_token(module, config.data.seq_len)
+            * config.data.batch_size
+            * config.data.seq_len,
+        }
     else:
         params, batch = initial_params_and_batch(config)
         run_steps, info = torch_gpt_runner(config, params, batch), {}
@@ -288,15 +340,25 @@ class SideWorker:
     def __init__(self, section: str, side: str, dtype: str):
         self.name = f"{section}:{side}"
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", self.name,
-             "--gpt-dtype", dtype], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                self.name,
+                "--gpt-dtype",
+                dtype,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         bench_run.WORKER_PIDS.add(self.process.pid)
         self.info = self._read_reply()
 
     def _read_reply(self) -> dict:
         for line in self.process.stdout:
             if line.startswith(WORKER_REPLY):
-                return json.loads(line[len(WORKER_REPLY):])
+                return json.loads(line[len(WORKER_REPLY) :])
         raise RuntimeError(f"bench worker {self.name} exited with code {self.process.wait()}")
 
     def __call__(self, num_steps: int) -> float:
@@ -319,24 +381,31 @@ def compare_gpt(section: str, args, peak_gflops: float | None) -> dict[str, Any]
         if info["params_checksum"] != runners["torch"].info["params_checksum"]:
             raise RuntimeError("the dlx and torch workers start from different parameters")
         steps = args.gpt_steps if section == "gpt" else args.gpt_small_steps
-        result = timed_rounds(runners, steps,
-                              args.gpt_rounds if section == "gpt" else args.rounds)
+        result = timed_rounds(runners, steps, args.gpt_rounds if section == "gpt" else args.rounds)
     finally:
         for worker in runners.values():
             worker.close()
 
     seq_len, batch, step_flops = config.data.seq_len, config.data.batch_size, info["step_flops"]
-    out = {"model": {k: config.model[k] for k in ("num_layers", "embed_dim", "num_heads",
-                                                    "max_len", "dropout", "dtype")},
-           "vocab_size": info["vocab_size"], "batch_size": batch, "seq_len": seq_len,
-           "sides_in_own_processes": True, **result,
-           "ratio": result["dlx_ms"] / result["torch_ms"], "goal_ratio": GOAL_RATIO,
-           "step_flops": step_flops, "xla_forward_flops": info["xla_forward_flops"],
-           "xla_step_flops": info["xla_step_flops"],
-           "xla_step_over_formula": info["xla_step_flops"] / step_flops,
-           "xla_forward_over_formula": info["xla_forward_flops"] / (step_flops / 3),
-           **{f"{side}_gflops": step_flops / result[f"{side}_ms"] / 1e6
-              for side in ("dlx", "torch")}}
+    out = {
+        "model": {
+            k: config.model[k]
+            for k in ("num_layers", "embed_dim", "num_heads", "max_len", "dropout", "dtype")
+        },
+        "vocab_size": info["vocab_size"],
+        "batch_size": batch,
+        "seq_len": seq_len,
+        "sides_in_own_processes": True,
+        **result,
+        "ratio": result["dlx_ms"] / result["torch_ms"],
+        "goal_ratio": GOAL_RATIO,
+        "step_flops": step_flops,
+        "xla_forward_flops": info["xla_forward_flops"],
+        "xla_step_flops": info["xla_step_flops"],
+        "xla_step_over_formula": info["xla_step_flops"] / step_flops,
+        "xla_forward_over_formula": info["xla_forward_flops"] / (step_flops / 3),
+        **{f"{side}_gflops": step_flops / result[f"{side}_ms"] / 1e6 for side in ("dlx", "torch")},
+    }
     if section == "gpt":
         out["goal_peak_fraction"] = GOAL_PEAK_FRACTION
     if peak_gflops and args.gpt_dtype == "float32":
@@ -355,28 +424,40 @@ def report(results: dict) -> str:
     layers = {k: results[k] for k in LAYERS if k in results}
     if layers:
         s = LAYER_SHAPE
-        lines += ["", f"| layer fwd+bwd (batch {s['batch']}, {s['steps']} steps, in {s['inputs']}, "
-                  f"hidden {s['hidden']}) | dlx ms | torch ms | dlx/torch (goal <= 1.0) "
-                  "| matmul GFLOP | dlx GFLOP/s | torch GFLOP/s | forward only: dlx / torch ms "
-                  "| max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| layer fwd+bwd (batch {s['batch']}, {s['steps']} steps, in {s['inputs']}, "
+            f"hidden {s['hidden']}) | dlx ms | torch ms | dlx/torch (goal <= 1.0) "
+            "| matmul GFLOP | dlx GFLOP/s | torch GFLOP/s | forward only: dlx / torch ms "
+            "| max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in layers.items():
             ok = verdict(r["ratio"] <= r["goal_ratio"], r)
-            lines.append(f"| {name} | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} "
-                         f"({ok}) | {r['step_flops'] / 1e9:.1f} | {r['dlx_gflops']:.0f} "
-                         f"| {r['torch_gflops']:.0f} | {r['dlx_forward_ms']:.1f} / "
-                         f"{r['torch_forward_ms']:.1f} ({r['forward_ratio']:.2f}) "
-                         f"| {max(r['max_abs_diff'].values()):.1e} |")
+            lines.append(
+                f"| {name} | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} "
+                f"({ok}) | {r['step_flops'] / 1e9:.1f} | {r['dlx_gflops']:.0f} "
+                f"| {r['torch_gflops']:.0f} | {r['dlx_forward_ms']:.1f} / "
+                f"{r['torch_forward_ms']:.1f} ({r['forward_ratio']:.2f}) "
+                f"| {max(r['max_abs_diff'].values()):.1e} |"
+            )
     gpts = {k: results[k] for k in GPTS if k in results}
     if gpts:
-        lines += ["", "| GPT train step | dlx s | torch s | dlx/torch (goal <= 1.0) "
-                  "| model GFLOP/step | XLA GFLOP/step (/ model) | dlx GFLOP/s (% peak) "
-                  "| torch GFLOP/s (% peak) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| GPT train step | dlx s | torch s | dlx/torch (goal <= 1.0) "
+            "| model GFLOP/step | XLA GFLOP/step (/ model) | dlx GFLOP/s (% peak) "
+            "| torch GFLOP/s (% peak) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in gpts.items():
             ok = verdict(r["ratio"] <= r["goal_ratio"], r)
             goal = r.get("goal_peak_fraction")
-            peak_note = (f", goal >= {pct(goal)}: "
-                         + verdict((r.get("dlx_peak_fraction") or 0) >= goal, r)
-                         if goal and "dlx_peak_fraction" in r else "")
+            peak_note = (
+                f", goal >= {pct(goal)}: " + verdict((r.get("dlx_peak_fraction") or 0) >= goal, r)
+                if goal and "dlx_peak_fraction" in r
+                else ""
+            )
             m = r["model"]
             lines.append(
                 f"| {name} ({m['num_layers']}x{m['embed_dim']}, ctx {r['seq_len']}, batch "
@@ -385,7 +466,8 @@ def report(results: dict) -> str:
                 f"| {r['ratio']:.2f} ({ok}) | {r['step_flops'] / 1e9:.0f} "
                 f"| {r['xla_step_flops'] / 1e9:.0f} ({r['xla_step_over_formula']:.2f}) "
                 f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}{peak_note}) "
-                f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |")
+                f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |"
+            )
     sections = [("peak", peak or {}), *layers.items(), *gpts.items()]
     return "\n".join(lines + bench_run.load_notes(results, sections))
 
@@ -397,8 +479,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     torch.set_num_threads(bench_run.TORCH_THREADS)
     started, other_load = time.perf_counter(), bench_run.OtherLoad()
-    results: dict[str, Any] = {"machine": bench_run.machine_info(), "command": " ".join(sys.argv),
-                               "load_average_at_start": os.getloadavg()}
+    results: dict[str, Any] = {
+        "machine": bench_run.machine_info(),
+        "command": " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),
+    }
     peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     for cell in LAYERS:
         if cell in args.only:

@@ -1,6 +1,7 @@
 """PyTorch reference language models mirroring dlx's `transformer` (kind="decoder") and
 `recurrent` LMs layer for layer, built from a dlx parameter tree so both start from the same
 weights. Used by bench/lm_parity.py (training curves) and bench/sequence.py (step times)."""
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,13 @@ class GPTBlock(nn.Module):
         b, t, e = x.shape
         h = F.layer_norm(x, (e,), self.ln_1_w, self.ln_1_b, self.eps)
         q, k, v = (h @ self.qkv_w + self.qkv_b).view(b, t, 3, self.num_heads, -1).unbind(2)
-        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        h = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         h = h.transpose(1, 2).reshape(b, t, e) @ self.proj_w + self.proj_b
         x = x + F.dropout(h, self.dropout, self.training)
         h = F.layer_norm(x, (e,), self.ln_2_w, self.ln_2_b, self.eps)
@@ -50,7 +55,10 @@ class GPT(nn.Module):
     def __init__(self, params: dict, num_heads: int, dropout: float, eps: float = 1e-5):
         super().__init__()
         self.dropout, self.eps = dropout, eps
-        self.wte, self.wpe = _tensor(params["wte"]["embedding"]), _tensor(params["wpe"]["embedding"])
+        self.wte, self.wpe = (
+            _tensor(params["wte"]["embedding"]),
+            _tensor(params["wpe"]["embedding"]),
+        )
         layers = sorted((k for k in params if k.startswith("h_")), key=lambda k: int(k[2:]))
         self.blocks = nn.ModuleList(GPTBlock(params[k], num_heads, dropout, eps) for k in layers)
         self.ln_f_w, self.ln_f_b = _tensor(params["ln_f"]["scale"]), _tensor(params["ln_f"]["bias"])
@@ -78,12 +86,23 @@ class RecurrentLM(nn.Module):
         with torch.no_grad():
             for i in range(num_layers):
                 layer = layers[f"layer_{i}"]
-                getattr(self.rnn, f"weight_ih_l{i}").copy_(torch.tensor(np.asarray(layer["input_kernel"]).T))
-                getattr(self.rnn, f"weight_hh_l{i}").copy_(torch.tensor(np.asarray(layer["recurrent_kernel"]).T))
-                getattr(self.rnn, f"bias_ih_l{i}").copy_(torch.tensor(np.asarray(layer["input_bias"])))
-                getattr(self.rnn, f"bias_hh_l{i}").copy_(torch.tensor(np.asarray(layer["recurrent_bias"])))
+                getattr(self.rnn, f"weight_ih_l{i}").copy_(
+                    torch.tensor(np.asarray(layer["input_kernel"]).T)
+                )
+                getattr(self.rnn, f"weight_hh_l{i}").copy_(
+                    torch.tensor(np.asarray(layer["recurrent_kernel"]).T)
+                )
+                getattr(self.rnn, f"bias_ih_l{i}").copy_(
+                    torch.tensor(np.asarray(layer["input_bias"]))
+                )
+                getattr(self.rnn, f"bias_hh_l{i}").copy_(
+                    torch.tensor(np.asarray(layer["recurrent_bias"]))
+                )
         self.embedding = _tensor(params["embed"]["embedding"])
-        self.head_w, self.head_b = _tensor(params["head"]["kernel"]), _tensor(params["head"]["bias"])
+        self.head_w, self.head_b = (
+            _tensor(params["head"]["kernel"]),
+            _tensor(params["head"]["bias"]),
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         outputs, _ = self.rnn(self.embedding[tokens])
@@ -99,9 +118,12 @@ def adamw(model: nn.Module, optimizer_config) -> torch.optim.AdamW:
     decay = [p for n, p in model.named_parameters() if not no_decay(n)]
     keep = [p for n, p in model.named_parameters() if no_decay(n)]
     c = optimizer_config
-    return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                              {"params": keep, "weight_decay": 0.0}],
-                             lr=c.learning_rate, betas=(c.b1, c.b2), eps=c.eps)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": c.weight_decay}, {"params": keep, "weight_decay": 0.0}],
+        lr=c.learning_rate,
+        betas=(c.b1, c.b2),
+        eps=c.eps,
+    )
 
 
 def mean_token_loss(model: nn.Module, batches) -> float:
@@ -114,8 +136,9 @@ def mean_token_loss(model: nn.Module, batches) -> float:
             if not len(tokens):
                 continue
             logits = model(tokens[:, :-1])
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                     tokens[:, 1:].reshape(-1), reduction="sum").item()
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="sum"
+            ).item()
             count += tokens[:, 1:].numel()
     model.train()
     return total / count if count else math.nan

@@ -5,6 +5,7 @@ Written the way a PyTorch user would: `torch.nn` modules in NCHW, `torch.optim.A
 defaults, weight decay off for biases and norm parameters (as dlx's `weight_decay_exclude`).
 The learning-rate schedule is left out (a scalar per step, no measurable cost).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -29,15 +30,30 @@ def mlp(in_features: int, hidden: Sequence[int], num_outputs: int, dropout: floa
     return nn.Sequential(*layers)
 
 
-def cnn(image_shape: tuple[int, int, int], features: Sequence[int], kernel_size: int,
-        dense: Sequence[int], num_outputs: int, dropout: float, batch_norm: bool,
-        padding: str = "SAME", pool_window: int = 2) -> nn.Module:
+def cnn(
+    image_shape: tuple[int, int, int],
+    features: Sequence[int],
+    kernel_size: int,
+    dense: Sequence[int],
+    num_outputs: int,
+    dropout: float,
+    batch_norm: bool,
+    padding: str = "SAME",
+    pool_window: int = 2,
+) -> nn.Module:
     height, width, channels = image_shape
     same = padding.upper() == "SAME"
     layers: list[nn.Module] = []
     for out_channels in features:
-        layers.append(nn.Conv2d(channels, out_channels, kernel_size,
-                                padding=kernel_size // 2 if same else 0, bias=not batch_norm))
+        layers.append(
+            nn.Conv2d(
+                channels,
+                out_channels,
+                kernel_size,
+                padding=kernel_size // 2 if same else 0,
+                bias=not batch_norm,
+            )
+        )
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         layers += [nn.ReLU(), nn.MaxPool2d(pool_window)]
@@ -61,27 +77,45 @@ def from_config(model: Mapping[str, Any], image_shape: tuple[int, int, int]) -> 
     if name == "mlp":
         if model.get("batch_norm"):
             raise ValueError("the PyTorch MLP twin has no batch norm")
-        return mlp(int(np.prod(image_shape)), model["hidden"], model["num_outputs"],
-                   model.get("dropout", 0.0))
+        return mlp(
+            int(np.prod(image_shape)),
+            model["hidden"],
+            model["num_outputs"],
+            model.get("dropout", 0.0),
+        )
     if name == "cnn":
-        return cnn(image_shape, model["features"], model["kernel_size"], model.get("dense", ()),
-                   model["num_outputs"], model.get("dropout", 0.0), model.get("batch_norm", False),
-                   model.get("padding", "SAME"))
+        return cnn(
+            image_shape,
+            model["features"],
+            model["kernel_size"],
+            model.get("dense", ()),
+            model["num_outputs"],
+            model.get("dropout", 0.0),
+            model.get("batch_norm", False),
+            model.get("padding", "SAME"),
+        )
     raise ValueError(f"no PyTorch twin for model {name!r}")
 
 
-def adamw(module: nn.Module, optimizer: Mapping[str, Any],
-          fused: bool = False) -> torch.optim.AdamW:
+def adamw(
+    module: nn.Module, optimizer: Mapping[str, Any], fused: bool = False
+) -> torch.optim.AdamW:
     """AdamW as configured; `fused=True` is PyTorch's one-kernel implementation (on CPU the
     default is a Python loop over the parameters)."""
     # Matrices and conv kernels decay; biases and norm scales/offsets (all 1-D) do not.
     decayed = [p for p in module.parameters() if p.ndim > 1]
     not_decayed = [p for p in module.parameters() if p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": optimizer["weight_decay"]},
-              {"params": not_decayed, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optimizer["learning_rate"],
-                             betas=(optimizer["b1"], optimizer["b2"]), eps=optimizer["eps"],
-                             fused=fused or None)
+    groups = [
+        {"params": decayed, "weight_decay": optimizer["weight_decay"]},
+        {"params": not_decayed, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=optimizer["learning_rate"],
+        betas=(optimizer["b1"], optimizer["b2"]),
+        eps=optimizer["eps"],
+        fused=fused or None,
+    )
 
 
 def train_step(module: nn.Module, optimizer: torch.optim.Optimizer) -> TorchStep:

@@ -1,6 +1,7 @@
 """What the Shakespeare character-level LM configs share: data, windows, schedule, durations
 and the sizes of the `:small` and `:test` variants, so GPT, LSTM and GRU runs compare at equal
 steps. Each config adds its model and optimizer values."""
+
 from dlx.train.config import base_config
 
 VARIANTS = ("small", "test")

@@ -2,8 +2,9 @@
 steps, so an end-to-end test exercises both cadences in seconds."""
 
 
-def short_run(config, steps: int = 6, eval_every: int = 3, checkpoint_every: int = 3,
-              log_every: int = 2) -> None:
+def short_run(
+    config, steps: int = 6, eval_every: int = 3, checkpoint_every: int = 3, log_every: int = 2
+) -> None:
     config.num_epochs = 0.0
     config.train_steps = steps
     config.eval_every_epochs = 0.0

@@ -5,13 +5,22 @@ Variants: `:small` (8 epochs, ~12 min on 2 cores: PER 8.6% / WER 35.3% greedy on
 
     python launch.py --config configs/cmudict_gru_attention.py:small --workdir runs/g2p_gru
 """
+
 from configs.cmudict_transformer import get_config as transformer_config
 
 
 def get_config(arg: str | None = None):
     config = transformer_config(arg)
-    config.model = dict(name="seq2seq", vocab_size=0, target_vocab_size=0, embed_dim=128,
-                        hidden_dim=256, attention="bahdanau", bidirectional=True, dropout=0.1)
+    config.model = dict(
+        name="seq2seq",
+        vocab_size=0,
+        target_vocab_size=0,
+        embed_dim=128,
+        hidden_dim=256,
+        attention="bahdanau",
+        bidirectional=True,
+        dropout=0.1,
+    )
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 200)
     if arg == "small":
         config.model.update(embed_dim=64, hidden_dim=128, dropout=0.0)  # as transformer :small

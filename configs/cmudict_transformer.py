@@ -8,6 +8,7 @@ pronunciations), `:test` (tiny).
 
     python launch.py --config configs/cmudict_transformer.py:small --workdir runs/g2p_small
 """
+
 from dlx.train.config import base_config
 
 
@@ -18,10 +19,19 @@ def get_config(arg: str | None = None):
     config.data.eval_split = "validation"
     config.data.batch_size = 256
     config.data.eval_batch_size = 1000
-    config.model = dict(name="transformer", kind="encoder_decoder",
-                        vocab_size=0, target_vocab_size=0,  # 0: the data's alphabets
-                        num_layers=3, embed_dim=256, num_heads=4, mlp_dim=1024, max_len=48,
-                        dropout=0.1, tie_embeddings=False)
+    config.model = dict(
+        name="transformer",
+        kind="encoder_decoder",
+        vocab_size=0,
+        target_vocab_size=0,  # 0: the data's alphabets
+        num_layers=3,
+        embed_dim=256,
+        num_heads=4,
+        mlp_dim=1024,
+        max_len=48,
+        dropout=0.1,
+        tie_embeddings=False,
+    )
     config.loss.label_smoothing = 0.1
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-3

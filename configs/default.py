@@ -1,4 +1,5 @@
 """What `python launch.py` (and so `make demo`) runs: the Fashion-MNIST CNN for 5 epochs."""
+
 from configs import fashion_cnn
 
 

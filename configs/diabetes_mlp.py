@@ -1,4 +1,5 @@
 """Regression on scikit-learn's diabetes data (442 patients, 10 features): MSE, RMSE, R^2."""
+
 from dlx.train.config import base_config
 
 

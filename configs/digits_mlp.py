@@ -1,4 +1,5 @@
 """scikit-learn digits (8x8), a small MLP: trains in seconds; the test suite's workhorse."""
+
 from dlx.train.config import base_config
 
 

@@ -7,6 +7,7 @@ eval reports the AUROC of reconstruction error for that class against the rest; 
 
     python launch.py --config configs/fashion_autoencoder.py:conv --workdir runs/fashion_cae
 """
+
 from configs._short import short_run
 from dlx.train.config import base_config
 

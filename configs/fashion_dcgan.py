@@ -6,6 +6,7 @@ Variants: `:test` tiny.
     python launch.py --config configs/fashion_dcgan.py --workdir runs/fashion_dcgan
     python launch.py sample --workdir runs/fashion_dcgan --num_samples 64 --seed 1
 """
+
 from configs._short import short_run
 from dlx.train.config import base_config
 

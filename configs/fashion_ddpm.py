@@ -7,6 +7,7 @@ Variants: `:cosine` the cosine schedule; `:test` tiny.
     python launch.py --config configs/fashion_ddpm.py --workdir runs/fashion_ddpm
     python launch.py sample --workdir runs/fashion_ddpm --num_samples 64 --seed 1
 """
+
 from configs._short import short_run
 from dlx.train.config import base_config
 

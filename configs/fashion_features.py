@@ -10,6 +10,7 @@ config is fixed (seed 0) and `make features` trains it into runs/fashion_feature
 
 Variants: `:test` (the fashion_cnn `:test` network, a few steps, for end-to-end tests).
 """
+
 from configs import fashion_cnn
 
 

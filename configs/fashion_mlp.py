@@ -1,12 +1,19 @@
 """Fashion-MNIST MLP: 784-512-256-10, ReLU, dropout. Variants: `:test` (tiny)."""
+
 from dlx.train.config import base_config
 
 
 def get_config(arg: str | None = None):
     config = base_config()
     config.data.name = "fashion_mnist"
-    config.model = dict(name="mlp", num_outputs=10, hidden=(512, 256), activation="relu",
-                        kernel_init="he_normal", dropout=0.2)
+    config.model = dict(
+        name="mlp",
+        num_outputs=10,
+        hidden=(512, 256),
+        activation="relu",
+        kernel_init="he_normal",
+        dropout=0.2,
+    )
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-3
     config.optimizer.schedule = "warmup_cosine"

@@ -8,6 +8,7 @@ Variants: `:2d` a 2-D latent (its posterior means as a figure); `:test` tiny.
     python launch.py --config configs/fashion_vae.py --workdir runs/fashion_vae
     python launch.py sample --workdir runs/fashion_vae --num_samples 64
 """
+
 from configs._short import short_run
 from dlx.train.config import base_config
 
@@ -21,8 +22,9 @@ def get_config(arg: str | None = None):
     config.data.name = "fashion_mnist"
     config.data.batch_size = 128
     config.data.eval_batch_size = 1000
-    config.model = dict(name="autoencoder", kind="dense", latent_dim=32, hidden=(512, 256),
-                        variational=True)
+    config.model = dict(
+        name="autoencoder", kind="dense", latent_dim=32, hidden=(512, 256), variational=True
+    )
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-3
     config.vae.kl_warmup_steps = 2000

@@ -6,13 +6,22 @@ step takes seconds. Variants: `:small` (4 layers, 128 wide, context 128: trains 
     python launch.py --config configs/shakespeare_gpt.py:small --workdir runs/gpt_small
     python launch.py sample --workdir runs/gpt_small --prompt "ROMEO:" --max_new_tokens 300
 """
+
 from configs._shakespeare import shakespeare_lm_config
 
 
 def get_config(arg: str | None = None):
     config = shakespeare_lm_config(arg, "shakespeare_gpt")
-    config.model = dict(name="transformer", kind="decoder", vocab_size=0,  # 0: the tokenizer's
-                        num_layers=6, embed_dim=384, num_heads=6, max_len=256, dropout=0.2)
+    config.model = dict(
+        name="transformer",
+        kind="decoder",
+        vocab_size=0,  # 0: the tokenizer's
+        num_layers=6,
+        embed_dim=384,
+        num_heads=6,
+        max_len=256,
+        dropout=0.2,
+    )
     config.optimizer.learning_rate = 1e-3
     config.optimizer.b2 = 0.99
     config.optimizer.weight_decay = 0.1

@@ -10,6 +10,7 @@ it was trained on. The data set is not needed: the run's data_spec.json holds wh
 needs of it (runs trained before that file existed open their data set instead). Pipelines and
 `predict` stand on this.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,21 +51,29 @@ class Bundle:
 
 def check_sample_options(task, options: dict) -> None:
     if not hasattr(task, "sample"):
-        raise ConfigError(f"task '{task.config.task}' has no sampling; `launch.py sample` needs a "
-                          f"task that generates (language_model, vae, gan, diffusion)")
+        raise ConfigError(
+            f"task '{task.config.task}' has no sampling; `launch.py sample` needs a "
+            f"task that generates (language_model, vae, gan, diffusion)"
+        )
     if hasattr(task, "check_sample_options"):
         task.check_sample_options(options)
 
 
-def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
-         sample_options: dict | None = None) -> Bundle:
+def load(
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    sample_options: dict | None = None,
+) -> Bundle:
     """The latest checkpoint of `workdir`, ready to call; `config` defaults to its config.json.
     `sample_options` are checked against the task before anything is restored."""
     if config is None:
         path = os.path.join(workdir, "config.json")
         if not os.path.exists(path):
-            raise ConfigError(f"{workdir} holds no run (no config.json); give the --workdir of a "
-                              f"run that has trained")
+            raise ConfigError(
+                f"{workdir} holds no run (no config.json); give the --workdir of a "
+                f"run that has trained"
+            )
         config = config_lib.from_json(path)
     sharding.fit_mesh_to_devices(config.mesh, jax.device_count())
     run = loop.prepare_run(config, workdir, data_spec=loop.read_data_spec(workdir))

@@ -6,6 +6,7 @@ optimizer state (each device keeps a slice), ``model`` splits the weights' inner
 (tensor parallelism). Logical axis names on parameters and activations map to these axes through
 ``config.sharding_rules``.
 """
+
 from __future__ import annotations
 
 import math

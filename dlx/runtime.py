@@ -1,5 +1,6 @@
 """Process-level settings that must be in place before JAX starts: XLA:CPU thread pools, and
 glibc malloc for the big per-step buffers."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,10 @@ def malloc_tunables(policy: str, current: str = "") -> str | None:
     """GLIBC_TUNABLES for `policy` merged into `current` (the user's own settings win), or None
     when nothing would change."""
     if policy not in MALLOC_POLICIES:
-        raise ValueError(f"DLX_MALLOC={policy!r} is not a malloc policy; use one of "
-                         f"{sorted(MALLOC_POLICIES)} (unset means {DEFAULT_MALLOC_POLICY!r})")
+        raise ValueError(
+            f"DLX_MALLOC={policy!r} is not a malloc policy; use one of "
+            f"{sorted(MALLOC_POLICIES)} (unset means {DEFAULT_MALLOC_POLICY!r})"
+        )
     settings = [s for s in current.split(":") if s]
     present = {s.split("=", 1)[0] for s in settings}
     missing = [f"{k}={v}" for k, v in MALLOC_POLICIES[policy].items() if k not in present]
@@ -67,13 +70,20 @@ def reexec_with_malloc_policy() -> None:
 
     policy = os.environ.get("DLX_MALLOC") or DEFAULT_MALLOC_POLICY
     tunables = malloc_tunables(policy, os.environ.get("GLIBC_TUNABLES", ""))
-    if (tunables is None or sys.platform != "linux" or platform.libc_ver()[0] != "glibc"
-            or os.environ.get("DLX_MALLOC_REEXEC")):  # the last: the restarted process itself
+    if (
+        tunables is None
+        or sys.platform != "linux"
+        or platform.libc_ver()[0] != "glibc"
+        or os.environ.get("DLX_MALLOC_REEXEC")
+    ):  # the last: the restarted process itself
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv,
-              {**os.environ, "GLIBC_TUNABLES": tunables, "DLX_MALLOC_REEXEC": "1"})
+    os.execve(
+        sys.executable,
+        sys.orig_argv,
+        {**os.environ, "GLIBC_TUNABLES": tunables, "DLX_MALLOC_REEXEC": "1"},
+    )
 
 
 # XLA:CPU hands convolutions to YNNPACK by default, whose kernel gradient is slow: YNNPACK gets
@@ -81,11 +91,13 @@ def reexec_with_malloc_policy() -> None:
 # ms on 2 cores). YNNPACK's matmuls beat Eigen's, most on a transposed operand (the dense input
 # gradient x @ W.T: 3.5 -> 1.8 ms); BENCHMARKS.md has the measurements. YNNPACK declines a dot
 # whose left operand is contracted along its leading axis, so kernel gradients (x.T @ g) stay Eigen.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
 
 
 def compiler_options() -> dict[str, str] | None:
     """The XLA options dlx compiles its steps with on this backend (`jax.jit(compiler_options=)`)."""
     import jax
+
     return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None

@@ -11,6 +11,7 @@ against the type of its default (`from_default`), a model's fields against their
 (`from_annotation`). Relations between keys (sample_steps <= timesteps) stay in the
 `check_config` of whoever owns the keys.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -76,6 +77,7 @@ class Int(Rule):
 @dataclasses.dataclass(frozen=True)
 class Float(Rule):
     """A number (an int is accepted too), finite unless `finite=False`."""
+
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -83,12 +85,16 @@ class Float(Rule):
     finite: bool = True
 
     def accepts(self, value):
-        return (_is_number(value) and (math.isfinite(value) or not self.finite)
-                and _within(value, self.low, self.high, self.low_open, self.high_open))
+        return (
+            _is_number(value)
+            and (math.isfinite(value) or not self.finite)
+            and _within(value, self.low, self.high, self.low_open, self.high_open)
+        )
 
     def __str__(self):
-        return (("a finite number" if self.finite else "a number")
-                + _bounds(self.low, self.high, self.low_open, self.high_open))
+        return ("a finite number" if self.finite else "a number") + _bounds(
+            self.low, self.high, self.low_open, self.high_open
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +151,16 @@ def optional(rule: Rule) -> Rule:
 @dataclasses.dataclass(frozen=True)
 class Seq(Rule):
     """A tuple or list whose every item `item` accepts."""
+
     item: Rule
     min_len: int = 0
 
     def accepts(self, value):
-        return (isinstance(value, (tuple, list)) and len(value) >= self.min_len
-                and all(self.item.accepts(v) for v in value))
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) >= self.min_len
+            and all(self.item.accepts(v) for v in value)
+        )
 
     def hint(self, value):
         if isinstance(value, (tuple, list)):
@@ -171,8 +181,11 @@ class Fixed(Rule):
         self.items = items
 
     def accepts(self, value):
-        return (isinstance(value, (tuple, list)) and len(value) == len(self.items)
-                and all(rule.accepts(v) for rule, v in zip(self.items, value)))
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(self.items)
+            and all(rule.accepts(v) for rule, v in zip(self.items, value))
+        )
 
     def __str__(self):
         return f"a {len(self.items)}-tuple ({', '.join(map(str, self.items))})"
@@ -181,6 +194,7 @@ class Fixed(Rule):
 @dataclasses.dataclass(frozen=True)
 class Named(Rule):
     """`rule` told in the words of the domain ("(logical_name, mesh_axis) pairs")."""
+
     rule: Rule
     words: str
 
@@ -206,6 +220,7 @@ class Anything(Rule):
 # ---------------------------------------------------------------------------------------------
 # Rules from defaults and annotations
 # ---------------------------------------------------------------------------------------------
+
 
 def from_default(default: Any) -> Rule:
     """The type of a default as a rule, for a key no rule names (a float default takes ints)."""
@@ -244,6 +259,7 @@ def from_annotation(annotation: Any) -> Rule:
 # Checking
 # ---------------------------------------------------------------------------------------------
 
+
 def under(group: str, **rules: Rule) -> dict[str, Rule]:
     """`rules` for the keys of config group `group` ("gan.generator_optimizer"), by full key."""
     return {f"{group}.{key}": rule for key, rule in rules.items()}
@@ -251,15 +267,16 @@ def under(group: str, **rules: Rule) -> dict[str, Rule]:
 
 def _short(value: Any, limit: int = 120) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 5] + " ...)"
+    return text if len(text) <= limit else text[: limit - 5] + " ...)"
 
 
 def check(key: str, value: Any, rule: Rule) -> None:
     """ConfigError "config.<key>=<value> is not allowed; expected <rule>" unless `rule` accepts
     `value`."""
     if not rule.accepts(value):
-        raise ConfigError(f"config.{key}={_short(value)} is not allowed; expected {rule}"
-                          f"{rule.hint(value)}")
+        raise ConfigError(
+            f"config.{key}={_short(value)} is not allowed; expected {rule}{rule.hint(value)}"
+        )
 
 
 def check_values(group: Mapping[str, Any], rules: Mapping[str, Rule], where: str = "") -> None:

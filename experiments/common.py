@@ -1,6 +1,7 @@
 """What every study shares: its runs are ordinary `launch.py` runs (resumable, reproducible from
 their workdir like any other), trained one after another in the study's own process (one start-up
 and one compilation cache for them all), and it reads them back from their metrics.jsonl."""
+
 from __future__ import annotations
 
 import shlex
@@ -16,8 +17,15 @@ def launch_run(config: str, workdir: Path, overrides: dict, label: str) -> Path:
     `--config.key=value` for each override, in this process; exits as launch.py does if the run
     fails (code 2 for bad input, 1 for a loss that became NaN)."""
     import launch
-    argv = ["launch.py", "--config", config, "--workdir", str(workdir),
-            *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+    argv = [
+        "launch.py",
+        "--config",
+        config,
+        "--workdir",
+        str(workdir),
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
     print(f"[{label}] python {shlex.join(argv)}", flush=True)
     launch.main(argv)
     return workdir
@@ -39,8 +47,12 @@ def training_seconds(records: list[dict]) -> dict[int, float]:
 def write_report(out: Path, lines: list[str], workdir_pattern: str, command: str) -> Path:
     """Writes `lines` as out/report.md, ending with where the runs are and the command that
     regenerates the report."""
-    lines = lines + [f"Each run's workdir is `{workdir_pattern}`. Regenerate with:", "",
-                     f"    {command}", ""]
+    lines = lines + [
+        f"Each run's workdir is `{workdir_pattern}`. Regenerate with:",
+        "",
+        f"    {command}",
+        "",
+    ]
     report = Path(out) / "report.md"
     report.write_text("\n".join(lines))
     return report

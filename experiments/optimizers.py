@@ -7,6 +7,7 @@ Each optimizer is one ordinary `launch.py` run (so any of them can be resumed, e
 reproduced from its workdir like any other run). Re-running skips finished runs and rewrites
 `report.md` and `loss_curves.png` in --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,19 +36,31 @@ OPTIMIZERS = {
 
 
 def run_one(name: str, settings: dict, args) -> Path:
-    overrides = {"optimizer.name": name, "optimizer.weight_decay": 0.0,
-                 "optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": args.warmup_steps,
-                 "num_epochs": float(args.epochs), "train_steps": 0, "seed": args.seed,
-                 "eval_every_epochs": 1.0, "progress_bar": False,
-                 **{f"optimizer.{k}": v for k, v in settings.items()}}
+    overrides = {
+        "optimizer.name": name,
+        "optimizer.weight_decay": 0.0,
+        "optimizer.schedule": "warmup_cosine",
+        "optimizer.warmup_steps": args.warmup_steps,
+        "num_epochs": float(args.epochs),
+        "train_steps": 0,
+        "seed": args.seed,
+        "eval_every_epochs": 1.0,
+        "progress_bar": False,
+        **{f"optimizer.{k}": v for k, v in settings.items()},
+    }
     if args.train_steps:
-        overrides.update(train_steps=args.train_steps, num_epochs=0.0,
-                         eval_every_epochs=0.0, eval_every_steps=max(1, args.train_steps // 4))
+        overrides.update(
+            train_steps=args.train_steps,
+            num_epochs=0.0,
+            eval_every_epochs=0.0,
+            eval_every_steps=max(1, args.train_steps // 4),
+        )
     return common.launch_run(args.config, Path(args.out) / name, overrides, label=name)
 
 
 def report(workdirs: dict[str, Path], args, command: str) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -60,10 +73,19 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         train = [r for r in records if r["split"] == "train"]
         evals = [r for r in records if r["split"] == "eval"]
         ax_train.plot([r["step"] for r in train], [r["loss"] for r in train], label=name, lw=1)
-        ax_eval.plot([r["step"] for r in evals], [r["loss"] for r in evals], marker="o", ms=3, label=name)
-        rows.append((name, summary["final_eval"]["accuracy"], summary["final_eval"]["loss"],
-                     summary["final_train"]["loss"], summary["wall_time_s"],
-                     OPTIMIZERS[name]["learning_rate"]))
+        ax_eval.plot(
+            [r["step"] for r in evals], [r["loss"] for r in evals], marker="o", ms=3, label=name
+        )
+        rows.append(
+            (
+                name,
+                summary["final_eval"]["accuracy"],
+                summary["final_eval"]["loss"],
+                summary["final_train"]["loss"],
+                summary["wall_time_s"],
+                OPTIMIZERS[name]["learning_rate"],
+            )
+        )
     for ax, title in ((ax_train, "train loss"), (ax_eval, "test loss")):
         ax.set_xlabel("step")
         ax.set_ylabel(title)
@@ -87,7 +109,9 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         "|---|---|---|---|---|---|",
     ]
     for name, acc, loss, train_loss, wall, lr in sorted(rows, key=lambda r: -r[1]):
-        lines.append(f"| {name} | {lr:g} | {acc:.2%} | {loss:.4f} | {train_loss:.4f} | {wall:.0f} |")
+        lines.append(
+            f"| {name} | {lr:g} | {acc:.2%} | {loss:.4f} | {train_loss:.4f} | {wall:.0f} |"
+        )
     lines += ["", "![loss curves](loss_curves.png)", ""]
     return common.write_report(out, lines, f"{args.out}/<optimizer>", command)
 
@@ -96,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/fashion_mlp.py")
     parser.add_argument("--epochs", type=float, default=5.0)
-    parser.add_argument("--train_steps", type=int, default=0, help="a step budget instead of epochs")
+    parser.add_argument(
+        "--train_steps", type=int, default=0, help="a step budget instead of epochs"
+    )
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/experiments/optimizers")
@@ -111,5 +137,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     from dlx.runtime import reexec_with_malloc_policy
+
     reexec_with_malloc_policy()  # as launch.py does: the runs train in this process
     main()

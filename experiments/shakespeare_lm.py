@@ -8,6 +8,7 @@ be resumed, sampled or reproduced from its workdir. Re-running skips finished ru
 `report.md` and `validation_loss.png` in --out: validation loss (nats/char) against steps and
 against training time, and the last text sample of each model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ def parameter_count(workdir: Path) -> int:
     """The run's parameters, from its saved config (and tokenizer) alone."""
     from dlx.train import config as config_lib
     from dlx.train import loop
+
     run = loop.prepare_run(config_lib.from_json(str(workdir / "config.json")), str(workdir))
     return run.task.num_params(run.abstract_state)
 
@@ -45,6 +47,7 @@ def last_sample(workdir: Path) -> str:
 
 def report(workdirs: dict[str, Path], args, command: str) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -61,9 +64,18 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         ax_steps.plot(steps, losses, marker="o", ms=3, label=name)
         ax_time.plot([seconds[s] / 60 for s in steps], losses, marker="o", ms=3, label=name)
         final = summary["final_eval"]
-        rows.append((name, parameter_count(workdir), summary["steps"], final["loss"],
-                     final["bits_per_char"], min(losses), seconds[steps[-1]],
-                     summary["train_steps_per_sec"]))
+        rows.append(
+            (
+                name,
+                parameter_count(workdir),
+                summary["steps"],
+                final["loss"],
+                final["bits_per_char"],
+                min(losses),
+                seconds[steps[-1]],
+                summary["train_steps_per_sec"],
+            )
+        )
         samples[name] = last_sample(workdir)
     for ax, xlabel in ((ax_steps, "step"), (ax_time, "training time (min, evals excluded)")):
         ax.set_xlabel(xlabel)
@@ -89,29 +101,51 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, params, steps, loss, bpc, best, seconds, rate in rows:
-        lines.append(f"| {name} | {params / 1e6:.2f} M | {steps} | {loss:.4f} | {bpc:.3f} | {best:.4f} | "
-                     f"{seconds:.0f} | {rate:.2f} |")
-    lines += ["", "![validation loss](validation_loss.png)", "",
-              "Training time is the sum of the logged training windows (compilation included, "
-              "evaluation and sampling excluded), on the machine and load the runs had.", ""]
+        lines.append(
+            f"| {name} | {params / 1e6:.2f} M | {steps} | {loss:.4f} | {bpc:.3f} | {best:.4f} | "
+            f"{seconds:.0f} | {rate:.2f} |"
+        )
+    lines += [
+        "",
+        "![validation loss](validation_loss.png)",
+        "",
+        "Training time is the sum of the logged training windows (compilation included, "
+        "evaluation and sampling excluded), on the machine and load the runs had.",
+        "",
+    ]
     for name, sample in samples.items():
-        lines += [f"Last sample of `{name}` (temperature {config['decoding']['temperature']}):",
-                  "", "```", sample, "```", ""]
+        lines += [
+            f"Last sample of `{name}` (temperature {config['decoding']['temperature']}):",
+            "",
+            "```",
+            sample,
+            "```",
+            "",
+        ]
     return common.write_report(out, lines, f"{args.out}/<model>", command)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="small", help="config variant: small, test, or '' "
-                        "for the full (nanoGPT-sized) configs")
+    parser.add_argument(
+        "--variant",
+        default="small",
+        help="config variant: small, test, or '' for the full (nanoGPT-sized) configs",
+    )
     parser.add_argument("--out", default="runs/experiments/shakespeare_lm")
     parser.add_argument("--only", nargs="*", choices=MODELS, default=list(MODELS))
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     suffix = f":{args.variant}" if args.variant else ""
-    workdirs = {name: common.launch_run(f"configs/shakespeare_{name}.py{suffix}",
-                                        Path(args.out) / name, {"progress_bar": False}, label=name)
-                for name in args.only}
+    workdirs = {
+        name: common.launch_run(
+            f"configs/shakespeare_{name}.py{suffix}",
+            Path(args.out) / name,
+            {"progress_bar": False},
+            label=name,
+        )
+        for name in args.only
+    }
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "experiments/shakespeare_lm.py", *given])
     print(f"Report: {report(workdirs, args, command)}")
@@ -119,5 +153,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     from dlx.runtime import reexec_with_malloc_policy
+
     reexec_with_malloc_policy()  # as launch.py does: the runs train in this process
     main()

@@ -1,6 +1,7 @@
 """Running dlx the way a user does: in this process for most tests (`train`, `load_config`), or
 launch.py as a subprocess with its own device count where a process boundary is the point
 (signals, kill -9, several processes, another device count)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,7 @@ def load_config(spec: str, overrides: dict | None = None):
     """`spec` (a configs/ file[:variant] or a config.json) with `{"dotted.key": value}` overrides
     applied as `--config.dotted.key=value` would be, progress bar off."""
     from dlx.train import config as config_lib
+
     config = config_lib.load(spec)
     config.progress_bar = False
     overrides = overrides or {}
@@ -37,9 +39,12 @@ def train(spec: str, workdir, overrides: dict | None = None, devices: int | None
     """What `launch.py --config spec --workdir workdir --config.k=v ...` trains, in this process
     on its first `devices` fake devices (default: all 8): the run's summary."""
     import jax
+
     from dlx.train import loop
-    return loop.train_and_evaluate(load_config(spec, overrides), str(workdir),
-                                   jax.devices()[:devices] if devices else None)
+
+    return loop.train_and_evaluate(
+        load_config(spec, overrides), str(workdir), jax.devices()[:devices] if devices else None
+    )
 
 
 @dataclasses.dataclass
@@ -58,6 +63,7 @@ def cli(*args: str) -> CliResult:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import launch
+
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -82,8 +88,14 @@ def launch_command(*args: str) -> list[str]:
 
 
 def launch(*args: str, devices: int = 8, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(launch_command(*args), cwd=REPO, env=launch_env(devices),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        launch_command(*args),
+        cwd=REPO,
+        env=launch_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def train_losses(workdir: Path) -> dict[int, float]:
@@ -99,8 +111,11 @@ def eval_records(workdir: Path) -> list[dict]:
 
 def tree_snapshot(path: Path) -> dict[str, tuple[int, float]]:
     """Every file under `path` with its size and modification time."""
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime)
-            for p in sorted(Path(path).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime)
+        for p in sorted(Path(path).rglob("*"))
+        if p.is_file()
+    }
 
 
 def free_port() -> int:

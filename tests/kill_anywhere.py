@@ -11,6 +11,7 @@ train and eval row equals the uninterrupted run's bit for bit, no (step, split) 
 no temporary folder or lock is left, every kept checkpoint is intact, and no run printed a
 traceback. Exit code 0 when all of that holds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,24 +29,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import REPO, launch_command, launch_env
-
 from dlx.train import checkpoint
 from dlx.train.metrics import read_metrics
+from helpers import REPO, launch_command, launch_env
 
 STEPS = 600
-ARGS = ["--config", "configs/digits_mlp.py", "--config.num_epochs=0",
-        f"--config.train_steps={STEPS}", "--config.log_every_steps=1",
-        "--config.checkpoint_every_steps=5", "--config.eval_every_steps=10",
-        "--config.keep_checkpoints=1", "--config.data.eval_batch_size=24"]
+ARGS = [
+    "--config",
+    "configs/digits_mlp.py",
+    "--config.num_epochs=0",
+    f"--config.train_steps={STEPS}",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=5",
+    "--config.eval_every_steps=10",
+    "--config.keep_checkpoints=1",
+    "--config.data.eval_batch_size=24",
+]
 PHASES = ("step", "eval", "save", "manifest")
 
 
 def _start(workdir: Path, log: Path) -> subprocess.Popen:
     env = launch_env(8)
-    return subprocess.Popen(launch_command(*ARGS, "--workdir", str(workdir)), cwd=REPO, env=env,
-                            stdout=open(log.with_suffix(".out"), "w"),
-                            stderr=open(log.with_suffix(".err"), "w"))
+    return subprocess.Popen(
+        launch_command(*ARGS, "--workdir", str(workdir)),
+        cwd=REPO,
+        env=env,
+        stdout=open(log.with_suffix(".out"), "w"),
+        stderr=open(log.with_suffix(".err"), "w"),
+    )
 
 
 def _rows(workdir: Path) -> list[dict]:
@@ -61,8 +72,11 @@ def _train_step(workdir: Path) -> int:
 
 def _step_dirs(workdir: Path) -> list[Path]:
     folder = workdir / "checkpoints"
-    return sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) \
-        if folder.is_dir() else []
+    return (
+        sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        if folder.is_dir()
+        else []
+    )
 
 
 def _saving(workdir: Path) -> bool:
@@ -78,8 +92,11 @@ def _unsealed(workdir: Path) -> bool:
 def _evaluating(workdir: Path) -> bool:
     rows = _rows(workdir)
     step = max((r["step"] for r in rows if r["split"] == "train"), default=0)
-    return step % 10 == 0 and step > 0 and not any(
-        r["split"] == "eval" and r["step"] == step for r in rows)
+    return (
+        step % 10 == 0
+        and step > 0
+        and not any(r["split"] == "eval" and r["step"] == step for r in rows)
+    )
 
 
 def _in_flight(workdir: Path) -> str:
@@ -94,11 +111,21 @@ def _in_flight(workdir: Path) -> str:
     return ", ".join(seen) or "train step"
 
 
-def _kill_when(process: subprocess.Popen, workdir: Path, phase: str, target: int,
-               rng: random.Random, timeout: float = 300) -> bool:
+def _kill_when(
+    process: subprocess.Popen,
+    workdir: Path,
+    phase: str,
+    target: int,
+    rng: random.Random,
+    timeout: float = 300,
+) -> bool:
     """Kills the run in `phase` at or after step `target`; False if it finished first."""
-    ready = {"step": lambda: True, "eval": lambda: _evaluating(workdir),
-             "save": lambda: _saving(workdir), "manifest": lambda: _unsealed(workdir)}[phase]
+    ready = {
+        "step": lambda: True,
+        "eval": lambda: _evaluating(workdir),
+        "save": lambda: _saving(workdir),
+        "manifest": lambda: _unsealed(workdir),
+    }[phase]
     deadline = time.time() + timeout
     while _train_step(workdir) < target:
         if process.poll() is not None:
@@ -119,8 +146,9 @@ def _kill_when(process: subprocess.Popen, workdir: Path, phase: str, target: int
 
 
 def _compared(rows: list[dict]) -> dict[tuple[int, str], dict]:
-    return {(r["step"], r["split"]): {k: v for k, v in r.items() if k != "steps_per_sec"}
-            for r in rows}
+    return {
+        (r["step"], r["split"]): {k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows
+    }
 
 
 def main() -> int:
@@ -151,8 +179,11 @@ def main() -> int:
             print(f"kill {i + 1}: the run finished before step {target}; no more kills")
             break
         kills += 1
-        print(f"kill {i + 1:2d} aimed at {phase:8s} after step {target:3d}: killed at train step "
-              f"{_train_step(workdir):3d}, in flight: {_in_flight(workdir)}", flush=True)
+        print(
+            f"kill {i + 1:2d} aimed at {phase:8s} after step {target:3d}: killed at train step "
+            f"{_train_step(workdir):3d}, in flight: {_in_flight(workdir)}",
+            flush=True,
+        )
     final = _start(workdir, folder / "logs" / "final")
     if final.wait() != 0:
         failures.append(f"the final resume exited {final.returncode}")
@@ -172,23 +203,29 @@ def main() -> int:
     if doubled:
         failures.append(f"doubled metrics rows {doubled[:5]}")
     if _compared(rows) != _compared(expected):
-        differ = sorted(k for k in _compared(expected).keys() | _compared(rows).keys()
-                        if _compared(rows).get(k) != _compared(expected).get(k))
+        differ = sorted(
+            k
+            for k in _compared(expected).keys() | _compared(rows).keys()
+            if _compared(rows).get(k) != _compared(expected).get(k)
+        )
         failures.append(f"{len(differ)} rows differ from the uninterrupted run, first {differ[:5]}")
     summary = json.loads((workdir / "summary.json").read_text())
     reference_eval = json.loads((reference / "summary.json").read_text())["final_eval"]
     if summary["final_eval"] != reference_eval:
         failures.append(f"final eval {summary['final_eval']} != {reference_eval}")
-    leftovers = [p.name for p in (workdir / "checkpoints").iterdir()
-                 if not p.name.isdigit()] + [p.name for p in workdir.glob("run.lock")]
+    leftovers = [p.name for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()] + [
+        p.name for p in workdir.glob("run.lock")
+    ]
     if leftovers:
         failures.append(f"left behind: {leftovers}")
     for step in _step_dirs(workdir):
         if checkpoint.check_step(str(step)).status != "intact":
             failures.append(f"checkpoint {step.name} is not intact")
 
-    print(f"{kills} kills, then a final resume: {len(rows)} metrics rows, "
-          f"{len(_step_dirs(workdir))} checkpoints kept, {time.time() - t0:.0f} s in all")
+    print(
+        f"{kills} kills, then a final resume: {len(rows)} metrics rows, "
+        f"{len(_step_dirs(workdir))} checkpoints kept, {time.time() - t0:.0f} s in all"
+    )
     for failure in failures:
         print(f"FAIL: {failure}")
     print("all resumed runs match the uninterrupted one bit for bit" if not failures else "")

@@ -1,4 +1,5 @@
 """Attention, positional encodings and norms: parity with PyTorch, masks, GQA, the KV cache."""
+
 import functools
 import math
 
@@ -11,8 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from dlx.layers import linear, mlp, norms, positional
-from dlx.layers.attention import (MultiHeadAttention, causal_mask, dot_product_attention,
-                                  padding_mask)
+from dlx.layers.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    dot_product_attention,
+    padding_mask,
+)
 
 IMPLEMENTATIONS = ["einsum", "jax"]
 
@@ -59,8 +64,9 @@ def test_padding_mask_attention_matches_torch(implementation):
 def test_grouped_query_attention_matches_torch(implementation):
     q, k, v = _qkv(heads=6, kv_heads=2)
     ours = dot_product_attention(q, k, v, causal_mask(5), implementation=implementation)
-    np.testing.assert_allclose(ours, _torch_sdpa(q, k, v, is_causal=True, enable_gqa=True),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        ours, _torch_sdpa(q, k, v, is_causal=True, enable_gqa=True), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("length,kv_heads", [(64, 4), (128, 2)])
@@ -69,8 +75,11 @@ def test_causal_query_blocks_equal_the_full_causal_mask(length, kv_heads):
     g = np.random.default_rng(1).standard_normal(q.shape, np.float32)
 
     def loss(q, k, v, blocked):
-        out = (dot_product_attention(q, k, v, causal=True, implementation="einsum") if blocked
-               else dot_product_attention(q, k, v, causal_mask(length), implementation="einsum"))
+        out = (
+            dot_product_attention(q, k, v, causal=True, implementation="einsum")
+            if blocked
+            else dot_product_attention(q, k, v, causal_mask(length), implementation="einsum")
+        )
         return jnp.vdot(out, g)
 
     for argnums in ((), (0, 1, 2)):  # outputs, then gradients
@@ -78,17 +87,21 @@ def test_causal_query_blocks_equal_the_full_causal_mask(length, kv_heads):
         blocked, full = f(q, k, v, True), f(q, k, v, False)
         for b, r in zip(jax.tree.leaves(blocked), jax.tree.leaves(full)):
             np.testing.assert_allclose(b, r, atol=2e-5, rtol=1e-5)
-    np.testing.assert_allclose(dot_product_attention(q, k, v, causal=True, implementation="jax"),
-                               _torch_sdpa(q, np.repeat(k, 4 // kv_heads, 2),
-                                           np.repeat(v, 4 // kv_heads, 2), is_causal=True),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        dot_product_attention(q, k, v, causal=True, implementation="jax"),
+        _torch_sdpa(
+            q, np.repeat(k, 4 // kv_heads, 2), np.repeat(v, 4 // kv_heads, 2), is_causal=True
+        ),
+        atol=1e-5,
+    )
 
 
 def test_causal_query_blocks_with_dropout_never_see_the_future():
     q, k, v = _qkv(q_len=64, kv_len=64)
     rng = jax.random.key(3)
-    attend = functools.partial(dot_product_attention, causal=True, dropout_rate=0.3,
-                               implementation="einsum")
+    attend = functools.partial(
+        dot_product_attention, causal=True, dropout_rate=0.3, implementation="einsum"
+    )
     out = attend(q, k, v, dropout_rng=rng)
     k2, v2 = k.copy(), v.copy()
     k2[:, 40:], v2[:, 40:] = 5.0, -5.0  # change every key and value from position 40 on
@@ -102,8 +115,9 @@ def test_per_head_masks_with_grouped_heads_agree_across_implementations():
     q, k, v = _qkv(heads=6, kv_heads=2, q_len=4, kv_len=7)
     mask = jax.random.bernoulli(jax.random.key(0), 0.6, (2, 6, 4, 7)).at[..., 0].set(True)
     einsum = dot_product_attention(q, k, v, mask, implementation="einsum")
-    np.testing.assert_allclose(einsum, dot_product_attention(q, k, v, mask, implementation="jax"),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        einsum, dot_product_attention(q, k, v, mask, implementation="jax"), atol=1e-5
+    )
     repeated = [np.repeat(x, 3, axis=2) for x in (k, v)]  # heads n reads kv head n // 3
     theirs = _torch_sdpa(q, *repeated, attn_mask=torch.from_numpy(np.array(mask)))
     np.testing.assert_allclose(einsum, theirs, atol=1e-5)
@@ -120,18 +134,31 @@ def test_a_query_with_every_key_masked_stays_finite():
 def _copy_torch_mha(torch_mha: torch.nn.MultiheadAttention, heads: int, cross: bool) -> dict:
     embed = torch_mha.embed_dim
     head_dim = embed // heads
-    w = torch_mha.in_proj_weight.detach().numpy()   # [3E, E]: rows q, k, v; out = x @ w.T
+    w = torch_mha.in_proj_weight.detach().numpy()  # [3E, E]: rows q, k, v; out = x @ w.T
     b = torch_mha.in_proj_bias.detach().numpy()
-    proj = {"kernel": torch_mha.out_proj.weight.detach().numpy().T.reshape(heads, head_dim, embed),
-            "bias": torch_mha.out_proj.bias.detach().numpy()}
+    proj = {
+        "kernel": torch_mha.out_proj.weight.detach().numpy().T.reshape(heads, head_dim, embed),
+        "bias": torch_mha.out_proj.bias.detach().numpy(),
+    }
     if not cross:
-        return {"qkv": {"kernel": w.T.reshape(embed, 3, heads, head_dim),
-                        "bias": b.reshape(3, heads, head_dim)}, "proj": proj}
-    return {"query": {"kernel": w[:embed].T.reshape(embed, heads, head_dim),
-                      "bias": b[:embed].reshape(heads, head_dim)},
-            "kv": {"kernel": w[embed:].T.reshape(embed, 2, heads, head_dim),
-                   "bias": b[embed:].reshape(2, heads, head_dim)},
-            "proj": proj}
+        return {
+            "qkv": {
+                "kernel": w.T.reshape(embed, 3, heads, head_dim),
+                "bias": b.reshape(3, heads, head_dim),
+            },
+            "proj": proj,
+        }
+    return {
+        "query": {
+            "kernel": w[:embed].T.reshape(embed, heads, head_dim),
+            "bias": b[:embed].reshape(heads, head_dim),
+        },
+        "kv": {
+            "kernel": w[embed:].T.reshape(embed, 2, heads, head_dim),
+            "bias": b[embed:].reshape(2, heads, head_dim),
+        },
+        "proj": proj,
+    }
 
 
 @pytest.mark.parametrize("cross", [False, True], ids=["self_causal", "cross_padded"])
@@ -149,8 +176,9 @@ def test_multi_head_attention_with_copied_weights_matches_torch(cross):
         if cross:
             pad = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])  # torch: True = ignore
             theirs, _ = torch_mha(x, memory, memory, key_padding_mask=pad, need_weights=False)
-            ours = layer.apply({"params": params}, x.numpy(), memory.numpy(),
-                               mask=~pad.numpy()[:, None, None, :])
+            ours = layer.apply(
+                {"params": params}, x.numpy(), memory.numpy(), mask=~pad.numpy()[:, None, None, :]
+            )
         else:
             future = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)  # torch: True = ignore
             theirs, _ = torch_mha(x, x, x, attn_mask=future, need_weights=False)
@@ -184,8 +212,9 @@ def test_kv_cache_prefill_then_single_tokens_matches_a_full_causal_pass(kv_heads
     outputs, cache, start = [], state["cache"], 0
     for size in (3, 1, 1, 1, 1):  # a prefill, then single tokens
         positions = (start + jnp.arange(size))[None]
-        out, state = step({"params": params, "cache": cache}, x[:, start:start + size],
-                          positions=positions)
+        out, state = step(
+            {"params": params, "cache": cache}, x[:, start : start + size], positions=positions
+        )
         outputs.append(out)
         cache, start = state["cache"], start + size
     assert int(cache["cache_index"]) == 7
@@ -193,17 +222,21 @@ def test_kv_cache_prefill_then_single_tokens_matches_a_full_causal_pass(kv_heads
 
 
 def test_every_attention_parameter_has_logical_names():
-    for layer, args in [(MultiHeadAttention(4, 8), ()),
-                        (MultiHeadAttention(4, 8, num_kv_heads=2, use_bias=False), ()),
-                        (MultiHeadAttention(4, 8), (jnp.zeros((1, 3, 32)),))]:
+    for layer, args in [
+        (MultiHeadAttention(4, 8), ()),
+        (MultiHeadAttention(4, 8, num_kv_heads=2, use_bias=False), ()),
+        (MultiHeadAttention(4, 8), (jnp.zeros((1, 3, 32)),)),
+    ]:
         abstract = jax.eval_shape(layer.init, jax.random.key(0), jnp.zeros((1, 5, 32)), *args)
         names = nn.get_partition_spec(abstract["params"])
         shapes = nn.meta.unbox(abstract["params"])
-        for spec, leaf in zip(jax.tree.leaves(names, is_leaf=lambda s: isinstance(s, tuple)),
-                              jax.tree.leaves(shapes)):
+        for spec, leaf in zip(
+            jax.tree.leaves(names, is_leaf=lambda s: isinstance(s, tuple)), jax.tree.leaves(shapes)
+        ):
             assert len(spec) == leaf.ndim and all(isinstance(n, str) for n in spec)
-    grouped = jax.eval_shape(MultiHeadAttention(4, 8, num_kv_heads=2).init, jax.random.key(0),
-                             jnp.zeros((1, 5, 32)))
+    grouped = jax.eval_shape(
+        MultiHeadAttention(4, 8, num_kv_heads=2).init, jax.random.key(0), jnp.zeros((1, 5, 32))
+    )
     specs = nn.get_partition_spec(grouped["params"])
     assert tuple(specs["query"]["kernel"]) == ("embed", "heads", "head_dim")
     assert tuple(specs["kv"]["kernel"]) == ("embed", "qkv", "kv_heads", "head_dim")
@@ -211,6 +244,7 @@ def test_every_attention_parameter_has_logical_names():
 
 
 # ---- positional encodings ----
+
 
 def test_sinusoidal_encoding_values():
     table = positional.sinusoidal(jnp.arange(6)[None], 8)[0]
@@ -236,7 +270,8 @@ def test_rotary_scores_depend_only_on_the_distance():
     # position 0 is the identity; rotations keep the norm
     np.testing.assert_allclose(positional.rotary(q, jnp.array([[0]])), q)
     assert float(jnp.linalg.norm(positional.rotary(q, jnp.array([[7]])))) == pytest.approx(
-        float(jnp.linalg.norm(q)), rel=1e-6)
+        float(jnp.linalg.norm(q)), rel=1e-6
+    )
 
 
 def test_rotary_matches_the_rotate_half_formula():
@@ -248,19 +283,22 @@ def test_rotary_matches_the_rotate_half_formula():
     cos, sin = np.concatenate([cos, cos], -1), np.concatenate([sin, sin], -1)
     x_np = np.asarray(x)
     rotate_half = np.concatenate([-x_np[..., 2:], x_np[..., :2]], -1)
-    np.testing.assert_allclose(positional.rotary(x, jnp.asarray(pos)),
-                               x_np * cos + rotate_half * sin, atol=1e-6)
+    np.testing.assert_allclose(
+        positional.rotary(x, jnp.asarray(pos)), x_np * cos + rotate_half * sin, atol=1e-6
+    )
 
 
 # ---- norms and MLP blocks ----
+
 
 def test_layer_norm_and_rms_norm_match_torch():
     x = np.random.default_rng(0).standard_normal((3, 4, 10)).astype(np.float32) * 3 + 1
     scale = np.linspace(0.5, 1.5, 10, dtype=np.float32)
     bias = np.linspace(-1, 1, 10, dtype=np.float32)
     ours = norms.LayerNorm(1e-5).apply({"params": {"scale": scale, "bias": bias}}, x)
-    theirs = F.layer_norm(torch.from_numpy(x), (10,), torch.from_numpy(scale),
-                          torch.from_numpy(bias), eps=1e-5)
+    theirs = F.layer_norm(
+        torch.from_numpy(x), (10,), torch.from_numpy(scale), torch.from_numpy(bias), eps=1e-5
+    )
     np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)
     ours = norms.RMSNorm(1e-6).apply({"params": {"scale": scale}}, x)
     theirs = F.rms_norm(torch.from_numpy(x), (10,), torch.from_numpy(scale), eps=1e-6)

@@ -2,6 +2,7 @@
 disk stops the run with one line and keeps the previous checkpoint, one run per workdir, one
 metrics row per step and split. (Resuming after kill -9 or SIGTERM: test_runner.py; kill -9 at
 20 random points: tests/kill_anywhere.py, run by hand.)"""
+
 from __future__ import annotations
 
 import errno
@@ -14,19 +15,27 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import REPO
 
 from dlx.errors import UserError
 from dlx.train import checkpoint, loop
 from dlx.train import workdir as workdir_lib
 from dlx.train.metrics import MetricWriter, read_metrics
+from helpers import REPO
 
 
 def _config(steps: int):
     from configs.digits_mlp import get_config
+
     config = get_config()
-    config.update(num_epochs=0.0, train_steps=steps, checkpoint_every_steps=2, keep_checkpoints=3,
-                  eval_every_steps=100, log_every_steps=1, progress_bar=False)
+    config.update(
+        num_epochs=0.0,
+        train_steps=steps,
+        checkpoint_every_steps=2,
+        keep_checkpoints=3,
+        eval_every_steps=100,
+        log_every_steps=1,
+        progress_bar=False,
+    )
     return config
 
 
@@ -44,15 +53,17 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 def _largest_array_file(step_dir: Path) -> Path:
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 def _garble(path: Path) -> None:
     """Flips bytes in the middle; the size stays the same."""
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
     path.write_bytes(bytes(data))
 
 
@@ -61,12 +72,14 @@ def _warnings(captured: str) -> list[str]:
 
 
 def _train_rows(workdir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_metrics(str(workdir / "metrics.jsonl"))
-            if r["split"] == "train"}
+    return {
+        r["step"]: r for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"
+    }
 
 
 def test_garbled_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_one_before(
-        saved_run, tmp_path, capsys):
+    saved_run, tmp_path, capsys
+):
     """Same-size damage used to resume silently; now the step is named, moved aside, and the
     run retrains from step 4 to exactly the losses it had."""
     workdir = _copy(saved_run, tmp_path)
@@ -91,16 +104,26 @@ def _truncate(path: Path) -> None:
         f.truncate(path.stat().st_size // 2)
 
 
-@pytest.mark.parametrize("damage, named", [
-    (lambda step: _truncate(_largest_array_file(step)), "bytes, "),
-    (lambda step: (step / "state" / "_METADATA").write_text("garbage"), "state/_METADATA"),
-    (lambda step: (step / "data" / "metadata").write_text("{not json"), "data/metadata"),
-    (lambda step: (step / "state" / "_sharding").unlink(), "state/_sharding is missing"),
-    (lambda step: (step / checkpoint.MANIFEST).write_text("{"), "is unreadable"),
-], ids=["array-truncated", "metadata-garbage", "iterator-state-garbage", "file-missing",
-        "manifest-garbage"])
-def test_each_kind_of_damage_is_named_and_the_previous_step_used(saved_run, tmp_path, capsys,
-                                                                  damage, named):
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda step: _truncate(_largest_array_file(step)), "bytes, "),
+        (lambda step: (step / "state" / "_METADATA").write_text("garbage"), "state/_METADATA"),
+        (lambda step: (step / "data" / "metadata").write_text("{not json"), "data/metadata"),
+        (lambda step: (step / "state" / "_sharding").unlink(), "state/_sharding is missing"),
+        (lambda step: (step / checkpoint.MANIFEST).write_text("{"), "is unreadable"),
+    ],
+    ids=[
+        "array-truncated",
+        "metadata-garbage",
+        "iterator-state-garbage",
+        "file-missing",
+        "manifest-garbage",
+    ],
+)
+def test_each_kind_of_damage_is_named_and_the_previous_step_used(
+    saved_run, tmp_path, capsys, damage, named
+):
     workdir = _copy(saved_run, tmp_path)
     damage(workdir / "checkpoints" / "6")
     assert checkpoint.usable_step(str(workdir / "checkpoints")) == 4
@@ -117,7 +140,8 @@ def test_eval_scores_the_newest_intact_checkpoint(saved_run, tmp_path, capsys):
 
 
 def test_with_no_intact_checkpoint_training_stops_with_one_line_and_moves_nothing(
-        saved_run, tmp_path):
+    saved_run, tmp_path
+):
     workdir = _copy(saved_run, tmp_path)
     for step in ("2", "4", "6"):
         _garble(_largest_array_file(workdir / "checkpoints" / step))
@@ -130,7 +154,8 @@ def test_with_no_intact_checkpoint_training_stops_with_one_line_and_moves_nothin
 
 
 def test_unfinished_step_is_deleted_and_old_steps_without_manifests_restore_unverified(
-        saved_run, tmp_path, capsys):
+    saved_run, tmp_path, capsys
+):
     workdir = _copy(saved_run, tmp_path)
     checkpoints = workdir / "checkpoints"
     # Killed after Orbax finished step 6 but before its manifest was written.
@@ -156,16 +181,19 @@ def _fail_when(monkeypatch, module, name: str, failing: str):
         if failing in str(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return original(path, *args, **kwargs)
+
     monkeypatch.setattr(module, name, patched)
 
 
 @pytest.mark.parametrize("where", ["orbax-background-save", "manifest"])
 def test_full_disk_during_a_save_stops_with_one_line_and_keeps_the_previous_checkpoint(
-        tmp_path, monkeypatch, where):
+    tmp_path, monkeypatch, where
+):
     if where == "manifest":
         _fail_when(monkeypatch, checkpoint, "replace_file", f"{os.sep}4{os.sep}")
     else:  # in Orbax's background thread, as its last write before the step is renamed final
         from orbax.checkpoint._src.path import async_path
+
         _fail_when(monkeypatch, async_path, "write_text", "4.orbax-checkpoint-tmp")
     workdir = tmp_path / "run"
     with pytest.raises(UserError) as error:
@@ -180,14 +208,20 @@ def test_full_disk_during_a_save_stops_with_one_line_and_keeps_the_previous_chec
     assert not (workdir / workdir_lib.LOCK_NAME).exists()  # a failed run releases the workdir
 
 
-_HOLD_LOCK = ("import sys, time; from dlx.train.workdir import WorkdirLock; "
-              "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
+_HOLD_LOCK = (
+    "import sys, time; from dlx.train.workdir import WorkdirLock; "
+    "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)"
+)
 
 
 def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_is_stale(tmp_path):
     workdir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(workdir)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(workdir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UserError) as error:
@@ -204,22 +238,31 @@ def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_is_stale(tmp_
     assert not (workdir / workdir_lib.LOCK_NAME).exists()
 
 
-def test_without_flock_a_lock_record_is_stale_only_when_its_process_is_gone(tmp_path,
-                                                                           monkeypatch):
+def test_without_flock_a_lock_record_is_stale_only_when_its_process_is_gone(tmp_path, monkeypatch):
     """Filesystems without locks: the record decides (pid and its start time, on this host)."""
+
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
     monkeypatch.setattr(workdir_lib.fcntl, "flock", no_locks)
     path = tmp_path / workdir_lib.LOCK_NAME
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for holder, refused in [({"pid": int(finished), "host": os.uname().nodename}, False),
-                                ({"pid": live.pid, "host": os.uname().nodename}, True),
-                                ({"pid": live.pid, "host": os.uname().nodename,
-                                  "pid_started": "0"}, False),  # the pid was reused
-                                ({"pid": 1, "host": "another-host"}, True)]:
+        for holder, refused in [
+            ({"pid": int(finished), "host": os.uname().nodename}, False),
+            ({"pid": live.pid, "host": os.uname().nodename}, True),
+            (
+                {"pid": live.pid, "host": os.uname().nodename, "pid_started": "0"},
+                False,
+            ),  # the pid was reused
+            ({"pid": 1, "host": "another-host"}, True),
+        ]:
             path.write_text(json.dumps(holder))
             lock = workdir_lib.WorkdirLock(str(tmp_path))
             if refused:
@@ -236,14 +279,22 @@ def test_without_flock_a_lock_record_is_stale_only_when_its_process_is_gone(tmp_
 
 def test_metrics_file_has_one_row_per_step_and_split_after_a_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    rows = [{"step": 1, "split": "train", "loss": 3.0}, {"step": 2, "split": "train", "loss": 2.0},
-            {"step": 2, "split": "eval", "loss": 2.5}, {"step": 2, "split": "train", "loss": 2.0},
-            {"step": 3, "split": "train", "loss": 1.0}]
+    rows = [
+        {"step": 1, "split": "train", "loss": 3.0},
+        {"step": 2, "split": "train", "loss": 2.0},
+        {"step": 2, "split": "eval", "loss": 2.5},
+        {"step": 2, "split": "train", "loss": 2.0},
+        {"step": 3, "split": "train", "loss": 1.0},
+    ]
     # Two runs on the workdir (before the lock) doubled step 2; a kill cut the last line short.
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "spl')
     writer = MetricWriter(str(tmp_path), enabled=True, resume_step=2)
     writer.write(3, "train", {"loss": 1.5})
     writer.close()
     assert [(r["step"], r["split"]) for r in read_metrics(str(path))] == [
-        (1, "train"), (2, "train"), (2, "eval"), (3, "train")]
+        (1, "train"),
+        (2, "train"),
+        (2, "eval"),
+        (3, "train"),
+    ]
     assert read_metrics(str(path))[-1]["loss"] == 1.5

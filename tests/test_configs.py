@@ -1,5 +1,6 @@
 """Every config file in configs/ and each of its variants loads and passes validation (model
 fields, task options, optimizer), so a typo in a config fails here, not an hour into a run."""
+
 from __future__ import annotations
 
 import importlib
@@ -47,8 +48,9 @@ def test_epoch_cadence_falls_on_the_steps_completing_each_period():
     every = config_lib.period(config, "checkpoint_every", steps_per_epoch)
     assert [s for s in range(1, 10) if config_lib.is_due(s, every)] == [3, 6, 9]
     config.eval_every_epochs = 0.0
-    assert not any(config_lib.is_due(s, config_lib.period(config, "eval_every", 5.0))
-                   for s in range(1, 20))
+    assert not any(
+        config_lib.is_due(s, config_lib.period(config, "eval_every", 5.0)) for s in range(1, 20)
+    )
 
 
 def test_command_line_may_set_any_model_field_and_typos_name_the_field():
@@ -57,9 +59,11 @@ def test_command_line_may_set_any_model_field_and_typos_name_the_field():
     config_lib.prepare_overrides(config, ["model.dtype", "optimizer.learning_rate"])
     assert config.model.dtype == "float32" and config.model.embed_dim == 128
     config_lib.validate(config)
-    for path, expected in [("model.dtyp", "did you mean 'dtype'"),
-                           ("optimizer.learnig_rate", "did you mean 'learning_rate'"),
-                           ("data.batch_size.x", "no key 'x' under data.batch_size")]:
+    for path, expected in [
+        ("model.dtyp", "did you mean 'dtype'"),
+        ("optimizer.learnig_rate", "did you mean 'learning_rate'"),
+        ("data.batch_size.x", "no key 'x' under data.batch_size"),
+    ]:
         with pytest.raises(config_lib.ConfigError, match=expected):
             config_lib.prepare_overrides(config, [path])
 
@@ -68,9 +72,16 @@ def test_a_config_json_from_before_task_groups_still_loads(tmp_path):
     """Runs saved before tasks declared their own keys hold every task's keys (a classification
     run has `decoding` and `data.tokenizer`); they still resume and reproduce."""
     values = json.loads(config_lib.to_json(config_lib.base_config()))
-    values["decoding"] = {"prompt": "\n", "num_samples": 2, "max_new_tokens": 200,
-                          "temperature": 0.8, "top_k": 0, "top_p": 1.0, "beam_size": 1,
-                          "length_penalty": 0.0}
+    values["decoding"] = {
+        "prompt": "\n",
+        "num_samples": 2,
+        "max_new_tokens": 200,
+        "temperature": 0.8,
+        "top_k": 0,
+        "top_p": 1.0,
+        "beam_size": 1,
+        "length_penalty": 0.0,
+    }
     values["data"].update(tokenizer="char", vocab_size=0, seq_len=0)
     values["num_epochs"] = 1.0
     path = tmp_path / "config.json"

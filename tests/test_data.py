@@ -1,4 +1,5 @@
 """dlx.data: offline builders, name resolution, and the grain pipelines (tiny generated data)."""
+
 import gzip
 import json
 import os
@@ -24,8 +25,10 @@ def write_idx(path, array: np.ndarray) -> None:
 def fake_fashion_mnist(tmp_path, monkeypatch):
     """100 train / 20 test synthetic images as IDX files; DLX_FASHION_MNIST_DIR points at them."""
     rng = np.random.default_rng(0)
-    arrays = {"train": (rng.integers(0, 256, (100, 28, 28)), rng.integers(0, 10, 100)),
-              "t10k": (rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20))}
+    arrays = {
+        "train": (rng.integers(0, 256, (100, 28, 28)), rng.integers(0, 10, 100)),
+        "t10k": (rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20)),
+    }
     directory = tmp_path / "idx"
     directory.mkdir()
     for prefix, (images, labels) in arrays.items():
@@ -53,6 +56,7 @@ def take(iterator, count: int) -> list[np.ndarray]:
 
 
 # --- builders and resolution ------------------------------------------------------------------
+
 
 def test_fashion_mnist_reads_back_the_written_arrays(fake_fashion_mnist, tmp_path):
     data_dir = str(tmp_path / "tfds")
@@ -179,6 +183,7 @@ def test_cli_prepare(sklearn_data_dir, capsys):
 
 # --- pipelines ----------------------------------------------------------------------------------
 
+
 def test_train_iterator_is_deterministic_and_seeded():
     source = numbered_source(50)
     first = take(train_iterator(source, global_batch_size=8, seed=3), 10)
@@ -201,12 +206,14 @@ def test_train_iterator_reshuffles_every_epoch():
 
 def test_batch_indices_follow_the_concatenated_epoch_permutations():
     from dlx.data.pipeline import _epoch_permutation, shuffled_batch_indices
+
     num_examples, batch_size, seed = 10, 4, 3
     stream = np.concatenate([_epoch_permutation(num_examples, seed, epoch) for epoch in range(5)])
     for step in range(12):  # batches inside one epoch and batches straddling two
         np.testing.assert_array_equal(
             shuffled_batch_indices(num_examples, batch_size, seed, step),
-            stream[step * batch_size:(step + 1) * batch_size])
+            stream[step * batch_size : (step + 1) * batch_size],
+        )
 
 
 def test_in_memory_and_record_sources_give_the_same_batches_and_resume_alike():
@@ -230,8 +237,9 @@ def test_in_memory_and_record_sources_give_the_same_batches_and_resume_alike():
 
 
 def test_batches_straddle_epochs_when_batch_size_does_not_divide():
-    stream = np.concatenate(take(train_iterator(numbered_source(10), global_batch_size=4,
-                                                seed=1), 10))
+    stream = np.concatenate(
+        take(train_iterator(numbered_source(10), global_batch_size=4, seed=1), 10)
+    )
     for epoch in stream.reshape(4, 10):
         assert sorted(epoch) == list(range(10))
 
@@ -239,8 +247,13 @@ def test_batches_straddle_epochs_when_batch_size_does_not_divide():
 def test_process_slices_make_up_the_global_batch():
     source = numbered_source(64)
     whole = take(train_iterator(source, global_batch_size=16, seed=7), 6)
-    parts = [take(train_iterator(source, global_batch_size=16, seed=7, process_index=p,
-                                 process_count=2), 6) for p in range(2)]
+    parts = [
+        take(
+            train_iterator(source, global_batch_size=16, seed=7, process_index=p, process_count=2),
+            6,
+        )
+        for p in range(2)
+    ]
     for step, batch in enumerate(whole):
         assert len(parts[0][step]) == 8
         assert np.array_equal(np.concatenate([parts[0][step], parts[1][step]]), batch)
@@ -278,9 +291,12 @@ def test_tfds_and_in_memory_sources_give_the_same_batches(sklearn_data_dir):
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_batches_cover_every_example_once(process_count):
     source = numbered_source(45)
-    per_process = [list(eval_batches(source, global_batch_size=16, process_index=p,
-                                     process_count=process_count))
-                   for p in range(process_count)]
+    per_process = [
+        list(
+            eval_batches(source, global_batch_size=16, process_index=p, process_count=process_count)
+        )
+        for p in range(process_count)
+    ]
     assert len({len(batches) for batches in per_process}) == 1
     seen = []
     for batches in per_process:

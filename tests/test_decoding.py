@@ -1,5 +1,6 @@
 """Decoding with the KV cache: generation, sampling filters, greedy decoding and beam search,
 checked against full forward passes without a cache."""
+
 import functools
 
 import flax.linen as nn
@@ -26,8 +27,18 @@ def _variables(model, *args, seed=0, std=0.5):
 # random tied-embedding models tend to repeat one token)
 DECODERS = {
     "gpt2": (dict(), 1, 1.0),
-    "llama": (dict(norm="rms", mlp="swiglu", position="rope", num_kv_heads=2, bias=False,
-                   tie_embeddings=False), 2, 0.5),
+    "llama": (
+        dict(
+            norm="rms",
+            mlp="swiglu",
+            position="rope",
+            num_kv_heads=2,
+            bias=False,
+            tie_embeddings=False,
+        ),
+        2,
+        0.5,
+    ),
 }
 
 
@@ -40,8 +51,15 @@ def _decoder(name):
 
 @functools.cache
 def _seq2seq():
-    model = Model(kind="encoder_decoder", vocab_size=12, num_layers=1, embed_dim=32,
-                  num_heads=4, max_len=16, tie_embeddings=False)
+    model = Model(
+        kind="encoder_decoder",
+        vocab_size=12,
+        num_layers=1,
+        embed_dim=32,
+        num_heads=4,
+        max_len=16,
+        tie_embeddings=False,
+    )
     inputs = jnp.array(np.random.default_rng(1).integers(3, 12, (6, 6)), jnp.int32)
     inputs = inputs.at[0, 4:].set(0)  # one padded input
     return model, _variables(model, inputs, inputs, seed=1), inputs
@@ -55,8 +73,7 @@ NEW = 9  # one length everywhere: one compiled generate per (model, top_k)
 def test_generate_at_temperature_zero_equals_greedy_full_forward_passes(name):
     model, variables = _decoder(name)
     new = NEW
-    generated = decoding.generate(model, variables, PROMPT, jax.random.key(0), new,
-                                  temperature=0.0)
+    generated = decoding.generate(model, variables, PROMPT, jax.random.key(0), new, temperature=0.0)
     assert generated.shape == (2, 3 + new) and generated.dtype == jnp.int32
     # Reference: no cache, the whole sequence so far each step (right-padded to one shape so
     # it compiles once; causal attention makes the padding invisible to earlier positions).
@@ -72,11 +89,14 @@ def test_sampling_with_top_k_1_is_greedy_and_sampling_varies():
     model, variables = _decoder("llama")
     greedy = decoding.generate(model, variables, PROMPT, jax.random.key(0), NEW, temperature=0.0)
     for seed in range(2):
-        top1 = decoding.generate(model, variables, PROMPT, jax.random.key(seed), NEW,
-                                 temperature=1.0, top_k=1)
+        top1 = decoding.generate(
+            model, variables, PROMPT, jax.random.key(seed), NEW, temperature=1.0, top_k=1
+        )
         np.testing.assert_array_equal(top1, greedy)
-    hot = [decoding.generate(model, variables, PROMPT, jax.random.key(s), NEW, temperature=2.0)
-           for s in range(3)]
+    hot = [
+        decoding.generate(model, variables, PROMPT, jax.random.key(s), NEW, temperature=2.0)
+        for s in range(3)
+    ]
     assert any(not np.array_equal(h, greedy) for h in hot)
     np.testing.assert_array_equal(hot[0][:, :3], PROMPT)
 
@@ -89,7 +109,8 @@ def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
     assert decoding.nucleus_mask(logits, 0.85).tolist() == [[True, False, True, True]]
     assert decoding.nucleus_mask(logits, 0.99).tolist() == [[True, True, True, True]]
     draws = jax.vmap(lambda k: decoding.sample_logits(logits, k, top_p=0.75))(
-        jax.random.split(jax.random.key(0), 4000))
+        jax.random.split(jax.random.key(0), 4000)
+    )
     counts = np.bincount(np.asarray(draws).ravel(), minlength=4) / 4000
     np.testing.assert_allclose(counts, [0.5 / 0.8, 0, 0.3 / 0.8, 0], atol=0.03)
 
@@ -97,8 +118,17 @@ def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
 def test_top_k_and_temperature_reshape_the_distribution():
     logits = jnp.log(jnp.array([[0.1, 0.6, 0.25, 0.05]]))
     keys = jax.random.split(jax.random.key(1), 4000)
-    draw = lambda **kw: np.bincount(np.asarray(jax.vmap(  # noqa: E731
-        lambda k: decoding.sample_logits(logits, k, **kw))(keys)).ravel(), minlength=4) / 4000
+    draw = lambda **kw: (
+        np.bincount(
+            np.asarray(
+                jax.vmap(  # noqa: E731
+                    lambda k: decoding.sample_logits(logits, k, **kw)
+                )(keys)
+            ).ravel(),
+            minlength=4,
+        )
+        / 4000
+    )
     np.testing.assert_allclose(draw(top_k=2), [0, 0.6 / 0.85, 0.25 / 0.85, 0], atol=0.03)
     cooled = np.array([0.1, 0.6, 0.25, 0.05]) ** 2
     np.testing.assert_allclose(draw(temperature=0.5), cooled / cooled.sum(), atol=0.03)
@@ -106,12 +136,14 @@ def test_top_k_and_temperature_reshape_the_distribution():
 
 
 def test_every_cache_leaf_has_the_batch_first_or_is_a_scalar():
-    for model, args in [(_decoder("llama")[0], (jnp.zeros((3, 10), jnp.int32),)),
-                        (_seq2seq()[0], (jnp.ones((3, 6), jnp.int32),
-                                         jnp.zeros((3, 10), jnp.int32)))]:
+    for model, args in [
+        (_decoder("llama")[0], (jnp.zeros((3, 10), jnp.int32),)),
+        (_seq2seq()[0], (jnp.ones((3, 6), jnp.int32), jnp.zeros((3, 10), jnp.int32))),
+    ]:
         variables = _variables(model, *args)
-        _, state = jax.eval_shape(functools.partial(model.apply, decode=True, mutable=["cache"]),
-                                  variables, *args)
+        _, state = jax.eval_shape(
+            functools.partial(model.apply, decode=True, mutable=["cache"]), variables, *args
+        )
         leaves = jax.tree.leaves(state["cache"])
         assert leaves and all(x.ndim == 0 or x.shape[0] == 3 for x in leaves)
         assert any(x.ndim == 4 and x.shape[1] == 10 for x in leaves)  # [B, max_len, kv, hd]
@@ -120,8 +152,9 @@ def test_every_cache_leaf_has_the_batch_first_or_is_a_scalar():
 def test_greedy_decode_equals_greedy_full_forward_passes():
     model, variables, inputs = _seq2seq()
     max_len = 10
-    decoded = decoding.greedy_decode(model, variables, inputs, bos_id=BOS, eos_id=EOS,
-                                     max_len=max_len)
+    decoded = decoding.greedy_decode(
+        model, variables, inputs, bos_id=BOS, eos_id=EOS, max_len=max_len
+    )
     forward = jax.jit(model.apply)
     targets_in = jnp.zeros((6, max_len), jnp.int32).at[:, 0].set(BOS)
     expected = np.zeros((6, max_len), np.int32)
@@ -141,11 +174,20 @@ def test_greedy_decode_equals_greedy_full_forward_passes():
 def test_beam_search_with_one_beam_is_greedy(alpha):
     model, variables, inputs = _seq2seq()
     greedy = decoding.greedy_decode(model, variables, inputs, bos_id=BOS, eos_id=EOS, max_len=10)
-    seqs, scores = decoding.beam_search(model, variables, inputs, beam_size=1, bos_id=BOS,
-                                        eos_id=EOS, max_len=10, length_penalty=alpha)
+    seqs, scores = decoding.beam_search(
+        model,
+        variables,
+        inputs,
+        beam_size=1,
+        bos_id=BOS,
+        eos_id=EOS,
+        max_len=10,
+        length_penalty=alpha,
+    )
     np.testing.assert_array_equal(seqs, greedy)
-    expected = decoding.score_sequences(model, variables, inputs, greedy, bos_id=BOS, eos_id=EOS,
-                                        length_penalty=alpha)
+    expected = decoding.score_sequences(
+        model, variables, inputs, greedy, bos_id=BOS, eos_id=EOS, length_penalty=alpha
+    )
     np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
@@ -155,18 +197,18 @@ def test_wider_beams_score_at_least_the_greedy_sequence(alpha):
     kwargs = dict(bos_id=BOS, eos_id=EOS, length_penalty=alpha)
     greedy = decoding.greedy_decode(model, variables, inputs, bos_id=BOS, eos_id=EOS, max_len=10)
     greedy_scores = decoding.score_sequences(model, variables, inputs, greedy, **kwargs)
-    seqs, scores = decoding.beam_search(model, variables, inputs, beam_size=4, max_len=10,
-                                        **kwargs)
+    seqs, scores = decoding.beam_search(model, variables, inputs, beam_size=4, max_len=10, **kwargs)
     assert np.all(scores >= greedy_scores - 1e-5)
     assert np.any(scores > greedy_scores + 0.1)  # the search finds better sequences somewhere
     # The returned score is the model's score of the returned sequence: finished beams stopped
     # growing (nothing added after their eos, which is followed by padding only).
     np.testing.assert_allclose(
-        scores, decoding.score_sequences(model, variables, inputs, seqs, **kwargs), atol=1e-5)
+        scores, decoding.score_sequences(model, variables, inputs, seqs, **kwargs), atol=1e-5
+    )
     seqs = np.asarray(seqs)
     for row in seqs:
         ends = np.flatnonzero(row == EOS)
         if ends.size:
-            assert (row[ends[0] + 1:] == 0).all()
+            assert (row[ends[0] + 1 :] == 0).all()
         else:
             assert (row != 0).all()

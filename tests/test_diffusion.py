@@ -1,4 +1,5 @@
 """DDPM as a task plug-in: schedules, the EMA in the state, both samplers, a run end to end."""
+
 from __future__ import annotations
 
 import io
@@ -36,11 +37,13 @@ def test_ddpm_trains_keeps_an_ema_and_samples_with_both_samplers(tmp_path):
     # Both start at the initial params; after 4 updates the EMA (decay 0.999) has moved about
     # 1 - 0.999^4 = 0.4% as far as the params.
     start = jax.device_get(loop.init_state(bundle.run).params)
-    ema_moved = max(np.abs(e - s).max() for e, s in zip(jax.tree.leaves(state.ema),
-                                                         jax.tree.leaves(start)))
-    params_moved = max(np.abs(p - s).max() for p, s in zip(jax.tree.leaves(state.params),
-                                                            jax.tree.leaves(start)))
-    assert 0 < ema_moved < 2 * (1 - config.diffusion.ema_decay ** 4) * params_moved
+    ema_moved = max(
+        np.abs(e - s).max() for e, s in zip(jax.tree.leaves(state.ema), jax.tree.leaves(start))
+    )
+    params_moved = max(
+        np.abs(p - s).max() for p, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(start))
+    )
+    assert 0 < ema_moved < 2 * (1 - config.diffusion.ema_decay**4) * params_moved
 
     ddim, ddim_path = task.generate(state.ema, 4, seed=0, sampler="ddim")
     ancestral, path = task.generate(state.ema, 4, seed=0, sampler="ancestral")
@@ -57,12 +60,18 @@ def test_ddpm_trains_keeps_an_ema_and_samples_with_both_samplers(tmp_path):
 
 def test_unet_predicts_noise_of_the_input_shape_with_named_parameters():
     import jax.numpy as jnp
-
-    from dlx.models import get_model
     from test_generative_models import _assert_named
 
-    model = get_model("unet", channels=(8, 16), attention_levels=(1,), time_dim=16, groups=4,
-                      image_shape=(16, 16, 1))
+    from dlx.models import get_model
+
+    model = get_model(
+        "unet",
+        channels=(8, 16),
+        attention_levels=(1,),
+        time_dim=16,
+        groups=4,
+        image_shape=(16, 16, 1),
+    )
     x = jnp.ones((2, 16, 16, 1))
     variables = model.init(jax.random.key(0), x, jnp.array([0, 5]))
     _assert_named(variables)

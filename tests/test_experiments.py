@@ -1,5 +1,6 @@
 """The studies train their runs (ordinary launch.py runs) and turn them into a report; run here
 in this process, as `python experiments/<study>.py` does."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,22 @@ from helpers import REPO
 def test_optimizer_study_writes_report(tmp_path):
     out = tmp_path / "study"
     with contextlib.chdir(REPO):
-        optimizers.main(["--config", "configs/digits_mlp.py", "--train_steps", "30",
-                         "--warmup_steps", "5", "--only", "sgd", "adadelta", "adam",
-                         "--out", str(out)])
+        optimizers.main(
+            [
+                "--config",
+                "configs/digits_mlp.py",
+                "--train_steps",
+                "30",
+                "--warmup_steps",
+                "5",
+                "--only",
+                "sgd",
+                "adadelta",
+                "adam",
+                "--out",
+                str(out),
+            ]
+        )
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "%" in line]
     assert [row.split("|")[1].strip() for row in rows] and len(rows) == 3
@@ -27,7 +41,9 @@ def test_optimizer_study_writes_report(tmp_path):
 def test_shakespeare_study_reports_each_model_with_curves_and_samples(shakespeare_study):
     out = shakespeare_study
     report = (out / "report.md").read_text()
-    rows = [line.split("|") for line in report.splitlines() if line.startswith("| ") and " M |" in line]
+    rows = [
+        line.split("|") for line in report.splitlines() if line.startswith("| ") and " M |" in line
+    ]
     assert [row[1].strip() for row in rows] == ["gpt", "lstm", "gru"]
     assert all(int(row[3]) == 6 and 0 < float(row[4]) < 5 for row in rows)  # steps, val loss
     assert report.count("Last sample of") == 3 and "python experiments/shakespeare_lm.py" in report

@@ -1,5 +1,6 @@
 """The generative family, each a task plug-in run end to end in-process on Fashion-MNIST with
 tiny models: autoencoders (plain, denoising, anomaly detection), the VAE and the DCGAN."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,9 @@ def _run(spec: str, workdir, **changes) -> dict:
 
 
 def test_autoencoder_reconstructs_and_writes_its_figure(tmp_path):
-    summary = _run("configs/fashion_autoencoder.py:test", tmp_path / "ae", train_steps=20,
-                   eval_every_steps=10)
+    summary = _run(
+        "configs/fashion_autoencoder.py:test", tmp_path / "ae", train_steps=20, eval_every_steps=10
+    )
     evals = eval_records(tmp_path / "ae")
     assert [r["step"] for r in evals] == [10, 20]
     assert evals[1]["loss"] < evals[0]["loss"]  # per image, summed over 784 pixels
@@ -37,8 +39,9 @@ def test_anomaly_detection_trains_without_the_held_out_class_and_scores_its_auro
     train = run.task.source("train", train=True)
     assert len(train) == 54_000 and 0 not in set(train.columns["label"][:5000])
     assert run.task.examples_per_epoch() == 54_000
-    summary = _run("configs/fashion_autoencoder.py:test", tmp_path / "anomaly",
-                   autoencoder__holdout_class=0)
+    summary = _run(
+        "configs/fashion_autoencoder.py:test", tmp_path / "anomaly", autoencoder__holdout_class=0
+    )
     assert 0.0 <= summary["final_eval"]["auroc"] <= 1.0
 
 
@@ -52,13 +55,19 @@ def test_denoising_autoencoder_draws_its_noise_from_the_step_key(tmp_path):
 
 
 def test_vae_reports_elbo_and_a_tighter_importance_sampled_nll(tmp_path):
-    summary = _run("configs/fashion_vae.py:test", tmp_path / "vae", train_steps=30,
-                   eval_every_steps=30, vae__importance_samples=20)
+    summary = _run(
+        "configs/fashion_vae.py:test",
+        tmp_path / "vae",
+        train_steps=30,
+        eval_every_steps=30,
+        vae__importance_samples=20,
+    )
     final = summary["final_eval"]
     # the IWAE bound: -log p(x) <= E[-log w_1..k averaged] <= -ELBO (per image, in nats)
     assert 0 < final["nll"] < final["negative_elbo"] < 784 * np.log(2)
-    records = [json.loads(line) for line in
-               (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()
+    ]
     weights = [r["kl_weight"] for r in records if r["split"] == "train"]
     assert weights[0] < weights[-1] == 1.0  # KL warm-up over the first 4 steps
     for figure in ("samples", "reconstructions", "interpolation"):
@@ -75,11 +84,18 @@ def test_dcgan_checkpoints_both_players_and_resumes_exactly(tmp_path):
     _run("configs/fashion_dcgan.py:test", tmp_path / "resumed", train_steps=3, eval_every_steps=6)
     resumed = _run("configs/fashion_dcgan.py:test", tmp_path / "resumed", eval_every_steps=6)
     assert resumed["resumed_from_step"] == 3
-    records = {name: [json.loads(line) for line in
-                      (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-               for name in ("whole", "resumed")}
-    pick = lambda rs: [(r["step"], r["d_loss"], r["g_loss"]) for r in rs  # noqa: E731
-                       if r["split"] == "train"]
+    records = {
+        name: [
+            json.loads(line)
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        for name in ("whole", "resumed")
+    }
+    pick = lambda rs: [
+        (r["step"], r["d_loss"], r["g_loss"])
+        for r in rs  # noqa: E731
+        if r["split"] == "train"
+    ]
     assert pick(records["resumed"]) == pick(records["whole"])
     assert resumed["final_eval"] == whole["final_eval"]
     bundle = inference.load(str(tmp_path / "resumed"))
@@ -87,13 +103,15 @@ def test_dcgan_checkpoints_both_players_and_resumes_exactly(tmp_path):
     assert bundle.step == 6 and all(np.all(np.isfinite(leaf)) for leaf in leaves)
 
 
-@pytest.mark.parametrize("spec, error", [
-    ("configs/fashion_vae.py:test", "variational=True"),
-    ("configs/fashion_autoencoder.py:test", "holdout_class=12"),
-])
+@pytest.mark.parametrize(
+    "spec, error",
+    [
+        ("configs/fashion_vae.py:test", "variational=True"),
+        ("configs/fashion_autoencoder.py:test", "holdout_class=12"),
+    ],
+)
 def test_bad_generative_configs_are_one_clear_error(tmp_path, spec, error):
-    changes = ({"model__variational": False} if "vae" in spec
-               else {"autoencoder__holdout_class": 12})
+    changes = {"model__variational": False} if "vae" in spec else {"autoencoder__holdout_class": 12}
     with pytest.raises(config_lib.ConfigError, match=error):
         _run(spec, tmp_path / "bad", **changes)
     assert not (tmp_path / "bad").exists()
@@ -107,21 +125,42 @@ def test_a_per_example_evaluator_gives_the_same_result_over_two_processes(tmp_pa
 
     from helpers import REPO, free_port, launch, launch_command, launch_env
 
-    args = ["--config", "configs/fashion_autoencoder.py:test", "--config.eval_every_steps=6",
-            "--config.autoencoder.holdout_class=0"]
+    args = [
+        "--config",
+        "configs/fashion_autoencoder.py:test",
+        "--config.eval_every_steps=6",
+        "--config.autoencoder.holdout_class=0",
+    ]
     port = free_port()
-    two = [*args, "--workdir", str(tmp_path / "two"), "--coordinator_address",
-           f"127.0.0.1:{port}", "--num_processes", "2"]
-    processes = [subprocess.Popen(launch_command(*two, "--process_id", str(i)), cwd=REPO,
-                                  env=launch_env(2), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    two = [
+        *args,
+        "--workdir",
+        str(tmp_path / "two"),
+        "--coordinator_address",
+        f"127.0.0.1:{port}",
+        "--num_processes",
+        "2",
+    ]
+    processes = [
+        subprocess.Popen(
+            launch_command(*two, "--process_id", str(i)),
+            cwd=REPO,
+            env=launch_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
     one = launch(*args, "--workdir", str(tmp_path / "one"), devices=4)
     assert one.returncode == 0, one.stderr[-3000:]
-    a, b = (json.loads((tmp_path / name / "summary.json").read_text())["final_eval"]
-            for name in ("two", "one"))
+    a, b = (
+        json.loads((tmp_path / name / "summary.json").read_text())["final_eval"]
+        for name in ("two", "one")
+    )
     assert set(a) == {"loss", "mse", "auroc"}
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)

@@ -1,5 +1,6 @@
 """The generative families' modules: output shapes, exact parameter counts worked out by hand,
 logical axis names on every parameter."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -20,8 +21,9 @@ def _count(variables) -> int:
 
 
 def _assert_named(variables) -> None:
-    specs = jax.tree.leaves(nn.get_partition_spec(variables["params"]),
-                            is_leaf=lambda x: isinstance(x, P))
+    specs = jax.tree.leaves(
+        nn.get_partition_spec(variables["params"]), is_leaf=lambda x: isinstance(x, P)
+    )
     leaves = jax.tree.leaves(nn.meta.unbox(variables["params"]))
     assert len(specs) == len(leaves)
     for spec, leaf in zip(specs, leaves):
@@ -30,13 +32,15 @@ def _assert_named(variables) -> None:
 
 @pytest.mark.parametrize("variational", [False, True])
 def test_dense_autoencoder(variational):
-    model = get_model("autoencoder", kind="dense", latent_dim=4, hidden=(8, 6),
-                      variational=variational)
+    model = get_model(
+        "autoencoder", kind="dense", latent_dim=4, hidden=(8, 6), variational=variational
+    )
     x = jnp.ones((2, 28, 28, 1))
     variables = model.init(jax.random.key(0), x)
     head = 6 * (8 if variational else 4) + (8 if variational else 4)
-    assert _count(variables) == (IMAGE * 8 + 8) + (8 * 6 + 6) + head + (4 * 6 + 6) + (6 * 8 + 8) \
-        + (8 * IMAGE + IMAGE)
+    assert _count(variables) == (IMAGE * 8 + 8) + (8 * 6 + 6) + head + (4 * 6 + 6) + (6 * 8 + 8) + (
+        8 * IMAGE + IMAGE
+    )
     _assert_named(variables)
     assert model.apply(variables, x).shape == (2, 28, 28, 1)
     z = model.apply(variables, x, method="encode")
@@ -47,8 +51,9 @@ def test_conv_autoencoder():
     model = get_model("autoencoder", kind="conv", latent_dim=3, hidden=(4, 8))
     x = jnp.ones((2, 28, 28, 1))
     variables = model.init(jax.random.key(0), x)
-    assert _count(variables) == (9 * 1 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 3 + 3) \
-        + (3 * 7 * 7 * 8 + 7 * 7 * 8) + (9 * 8 * 4 + 4) + (9 * 4 * 4 + 4) + (9 * 4 * 1 + 1)
+    assert _count(variables) == (9 * 1 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 3 + 3) + (
+        3 * 7 * 7 * 8 + 7 * 7 * 8
+    ) + (9 * 8 * 4 + 4) + (9 * 4 * 4 + 4) + (9 * 4 * 1 + 1)
     _assert_named(variables)
     assert model.apply(variables, x).shape == (2, 28, 28, 1)
 
@@ -68,11 +73,14 @@ def test_dcgan_players_have_their_own_parameters():
     assert model.apply(variables, x, method="discriminate").shape == (3,)
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("autoencoder", dict(kind="conv", image_shape=(30, 30, 1))),
-    ("autoencoder", dict(kind="pixels")),
-    ("dcgan", dict(image_shape=(30, 30, 1))),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("autoencoder", dict(kind="conv", image_shape=(30, 30, 1))),
+        ("autoencoder", dict(kind="pixels")),
+        ("dcgan", dict(image_shape=(30, 30, 1))),
+    ],
+)
 def test_impossible_shapes_are_config_errors(name, kwargs):
     with pytest.raises(ConfigError):
         get_model(name, **kwargs)

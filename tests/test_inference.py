@@ -1,5 +1,6 @@
 """A trained run loaded for use (dlx.inference): predictions equal the run's own evaluation,
 with no data set opened."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,19 +2,20 @@
 workdir it writes, reproduction from config.json, resuming a run from its workdir alone, eval
 mode, --help, clear errors for bad input that leave an existing workdir untouched, batch-job
 logs, provenance. Only the multi-process run starts subprocesses."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import json
 import subprocess
-import sys
 
 import pytest
+
+from dlx.train import progress, provenance
 from helpers import (
     REPO,
     CliResult,
-    cli as run,
     eval_records,
     free_port,
     launch_command,
@@ -22,9 +23,9 @@ from helpers import (
     train_losses,
     tree_snapshot,
 )
-
-from dlx.train import progress, provenance
-
+from helpers import (
+    cli as run,
+)
 
 CNN_TEST = ["--config", "configs/fashion_cnn.py:test"]
 DIGITS = ["--config", "configs/digits_mlp.py"]
@@ -41,17 +42,30 @@ def refused(result: CliResult, expected: str) -> str:
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs") / "cnn"
-    result = run("train", *CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
-                 "--config.eval_every_steps=10")
+    result = run(
+        "train",
+        *CNN_TEST,
+        "--workdir",
+        str(workdir),
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=10",
+    )
     assert result.code == 0, result.stderr[-3000:]
     return workdir, result
 
 
 def test_end_to_end_writes_every_workdir_file(cnn_run):
     workdir, result = cnn_run
-    for name in ("config.json", "metrics.jsonl", "summary.json", "model_summary.txt",
-                 "plots/loss.png", "plots/accuracy.png", "plots/confusion_matrix.png",
-                 "plots/per_class_accuracy.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "model_summary.txt",
+        "plots/loss.png",
+        "plots/accuracy.png",
+        "plots/confusion_matrix.png",
+        "plots/per_class_accuracy.json",
+    ):
         assert (workdir / name).is_file(), name
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "checkpoints" / "20").is_dir()
@@ -70,12 +84,17 @@ def test_end_to_end_writes_every_workdir_file(cnn_run):
 def test_summary_records_the_whole_command_and_the_code(cnn_run):
     workdir, _ = cnn_run
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["command"] == (f"launch.py train --config configs/fashion_cnn.py:test "
-                                  f"--workdir {workdir} --config.log_every_steps=1 "
-                                  f"--config.eval_every_steps=10")
+    assert summary["command"] == (
+        f"launch.py train --config configs/fashion_cnn.py:test "
+        f"--workdir {workdir} --config.log_every_steps=1 "
+        f"--config.eval_every_steps=10"
+    )
     if (REPO / ".git").exists():  # a git checkout (not an installed copy)
-        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", summary["git_commit"],
-                                   "HEAD"], cwd=REPO, check=False).returncode
+        ancestor = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", summary["git_commit"], "HEAD"],
+            cwd=REPO,
+            check=False,
+        ).returncode
         assert ancestor == 0  # the commit the run started from (HEAD, or before it)
         assert isinstance(summary["git_dirty"], bool)
         assert (workdir / "git.diff").is_file() == summary["git_dirty"]
@@ -117,7 +136,7 @@ def test_eval_mode_scores_latest_checkpoint_and_saves_it(cnn_run):
     workdir, _ = cnn_run
     result = run("eval", "--workdir", str(workdir))
     assert result.code == 0, result.stderr[-3000:]
-    metrics = json.loads(result.stdout[result.stdout.index("{"):])
+    metrics = json.loads(result.stdout[result.stdout.index("{") :])
     assert metrics["step"] == 20
     assert metrics["accuracy"] == pytest.approx(eval_records(workdir)[-1]["accuracy"], abs=1e-6)
     saved = json.loads((workdir / "eval_results.jsonl").read_text().splitlines()[-1])
@@ -130,8 +149,13 @@ def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_summary(cnn_run):
     workdir, _ = cnn_run
     summary_before = (workdir / "summary.json").read_text()
     metrics_before = (workdir / "metrics.jsonl").read_text()
-    result = run(*CNN_TEST, "--workdir", str(workdir), "--config.log_every_steps=1",
-                 "--config.eval_every_steps=10")
+    result = run(
+        *CNN_TEST,
+        "--workdir",
+        str(workdir),
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=10",
+    )
     assert result.code == 0, result.stderr[-3000:]
     assert (workdir / "summary.json").read_text() == summary_before  # wall time, speed kept
     assert (workdir / "metrics.jsonl").read_text() == metrics_before
@@ -148,16 +172,19 @@ def test_workdir_alone_resumes_the_run_with_its_own_config(cnn_run):
     assert (workdir / "metrics.jsonl").read_text() == metrics_before
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("--config.optimizer.learnig_rate=0.1", "learning_rate"),
-    ("--config.optimizer.learning_rate=fast", "learning_rate"),
-    ("--config.data.batch_size=36", "divisible"),
-    ("--config.optimizer.name=adamm", "adam"),
-    ("--config.model.name=cnnn", "cnn"),
-    ("--config.model.dens=(64,)", "did you mean 'dense'"),
-    ("--config.profile_steps=(5,2)", "profile_steps"),
-    ("--config.train_steps=0", "train_steps wins"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--config.optimizer.learnig_rate=0.1", "learning_rate"),
+        ("--config.optimizer.learning_rate=fast", "learning_rate"),
+        ("--config.data.batch_size=36", "divisible"),
+        ("--config.optimizer.name=adamm", "adam"),
+        ("--config.model.name=cnnn", "cnn"),
+        ("--config.model.dens=(64,)", "did you mean 'dense'"),
+        ("--config.profile_steps=(5,2)", "profile_steps"),
+        ("--config.train_steps=0", "train_steps wins"),
+    ],
+)
 def test_bad_config_is_one_clear_error_and_touches_nothing(cnn_run, override, expected):
     workdir, _ = cnn_run
     before = tree_snapshot(workdir)
@@ -184,27 +211,40 @@ def test_eval_or_sample_of_a_folder_without_a_run_says_so(mode, tmp_path):
     refused(run(mode), "needs --workdir")
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--num_processes", "2", "--process_id", "0"], "need --coordinator_address"),
-    (["--process_id=1"], "need --coordinator_address"),
-    (["--coordinator_address", "127.0.0.1:1234"], "needs --num_processes and --process_id"),
-    (["--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
-     "must be in 0 .. 1"),
-    (["train", "extra"], "unexpected argument 'extra'"),
-    (["bogus"], "unknown mode 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--num_processes", "2", "--process_id", "0"], "need --coordinator_address"),
+        (["--process_id=1"], "need --coordinator_address"),
+        (["--coordinator_address", "127.0.0.1:1234"], "needs --num_processes and --process_id"),
+        (
+            ["--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
+            "must be in 0 .. 1",
+        ),
+        (["train", "extra"], "unexpected argument 'extra'"),
+        (["bogus"], "unknown mode 'bogus'"),
+    ],
+)
 def test_bad_launcher_flags_are_refused(args, expected, tmp_path):
-    refused(run(*args, *DIGITS, "--workdir", str(tmp_path / "x")) if args[0] != "bogus"
-            else run(*args), expected)
+    refused(
+        run(*args, *DIGITS, "--workdir", str(tmp_path / "x")) if args[0] != "bogus" else run(*args),
+        expected,
+    )
     assert not (tmp_path / "x").exists()
 
 
 def test_distributed_outside_a_cluster_is_one_error_line(tmp_path, monkeypatch):
-    for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri",
-                 "TPU_WORKER_HOSTNAMES", "JOB_COMPLETION_INDEX"):
+    for name in (
+        "SLURM_JOB_ID",
+        "SLURM_STEP_NODELIST",
+        "OMPI_MCA_orte_hnp_uri",
+        "TPU_WORKER_HOSTNAMES",
+        "JOB_COMPLETION_INDEX",
+    ):
         monkeypatch.delenv(name, raising=False)
-    line = refused(run(*DIGITS, "--workdir", str(tmp_path / "x"), "--distributed"),
-                   "found no cluster")
+    line = refused(
+        run(*DIGITS, "--workdir", str(tmp_path / "x"), "--distributed"), "found no cluster"
+    )
     assert "--coordinator_address" in line
 
 
@@ -212,10 +252,16 @@ def test_train_steps_overrides_an_epoch_based_config(tmp_path):
     """With num_epochs set (as in most config files), --config.train_steps=6 alone makes the
     run 6 steps long."""
     workdir = tmp_path / "epochs"
-    result = run(*CNN_TEST, "--config.num_epochs=1", "--workdir", str(workdir),
-                 "--config.train_steps=6",
-                 "--config.log_every_steps=1", "--config.progress_bar=False",
-                 "--config.profile_steps=(2,3)")
+    result = run(
+        *CNN_TEST,
+        "--config.num_epochs=1",
+        "--workdir",
+        str(workdir),
+        "--config.train_steps=6",
+        "--config.log_every_steps=1",
+        "--config.progress_bar=False",
+        "--config.profile_steps=(2,3)",
+    )
     assert result.code == 0, result.stderr[-3000:]
     assert json.loads((workdir / "summary.json").read_text())["steps"] == 6
     assert sorted(train_losses(workdir)) == [1, 2, 3, 4, 5, 6]
@@ -224,19 +270,43 @@ def test_train_steps_overrides_an_epoch_based_config(tmp_path):
     assert not [line for line in result.stdout.splitlines() if line.startswith("step 6/6")]
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("configs/fashion_vae.py", ["--config.vae.kl_warmup_steps", "--config.optimizer.learning_rate",
-                                "--config.model.latent_dim", "task 'vae'"]),
-    ("configs/default.py", ["--config.model.features", "--config.model.kernel_init",
-                            "task 'classification'"]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (
+            "configs/fashion_vae.py",
+            [
+                "--config.vae.kl_warmup_steps",
+                "--config.optimizer.learning_rate",
+                "--config.model.latent_dim",
+                "task 'vae'",
+            ],
+        ),
+        (
+            "configs/default.py",
+            ["--config.model.features", "--config.model.kernel_init", "task 'classification'"],
+        ),
+    ],
+)
 def test_help_lists_modes_flags_and_every_config_key(spec, expected):
     result = run("--config", spec, "--help")
     assert result.code == 0 and not result.stderr, result.stderr
-    for text in ["train", "eval", "sample", "--workdir", "--distributed",
-                 "--coordinator_address", "--num_processes", "--process_id", "--prompt",
-                 "--config.train_steps", "--config.num_epochs", "--config.profile_steps",
-                 f"config keys of {spec}", *expected]:
+    for text in [
+        "train",
+        "eval",
+        "sample",
+        "--workdir",
+        "--distributed",
+        "--coordinator_address",
+        "--num_processes",
+        "--process_id",
+        "--prompt",
+        "--config.train_steps",
+        "--config.num_epochs",
+        "--config.profile_steps",
+        f"config keys of {spec}",
+        *expected,
+    ]:
         assert text in result.stdout, text
     # every key the config holds, with its value
     assert "--config.data.batch_size" in result.stdout and "--config.seed" in result.stdout
@@ -248,8 +318,9 @@ def test_help_for_a_run_shows_its_saved_values(cnn_run):
     result = run("eval", "--workdir", str(cnn_run[0]), "--help")
     assert result.code == 0, result.stderr
     assert f"config keys of {cnn_run[0] / 'config.json'}" in result.stdout
-    assert any(line.split() == ["--config.train_steps", "20"]
-               for line in result.stdout.splitlines())
+    assert any(
+        line.split() == ["--config.train_steps", "20"] for line in result.stdout.splitlines()
+    )
 
 
 def test_two_processes_from_a_slurm_environment(tmp_path):
@@ -260,14 +331,34 @@ def test_two_processes_from_a_slurm_environment(tmp_path):
     port = free_port()
     processes = []
     for i in range(2):
-        env = {**launch_env(2), "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost",
-               "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
-        command = launch_command(*DIGITS, "--workdir", str(workdir), "--config.train_steps=4",
-                                 "--config.eval_every_steps=4", "--distributed")
+        env = {
+            **launch_env(2),
+            "SLURM_JOB_ID": "1",
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(i),
+            "SLURM_LOCALID": str(i),
+        }
+        command = launch_command(
+            *DIGITS,
+            "--workdir",
+            str(workdir),
+            "--config.train_steps=4",
+            "--config.eval_every_steps=4",
+            "--distributed",
+        )
         # jax derives the port from the job id; pin it to a free one instead
         env["JAX_COORDINATOR_PORT"] = str(port)
-        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=300) for p in processes]
     for i, (p, (out, err)) in enumerate(zip(processes, outputs)):
         assert p.returncode == 0, err[-3000:]
@@ -278,21 +369,35 @@ def test_two_processes_from_a_slurm_environment(tmp_path):
 
 def test_plain_progress_lines_are_spaced_and_carry_throughput_mfu_and_eta():
     out = io.StringIO()
-    bar = progress.Progress(100, 0, progress.Throughput("tokens", 1024, flops_per_step=2e9,
-                                                        peak_flops=1e11),
-                            enabled=True, plain=True, interval_s=3600, out=out)
-    bar.report(10, {"loss": 2.0, "steps_per_sec": 1.0})    # the first line: always
-    bar.report(20, {"loss": 1.5, "steps_per_sec": 10.0})   # within the interval: no line
+    bar = progress.Progress(
+        100,
+        0,
+        progress.Throughput("tokens", 1024, flops_per_step=2e9, peak_flops=1e11),
+        enabled=True,
+        plain=True,
+        interval_s=3600,
+        out=out,
+    )
+    bar.report(10, {"loss": 2.0, "steps_per_sec": 1.0})  # the first line: always
+    bar.report(20, {"loss": 1.5, "steps_per_sec": 10.0})  # within the interval: no line
     bar.report(100, {"loss": 1.0, "steps_per_sec": 10.0})  # the last step: always
     first, last = out.getvalue().splitlines()
-    assert first == ("step 10/100 (10%) | loss 2.0000 | 1.0 ktokens/s | 1.00 steps/s | "
-                     "MFU 2.0% (2.0 GFLOP/s) | ETA 0:01:30")
-    assert last == ("step 100/100 (100%) | loss 1.0000 | 10.2 ktokens/s | 10.00 steps/s | "
-                    "MFU 20.0% (20.0 GFLOP/s)")
+    assert first == (
+        "step 10/100 (10%) | loss 2.0000 | 1.0 ktokens/s | 1.00 steps/s | "
+        "MFU 2.0% (2.0 GFLOP/s) | ETA 0:01:30"
+    )
+    assert last == (
+        "step 100/100 (100%) | loss 1.0000 | 10.2 ktokens/s | 10.00 steps/s | "
+        "MFU 20.0% (20.0 GFLOP/s)"
+    )
     # the run's throughput leaves out the first window, which holds the compilation
-    assert bar.summary(0.5) == {"train_tokens_per_sec": 10240.0,
-                                "train_model_flops_per_sec": 2e10, "train_mfu": 0.2,
-                                "model_flops_per_step": 2e9, "peak_flops": 1e11}
+    assert bar.summary(0.5) == {
+        "train_tokens_per_sec": 10240.0,
+        "train_model_flops_per_sec": 2e10,
+        "train_mfu": 0.2,
+        "model_flops_per_step": 2e9,
+        "peak_flops": 1e11,
+    }
 
 
 def test_git_diff_in_the_workdir_rebuilds_the_source_tree(tmp_path):
@@ -301,8 +406,9 @@ def test_git_diff_in_the_workdir_rebuilds_the_source_tree(tmp_path):
     workdir.mkdir()
 
     def git(*args, cwd=source):
-        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     git("init", "-q")
     git("config", "user.email", "t@example.com")
@@ -311,10 +417,13 @@ def test_git_diff_in_the_workdir_rebuilds_the_source_tree(tmp_path):
     git("add", "model.py")
     git("commit", "-qm", "one")
     assert provenance.save_git_state(str(workdir), str(source)) == {
-        "commit": git("rev-parse", "HEAD"), "dirty": False, "diff_file": None}
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": False,
+        "diff_file": None,
+    }
 
-    (source / "model.py").write_text("width = 2\n")   # a tracked change
-    (source / "extra.py").write_text("depth = 3\n")   # an untracked file
+    (source / "model.py").write_text("width = 2\n")  # a tracked change
+    (source / "extra.py").write_text("depth = 3\n")  # an untracked file
     state = provenance.save_git_state(str(workdir), str(source))
     assert state["dirty"] and state["diff_file"] == "git.diff"
     rebuilt = tmp_path / "rebuilt"
@@ -330,15 +439,19 @@ def test_git_diff_in_the_workdir_rebuilds_the_source_tree(tmp_path):
     assert not (workdir / "git.diff").exists()  # a clean tree leaves no stale diff behind
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("configs/fashion_dcgan.py:test", ["generator", "discriminator", "float32[1,28,28,1]"]),
-    ("configs/fashion_ddpm.py:test", ["int32[1]", "Total Parameters"]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("configs/fashion_dcgan.py:test", ["generator", "discriminator", "float32[1,28,28,1]"]),
+        ("configs/fashion_ddpm.py:test", ["int32[1]", "Total Parameters"]),
+    ],
+)
 def test_model_summary_of_models_called_with_several_inputs(spec, expected, tmp_path):
     """A GAN's (noise, images) and a U-Net's (x, t): tabulated as the task's init calls them."""
     from dlx import data as data_lib
     from dlx import registry
     from dlx.train import config as config_lib
+
     with contextlib.chdir(REPO):
         config = config_lib.load(spec)
     task = registry.task_class(config.task)(config, data_lib.info(config.data.name, None))

@@ -1,4 +1,5 @@
 """Activations and initializers by name: values, gradients, variances, errors."""
+
 import math
 
 import jax
@@ -17,7 +18,7 @@ def _sigmoid(x):
 
 
 def _gelu(x):  # tanh approximation, jax.nn.gelu's default
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 EXPECTED = {
@@ -62,10 +63,15 @@ def test_relu_gradient():
     assert grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("module, typo, nearest", [
-    (activations, "rleu", "relu"), (activations, "leakyrelu", "leaky_relu"),
-    (initializers, "he_normel", "he_normal"), (initializers, "xavier_unform", "xavier_uniform"),
-])
+@pytest.mark.parametrize(
+    "module, typo, nearest",
+    [
+        (activations, "rleu", "relu"),
+        (activations, "leakyrelu", "leaky_relu"),
+        (initializers, "he_normel", "he_normal"),
+        (initializers, "xavier_unform", "xavier_uniform"),
+    ],
+)
 def test_unknown_name_suggests_nearest(module, typo, nearest):
     with pytest.raises(ConfigError) as error:
         module.get(typo)
@@ -120,16 +126,22 @@ def test_initializer_variance_and_range(name):
 
 def test_aliases_are_the_same_rule():
     key, shape = jax.random.key(1), (64, 32)
-    for alias, name in [("glorot_uniform", "xavier_uniform"), ("glorot_normal", "xavier_normal"),
-                        ("kaiming_uniform", "he_uniform"), ("kaiming_normal", "he_normal")]:
-        np.testing.assert_array_equal(initializers.get(alias)(key, shape),
-                                      initializers.get(name)(key, shape))
+    for alias, name in [
+        ("glorot_uniform", "xavier_uniform"),
+        ("glorot_normal", "xavier_normal"),
+        ("kaiming_uniform", "he_uniform"),
+        ("kaiming_normal", "he_normal"),
+    ]:
+        np.testing.assert_array_equal(
+            initializers.get(alias)(key, shape), initializers.get(name)(key, shape)
+        )
 
 
 def test_fused_threefry_equals_jax_threefry():
     from jax.extend.random import threefry_2x32
 
     from dlx.layers.activations import threefry2x32
+
     key = jnp.array([2024, 7], jnp.uint32)
     counters = jnp.arange(1000, dtype=jnp.uint32)
     x0, x1 = threefry2x32(key, counters, counters * 3 + 1)
@@ -139,6 +151,7 @@ def test_fused_threefry_equals_jax_threefry():
 
 def test_dropout_keeps_one_minus_rate_and_rescales():
     from dlx.layers.activations import Dropout
+
     x = jnp.ones((200, 500))
     out = Dropout(0.3).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
     kept = np.asarray(out) != 0

@@ -25,8 +25,11 @@ def _params():
     }
 
 
-_CURVATURE = {"Dense_0": {"kernel": 1.0, "bias": 2.0}, "LayerNorm_0": {"scale": 3.0},
-              "head": {"kernel": 0.5}}
+_CURVATURE = {
+    "Dense_0": {"kernel": 1.0, "bias": 2.0},
+    "LayerNorm_0": {"scale": 3.0},
+    "head": {"kernel": 0.5},
+}
 
 
 def _quadratic(params):
@@ -34,7 +37,7 @@ def _quadratic(params):
     return sum(jax.tree.leaves(terms))
 
 
-def _run(tx, params, steps, grad_fn=jax.grad(_quadratic)):
+def _run(tx, params, steps, grad_fn=jax.grad(_quadratic)):  # noqa: B008
     state = tx.init(params)
     trajectory = []
     for _ in range(steps):
@@ -51,18 +54,25 @@ def _zero_grads(params):
 # Each optimizer with the learning rate that suits it, and the optax alias it must reproduce.
 CASES = {
     "sgd": (dict(learning_rate=0.1), lambda: optax.sgd(0.1)),
-    "momentum": (dict(learning_rate=0.05, momentum=0.8),
-                 lambda: optax.sgd(0.05, momentum=0.8)),
-    "nesterov": (dict(learning_rate=0.05, momentum=0.8, nesterov=True),
-                 lambda: optax.sgd(0.05, momentum=0.8, nesterov=True)),
+    "momentum": (dict(learning_rate=0.05, momentum=0.8), lambda: optax.sgd(0.05, momentum=0.8)),
+    "nesterov": (
+        dict(learning_rate=0.05, momentum=0.8, nesterov=True),
+        lambda: optax.sgd(0.05, momentum=0.8, nesterov=True),
+    ),
     "rmsprop": (dict(learning_rate=0.02, rho=0.95), lambda: optax.rmsprop(0.02, decay=0.95)),
-    "adagrad": (dict(learning_rate=0.3, initial_accumulator_value=0.2),
-                lambda: optax.adagrad(0.3, initial_accumulator_value=0.2, eps=1e-8)),
-    "adadelta": (dict(learning_rate=10.0, rho=0.9, eps=1e-6),
-                 lambda: optax.adadelta(10.0, rho=0.9, eps=1e-6)),
+    "adagrad": (
+        dict(learning_rate=0.3, initial_accumulator_value=0.2),
+        lambda: optax.adagrad(0.3, initial_accumulator_value=0.2, eps=1e-8),
+    ),
+    "adadelta": (
+        dict(learning_rate=10.0, rho=0.9, eps=1e-6),
+        lambda: optax.adadelta(10.0, rho=0.9, eps=1e-6),
+    ),
     "adam": (dict(learning_rate=0.05, b1=0.8, b2=0.99), lambda: optax.adam(0.05, b1=0.8, b2=0.99)),
-    "adamw": (dict(learning_rate=0.05, weight_decay=0.01, weight_decay_exclude=""),
-              lambda: optax.adamw(0.05, weight_decay=0.01)),
+    "adamw": (
+        dict(learning_rate=0.05, weight_decay=0.01, weight_decay_exclude=""),
+        lambda: optax.adamw(0.05, weight_decay=0.01),
+    ),
     "nadam": (dict(learning_rate=0.05, eps=1e-7), lambda: optax.nadam(0.05, eps=1e-7)),
 }
 
@@ -86,9 +96,11 @@ def test_matches_optax_reference(case):
 def test_adamw_matches_optax_with_the_same_mask():
     cfg = _cfg(name="adamw", learning_rate=0.05, weight_decay=0.1)
     reference = optax.adamw(
-        0.05, weight_decay=0.1,
+        0.05,
+        weight_decay=0.1,
         mask=lambda p: jax.tree_util.tree_map_with_path(
-            lambda path, _: path[-1].key not in ("bias", "scale"), p),
+            lambda path, _: path[-1].key not in ("bias", "scale"), p
+        ),
     )
     _, got = _run(optimizer.build_optimizer(cfg, TOTAL_STEPS), _params(), 5)
     _, want = _run(reference, _params(), 5)
@@ -104,9 +116,17 @@ def test_reduces_a_quadratic_loss(case):
 
 def test_runs_under_jit():
     tx = optimizer.build_optimizer(
-        _cfg(name="adamw", weight_decay=0.1, clip_global_norm=1.0, frozen="head/.*",
-             lr_multipliers=(("LayerNorm_0/.*", 0.5),), schedule="warmup_cosine",
-             warmup_steps=10), TOTAL_STEPS)
+        _cfg(
+            name="adamw",
+            weight_decay=0.1,
+            clip_global_norm=1.0,
+            frozen="head/.*",
+            lr_multipliers=(("LayerNorm_0/.*", 0.5),),
+            schedule="warmup_cosine",
+            warmup_steps=10,
+        ),
+        TOTAL_STEPS,
+    )
     params = _params()
     state = jax.jit(tx.init)(params)
 
@@ -129,8 +149,7 @@ def test_gradient_step_reports_the_global_gradient_norm_and_adam_update():
 
     tx = optimizer.build_optimizer(_cfg(name="adamw", weight_decay=0.1), TOTAL_STEPS)
     state = ModelState.create(apply_fn=None, variables={"params": _params()}, tx=tx)
-    step = jax.jit(lambda state, batch: gradient_step(state, batch, jax.random.PRNGKey(0),
-                                                      loss_fn))
+    step = jax.jit(lambda state, batch: gradient_step(state, batch, jax.random.PRNGKey(0), loss_fn))
     new_state, metrics = step(state, {"scale": jnp.float32(1.0)})
 
     grads = jax.grad(_quadratic)(_params())
@@ -154,18 +173,24 @@ def test_gradient_accumulation_makes_the_full_batch_update():
     def loss_fn(params, model_state, batch, rng):
         pred = batch["x"] @ params["w"] + params["b"]
         loss = jnp.mean((pred - batch["y"]) ** 2)
-        return loss, ({"mae": jnp.mean(jnp.abs(pred - batch["y"]))},
-                      {"seen": model_state["seen"] + batch["x"].shape[0]})
+        return loss, (
+            {"mae": jnp.mean(jnp.abs(pred - batch["y"]))},
+            {"seen": model_state["seen"] + batch["x"].shape[0]},
+        )
 
     rng = np.random.default_rng(0)
-    batch = {"x": jnp.asarray(rng.standard_normal((16, 3)), jnp.float32),
-             "y": jnp.asarray(rng.standard_normal((16, 2)), jnp.float32)}
+    batch = {
+        "x": jnp.asarray(rng.standard_normal((16, 3)), jnp.float32),
+        "y": jnp.asarray(rng.standard_normal((16, 2)), jnp.float32),
+    }
     variables = {"params": {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, "seen": jnp.int32(0)}
     tx = optimizer.build_optimizer(_cfg(name="adam"), TOTAL_STEPS)
     state = ModelState.create(apply_fn=None, variables=variables, tx=tx)
     rng = jax.random.PRNGKey(0)
-    results = {k: jax.jit(lambda s, b, k=k: gradient_step(s, b, rng, loss_fn, k))(state, batch)
-               for k in (1, 4)}
+    results = {
+        k: jax.jit(lambda s, b, k=k: gradient_step(s, b, rng, loss_fn, k))(state, batch)
+        for k in (1, 4)
+    }
     (whole, whole_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
     for got, want in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -228,13 +253,16 @@ def test_schedule_drives_the_update_size():
         np.testing.assert_allclose(updates["w"], -expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(schedule="step", boundaries=(50, 75)), "fractions"),
-    (dict(schedule="step", boundaries=(0.75, 0.5)), "increasing"),
-    (dict(schedule="step", boundaries=(0.05,), warmup_steps=10), "warmup"),
-    (dict(warmup_steps=100), "warmup_steps"),
-    (dict(schedule="warmup_cosine", warmup_steps=0), "warmup_steps > 0"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(schedule="step", boundaries=(50, 75)), "fractions"),
+        (dict(schedule="step", boundaries=(0.75, 0.5)), "increasing"),
+        (dict(schedule="step", boundaries=(0.05,), warmup_steps=10), "warmup"),
+        (dict(warmup_steps=100), "warmup_steps"),
+        (dict(schedule="warmup_cosine", warmup_steps=0), "warmup_steps > 0"),
+    ],
+)
 def test_bad_schedule_settings(fields, message):
     with pytest.raises(ConfigError, match=message):
         optimizer.build_schedule(_cfg(**fields), TOTAL_STEPS)
@@ -244,8 +272,9 @@ def test_bad_schedule_settings(fields, message):
 
 
 def test_clip_by_global_norm_bounds_the_update():
-    tx = optimizer.build_optimizer(_cfg(name="sgd", learning_rate=0.1, clip_global_norm=1.0),
-                                   TOTAL_STEPS)
+    tx = optimizer.build_optimizer(
+        _cfg(name="sgd", learning_rate=0.1, clip_global_norm=1.0), TOTAL_STEPS
+    )
     params = _params()
     big = jax.tree.map(lambda p: 100.0 * jnp.ones_like(p), params)
     updates, _ = tx.update(big, tx.init(params), params)
@@ -256,8 +285,7 @@ def test_clip_by_global_norm_bounds_the_update():
 
 
 def test_clip_value_clips_each_element():
-    tx = optimizer.build_optimizer(_cfg(name="sgd", learning_rate=1.0, clip_value=0.5),
-                                   TOTAL_STEPS)
+    tx = optimizer.build_optimizer(_cfg(name="sgd", learning_rate=1.0, clip_value=0.5), TOTAL_STEPS)
     params = {"w": jnp.zeros(4)}
     updates, _ = tx.update({"w": jnp.array([-3.0, -0.2, 0.1, 7.0])}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], [0.5, 0.2, -0.1, -0.5])
@@ -274,22 +302,23 @@ def test_value_clip_comes_before_global_norm_clip():
 @pytest.mark.parametrize("name", ["sgd", "adam", "momentum"])
 def test_weight_decay_shrinks_kernels_but_not_biases_or_norms(name):
     lr, wd = 0.1, 0.01
-    tx = optimizer.build_optimizer(_cfg(name=name, learning_rate=lr, weight_decay=wd),
-                                   TOTAL_STEPS)
+    tx = optimizer.build_optimizer(_cfg(name=name, learning_rate=lr, weight_decay=wd), TOTAL_STEPS)
     params = _params()
     updates, _ = tx.update(_zero_grads(params), tx.init(params), params)
-    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -lr * wd * params["Dense_0"]["kernel"],
-                               rtol=1e-6)
-    np.testing.assert_allclose(updates["head"]["kernel"], -lr * wd * params["head"]["kernel"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        updates["Dense_0"]["kernel"], -lr * wd * params["Dense_0"]["kernel"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        updates["head"]["kernel"], -lr * wd * params["head"]["kernel"], rtol=1e-6
+    )
     np.testing.assert_array_equal(updates["Dense_0"]["bias"], 0.0)
     np.testing.assert_array_equal(updates["LayerNorm_0"]["scale"], 0.0)
 
 
 def test_weight_decay_exclude_empty_decays_everything():
     tx = optimizer.build_optimizer(
-        _cfg(name="sgd", learning_rate=1.0, weight_decay=0.5, weight_decay_exclude=""),
-        TOTAL_STEPS)
+        _cfg(name="sgd", learning_rate=1.0, weight_decay=0.5, weight_decay_exclude=""), TOTAL_STEPS
+    )
     params = _params()
     updates, _ = tx.update(_zero_grads(params), tx.init(params), params)
     jax.tree.map(lambda u, p: np.testing.assert_allclose(u, -0.5 * p), updates, params)
@@ -316,7 +345,8 @@ def test_frozen_rule_that_matches_nothing_fails_loudly():
 def test_lr_multipliers_scale_updates():
     base = optimizer.build_optimizer(_cfg(name="adam"), TOTAL_STEPS)
     scaled = optimizer.build_optimizer(
-        _cfg(name="adam", lr_multipliers=[("head/.*", 0.1), (".*/bias", 0.0)]), TOTAL_STEPS)
+        _cfg(name="adam", lr_multipliers=[("head/.*", 0.1), (".*/bias", 0.0)]), TOTAL_STEPS
+    )
     params = _params()
     grads = jax.grad(_quadratic)(params)
     want, _ = base.update(grads, base.init(params), params)
@@ -342,19 +372,21 @@ def test_params_for_mask_checks_rules_at_build_time_on_boxed_abstract_params():
     abstract = jax.eval_shape(Model().init, jax.random.key(0), jnp.ones((1, 3)))["params"]
     optimizer.build_optimizer(_cfg(frozen="Dense_0/bias"), TOTAL_STEPS, params_for_mask=abstract)
     with pytest.raises(ConfigError, match="Dense_1"):
-        optimizer.build_optimizer(_cfg(frozen="Dense_1/.*"), TOTAL_STEPS,
-                                  params_for_mask=abstract)
+        optimizer.build_optimizer(_cfg(frozen="Dense_1/.*"), TOTAL_STEPS, params_for_mask=abstract)
 
 
 # -- config surface and errors ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value, suggestion", [
-    ("name", "adamm", "adam"),
-    ("name", "sdg", "sgd"),
-    ("schedule", "cosin", "cosine"),
-    ("schedule", "warmup-cosine", "warmup_cosine"),
-])
+@pytest.mark.parametrize(
+    "field, value, suggestion",
+    [
+        ("name", "adamm", "adam"),
+        ("name", "sdg", "sgd"),
+        ("schedule", "cosin", "cosine"),
+        ("schedule", "warmup-cosine", "warmup_cosine"),
+    ],
+)
 def test_unknown_names_suggest_the_nearest(field, value, suggestion):
     with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'"):
         optimizer.build_optimizer(_cfg(**{field: value}), TOTAL_STEPS)
@@ -366,13 +398,16 @@ def test_check_config_needs_no_run_length():
         optimizer.build_optimizer(_cfg(schedule="warmup_cosine", warmup_steps=10_000), 100)
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(name="adamm"), "did you mean 'adam'"),
-    (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(frozen="(Dense"), "regular expression"),
-    (dict(lr_multipliers=(("[head", 0.1),)), "regular expression"),
-    (dict(schedule="step", boundaries=(0.5, 1.5)), "fractions"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(name="adamm"), "did you mean 'adam'"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(frozen="(Dense"), "regular expression"),
+        (dict(lr_multipliers=(("[head", 0.1),)), "regular expression"),
+        (dict(schedule="step", boundaries=(0.5, 1.5)), "fractions"),
+    ],
+)
 def test_check_config_rejects(fields, message):
     with pytest.raises(ConfigError, match=message):
         optimizer.check_config(_cfg(**fields))
@@ -397,9 +432,11 @@ def test_regularization_penalty_by_hand():
     params = _params()
     # Non-excluded: Dense_0/kernel (|.| sum 6.5, sq sum 14.25), head/kernel (4.0, 8.5).
     assert float(optimizer.regularization_penalty(params, l1=0.1, l2=0.0)) == pytest.approx(
-        0.1 * 10.5)
+        0.1 * 10.5
+    )
     assert float(optimizer.regularization_penalty(params, l1=0.0, l2=0.2)) == pytest.approx(
-        0.1 * 22.75)
+        0.1 * 22.75
+    )
     everything = optimizer.regularization_penalty(params, l1=1.0, l2=0.0, exclude="")
     assert float(everything) == pytest.approx(10.5 + 2.0 + 2.5)
     assert float(optimizer.regularization_penalty(params, 0.0, 0.0)) == 0.0
@@ -421,8 +458,9 @@ def test_frozen_and_lr_multiplier_rules_work_through_the_runner():
 
     config = get_config()
     config.update(num_epochs=0.0, train_steps=3, progress_bar=False)
-    config.optimizer.update(frozen="head/.*", weight_decay=0.01,
-                            lr_multipliers=(("Dense_0/.*", 0.5),))
+    config.optimizer.update(
+        frozen="head/.*", weight_decay=0.01, lr_multipliers=(("Dense_0/.*", 0.5),)
+    )
     run = loop.prepare_run(config)
     state = loop.init_state(run)
     before = jax.device_get(state.params)

@@ -1,6 +1,7 @@
 """Recurrent layers and models: parity with torch.nn.RNN/LSTM/GRU (values and gradients, full
 and packed variable-length batches), padding masks, parameter counts and logical axis names,
 cached decoding against the full forward pass, and a tiny LSTM language model that learns."""
+
 from __future__ import annotations
 
 import functools
@@ -26,10 +27,12 @@ LENGTHS = np.array([5, 2, 3])
 
 def _torch_finals(cell, state, num_layers):
     """torch's h_n (and c_n) [layers * 2, B, H] -> our finals: per layer (forward, backward)."""
+
     def carry(index):
         if cell == "lstm":
             return (state[0][index].detach().numpy(), state[1][index].detach().numpy())
         return state[index].detach().numpy()
+
     return [(carry(2 * i), carry(2 * i + 1)) for i in range(num_layers)]
 
 
@@ -40,8 +43,9 @@ def _torch_run(reference, x, target, lengths=None):
     if lengths is None:
         out, state = reference(xt)
     else:
-        packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths),
-                                                         batch_first=True, enforce_sorted=False)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            xt, torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+        )
         out, state = reference(packed)
         out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
     (out * torch.from_numpy(target)).sum().backward()
@@ -71,6 +75,7 @@ def test_bidirectional_stack_matches_torch_values_and_gradients(cell):
         def loss(params, x, mask):
             out, finals = stack.apply({"params": params}, x, mask)
             return (out * target).sum(), (out, finals)
+
         full = jax.grad(loss, has_aux=True)(params, x, None)  # the unmasked scan
         packed = jax.grad(loss, has_aux=True)(params, x_padded, mask)
         return full, packed
@@ -78,11 +83,13 @@ def test_bidirectional_stack_matches_torch_values_and_gradients(cell):
     for (grads, (out, finals)), lengths in zip(run(params), [None, LENGTHS]):
         out_t, state_t, grads_t = _torch_run(reference, x, target, lengths)
         np.testing.assert_allclose(out, out_t, atol=1e-5)
-        for ours, theirs in zip(jax.tree.leaves(finals),
-                                jax.tree.leaves(_torch_finals(cell, state_t, 2))):
+        for ours, theirs in zip(
+            jax.tree.leaves(finals), jax.tree.leaves(_torch_finals(cell, state_t, 2))
+        ):
             np.testing.assert_allclose(ours, theirs, atol=1e-5)
-        for ours, theirs in zip(jax.tree.leaves(grads),
-                                jax.tree.leaves(rnn.params_from_torch(grads_t, cell, 2, True))):
+        for ours, theirs in zip(
+            jax.tree.leaves(grads), jax.tree.leaves(rnn.params_from_torch(grads_t, cell, 2, True))
+        ):
             np.testing.assert_allclose(ours, theirs, atol=2e-5)
         if lengths is not None:
             assert np.all(np.asarray(out)[~mask] == 0)
@@ -123,12 +130,19 @@ def _tileable(tree, batch=2):
 
 
 def test_classifier_counts_names_and_pools_the_last_real_state():
-    model = get_model("recurrent", cell="lstm", vocab_size=V, embed_dim=E, hidden_dim=H,
-                      num_layers=2, bidirectional=True, num_outputs=3)
+    model = get_model(
+        "recurrent",
+        cell="lstm",
+        vocab_size=V,
+        embed_dim=E,
+        hidden_dim=H,
+        num_layers=2,
+        bidirectional=True,
+        num_outputs=3,
+    )
     tokens = jnp.array([[3, 4, 5, 0, 0], [7, 0, 0, 0, 0], [1, 2, 3, 4, 5]], jnp.int32)
     variables = _init(model, jax.random.key(0), tokens)
-    assert _count(variables) == (V * E + 2 * _gates(4, E) + 2 * _gates(4, 2 * H)
-                                 + (2 * H * 3 + 3))
+    assert _count(variables) == (V * E + 2 * _gates(4, E) + 2 * _gates(4, 2 * H) + (2 * H * 3 + 3))
     _assert_named(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
     apply = jax.jit(model.apply)
     logits = apply(variables, tokens)
@@ -143,18 +157,22 @@ def test_gate_axes_are_named_for_the_sharding_rules():
     model = get_model("recurrent", cell="gru", vocab_size=V, embed_dim=E, hidden_dim=H)
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
     specs = nn.get_partition_spec(abstract["params"])
-    assert specs["rnn"]["layer_0"] == {"input_kernel": P("embed", "rnn_gates"),
-                                       "recurrent_kernel": P("rnn_hidden", "rnn_gates"),
-                                       "input_bias": P("rnn_gates"),
-                                       "recurrent_bias": P("rnn_gates")}
+    assert specs["rnn"]["layer_0"] == {
+        "input_kernel": P("embed", "rnn_gates"),
+        "recurrent_kernel": P("rnn_hidden", "rnn_gates"),
+        "input_bias": P("rnn_gates"),
+        "recurrent_bias": P("rnn_gates"),
+    }
     assert specs["embed"]["embedding"] == P("vocab", "embed")
     assert specs["head"] == {"kernel": P("embed", "vocab"), "bias": P("vocab")}
 
 
 # language models: kwargs, parameters by hand
 LM_CASES = [
-    (dict(cell="lstm", num_layers=2, dropout=0.5),
-     V * E + _gates(4, E) + _gates(4, H) + (H * V + V)),
+    (
+        dict(cell="lstm", num_layers=2, dropout=0.5),
+        V * E + _gates(4, E) + _gates(4, H) + (H * V + V),
+    ),
     (dict(cell="gru", num_layers=1), V * E + _gates(3, E) + (H * V + V)),
     (dict(cell="rnn", num_layers=2), V * E + _gates(1, E) + _gates(1, H) + (H * V + V)),
 ]
@@ -185,7 +203,7 @@ def test_language_model_counts_causality_and_cached_decoding(kwargs, expected):
     prefill, cache = step({**params, **cache}, tokens[:, :3])
     steps = [prefill]
     for t in range(3, 7):
-        logits, cache = step({**params, **cache}, tokens[:, t:t + 1])
+        logits, cache = step({**params, **cache}, tokens[:, t : t + 1])
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
 
@@ -196,23 +214,51 @@ S2S_CASES = [
     # bidirectional encoder (width 2H) and its bridge 2H -> H; attention dim 5: keys 2H x 5,
     # query H x 5 + 5, score 5; decoder GRU input [embedding; context] = E + 2H; combine
     # [context; h] = 3H -> H
-    ({**S2S, "attention": "bahdanau", "attention_dim": 5},
-     _S2S_COMMON + 2 * _gates(3, E) + (2 * H * H + H) + (2 * H * 5) + (H * 5 + 5 + 5)
-     + _gates(3, E + 2 * H) + (3 * H * H + H)),
+    (
+        {**S2S, "attention": "bahdanau", "attention_dim": 5},
+        _S2S_COMMON
+        + 2 * _gates(3, E)
+        + (2 * H * H + H)
+        + (2 * H * 5)
+        + (H * 5 + 5 + 5)
+        + _gates(3, E + 2 * H)
+        + (3 * H * H + H),
+    ),
     # Luong general: keys 2H x H; the decoder's input is the embedding alone
-    ({**S2S, "attention": "luong"},
-     _S2S_COMMON + 2 * _gates(3, E) + (2 * H * H + H) + 2 * H * H + _gates(3, E)
-     + (3 * H * H + H)),
+    (
+        {**S2S, "attention": "luong"},
+        _S2S_COMMON
+        + 2 * _gates(3, E)
+        + (2 * H * H + H)
+        + 2 * H * H
+        + _gates(3, E)
+        + (3 * H * H + H),
+    ),
     # Luong dot, one-way encoder (width H), two layers each, input feeding (decoder input E + H)
-    ({**S2S, "attention": "luong", "luong_score": "dot", "bidirectional": False,
-      "num_layers": 2, "input_feeding": True, "dropout": 0.2},
-     _S2S_COMMON + _gates(3, E) + _gates(3, H) + (H * H + H) + _gates(3, E + H) + _gates(3, H)
-     + (2 * H * H + H)),
+    (
+        {
+            **S2S,
+            "attention": "luong",
+            "luong_score": "dot",
+            "bidirectional": False,
+            "num_layers": 2,
+            "input_feeding": True,
+            "dropout": 0.2,
+        },
+        _S2S_COMMON
+        + _gates(3, E)
+        + _gates(3, H)
+        + (H * H + H)
+        + _gates(3, E + H)
+        + _gates(3, H)
+        + (2 * H * H + H),
+    ),
 ]
 
 
-@pytest.mark.parametrize("kwargs, expected", S2S_CASES,
-                         ids=["bahdanau", "luong-general", "luong-dot-feeding"])
+@pytest.mark.parametrize(
+    "kwargs, expected", S2S_CASES, ids=["bahdanau", "luong-general", "luong-dot-feeding"]
+)
 def test_seq2seq_counts_masks_and_cached_decoding(kwargs, expected):
     model = get_model("seq2seq", **kwargs)
     src = jnp.array([[3, 4, 5, 0], [1, 2, 0, 0]], jnp.int32)
@@ -233,24 +279,30 @@ def test_seq2seq_counts_masks_and_cached_decoding(kwargs, expected):
         np.testing.assert_allclose(longer["values"][:, :4], memory["values"], atol=1e-6)
         np.testing.assert_allclose(longer["initial"], memory["initial"], atol=1e-6)
     # the attention never reads what the memory holds at padded source positions
-    noisy = {**memory, **{k: jnp.where(memory["mask"][..., None], memory[k], 1e3)
-                          for k in ("values", "keys")}}
+    noisy = {
+        **memory,
+        **{k: jnp.where(memory["mask"][..., None], memory[k], 1e3) for k in ("values", "keys")},
+    }
     np.testing.assert_allclose(decode(params, noisy, tgt), forced, atol=1e-5)
 
-    step = jax.jit(functools.partial(model.apply, decode=True, method=Seq2Seq.decode,
-                                     mutable=["cache"]))
+    step = jax.jit(
+        functools.partial(model.apply, decode=True, method=Seq2Seq.decode, mutable=["cache"])
+    )
     _, cache = step(params, memory, jnp.zeros((2, 9), jnp.int32))  # only creates the cache
     _tileable(cache)
     steps = []
     for t in range(tgt.shape[1]):
-        logits, cache = step({**params, **cache}, memory, tgt[:, t:t + 1])
+        logits, cache = step({**params, **cache}, memory, tgt[:, t : t + 1])
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), forced, atol=1e-5)
     if model.input_feeding:  # the most cache leaves: a beam of 3 per example, tiled as
         # decoding.beam_search does, gives each beam its example's logits
         tile = lambda x: jnp.repeat(x, 3, axis=0) if x.ndim else x
-        beams, _ = step({**params, **jax.tree.map(tile, cache)}, jax.tree.map(tile, memory),
-                        tgt[:, :1].repeat(3, axis=0))
+        beams, _ = step(
+            {**params, **jax.tree.map(tile, cache)},
+            jax.tree.map(tile, memory),
+            tgt[:, :1].repeat(3, axis=0),
+        )
         single, _ = step({**params, **cache}, memory, tgt[:, :1])
         np.testing.assert_allclose(beams[::3], single, atol=1e-6)
     if model.dropout:  # dropout (inside the decoder's scan here) only in training
@@ -278,6 +330,7 @@ def test_tiny_lstm_language_model_learns_a_repeating_pattern():
             loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state)
             return (optax.apply_updates(params, updates), opt_state), loss
+
         (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), length=100)
         return losses, loss_fn(params)
 

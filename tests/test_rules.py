@@ -38,7 +38,8 @@ def test_boxed_leaves_get_the_same_paths_as_unboxed():
     assert isinstance(boxed["Dense_0"]["kernel"], nn.Partitioned)
     assert rules.tree_paths(boxed) == rules.tree_paths(nn.unbox(boxed))
     assert rules.tree_paths(boxed)["Dense_0"] == {
-        "kernel": "Dense_0/kernel", "bias": "Dense_0/bias"
+        "kernel": "Dense_0/kernel",
+        "bias": "Dense_0/bias",
     }
 
 

@@ -1,6 +1,7 @@
 """The runner's promises: interrupted runs resume exactly, checkpoints move between device
 counts, NaNs never reach a checkpoint, many processes train. (Sharding does not change the
 numbers: test_mesh.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ from helpers import REPO, free_port, launch_command, launch_env, train, train_lo
 DIGITS = "configs/digits_mlp.py"
 DIGITS_ARGS = ["--config", DIGITS, "--config.log_every_steps=1"]
 # 400 steps, a checkpoint every 50: the run the kill and preemption tests interrupt.
-LONG_RUN = {"log_every_steps": 1, "num_epochs": 0.0, "train_steps": 400,
-            "checkpoint_every_steps": 50, "eval_every_steps": 200}
+LONG_RUN = {
+    "log_every_steps": 1,
+    "num_epochs": 0.0,
+    "train_steps": 400,
+    "checkpoint_every_steps": 50,
+    "eval_every_steps": 200,
+}
 
 
 def _steps(train_steps: int, **more) -> dict:
@@ -46,10 +52,21 @@ def uninterrupted(tmp_path_factory):
 
 
 def _interrupted_run(workdir, sig: int, at_step: int) -> subprocess.Popen:
-    args = ["--config", DIGITS, "--workdir", str(workdir),
-            *(f"--config.{k}={v}" for k, v in LONG_RUN.items())]
-    process = subprocess.Popen(launch_command(*args), cwd=REPO, env=launch_env(8),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--config",
+        DIGITS,
+        "--workdir",
+        str(workdir),
+        *(f"--config.{k}={v}" for k, v in LONG_RUN.items()),
+    ]
+    process = subprocess.Popen(
+        launch_command(*args),
+        cwd=REPO,
+        env=launch_env(8),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_step(workdir, at_step, process)
     process.send_signal(sig)
     process.communicate(timeout=120)
@@ -66,8 +83,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(uninterrupted, tmp_path)
     assert 50 <= summary["resumed_from_step"] <= steps_before
     resumed, reference = train_losses(workdir), train_losses(uninterrupted)
     assert sorted(resumed) == sorted(reference) == list(range(1, 401))
-    np.testing.assert_allclose([resumed[s] for s in range(1, 401)],
-                               [reference[s] for s in range(1, 401)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 401)], [reference[s] for s in range(1, 401)], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
@@ -80,8 +98,9 @@ def test_preemption_saves_and_the_same_command_resumes(uninterrupted, tmp_path, 
     assert (workdir / "checkpoints" / str(stopped)).is_dir()
     assert train(DIGITS, workdir, LONG_RUN)["resumed_from_step"] == stopped
     resumed, reference = train_losses(workdir), train_losses(uninterrupted)
-    np.testing.assert_allclose([resumed[s] for s in range(1, 401)],
-                               [reference[s] for s in range(1, 401)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 401)], [reference[s] for s in range(1, 401)], rtol=1e-6
+    )
 
 
 def test_checkpoint_moves_between_device_counts(tmp_path):
@@ -99,8 +118,15 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
 def test_nan_stops_with_the_last_good_checkpoint_and_never_saves_it(tmp_path):
     workdir = tmp_path / "nan"
     with pytest.raises(loop.NonFiniteError) as stopped:
-        train(DIGITS, workdir, _steps(60, checkpoint_every_steps=2,
-                                      **{"optimizer.name": "sgd", "optimizer.learning_rate": 300.0}))
+        train(
+            DIGITS,
+            workdir,
+            _steps(
+                60,
+                checkpoint_every_steps=2,
+                **{"optimizer.name": "sgd", "optimizer.learning_rate": 300.0},
+            ),
+        )
     message = str(stopped.value)
     assert "NaN/Inf at step" in message and "last good checkpoint is step" in message, message
     bad_step = int(message.split("at step ")[1].split(";")[0])
@@ -119,12 +145,29 @@ def test_nan_skip_policy_drops_bad_updates(tmp_path):
 def test_two_process_run_trains_and_checkpoints(tmp_path):
     workdir = tmp_path / "two"
     port = free_port()
-    args = [*DIGITS_ARGS, "--workdir", str(workdir), "--config.num_epochs=0", "--config.train_steps=20",
-            "--config.checkpoint_every_steps=10", "--coordinator_address", f"127.0.0.1:{port}",
-            "--num_processes", "2"]
-    processes = [subprocess.Popen(launch_command(*args, "--process_id", str(i)), cwd=REPO,
-                                  env=launch_env(2), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    args = [
+        *DIGITS_ARGS,
+        "--workdir",
+        str(workdir),
+        "--config.num_epochs=0",
+        "--config.train_steps=20",
+        "--config.checkpoint_every_steps=10",
+        "--coordinator_address",
+        f"127.0.0.1:{port}",
+        "--num_processes",
+        "2",
+    ]
+    processes = [
+        subprocess.Popen(
+            launch_command(*args, "--process_id", str(i)),
+            cwd=REPO,
+            env=launch_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     for p, (_, err) in zip(processes, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -134,13 +177,24 @@ def test_two_process_run_trains_and_checkpoints(tmp_path):
     # The same global batches on one process with 4 devices give the same losses.
     train(DIGITS, tmp_path / "one", _steps(20), devices=4)
     a, b = train_losses(workdir), train_losses(tmp_path / "one")
-    np.testing.assert_allclose([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], rtol=1e-5)
+    np.testing.assert_allclose(
+        [a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], rtol=1e-5
+    )
 
 
 def test_keeps_the_latest_and_the_best_checkpoint(tmp_path):
     workdir = tmp_path / "best"
-    train(DIGITS, workdir, _steps(60, eval_every_steps=5, checkpoint_every_steps=5,
-                                  keep_checkpoints=1, **{"optimizer.learning_rate": 0.03}))
+    train(
+        DIGITS,
+        workdir,
+        _steps(
+            60,
+            eval_every_steps=5,
+            checkpoint_every_steps=5,
+            keep_checkpoints=1,
+            **{"optimizer.learning_rate": 0.03},
+        ),
+    )
     evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["split"] == "eval"]
     best = max(evals, key=lambda r: (r["accuracy"], -r["step"]))["step"]
@@ -160,13 +214,13 @@ def _final_eval(workdir) -> dict:
     return json.loads((workdir / "summary.json").read_text())["final_eval"]
 
 
-def test_init_from_starts_from_the_source_weights_then_resumes_its_own(source_run, tmp_path,
-                                                                       capsys):
+def test_init_from_starts_from_the_source_weights_then_resumes_its_own(
+    source_run, tmp_path, capsys
+):
     """Warm start on another mesh (2 devices) with a zero learning rate: one step later the new
     run evaluates exactly as its source. Re-running it resumes its own checkpoint instead."""
     workdir = tmp_path / "finetune"
-    tuning = {"init_from": str(source_run), "optimizer.learning_rate": 0.0,
-              "eval_every_steps": 1}
+    tuning = {"init_from": str(source_run), "optimizer.learning_rate": 0.0, "eval_every_steps": 1}
     train(DIGITS, workdir, _steps(1, **tuning), devices=2)
     first = capsys.readouterr().out
     assert "Initialised from" in first and "step 40" in first
@@ -181,12 +235,16 @@ def test_init_from_starts_from_the_source_weights_then_resumes_its_own(source_ru
     assert "Resumed from" in again and "Initialised from" not in again
 
 
-@pytest.mark.parametrize("init_from, override, expected", [
-    ("missing", {}, "holds no finished checkpoint"),
-    ("source", {"model.hidden": (32, 64)}, "needs the same model config"),
-])
-def test_bad_init_from_is_one_clear_error_and_writes_nothing(source_run, tmp_path, init_from,
-                                                             override, expected):
+@pytest.mark.parametrize(
+    "init_from, override, expected",
+    [
+        ("missing", {}, "holds no finished checkpoint"),
+        ("source", {"model.hidden": (32, 64)}, "needs the same model config"),
+    ],
+)
+def test_bad_init_from_is_one_clear_error_and_writes_nothing(
+    source_run, tmp_path, init_from, override, expected
+):
     path = source_run if init_from == "source" else tmp_path / "nothing_here"
     workdir = tmp_path / "finetune"
     with pytest.raises(ConfigError, match="init_from") as refused:
@@ -199,8 +257,9 @@ def test_init_from_carries_batch_statistics(tmp_path):
     """Params and model state (batch norm's running statistics) come over exactly; the step and
     optimizer state start afresh."""
     import jax
-    from dlx.train import checkpoint, loop
+
     from configs.digits_mlp import get_config
+    from dlx.train import checkpoint, loop
 
     config = get_config()
     config.update(num_epochs=0.0, train_steps=3, progress_bar=False, checkpoint_every_steps=3)
@@ -212,10 +271,13 @@ def test_init_from_carries_batch_statistics(tmp_path):
     run = loop.prepare_run(config)
     items = run.task.warm_start_items
     step = checkpoint.warm_start_step(str(source), run.abstract_state, items)
-    started = loop.init_state(run, checkpoint.restore_items(
-        str(source), step, run.abstract_state, run.state_shardings, items))
-    saved = checkpoint.Checkpointer(str(source / "checkpoints"), keep_latest=1, best_metric="",
-                                    best_mode="max", read_only=True)
+    started = loop.init_state(
+        run,
+        checkpoint.restore_items(str(source), step, run.abstract_state, run.state_shardings, items),
+    )
+    saved = checkpoint.Checkpointer(
+        str(source / "checkpoints"), keep_latest=1, best_metric="", best_mode="max", read_only=True
+    )
     finished, _ = saved.restore(run.abstract_state, run.state_shardings, with_data=False)
     saved.close()
     assert step == 3

@@ -2,6 +2,7 @@
 square root and closed forms, precision/recall on hand-made sets and against a brute-force
 reference, the feature network of a tiny trained classifier, each generator's image draws, and
 the command on a tiny DCGAN run."""
+
 from __future__ import annotations
 
 import io
@@ -34,15 +35,22 @@ def test_frechet_distance_matches_scipy_sqrtm_and_the_closed_forms():
     dim = 6
     mean_a, mean_b = rng.normal(size=dim), rng.normal(size=dim)
     cov_a, cov_b = _covariance(rng, dim), _covariance(rng, dim)
-    reference = (np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
-                 - 2 * np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real)
-    np.testing.assert_allclose(sq.frechet_distance(mean_a, cov_a, mean_b, cov_b), reference,
-                               rtol=1e-9)
+    reference = (
+        np.sum((mean_a - mean_b) ** 2)
+        + np.trace(cov_a)
+        + np.trace(cov_b)
+        - 2 * np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real
+    )
+    np.testing.assert_allclose(
+        sq.frechet_distance(mean_a, cov_a, mean_b, cov_b), reference, rtol=1e-9
+    )
     # Commuting (diagonal) covariances: the sum of (sqrt(a_i) - sqrt(b_i))^2.
     a, b = rng.uniform(0.1, 3.0, dim), rng.uniform(0.1, 3.0, dim)
     np.testing.assert_allclose(
         sq.frechet_distance(mean_a, np.diag(a), mean_b, np.diag(b)),
-        np.sum((mean_a - mean_b) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rtol=1e-12)
+        np.sum((mean_a - mean_b) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2),
+        rtol=1e-12,
+    )
 
 
 def test_fid_of_feature_sets_is_zero_for_one_set_and_the_squared_shift_for_a_moved_one():
@@ -50,13 +58,14 @@ def test_fid_of_feature_sets_is_zero_for_one_set_and_the_squared_shift_for_a_mov
     features = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))
     assert abs(sq.fid(features, features)) < 1e-9 * np.trace(np.cov(features, rowvar=False))
     shift = rng.normal(size=8)
-    np.testing.assert_allclose(sq.fid(features, features + shift), np.sum(shift ** 2), rtol=1e-8)
+    np.testing.assert_allclose(sq.fid(features, features + shift), np.sum(shift**2), rtol=1e-8)
     # Dead units (constant features, as ReLUs give) make both covariances singular: the distance
     # is that of the live units alone.
     other = rng.normal(size=(400, 8)) * 1.5 + 0.3
     features[:, :3] = other[:, :3] = 0.0
-    np.testing.assert_allclose(sq.fid(features, other), sq.fid(features[:, 3:], other[:, 3:]),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        sq.fid(features, other), sq.fid(features[:, 3:], other[:, 3:]), rtol=1e-9
+    )
 
 
 def test_precision_recall_on_identical_far_and_hand_counted_sets():
@@ -115,8 +124,12 @@ def test_feature_network_gives_what_the_classifier_head_reads(features_dir):
     assert images.dtype == np.uint8 and features.shape == (16, 32)  # :test has dense (32,)
     head = network.bundle.state.params["head"]
     logits = np.asarray(network.bundle({"image": images}))
-    np.testing.assert_allclose(features @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
-                               logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        features @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+        logits,
+        rtol=1e-4,
+        atol=1e-4,
+    )
     # Images as floats in [0, 1] are quantized to 8 bits like the data set's, so a generator's
     # samples and real images take the same path.
     np.testing.assert_array_equal(network(images.astype(np.float32) / 255.0), features)
@@ -146,11 +159,14 @@ def test_generative_tasks_draw_reproducible_images_in_the_unit_range(name):
 
 
 def test_command_scores_a_generator_and_the_floor_and_writes_json(features_dir, tmp_path):
-    gan_dir = _train("configs/fashion_dcgan.py:test", tmp_path / "gan", eval_every_steps=6,
-                     checkpoint_every_steps=6)
+    gan_dir = _train(
+        "configs/fashion_dcgan.py:test",
+        tmp_path / "gan",
+        eval_every_steps=6,
+        checkpoint_every_steps=6,
+    )
     out = io.StringIO()
-    scored = sq.main(["--features", features_dir, "--samples", gan_dir, "--num_samples", "64"],
-                     out)
+    scored = sq.main(["--features", features_dir, "--samples", gan_dir, "--num_samples", "64"], out)
     saved = json.loads((tmp_path / "gan" / sq.RESULT_FILE).read_text())
     assert saved == scored == json.loads(out.getvalue())
     assert saved["num_samples"] == saved["num_reference"] == 64 and saved["generator_step"] == 6
@@ -165,21 +181,32 @@ def test_command_scores_a_generator_and_the_floor_and_writes_json(features_dir, 
     # score as the floor does.
     train = sq.FeatureNetwork(features_dir).split_images("train", 64, seed=0)
     np.save(tmp_path / "train.npy", train[..., 0].astype(np.float32) / 255.0)
-    from_file = sq.main(["--features", features_dir, "--images", str(tmp_path / "train.npy"),
-                         "--num_samples", "64"], io.StringIO())
+    from_file = sq.main(
+        [
+            "--features",
+            features_dir,
+            "--images",
+            str(tmp_path / "train.npy"),
+            "--num_samples",
+            "64",
+        ],
+        io.StringIO(),
+    )
     assert json.loads((tmp_path / "train.sample_quality.json").read_text()) == from_file
-    assert [from_file[key] for key in ("fid", "precision", "recall")] == \
-        [floor[key] for key in ("fid", "precision", "recall")]
+    assert [from_file[key] for key in ("fid", "precision", "recall")] == [
+        floor[key] for key in ("fid", "precision", "recall")
+    ]
 
 
 def test_what_cannot_be_scored_is_one_clear_error(features_dir, tmp_path):
     with pytest.raises(ConfigError, match="task that generates images"):
-        sq.main(["--features", features_dir, "--samples", features_dir, "--num_samples", "64"],
-                io.StringIO())
+        sq.main(
+            ["--features", features_dir, "--samples", features_dir, "--num_samples", "64"],
+            io.StringIO(),
+        )
     assert not (Path(features_dir) / sq.RESULT_FILE).exists()
     with pytest.raises(ConfigError, match="num_samples > k"):
         sq.main(["--features", features_dir, "--floor", "--num_samples", "3"], io.StringIO())
     np.save(tmp_path / "rgb.npy", np.zeros((8, 28, 28, 3), np.uint8))
     with pytest.raises(ConfigError, match=r"takes \(28, 28, 1\) images"):
-        sq.main(["--features", features_dir, "--images", str(tmp_path / "rgb.npy")],
-                io.StringIO())
+        sq.main(["--features", features_dir, "--images", str(tmp_path / "rgb.npy")], io.StringIO())

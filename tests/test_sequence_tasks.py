@@ -1,6 +1,7 @@
 """Language-model and seq2seq tasks end to end on the real offline corpora
 (Shakespeare, CMUdict): the workdir files, sampling from a checkpoint, the sharded run equal to
 the 1-device run, and the edit distance behind phoneme/word error rates."""
+
 from __future__ import annotations
 
 import jax
@@ -10,8 +11,7 @@ import pytest
 
 from dlx.data.tokenizers import load_tokenizer
 from dlx.tasks.base import SupervisedTask
-from dlx.tasks.seq2seq import (bucket_index, bucket_shapes, closest_edit_distances,
-                               edit_distances)
+from dlx.tasks.seq2seq import bucket_index, bucket_shapes, closest_edit_distances, edit_distances
 from dlx.train import loop
 from helpers import cli, eval_records, load_config, train
 
@@ -39,8 +39,19 @@ def test_language_model_run_writes_tokenizer_samples_and_text_metrics(gpt_run):
 
 
 def test_sample_mode_streams_text_from_the_checkpoint(gpt_run):
-    command = ("sample", "--workdir", str(gpt_run), "--prompt", "ROMEO:", "--max_new_tokens", "25",
-               "--temperature", "0.8", "--top_k", "5")
+    command = (
+        "sample",
+        "--workdir",
+        str(gpt_run),
+        "--prompt",
+        "ROMEO:",
+        "--max_new_tokens",
+        "25",
+        "--temperature",
+        "0.8",
+        "--top_k",
+        "5",
+    )
     result = cli(*command)
     assert result.code == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.rstrip("\n")) == 6 + 25
@@ -99,11 +110,13 @@ def test_edit_distance_matches_dynamic_programming():
         if predicted_len[r] < 9:
             predicted[r, predicted_len[r]] = eos
         if reference_len[r] < 7:
-            reference[r, reference_len[r]:] = 0
+            reference[r, reference_len[r] :] = 0
             reference[r, reference_len[r]] = eos
     distance, length = edit_distances(jnp.asarray(predicted), jnp.asarray(reference), eos)
-    expected = [_levenshtein(predicted[r, :predicted_len[r]], reference[r, :reference_len[r]])
-                for r in range(rows)]
+    expected = [
+        _levenshtein(predicted[r, : predicted_len[r]], reference[r, : reference_len[r]])
+        for r in range(rows)
+    ]
     np.testing.assert_array_equal(np.asarray(distance, int), expected)
     np.testing.assert_array_equal(np.asarray(length, int), reference_len)
 
@@ -118,14 +131,17 @@ def test_closest_edit_distance_takes_the_nearest_present_reference():
     lengths = rng.randint(1, 6, (rows, k))
     for r in range(rows):
         for j in range(present[r]):
-            references[r, j, :lengths[r, j]] = rng.randint(3, 6, lengths[r, j])
+            references[r, j, : lengths[r, j]] = rng.randint(3, 6, lengths[r, j])
             references[r, j, lengths[r, j]] = eos
     references[0, 1] = references[0, 0]  # a tie goes to the first
-    distance, length = closest_edit_distances(jnp.asarray(predicted), jnp.asarray(references),
-                                              eos, pad)
+    distance, length = closest_edit_distances(
+        jnp.asarray(predicted), jnp.asarray(references), eos, pad
+    )
     for r in range(rows):
-        options = [(_levenshtein(predicted[r, :5], references[r, j, :lengths[r, j]]), j)
-                   for j in range(present[r])]
+        options = [
+            (_levenshtein(predicted[r, :5], references[r, j, : lengths[r, j]]), j)
+            for j in range(present[r])
+        ]
         best, j = min(options)
         assert (distance[r], length[r]) == (best, lengths[r, j])
 
@@ -137,15 +153,27 @@ def test_length_buckets_cover_every_real_id():
     inputs, targets = np.zeros((3, 32), np.int32), np.zeros((3, 32), np.int32)
     inputs[:, :5], targets[:, :7] = 3, 4
     picks = {}
-    for name, (input_length, target_length) in {"short": (5, 7), "8 letters": (8, 7),
-                                                 "9 letters": (9, 7), "9 target ids": (5, 9),
-                                                 "10 target ids": (5, 10),
-                                                 "28 letters": (28, 7), "30 target ids": (5, 30)}.items():
+    for name, (input_length, target_length) in {
+        "short": (5, 7),
+        "8 letters": (8, 7),
+        "9 letters": (9, 7),
+        "9 target ids": (5, 9),
+        "10 target ids": (5, 10),
+        "28 letters": (28, 7),
+        "30 target ids": (5, 30),
+    }.items():
         i, t = inputs.copy(), targets.copy()
         i[1, :input_length], t[2, :target_length] = 3, 4
         picks[name] = int(bucket_index(jnp.asarray(i), jnp.asarray(t), shapes, pad_id=0))
-    assert picks == {"short": 0, "8 letters": 0, "9 letters": 1, "9 target ids": 0,
-                     "10 target ids": 1, "28 letters": 3, "30 target ids": 3}
+    assert picks == {
+        "short": 0,
+        "8 letters": 0,
+        "9 letters": 1,
+        "9 target ids": 0,
+        "10 target ids": 1,
+        "28 letters": 3,
+        "30 target ids": 3,
+    }
 
 
 @pytest.mark.parametrize("long_word_row", [None, 15])
@@ -173,11 +201,14 @@ def test_bucketed_sharded_train_step_equals_the_full_width_step(long_word_row):
     state, rng = loop.init_state(run), jax.random.PRNGKey(0)
     with loop._tracing_context(run.mesh, config):
         full_state, full_metrics = jax.jit(
-            lambda state, batch: SupervisedTask.train_step(run.task, state, batch, rng, 0))(
-                state, batch)
+            lambda state, batch: SupervisedTask.train_step(run.task, state, batch, rng, 0)
+        )(state, batch)
         train_step = loop.compile_steps(run)
         new_state, metrics = train_step(state, sharding.shard_batch(batch, run.mesh), 0)
     for key in ("loss", "cross_entropy", "token_accuracy", "grad_norm"):
         np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=2e-5, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 new_state.params, full_state.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        new_state.params,
+        full_state.params,
+    )

@@ -3,6 +3,7 @@ examples drawn on the fly; both iterate through `train_iterator` with the state 
 checkpoints. End to end: a task defined here (registered as `dlx.tasks.graph_toy`), a graph
 network on a k-nearest-neighbour graph of digits, trains on the whole graph every step and
 resumes from a checkpoint exactly."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,10 @@ def test_every_step_is_the_whole_graph_with_the_splits_mask_and_the_state_resume
     assert resumed.get_state() == state
     np.testing.assert_array_equal(next(resumed)["adjacency"], next(batches)["adjacency"])
     # Two processes: each reads its half of the rows; together they are the graph.
-    halves = [next(train_iterator(source, global_batch_size=8, seed=0, process_index=i,
-                                  process_count=2)) for i in range(2)]
+    halves = [
+        next(train_iterator(source, global_batch_size=8, seed=0, process_index=i, process_count=2))
+        for i in range(2)
+    ]
     assert [h["node"].tolist() for h in halves] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert halves[1]["adjacency"].shape == (4, 8)  # rows of the whole adjacency
 
@@ -67,8 +70,11 @@ def test_eval_reads_the_whole_graph_as_one_batch_marked_by_the_eval_mask():
 
 
 def test_a_batch_size_other_than_the_graph_is_refused():
-    with pytest.raises(ConfigError, match=r"batch_size=4, but this data set is one batch of 8 "
-                                          r"rows; set config.data.batch_size=8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"batch_size=4, but this data set is one batch of 8 "
+        r"rows; set config.data.batch_size=8",
+    ):
         train_iterator(small_graph(), global_batch_size=4, seed=0)
 
 
@@ -95,8 +101,10 @@ def test_generated_batches_depend_only_on_seed_and_step_and_the_state_resumes():
     resumed.set_state({"next_index": 2})
     np.testing.assert_array_equal(next(resumed)["x"], first[2]["x"])
     assert resumed.get_state() == {"next_index": 3}
-    halves = [next(train_iterator(source, global_batch_size=16, seed=0, process_index=i,
-                                  process_count=2)) for i in range(2)]
+    halves = [
+        next(train_iterator(source, global_batch_size=16, seed=0, process_index=i, process_count=2))
+        for i in range(2)
+    ]
     np.testing.assert_array_equal(np.concatenate([h["x"] for h in halves]), first[0]["x"])
 
 
@@ -105,8 +113,9 @@ def test_generated_eval_examples_are_a_fixed_set_apart_from_the_train_draws():
     batches = list(eval_batches(source, global_batch_size=32))
     assert [int(b["mask"].sum()) for b in batches] == [32, 18]
     examples = np.concatenate([b["x"][b["mask"]] for b in batches])
-    np.testing.assert_array_equal(examples, GeneratedSource(noisy_pairs, 50, seed=7).read_rows(
-        np.arange(50))["x"])
+    np.testing.assert_array_equal(
+        examples, GeneratedSource(noisy_pairs, 50, seed=7).read_rows(np.arange(50))["x"]
+    )
     assert source[3]["x"] == examples[3]
     train = next(train_iterator(source, global_batch_size=50, seed=7))
     assert not np.isin(train["x"], examples).any()
@@ -122,7 +131,7 @@ NODES = 64  # a whole-graph batch splits evenly over the 8 test devices
 def knn_graph(features: np.ndarray, k: int) -> np.ndarray:
     """Row-normalised adjacency of the symmetric k-nearest-neighbour graph, self loops included."""
     distances = ((features[:, None] - features[None]) ** 2).sum(-1)
-    nearest = np.argsort(distances, axis=1)[:, :k + 1]  # each node is its own nearest
+    nearest = np.argsort(distances, axis=1)[:, : k + 1]  # each node is its own nearest
     adjacency = np.zeros_like(distances)
     np.put_along_axis(adjacency, nearest, 1.0, axis=1)
     adjacency = np.maximum(adjacency, adjacency.T)
@@ -135,7 +144,8 @@ class GraphNetwork(nn.Module):
     @nn.compact
     def __call__(self, features, adjacency):
         dense = lambda n, names: nn.Dense(  # noqa: E731
-            n, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names))
+            n, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+        )
         hidden = nn.relu(adjacency @ dense(32, ("embed", "mlp"))(features))
         return adjacency @ dense(10, ("mlp", "classes"))(hidden)
 
@@ -163,13 +173,17 @@ class Task(TaskBase):
         self.tx = optax.adam(config.graph.learning_rate)
         digits = data_lib.source("digits", "train", data_dir).read_rows(np.arange(NODES))
         features = digits["image"].reshape(NODES, -1).astype(np.float32) / 16.0
-        self.columns = {"features": features, "adjacency": knn_graph(features, k=4),
-                        "label": digits["label"]}
+        self.columns = {
+            "features": features,
+            "adjacency": knn_graph(features, k=4),
+            "label": digits["label"],
+        }
         self.train_nodes = np.arange(NODES) % 2 == 0
 
     def source(self, split, *, train):
-        source = WholeBatchSource(self.columns,
-                                  mask=self.train_nodes if train else ~self.train_nodes)
+        source = WholeBatchSource(
+            self.columns, mask=self.train_nodes if train else ~self.train_nodes
+        )
         source.check_batch_size(self.config.data.batch_size)  # before the workdir is touched
         return source
 
@@ -198,9 +212,13 @@ class Task(TaskBase):
         return {"correct": (correct * mask).sum(), "nodes": mask.sum()}
 
     def evaluator(self):
-        return BatchSums(self.eval_sums, lambda sums: {
-            "accuracy": float(sums["correct"]) / float(sums["nodes"]),
-            "nodes": float(sums["nodes"])})
+        return BatchSums(
+            self.eval_sums,
+            lambda sums: {
+                "accuracy": float(sums["correct"]) / float(sums["nodes"]),
+                "nodes": float(sums["nodes"]),
+            },
+        )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -215,8 +233,18 @@ def registered():
 def _config(**changes):
     config = config_lib.base_config("graph_toy")
     config.data.update(name="digits", batch_size=NODES, eval_batch_size=NODES)
-    config.update({**dict(train_steps=30, log_every_steps=1, eval_every_steps=15,
-                          checkpoint_every_steps=15, progress_bar=False), **changes})
+    config.update(
+        {
+            **dict(
+                train_steps=30,
+                log_every_steps=1,
+                eval_every_steps=15,
+                checkpoint_every_steps=15,
+                progress_bar=False,
+            ),
+            **changes,
+        }
+    )
     return config
 
 

@@ -2,6 +2,7 @@
 `dlx/train/`: here a task defined in this file (registered as `dlx.tasks.two_player_toy`) with two
 players, two optimizers, an EMA copy and a counter in its state, alternating updates, and an
 evaluator whose result is not a sum (a median over the eval split)."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,8 @@ class Player(nn.Module):
     @nn.compact
     def __call__(self, x):
         dense = lambda n, names: nn.Dense(  # noqa: E731
-            n, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names))
+            n, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+        )
         return dense(10, ("mlp", "classes"))(nn.relu(dense(32, ("embed", "mlp"))(x)))
 
 
@@ -53,7 +55,8 @@ class MedianLoss:
 
     def update(self, acc, state, batch):
         losses = jax.jit(self.task.per_example_loss, out_shardings=jax.sharding.PartitionSpec())(
-            state.a_ema, batch)
+            state.a_ema, batch
+        )
         mask = np.asarray(batch["mask"]).astype(bool)
         return [*acc, np.asarray(losses)[mask]]
 
@@ -96,7 +99,8 @@ class Task(TaskBase):
     def specs(self):
         x = jax.ShapeDtypeStruct((1, 64), jnp.float32)
         return nn.get_partition_spec(jax.eval_shape(self.player.init, jax.random.key(0), x))[
-            "params"]
+            "params"
+        ]
 
     def per_example_loss(self, params, batch, noise=0.0):
         logits = self.player.apply({"params": params}, self._x(batch) + noise)
@@ -150,8 +154,18 @@ def registered():
 def _config(**changes):
     config = config_lib.base_config("two_player_toy")
     config.data.update(name="digits", batch_size=64, eval_batch_size=120)
-    config.update({**dict(train_steps=12, log_every_steps=1, eval_every_steps=6,
-                          checkpoint_every_steps=6, progress_bar=False), **changes})
+    config.update(
+        {
+            **dict(
+                train_steps=12,
+                log_every_steps=1,
+                eval_every_steps=6,
+                checkpoint_every_steps=6,
+                progress_bar=False,
+            ),
+            **changes,
+        }
+    )
     return config
 
 
@@ -180,7 +194,7 @@ def test_a_two_player_state_trains_the_same_on_a_data_fsdp_model_mesh(tmp_path):
     def train(mesh_shape):
         config = _config()
         config.mesh.data, config.mesh.fsdp, config.mesh.model = mesh_shape
-        run = loop.prepare_run(config, devices=jax.devices()[:int(np.prod(mesh_shape))])
+        run = loop.prepare_run(config, devices=jax.devices()[: int(np.prod(mesh_shape))])
         state, step = loop.init_state(run), loop.compile_steps(run)
         source = run.task.source("train", train=True)
         batches = iter([source.read_rows(np.arange(i * 64, (i + 1) * 64)) for i in range(4)])

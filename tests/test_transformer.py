@@ -1,5 +1,6 @@
 """The Transformer model: parameter counts and names, parity with Hugging Face GPT-2 and Llama,
 causal and padding masks, sharded execution, and the FLOPs formula against XLA."""
+
 import os
 
 import flax.linen as nn
@@ -7,17 +8,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlx.errors import ConfigError
 from dlx.models import get_model
 from dlx.models.transformer import Model, forward_flops_per_token, train_flops_per_token
 from dlx.train.sharding import logical_shardings
 
-V, L, D, N, T = 64, 2, 32, 4, 16   # vocab, layers, width, heads, max_len
+V, L, D, N, T = 64, 2, 32, 4, 16  # vocab, layers, width, heads, max_len
 HD = D // N
-LLAMA = dict(norm="rms", mlp="swiglu", position="rope", num_kv_heads=2, bias=False,
-             tie_embeddings=False, mlp_dim=48)
+LLAMA = dict(
+    norm="rms",
+    mlp="swiglu",
+    position="rope",
+    num_kv_heads=2,
+    bias=False,
+    tie_embeddings=False,
+    mlp_dim=48,
+)
 
 
 def _ln(bias=True):
@@ -25,8 +34,7 @@ def _ln(bias=True):
 
 
 def _gpt2_block(m=4 * D):
-    return (_ln() + (D * 3 * D + 3 * D) + (D * D + D) + _ln()
-            + (D * m + m) + (m * D + D))
+    return _ln() + (D * 3 * D + 3 * D) + (D * D + D) + _ln() + (D * m + m) + (m * D + D)
 
 
 def _cross(kv_heads=N):
@@ -36,26 +44,43 @@ def _cross(kv_heads=N):
 # (fields, expected parameter count worked out by hand)
 CASES = {
     "gpt2": (dict(), V * D + T * D + L * _gpt2_block() + _ln()),
-    "llama": (LLAMA, V * D + L * (D + D * D + D * 2 * 2 * HD + D * D + D + 3 * D * 48)
-              + D + D * V),
-    "gqa_layer_norm_bias": (dict(num_kv_heads=2),
-                            V * D + T * D + _ln() + L * (
-                                _ln() + (D * D + D) + (D * 2 * 2 * HD + 2 * 2 * HD)
-                                + (D * D + D) + _ln() + (D * 4 * D + 4 * D) + (4 * D * D + D))),
-    "sinusoidal_untied": (dict(position="sinusoidal", tie_embeddings=False),
-                          V * D + L * _gpt2_block() + _ln() + D * V),
+    "llama": (LLAMA, V * D + L * (D + D * D + D * 2 * 2 * HD + D * D + D + 3 * D * 48) + D + D * V),
+    "gqa_layer_norm_bias": (
+        dict(num_kv_heads=2),
+        V * D
+        + T * D
+        + _ln()
+        + L
+        * (
+            _ln()
+            + (D * D + D)
+            + (D * 2 * 2 * HD + 2 * 2 * HD)
+            + (D * D + D)
+            + _ln()
+            + (D * 4 * D + 4 * D)
+            + (4 * D * D + D)
+        ),
+    ),
+    "sinusoidal_untied": (
+        dict(position="sinusoidal", tie_embeddings=False),
+        V * D + L * _gpt2_block() + _ln() + D * V,
+    ),
     "encoder_tokens": (dict(kind="encoder"), V * D + T * D + L * _gpt2_block() + _ln()),
-    "encoder_classifier": (dict(kind="encoder", num_outputs=3),
-                           V * D + T * D + L * _gpt2_block() + _ln() + D * 3 + 3),
-    "encoder_decoder": (dict(kind="encoder_decoder", target_vocab_size=40, num_decoder_layers=3),
-                        V * D + 40 * D + T * D + L * _gpt2_block() + _ln()
-                        + 3 * (_gpt2_block() + _cross()) + _ln()),
+    "encoder_classifier": (
+        dict(kind="encoder", num_outputs=3),
+        V * D + T * D + L * _gpt2_block() + _ln() + D * 3 + 3,
+    ),
+    "encoder_decoder": (
+        dict(kind="encoder_decoder", target_vocab_size=40, num_decoder_layers=3),
+        V * D + 40 * D + T * D + L * _gpt2_block() + _ln() + 3 * (_gpt2_block() + _cross()) + _ln(),
+    ),
 }
 
 
 def _model(**fields):
-    return Model(**{**dict(vocab_size=V, num_layers=L, embed_dim=D, num_heads=N, max_len=T),
-                    **fields})
+    return Model(
+        **{**dict(vocab_size=V, num_layers=L, embed_dim=D, num_heads=N, max_len=T), **fields}
+    )
 
 
 def _variables(model, *args, seed=0, std=0.2):
@@ -79,8 +104,9 @@ def test_parameter_counts_shapes_and_logical_names(case):
     abstract = jax.eval_shape(model.init, jax.random.key(0), *args)
     shapes = nn.meta.unbox(abstract["params"])
     assert sum(x.size for x in jax.tree.leaves(shapes)) == expected_count
-    specs = jax.tree.leaves(nn.get_partition_spec(abstract["params"]),
-                            is_leaf=lambda s: isinstance(s, P))
+    specs = jax.tree.leaves(
+        nn.get_partition_spec(abstract["params"]), is_leaf=lambda s: isinstance(s, P)
+    )
     leaves = jax.tree.leaves(shapes)
     assert len(specs) == len(leaves)
     for spec, leaf in zip(specs, leaves):
@@ -119,10 +145,12 @@ def test_model_is_found_by_name_and_bad_fields_fail_clearly():
 
 # ---- parity with Hugging Face (random-init models built from configs, offline) ----
 
+
 def _hf():
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     import transformers
+
     torch.manual_seed(0)
     return torch, transformers
 
@@ -135,32 +163,53 @@ def _randomize(torch, module):
 
 def test_gpt2_decoder_matches_hugging_face_gpt2():
     torch, transformers = _hf()
-    config = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=D, n_layer=L, n_head=N,
-                                     activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = transformers.GPT2Config(
+        vocab_size=V,
+        n_positions=T,
+        n_embd=D,
+        n_layer=L,
+        n_head=N,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     hf = transformers.GPT2LMHeadModel(config).eval()
     _randomize(torch, hf)
     sd = {k: v.numpy() for k, v in hf.state_dict().items()}
-    params = {"wte": {"embedding": sd["transformer.wte.weight"]},
-              "wpe": {"embedding": sd["transformer.wpe.weight"]},
-              "ln_f": {"scale": sd["transformer.ln_f.weight"], "bias": sd["transformer.ln_f.bias"]}}
+    params = {
+        "wte": {"embedding": sd["transformer.wte.weight"]},
+        "wpe": {"embedding": sd["transformer.wpe.weight"]},
+        "ln_f": {"scale": sd["transformer.ln_f.weight"], "bias": sd["transformer.ln_f.bias"]},
+    }
     for i in range(L):
-        w = lambda name: sd[f"transformer.h.{i}.{name}"]  # noqa: E731
+        w = lambda name: sd[f"transformer.h.{i}.{name}"]  # noqa: B023, E731
         params[f"h_{i}"] = {
             "ln_1": {"scale": w("ln_1.weight"), "bias": w("ln_1.bias")},
-            "attn": {"qkv": {"kernel": w("attn.c_attn.weight").reshape(D, 3, N, HD),
-                             "bias": w("attn.c_attn.bias").reshape(3, N, HD)},
-                     "proj": {"kernel": w("attn.c_proj.weight").reshape(N, HD, D),
-                              "bias": w("attn.c_proj.bias")}},
+            "attn": {
+                "qkv": {
+                    "kernel": w("attn.c_attn.weight").reshape(D, 3, N, HD),
+                    "bias": w("attn.c_attn.bias").reshape(3, N, HD),
+                },
+                "proj": {
+                    "kernel": w("attn.c_proj.weight").reshape(N, HD, D),
+                    "bias": w("attn.c_proj.bias"),
+                },
+            },
             "ln_2": {"scale": w("ln_2.weight"), "bias": w("ln_2.bias")},
-            "mlp": {"fc": {"kernel": w("mlp.c_fc.weight"), "bias": w("mlp.c_fc.bias")},
-                    "proj": {"kernel": w("mlp.c_proj.weight"), "bias": w("mlp.c_proj.bias")}}}
+            "mlp": {
+                "fc": {"kernel": w("mlp.c_fc.weight"), "bias": w("mlp.c_fc.bias")},
+                "proj": {"kernel": w("mlp.c_proj.weight"), "bias": w("mlp.c_proj.bias")},
+            },
+        }
     tokens = np.random.default_rng(0).integers(0, V, (2, T))
     with torch.no_grad():
         theirs = hf(torch.from_numpy(tokens)).logits.numpy()
     model = _model()
-    expected_tree = jax.tree.structure(nn.meta.unbox(
-        jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]))
+    expected_tree = jax.tree.structure(
+        nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
+    )
     assert jax.tree.structure(params) == expected_tree
     ours = model.apply({"params": params}, tokens)
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
@@ -169,28 +218,49 @@ def test_gpt2_decoder_matches_hugging_face_gpt2():
 def test_llama_style_decoder_matches_hugging_face_llama():
     torch, transformers = _hf()
     config = transformers.LlamaConfig(
-        vocab_size=V, hidden_size=D, intermediate_size=48, num_hidden_layers=L,
-        num_attention_heads=N, num_key_value_heads=2, max_position_embeddings=T,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+        vocab_size=V,
+        hidden_size=D,
+        intermediate_size=48,
+        num_hidden_layers=L,
+        num_attention_heads=N,
+        num_key_value_heads=2,
+        max_position_embeddings=T,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+    )
     hf = transformers.LlamaForCausalLM(config).eval()
     _randomize(torch, hf)
     sd = {k: v.numpy() for k, v in hf.state_dict().items()}
-    params = {"wte": {"embedding": sd["model.embed_tokens.weight"]},
-              "ln_f": {"scale": sd["model.norm.weight"]},
-              "lm_head": {"kernel": sd["lm_head.weight"].T}}
+    params = {
+        "wte": {"embedding": sd["model.embed_tokens.weight"]},
+        "ln_f": {"scale": sd["model.norm.weight"]},
+        "lm_head": {"kernel": sd["lm_head.weight"].T},
+    }
     for i in range(L):
-        w = lambda name: sd[f"model.layers.{i}.{name}"]  # noqa: E731
-        kv = np.stack([w("self_attn.k_proj.weight").T.reshape(D, 2, HD),
-                       w("self_attn.v_proj.weight").T.reshape(D, 2, HD)], axis=1)
+        w = lambda name: sd[f"model.layers.{i}.{name}"]  # noqa: B023, E731
+        kv = np.stack(
+            [
+                w("self_attn.k_proj.weight").T.reshape(D, 2, HD),
+                w("self_attn.v_proj.weight").T.reshape(D, 2, HD),
+            ],
+            axis=1,
+        )
         params[f"h_{i}"] = {
             "ln_1": {"scale": w("input_layernorm.weight")},
-            "attn": {"query": {"kernel": w("self_attn.q_proj.weight").T.reshape(D, N, HD)},
-                     "kv": {"kernel": kv},
-                     "proj": {"kernel": w("self_attn.o_proj.weight").T.reshape(N, HD, D)}},
+            "attn": {
+                "query": {"kernel": w("self_attn.q_proj.weight").T.reshape(D, N, HD)},
+                "kv": {"kernel": kv},
+                "proj": {"kernel": w("self_attn.o_proj.weight").T.reshape(N, HD, D)},
+            },
             "ln_2": {"scale": w("post_attention_layernorm.weight")},
-            "mlp": {"gate": {"kernel": w("mlp.gate_proj.weight").T},
-                    "up": {"kernel": w("mlp.up_proj.weight").T},
-                    "down": {"kernel": w("mlp.down_proj.weight").T}}}
+            "mlp": {
+                "gate": {"kernel": w("mlp.gate_proj.weight").T},
+                "up": {"kernel": w("mlp.up_proj.weight").T},
+                "down": {"kernel": w("mlp.down_proj.weight").T},
+            },
+        }
     tokens = np.random.default_rng(0).integers(0, V, (2, T))
     with torch.no_grad():
         theirs = hf(torch.from_numpy(tokens)).logits.numpy()
@@ -200,8 +270,12 @@ def test_llama_style_decoder_matches_hugging_face_llama():
 
 # ---- masks ----
 
-@pytest.mark.parametrize("fields", [dict(), LLAMA, dict(kind="encoder_decoder")],
-                         ids=["gpt2", "llama", "encoder_decoder"])
+
+@pytest.mark.parametrize(
+    "fields",
+    [dict(), LLAMA, dict(kind="encoder_decoder")],
+    ids=["gpt2", "llama", "encoder_decoder"],
+)
 def test_a_later_token_does_not_change_earlier_logits(fields):
     model = _model(**fields)
     args = _args(model, length=10)
@@ -230,8 +304,9 @@ def test_encoder_outputs_at_real_tokens_ignore_padding(num_outputs):
         np.testing.assert_allclose(long_out, short_out, atol=1e-5)
     else:
         real = np.asarray(tokens != 0)
-        np.testing.assert_allclose(np.asarray(long_out)[:, :6][real], np.asarray(short_out)[real],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(long_out)[:, :6][real], np.asarray(short_out)[real], atol=1e-5
+        )
         # and the encoder is bidirectional: a later token changes position 0
         changed = apply(variables, tokens.at[:, 2].set(11))
         assert not np.allclose(changed[:, 0], short_out[:, 0], atol=1e-4)
@@ -250,15 +325,22 @@ def test_dropout_only_in_training():
     assert not np.allclose(a, evaluated) and not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("fields", [dict(), LLAMA, dict(kind="encoder_decoder")],
-                         ids=["gpt2", "llama", "encoder_decoder"])
+@pytest.mark.parametrize(
+    "fields",
+    [dict(), LLAMA, dict(kind="encoder_decoder")],
+    ids=["gpt2", "llama", "encoder_decoder"],
+)
 def test_bfloat16_compute_keeps_float32_params_logits_and_gradients(fields):
     f32, bf16 = _model(**fields), _model(**fields, dtype="bfloat16")
     args = _args(f32)
     variables = _variables(f32, *args, std=0.05)
     assert nn.meta.unbox(jax.eval_shape(bf16.init, jax.random.key(0), *args)) == jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), variables)  # params stay f32
-    logits, logits_bf16 = jax.jit(f32.apply)(variables, *args), jax.jit(bf16.apply)(variables, *args)
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), variables
+    )  # params stay f32
+    logits, logits_bf16 = (
+        jax.jit(f32.apply)(variables, *args),
+        jax.jit(bf16.apply)(variables, *args),
+    )
     assert logits_bf16.dtype == jnp.float32
     scale = float(jnp.abs(logits).max())
     assert float(jnp.abs(logits_bf16 - logits).max()) < 0.03 * scale  # bf16 has 8 bits
@@ -276,11 +358,21 @@ def test_bfloat16_compute_keeps_float32_params_logits_and_gradients(fields):
 
 # ---- sharding ----
 
+
 def test_decoder_runs_sharded_on_data_fsdp_model_mesh_and_matches_one_device():
-    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "model"),
-                axis_types=(AxisType.Auto,) * 3)
-    rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "model"),
-             ("heads", "model"), ("kv_heads", "model"), ("vocab", "model"))
+    mesh = Mesh(
+        np.array(jax.devices()[:8]).reshape(2, 2, 2),
+        ("data", "fsdp", "model"),
+        axis_types=(AxisType.Auto,) * 3,
+    )
+    rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("mlp", "model"),
+        ("heads", "model"),
+        ("kv_heads", "model"),
+        ("vocab", "model"),
+    )
     for fields in (dict(), LLAMA):
         model = _model(**fields)
         tokens = _args(model, batch=8, length=T)[0]
@@ -293,16 +385,25 @@ def test_decoder_runs_sharded_on_data_fsdp_model_mesh_and_matches_one_device():
         mlp_in = placed["params"]["h_0"]["mlp"]["gate" if fields else "fc"]["kernel"]
         assert mlp_in.sharding.spec == P("fsdp", "model")
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            got = jax.jit(model.apply)(placed, jax.device_put(
-                tokens, NamedSharding(mesh, P(("data", "fsdp")))))
+            got = jax.jit(model.apply)(
+                placed, jax.device_put(tokens, NamedSharding(mesh, P(("data", "fsdp"))))
+            )
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- FLOPs ----
 
-@pytest.mark.parametrize("fields", [dict(), LLAMA, dict(kind="encoder", num_outputs=3),
-                                    dict(kind="encoder_decoder", target_vocab_size=40)],
-                         ids=["gpt2", "llama", "encoder", "encoder_decoder"])
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(),
+        LLAMA,
+        dict(kind="encoder", num_outputs=3),
+        dict(kind="encoder_decoder", target_vocab_size=40),
+    ],
+    ids=["gpt2", "llama", "encoder", "encoder_decoder"],
+)
 def test_flops_formula_matches_xla_cost_analysis(fields):
     """XLA counts the matmuls the formula counts plus elementwise work (softmax, norms, GELU):
     at these sizes that adds 1-5%; XLA's backward of the untied case came out 0.3% under 3x.
@@ -327,5 +428,5 @@ def test_flops_formula_matches_xla_cost_analysis(fields):
 
 def test_flops_formula_is_nanogpts_for_a_gpt():
     model = Model(vocab_size=65, num_layers=6, embed_dim=384, num_heads=6, max_len=256)
-    non_embedding = 6 * 12 * 384 ** 2 + 65 * 384  # matmul weights, tied wte as the lm head
+    non_embedding = 6 * 12 * 384**2 + 65 * 384  # matmul weights, tied wte as the lm head
     assert train_flops_per_token(model, 256) == 6 * non_embedding + 12 * 6 * 6 * 64 * 256

@@ -2,6 +2,7 @@
 group and each model field by type and range (NaN and inf wherever a number is expected), with
 one line naming the full key, the bad value and what is allowed; a GPT-2 import's config.json is
 checked against the safetensors headers before any model is built."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,33 @@ from dlx.train import config as config_lib
 from helpers import REPO
 
 # One config per task (regression has no keys of its own) and per model family.
-CONFIGS = ["digits_mlp", "fashion_cnn:test", "shakespeare_gpt:test", "shakespeare_lstm:test",
-           "cmudict_gru_attention:test", "fashion_autoencoder:test", "fashion_vae:test",
-           "fashion_dcgan:test", "fashion_ddpm:test"]
+CONFIGS = [
+    "digits_mlp",
+    "fashion_cnn:test",
+    "shakespeare_gpt:test",
+    "shakespeare_lstm:test",
+    "cmudict_gru_attention:test",
+    "fashion_autoencoder:test",
+    "fashion_vae:test",
+    "fashion_dcgan:test",
+    "fashion_ddpm:test",
+]
 # Values of every kind: each key's rule must refuse some (at least one of another type).
-PROBES = ["not-a-value", "", True, None, ("abc",), 1.5, -7, 0, 7, 2**40, float("nan"),
-          float("inf"), -float("inf")]
+PROBES = [
+    "not-a-value",
+    "",
+    True,
+    None,
+    ("abc",),
+    1.5,
+    -7,
+    0,
+    7,
+    2**40,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+]
 
 
 def _kind(value) -> str:
@@ -79,8 +101,9 @@ def _rules(config: ml_collections.ConfigDict, runner_keys: bool) -> dict:
         rules.update(config_lib.RUNNER_RULES)
     for named in ("task", "model.name"):  # found by name: their own error, tested below
         rules.pop(named, None)
-    rules.update({f"model.{field}": rule
-                  for field, rule in models.field_rules(config.model.name).items()})
+    rules.update(
+        {f"model.{field}": rule for field, rule in models.field_rules(config.model.name).items()}
+    )
     return rules
 
 
@@ -96,53 +119,62 @@ def test_every_key_refuses_wrong_types_out_of_range_values_and_nan(spec):
             assert {repr(v) for v in refused} >= {"nan", "inf", "-inf"}, key
         for value in refused:
             message = _refusal(_with(config, key, value))
-            assert message.startswith(f"config.{key}={value!r} is not allowed; expected "), \
-                (key, value, message)
+            assert message.startswith(f"config.{key}={value!r} is not allowed; expected "), (
+                key,
+                value,
+                message,
+            )
             assert "\n" not in message
 
 
-@pytest.mark.parametrize("key, value, allowed", [
-    # the issue's cases
-    ("model.hidden", ("abc",), "a sequence, each item an integer >= 1"),
-    ("sharding_rules", ("abc",), "(logical_name, mesh_axis | tuple of mesh axes | None) pairs"),
-    ("optimizer.learning_rate", float("nan"), "a finite number >= 0"),
-    ("keep_checkpoints", -1, "an integer >= 1"),
-    ("log_every_steps", -5, "an integer >= 0"),
-    # the ranges users rely on
-    ("keep_checkpoints", 0, "an integer >= 1"),
-    ("optimizer.learning_rate", -1e-3, "a finite number >= 0"),
-    ("optimizer.b1", 1.0, "in [0, 1)"),
-    ("data.batch_size", 0, "an integer >= 1"),
-    ("seed", 2**32, "an integer in [0, 4294967295]"),
-    ("nan_policy", "halt", "one of ('stop', 'skip')"),
-    ("mesh.fsdp", 0, "-1 or an integer >= 1"),
-    ("mesh.data", -2, "-1 or an integer >= 1"),
-    ("sharding_rules", (("batch", "dat"),), "the mesh axes among ('data', 'fsdp', 'model')"),
-    ("sharding_rules", (("batch", ("data", "x")),), "mesh axes among"),
-    ("sharding_rules", (("batch",),), "pairs"),
-    ("sharding_rules", ((3, "data"),), "pairs"),
-    ("loss.label_smoothing", 1.0, "in [0, 1)"),
-    ("grad_accum_steps", 0, "an integer >= 1"),
-    ("model.dropout", 1.0, "in [0, 1)"),
-    ("model.num_outputs", 2.0, "an integer >= 1"),
-    ("model.batch_norm", 1, "True or False"),
-    ("num_epochs", float("inf"), "a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        # the issue's cases
+        ("model.hidden", ("abc",), "a sequence, each item an integer >= 1"),
+        ("sharding_rules", ("abc",), "(logical_name, mesh_axis | tuple of mesh axes | None) pairs"),
+        ("optimizer.learning_rate", float("nan"), "a finite number >= 0"),
+        ("keep_checkpoints", -1, "an integer >= 1"),
+        ("log_every_steps", -5, "an integer >= 0"),
+        # the ranges users rely on
+        ("keep_checkpoints", 0, "an integer >= 1"),
+        ("optimizer.learning_rate", -1e-3, "a finite number >= 0"),
+        ("optimizer.b1", 1.0, "in [0, 1)"),
+        ("data.batch_size", 0, "an integer >= 1"),
+        ("seed", 2**32, "an integer in [0, 4294967295]"),
+        ("nan_policy", "halt", "one of ('stop', 'skip')"),
+        ("mesh.fsdp", 0, "-1 or an integer >= 1"),
+        ("mesh.data", -2, "-1 or an integer >= 1"),
+        ("sharding_rules", (("batch", "dat"),), "the mesh axes among ('data', 'fsdp', 'model')"),
+        ("sharding_rules", (("batch", ("data", "x")),), "mesh axes among"),
+        ("sharding_rules", (("batch",),), "pairs"),
+        ("sharding_rules", ((3, "data"),), "pairs"),
+        ("loss.label_smoothing", 1.0, "in [0, 1)"),
+        ("grad_accum_steps", 0, "an integer >= 1"),
+        ("model.dropout", 1.0, "in [0, 1)"),
+        ("model.num_outputs", 2.0, "an integer >= 1"),
+        ("model.batch_norm", 1, "True or False"),
+        ("num_epochs", float("inf"), "a finite number >= 0"),
+    ],
+)
 def test_out_of_range_values_name_the_key_and_what_is_allowed(key, value, allowed):
     message = _refusal(_with(_load("digits_mlp"), key, value))
     assert message.startswith(f"config.{key}={value!r} is not allowed") and allowed in message
 
 
-@pytest.mark.parametrize("spec, key, value, allowed", [
-    ("shakespeare_gpt:test", "decoding.top_p", 0.0, "in (0, 1]"),
-    ("shakespeare_gpt:test", "data.tokenizer", "chars", "did you mean 'char'"),
-    ("shakespeare_gpt:test", "model.norm_eps", 0.0, "> 0"),
-    ("fashion_ddpm:test", "diffusion.ema_decay", 1.0, "in [0, 1)"),
-    ("fashion_ddpm:test", "diffusion.timesteps", 1, ">= 2"),
-    ("fashion_dcgan:test", "gan.discriminator_optimizer.b2", 1.0, "in [0, 1)"),
-    ("cmudict_gru_attention:test", "decoding.beam_size", 0, ">= 1"),
-    ("fashion_vae:test", "vae.importance_samples", -1, ">= 0"),
-])
+@pytest.mark.parametrize(
+    "spec, key, value, allowed",
+    [
+        ("shakespeare_gpt:test", "decoding.top_p", 0.0, "in (0, 1]"),
+        ("shakespeare_gpt:test", "data.tokenizer", "chars", "did you mean 'char'"),
+        ("shakespeare_gpt:test", "model.norm_eps", 0.0, "> 0"),
+        ("fashion_ddpm:test", "diffusion.ema_decay", 1.0, "in [0, 1)"),
+        ("fashion_ddpm:test", "diffusion.timesteps", 1, ">= 2"),
+        ("fashion_dcgan:test", "gan.discriminator_optimizer.b2", 1.0, "in [0, 1)"),
+        ("cmudict_gru_attention:test", "decoding.beam_size", 0, ">= 1"),
+        ("fashion_vae:test", "vae.importance_samples", -1, ">= 0"),
+    ],
+)
 def test_task_groups_have_ranges(spec, key, value, allowed):
     message = _refusal(_with(_load(spec), key, value))
     assert message.startswith(f"config.{key}={value!r} is not allowed") and allowed in message
@@ -182,6 +214,7 @@ def test_unknown_model_and_relations_between_values_are_still_one_line():
 
 # ---- launch.py: exit code 2, one error line, no workdir -------------------------------------
 
+
 @pytest.fixture
 def run_launch(monkeypatch, capsys):
     """launch.main in this process. Flags it defines on absl's global FLAGS (launch.py did
@@ -206,21 +239,34 @@ def run_launch(monkeypatch, capsys):
     return run
 
 
-@pytest.mark.parametrize("flag, error", [
-    ("--config.model.hidden=abc", "config.model.hidden=('abc',) is not allowed"),
-    ("--config.sharding_rules=abc", "config.sharding_rules=('abc',) is not allowed"),
-    ("--config.optimizer.learning_rate=nan", "config.optimizer.learning_rate=nan is not allowed"),
-    ("--config.keep_checkpoints=-1", "config.keep_checkpoints=-1 is not allowed"),
-    ("--config.log_every_steps=-5", "config.log_every_steps=-5 is not allowed"),
-    ("--config.model.dropout=inf", "config.model.dropout=inf is not allowed"),
-    ("--config.mesh.model=0", "config.mesh.model=0 is not allowed"),
-    ("--config.keep_checkpoints=abc", "--config.keep_checkpoints=abc"),  # absl refuses it
-])
-def test_launch_refuses_bad_values_with_exit_code_2_and_writes_nothing(run_launch, tmp_path,
-                                                                        flag, error):
+@pytest.mark.parametrize(
+    "flag, error",
+    [
+        ("--config.model.hidden=abc", "config.model.hidden=('abc',) is not allowed"),
+        ("--config.sharding_rules=abc", "config.sharding_rules=('abc',) is not allowed"),
+        (
+            "--config.optimizer.learning_rate=nan",
+            "config.optimizer.learning_rate=nan is not allowed",
+        ),
+        ("--config.keep_checkpoints=-1", "config.keep_checkpoints=-1 is not allowed"),
+        ("--config.log_every_steps=-5", "config.log_every_steps=-5 is not allowed"),
+        ("--config.model.dropout=inf", "config.model.dropout=inf is not allowed"),
+        ("--config.mesh.model=0", "config.mesh.model=0 is not allowed"),
+        ("--config.keep_checkpoints=abc", "--config.keep_checkpoints=abc"),  # absl refuses it
+    ],
+)
+def test_launch_refuses_bad_values_with_exit_code_2_and_writes_nothing(
+    run_launch, tmp_path, flag, error
+):
     workdir = tmp_path / "run"
-    code, stderr = run_launch("--config", str(REPO / "configs/digits_mlp.py"), "--workdir",
-                              str(workdir), "--config.train_steps=2", flag)
+    code, stderr = run_launch(
+        "--config",
+        str(REPO / "configs/digits_mlp.py"),
+        "--workdir",
+        str(workdir),
+        "--config.train_steps=2",
+        flag,
+    )
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert error in lines[0]
@@ -229,24 +275,28 @@ def test_launch_refuses_bad_values_with_exit_code_2_and_writes_nothing(run_launc
 
 # ---- GPT-2 import: config.json against the safetensors headers ------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     model = Transformer(vocab_size=64, num_layers=2, embed_dim=32, num_heads=2, max_len=16)
-    variables = jax.eval_shape(model.init, jax.random.key(0),
-                               jax.ShapeDtypeStruct((1, 4), "int32"))
+    variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 4), "int32"))
     params = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), variables["params"])
     return gpt2.export_gpt2(model, params, tmp_path_factory.mktemp("gpt2") / "tiny")
 
 
-@pytest.mark.parametrize("claim, message", [
-    ({"n_layer": 100_000}, "claims n_layer=100000 but the weights in .* hold 2 block"),
-    ({"vocab_size": 50257}, "claims vocab_size=50257 .* have 64 \\(rows of wte.weight\\)"),
-    ({"n_embd": 64}, "claims n_embd=64 .* have 32 \\(columns of wte.weight\\)"),
-    ({"n_positions": 1024}, "claims n_positions=1024 .* have 16 \\(rows of wpe.weight\\)"),
-    ({"n_inner": 4096}, "claims n_inner=4096 .* have 128"),
-])
-def test_gpt2_config_is_checked_against_the_weights_before_building(tiny_gpt2, tmp_path,
-                                                                    monkeypatch, claim, message):
+@pytest.mark.parametrize(
+    "claim, message",
+    [
+        ({"n_layer": 100_000}, "claims n_layer=100000 but the weights in .* hold 2 block"),
+        ({"vocab_size": 50257}, "claims vocab_size=50257 .* have 64 \\(rows of wte.weight\\)"),
+        ({"n_embd": 64}, "claims n_embd=64 .* have 32 \\(columns of wte.weight\\)"),
+        ({"n_positions": 1024}, "claims n_positions=1024 .* have 16 \\(rows of wpe.weight\\)"),
+        ({"n_inner": 4096}, "claims n_inner=4096 .* have 128"),
+    ],
+)
+def test_gpt2_config_is_checked_against_the_weights_before_building(
+    tiny_gpt2, tmp_path, monkeypatch, claim, message
+):
     directory = tmp_path / "ckpt"
     directory.mkdir()
     for path in tiny_gpt2.iterdir():
@@ -269,8 +319,12 @@ def test_gpt2_config_of_absurd_values_is_refused_in_one_line(tiny_gpt2, tmp_path
     for path in tiny_gpt2.iterdir():
         (directory / path.name).write_bytes(path.read_bytes())
     config = json.loads((directory / gpt2.CONFIG_FILE).read_text())
-    for key, value in [("n_layer", -1), ("n_head", 0), ("layer_norm_epsilon", math.nan),
-                       ("n_positions", "1024")]:
+    for key, value in [
+        ("n_layer", -1),
+        ("n_head", 0),
+        ("layer_norm_epsilon", math.nan),
+        ("n_positions", "1024"),
+    ]:
         (directory / gpt2.CONFIG_FILE).write_text(json.dumps({**config, key: value}))
         with pytest.raises(ConfigError, match=key) as raised:
             gpt2.load_gpt2(directory)

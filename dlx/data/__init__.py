@@ -12,6 +12,7 @@ language-model windows and G2P arrays in `dlx.data.text`, tokenizers in `dlx.dat
 A task may also train on the whole data set as one batch (a graph) or on examples drawn on the
 fly: `WholeBatchSource` and `GeneratedSource` in `dlx.data.sources`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,16 +23,42 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dlx.data.builders import OFFLINE_BUILDERS, missing_hint, offline_files_present
-from dlx.data.pipeline import (ArraySource, Batch, NumpyRecords, RandomAccessSource, batch_dtype,
-                               eval_batches, load_into_memory, num_eval_batches, read_rows,
-                               train_iterator)
+from dlx.data.pipeline import (
+    ArraySource,
+    Batch,
+    NumpyRecords,
+    RandomAccessSource,
+    batch_dtype,
+    eval_batches,
+    load_into_memory,
+    num_eval_batches,
+    read_rows,
+    train_iterator,
+)
 from dlx.data.sources import GeneratedSource, WholeBatchSource
 from dlx.errors import DataError
 
-__all__ = ["ArraySource", "Batch", "DataInfo", "FeatureInfo", "GeneratedSource", "NumpyRecords",
-           "OFFLINE_BUILDERS", "RandomAccessSource", "WholeBatchSource", "default_data_dir",
-           "eval_batches", "get_builder", "info", "load_into_memory", "num_eval_batches",
-           "prepare", "read_rows", "source", "train_iterator"]
+__all__ = [
+    "ArraySource",
+    "Batch",
+    "DataInfo",
+    "FeatureInfo",
+    "GeneratedSource",
+    "NumpyRecords",
+    "OFFLINE_BUILDERS",
+    "RandomAccessSource",
+    "WholeBatchSource",
+    "default_data_dir",
+    "eval_batches",
+    "get_builder",
+    "info",
+    "load_into_memory",
+    "num_eval_batches",
+    "prepare",
+    "read_rows",
+    "source",
+    "train_iterator",
+]
 
 FILE_FORMAT = "array_record"
 IN_MEMORY_MAX_BYTES = 1 << 30  # `source` loads a split into memory when its files are this small
@@ -53,8 +80,17 @@ def _offline_names() -> str:
 def _internet_reachable(timeout_s: float = 3.0) -> bool:
     """A quick look before a catalog download, which offline retries for minutes before failing.
     Behind a proxy it answers yes and lets TFDS (whose requests use the proxy) find out."""
-    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
-                                           "http_proxy", "ALL_PROXY", "all_proxy")):
+    if any(
+        os.environ.get(var)
+        for var in (
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        )
+    ):
         return True
     try:
         socket.create_connection(("storage.googleapis.com", 443), timeout=timeout_s).close()
@@ -74,15 +110,20 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
     if name in OFFLINE_BUILDERS:
         builder = OFFLINE_BUILDERS[name](data_dir=data_dir, file_format=FILE_FORMAT)
         # fashion_mnist alone has a catalog twin to fall back on when the local files are absent.
-        if (name != "fashion_mnist" or _is_prepared(builder)
-                or offline_files_present(name, data_dir)):
+        if (
+            name != "fashion_mnist"
+            or _is_prepared(builder)
+            or offline_files_present(name, data_dir)
+        ):
             return builder
     try:
         return tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
     except tfds.core.DatasetNotFoundError as error:
-        raise DataError(f"unknown data set {name!r}: dlx builds {_offline_names()} offline and "
-                        f"sends other names to the TFDS catalog, which has no {name!r} "
-                        f"either") from error
+        raise DataError(
+            f"unknown data set {name!r}: dlx builds {_offline_names()} offline and "
+            f"sends other names to the TFDS catalog, which has no {name!r} "
+            f"either"
+        ) from error
     except Exception as error:  # bad config name, missing optional dependency, ...
         raise DataError(f"TFDS cannot build data set {name!r}: {_one_line(error)}") from error
 
@@ -94,26 +135,29 @@ def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     builder = get_builder(name, data_dir)
     if _is_prepared(builder):
         return builder
-    offline_source_missing = (name in OFFLINE_BUILDERS
-                              and not offline_files_present(name, data_dir))
+    offline_source_missing = name in OFFLINE_BUILDERS and not offline_files_present(name, data_dir)
     if offline_source_missing and (name != "fashion_mnist" or not _internet_reachable()):
         raise DataError(missing_hint(name, data_dir))
     if name not in OFFLINE_BUILDERS and not _internet_reachable():
-        raise DataError(f"{name!r} is a TFDS catalog data set, not prepared in "
-                        f"{builder.data_dir} and this machine has no internet to download it; "
-                        f"dlx's offline data sets are {_offline_names()}")
+        raise DataError(
+            f"{name!r} is a TFDS catalog data set, not prepared in "
+            f"{builder.data_dir} and this machine has no internet to download it; "
+            f"dlx's offline data sets are {_offline_names()}"
+        )
     try:
         builder.download_and_prepare(file_format=FILE_FORMAT)
     except DataError:
         raise
     except Exception as error:
         if offline_source_missing:
-            raise DataError(f"{missing_hint(name, data_dir)} (TFDS download failed: "
-                            f"{_one_line(error)})") from error
+            raise DataError(
+                f"{missing_hint(name, data_dir)} (TFDS download failed: {_one_line(error)})"
+            ) from error
         if name in OFFLINE_BUILDERS:
             raise  # the local files are there, so this is a bug: keep the traceback
-        raise DataError(f"TFDS could not download and prepare {name!r}: "
-                        f"{_one_line(error)}") from error
+        raise DataError(
+            f"TFDS could not download and prepare {name!r}: {_one_line(error)}"
+        ) from error
     return builder
 
 
@@ -123,8 +167,9 @@ def _split_num_bytes(builder: tfds.core.DatasetBuilder, split: str) -> int:
     for part in split.split("+"):
         base = part.split("[", 1)[0].strip()
         if base not in builder.info.splits:
-            raise DataError(f"{builder.name} has no split {base!r}; it has "
-                            f"{', '.join(builder.info.splits)}")
+            raise DataError(
+                f"{builder.name} has no split {base!r}; it has {', '.join(builder.info.splits)}"
+            )
         total += builder.info.splits[base].num_bytes
     return total
 
@@ -132,8 +177,9 @@ def _split_num_bytes(builder: tfds.core.DatasetBuilder, split: str) -> int:
 _in_memory_splits: dict[tuple[str, str], ArraySource] = {}
 
 
-def source(name: str, split: str, data_dir: str | None = None, *,
-           in_memory: bool | None = None) -> RandomAccessSource:
+def source(
+    name: str, split: str, data_dir: str | None = None, *, in_memory: bool | None = None
+) -> RandomAccessSource:
     """Random-access examples of one split (prepared first if needed), records as dicts of numpy
     values in batch dtypes. `in_memory=None` reads the split into an `ArraySource` when its files
     hold at most IN_MEMORY_MAX_BYTES; that copy is kept (read-only) for later calls."""
@@ -170,15 +216,22 @@ class DataInfo:
 def info(name: str, data_dir: str | None = None) -> DataInfo:
     """Split sizes, feature shapes/dtypes and classes of `name` (prepared first if needed)."""
     tfds_info = prepare(name, data_dir).info
-    features = {key: FeatureInfo(tuple(feature.shape), batch_dtype(feature.np_dtype))
-                for key, feature in tfds_info.features.items()}
-    labels = [feature for key, feature in tfds_info.features.items()
-              if isinstance(feature, tfds.features.ClassLabel)]
+    features = {
+        key: FeatureInfo(tuple(feature.shape), batch_dtype(feature.np_dtype))
+        for key, feature in tfds_info.features.items()
+    }
+    labels = [
+        feature
+        for key, feature in tfds_info.features.items()
+        if isinstance(feature, tfds.features.ClassLabel)
+    ]
     label = labels[0] if len(labels) == 1 else None
     return DataInfo(
         name=name,
-        num_examples={split: split_info.num_examples
-                      for split, split_info in tfds_info.splits.items()},
+        num_examples={
+            split: split_info.num_examples for split, split_info in tfds_info.splits.items()
+        },
         features=features,
         num_classes=label.num_classes if label else None,
-        class_names=tuple(label.names) if label else None)
+        class_names=tuple(label.names) if label else None,
+    )

@@ -3,6 +3,7 @@
 Without names: prepares every offline data set whose source files are on this machine and lists
 the others with the command that installs them. Exit code 2 when a named data set failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlx.data")
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("prepare", help="write data sets as array_record files")
-    prepare.add_argument("--data_dir", default=None,
-                         help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    prepare.add_argument("names", nargs="*",
-                         help=f"data sets (default: those of {', '.join(OFFLINE_BUILDERS)} "
-                              "whose source files are present)")
+    prepare.add_argument(
+        "--data_dir",
+        default=None,
+        help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    prepare.add_argument(
+        "names",
+        nargs="*",
+        help=f"data sets (default: those of {', '.join(OFFLINE_BUILDERS)} "
+        "whose source files are present)",
+    )
     args = parser.parse_args(argv)
 
     tfds.disable_progress_bar()  # one line per data set below says what happened

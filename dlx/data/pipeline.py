@@ -12,6 +12,7 @@ Reading through a TFDS data source costs ~25-40 us per record in TFDS's Python d
 (~190 batches/s of 128 on one core), so small splits are better read once into an `ArraySource`:
 then a batch is one fancy-indexing copy per feature.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,8 +47,10 @@ class ArraySource:
         lengths = {key: len(column) for key, column in columns.items()}
         if not lengths or len(set(lengths.values())) != 1:
             raise ValueError(f"ArraySource needs columns of one common length, got {lengths}")
-        self.columns = {key: np.asarray(column, batch_dtype(np.asarray(column).dtype))
-                        for key, column in columns.items()}
+        self.columns = {
+            key: np.asarray(column, batch_dtype(np.asarray(column).dtype))
+            for key, column in columns.items()
+        }
         self._length = next(iter(lengths.values()))
 
     def __len__(self) -> int:
@@ -65,8 +68,10 @@ class ArraySource:
 
 
 def _as_batch_dtypes(record: Mapping[str, Any]) -> Batch:
-    return {key: np.asarray(value).astype(batch_dtype(np.asarray(value).dtype), copy=False)
-            for key, value in record.items()}
+    return {
+        key: np.asarray(value).astype(batch_dtype(np.asarray(value).dtype), copy=False)
+        for key, value in record.items()
+    }
 
 
 class NumpyRecords:
@@ -109,8 +114,10 @@ def read_rows(source: RandomAccessSource, indices: np.ndarray) -> Batch:
 
 def load_into_memory(source: RandomAccessSource, chunk_size: int = 4096) -> ArraySource:
     """Reads every record of `source` once, in order (Fashion-MNIST train: ~1.5 s)."""
-    chunks = [read_rows(source, np.arange(start, min(start + chunk_size, len(source))))
-              for start in range(0, len(source), chunk_size)]
+    chunks = [
+        read_rows(source, np.arange(start, min(start + chunk_size, len(source))))
+        for start in range(0, len(source), chunk_size)
+    ]
     if not chunks:
         raise ValueError("cannot load an empty source into memory")
     return ArraySource({key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]})
@@ -119,8 +126,10 @@ def load_into_memory(source: RandomAccessSource, chunk_size: int = 4096) -> Arra
 def _process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
     """The rows of each global batch that belong to this process."""
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of "
-                         f"the process count {process_count}")
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of "
+            f"the process count {process_count}"
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process index {process_index} not in [0, {process_count})")
     local = global_batch_size // process_count
@@ -141,17 +150,26 @@ def shuffled_batch_indices(num_examples: int, batch_size: int, seed: int, step: 
     The result may be a read-only view of the cached permutation."""
     epoch, start = divmod(step * batch_size, num_examples)
     if start + batch_size <= num_examples:  # the usual case: the batch lies within one epoch
-        return _epoch_permutation(num_examples, seed, epoch)[start:start + batch_size]
-    epochs, offsets = np.divmod(np.arange(step * batch_size, (step + 1) * batch_size),
-                                num_examples)
-    return np.concatenate([
-        _epoch_permutation(num_examples, seed, int(epoch))[offsets[epochs == epoch]]
-        for epoch in np.unique(epochs)])
+        return _epoch_permutation(num_examples, seed, epoch)[start : start + batch_size]
+    epochs, offsets = np.divmod(np.arange(step * batch_size, (step + 1) * batch_size), num_examples)
+    return np.concatenate(
+        [
+            _epoch_permutation(num_examples, seed, int(epoch))[offsets[epochs == epoch]]
+            for epoch in np.unique(epochs)
+        ]
+    )
 
 
-def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: int,
-                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
-                   prefetch: int = 4) -> grain.DatasetIterator:
+def train_iterator(
+    source: RandomAccessSource,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 4,
+) -> grain.DatasetIterator:
     """Endless shuffled batches, reshuffled every epoch (see `shuffled_batch_indices`).
 
     Every process draws the same global batches of indices from `seed` and reads only its own
@@ -180,8 +198,10 @@ def train_iterator(source: RandomAccessSource, *, global_batch_size: int, seed: 
 
     def read_batch(step: int) -> Batch:
         if own_batch is not None:
-            return {key: column[rows] for key, column in
-                    own_batch(step, global_batch_size, seed).items()}
+            return {
+                key: column[rows]
+                for key, column in own_batch(step, global_batch_size, seed).items()
+            }
         indices = shuffled_batch_indices(num_examples, global_batch_size, seed, step)
         return read_rows(source, indices[rows])
 
@@ -200,8 +220,13 @@ def num_eval_batches(source: RandomAccessSource, global_batch_size: int) -> int:
     return -(-len(source) // global_batch_size)
 
 
-def eval_batches(source: RandomAccessSource, *, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
+def eval_batches(
+    source: RandomAccessSource,
+    *,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
     """The split once, in order, in global batches of which this process gets its rows.
 
     Every batch has a boolean `mask`; the last global batch is padded to full size with copies

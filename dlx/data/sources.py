@@ -12,6 +12,7 @@ same state as any other (`{"next_index": step}`), checkpointed and restored by t
 are also random-access sources (`len`, `source[i]`, `read_rows`): the runner reads `source[0]`
 to learn the batch's shapes, and `pipeline.eval_batches` reads them in order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -45,14 +46,17 @@ class WholeBatchSource(ArraySource):
         size = len(next(iter(columns.values()))) if columns else 0
         mask = np.ones(size, bool) if mask is None else np.asarray(mask)
         if mask.dtype != bool or mask.shape != (size,):
-            raise ValueError(f"mask must be a boolean array of the {size} rows, got "
-                             f"{mask.dtype} {mask.shape}")
+            raise ValueError(
+                f"mask must be a boolean array of the {size} rows, got {mask.dtype} {mask.shape}"
+            )
         super().__init__({**columns, MASK: mask})
 
     def check_batch_size(self, batch_size: int, key: str = "config.data.batch_size") -> None:
         if batch_size != len(self):
-            raise ConfigError(f"{key}={batch_size}, but this data set is one batch of "
-                              f"{len(self)} rows; set {key}={len(self)}")
+            raise ConfigError(
+                f"{key}={batch_size}, but this data set is one batch of "
+                f"{len(self)} rows; set {key}={len(self)}"
+            )
 
     def global_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         """Every step's batch: all of it (`step` and `seed` change nothing)."""
@@ -72,8 +76,12 @@ class GeneratedSource:
     "epoch" for durations given in epochs.
     """
 
-    def __init__(self, draw: Callable[[np.random.Generator, int], Mapping[str, np.ndarray]],
-                 num_examples: int, seed: int = 0):
+    def __init__(
+        self,
+        draw: Callable[[np.random.Generator, int], Mapping[str, np.ndarray]],
+        num_examples: int,
+        seed: int = 0,
+    ):
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
         self.draw = draw
@@ -84,11 +92,15 @@ class GeneratedSource:
     def _drawn(self, entropy: list[int], stream: int, count: int) -> Batch:
         rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(stream,)))
         columns = {key: np.asarray(value) for key, value in self.draw(rng, count).items()}
-        wrong = {key: value.shape for key, value in columns.items()
-                 if value.ndim == 0 or len(value) != count}
+        wrong = {
+            key: value.shape
+            for key, value in columns.items()
+            if value.ndim == 0 or len(value) != count
+        }
         if not columns or wrong:
-            raise ValueError(f"draw(rng, {count}) must return arrays of {count} rows, got "
-                             f"{wrong or 'nothing'}")
+            raise ValueError(
+                f"draw(rng, {count}) must return arrays of {count} rows, got {wrong or 'nothing'}"
+            )
         return ArraySource(columns).columns  # in batch dtypes (int64 -> int32 ...)
 
     def global_batch(self, step: int, batch_size: int, seed: int) -> Batch:

@@ -13,6 +13,7 @@ A window is `length + 1` tokens: inputs `tokens[:-1]`, targets `tokens[1:]`. `tr
 over a `WindowSource` draws windows by seeded permutation, so its state is just the step and a
 restored iterator continues with the same windows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from dlx.layers.attention import PAD_ID
 
 BOS_ID, EOS_ID = 1, 2
 G2P_DATA_SETS = ("cmudict",)  # the data sets `g2p_source` reads
-G2P_MAX_INPUT_LENGTH = 32   # cmudict's longest word has 28 letters
+G2P_MAX_INPUT_LENGTH = 32  # cmudict's longest word has 28 letters
 G2P_MAX_TARGET_LENGTH = 32  # its longest pronunciation 28 phonemes, +2 for bos and eos
 G2P_MAX_PRONUNCIATIONS = 4  # cmudict's most for one word, stress removed
 
@@ -37,8 +38,7 @@ def read_texts(name: str, split: str, data_dir: str | None = None) -> list[str]:
     record order (prepared first if needed)."""
     builder = prepare(name, data_dir)
     if "text" not in builder.info.features:
-        raise DataError(f"{name} has no 'text' feature (it has "
-                        f"{', '.join(builder.info.features)})")
+        raise DataError(f"{name} has no 'text' feature (it has {', '.join(builder.info.features)})")
     records = builder.as_data_source(split=split)
     return [records[i]["text"].decode("utf-8") for i in range(len(records))]
 
@@ -51,8 +51,9 @@ class WindowSource:
     def __init__(self, tokens: np.ndarray, length: int, stride: int = 1):
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} "
-                             f"{tokens.shape}")
+            raise ValueError(
+                f"tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}"
+            )
         if length < 1 or stride < 1:
             raise ValueError(f"length and stride must be >= 1, got {length} and {stride}")
         if len(tokens) < length + 1:
@@ -73,7 +74,7 @@ class WindowSource:
         if not 0 <= index < self._num_windows:
             raise IndexError(f"window {index} not in [0, {self._num_windows})")
         start = index * self.stride
-        return {"tokens": self.tokens[start:start + self.length + 1]}
+        return {"tokens": self.tokens[start : start + self.length + 1]}
 
     def __getitems__(self, indices: Sequence[int]) -> list[Batch]:
         return [self[index] for index in indices]
@@ -82,8 +83,9 @@ class WindowSource:
         """Windows `indices` stacked into [len(indices), length + 1], in one gather."""
         indices = np.asarray(indices, np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= self._num_windows):
-            raise IndexError(f"windows {indices.min()}..{indices.max()} not all in "
-                             f"[0, {self._num_windows})")
+            raise IndexError(
+                f"windows {indices.min()}..{indices.max()} not all in [0, {self._num_windows})"
+            )
         return {"tokens": self.tokens[indices[:, None] * self.stride + self._offsets]}
 
 
@@ -95,10 +97,13 @@ class G2PVocab:
 
     def __init__(self, symbols: Sequence[str], separator: str):
         symbols = tuple(sorted(set(symbols)))
-        if not symbols or any(s in self.SPECIALS or not s or (separator and separator in s)
-                              for s in symbols):
-            raise ValueError(f"symbols must be non-empty strings without {separator!r} or "
-                             f"special names, got {symbols}")
+        if not symbols or any(
+            s in self.SPECIALS or not s or (separator and separator in s) for s in symbols
+        ):
+            raise ValueError(
+                f"symbols must be non-empty strings without {separator!r} or "
+                f"special names, got {symbols}"
+            )
         self.symbols = self.SPECIALS + symbols
         self.separator = separator
         self._ids = {symbol: i for i, symbol in enumerate(self.symbols)}
@@ -126,21 +131,24 @@ class G2PVocab:
         try:
             ids = [self._ids[symbol] for symbol in self.split(text)]
         except KeyError as error:
-            raise ValueError(f"{text!r}: symbol {error.args[0]!r} is not in the "
-                             "vocabulary") from None
+            raise ValueError(
+                f"{text!r}: symbol {error.args[0]!r} is not in the vocabulary"
+            ) from None
         return np.asarray([BOS_ID] * bos + ids + [EOS_ID] * eos, np.int32)
 
-    def encode_padded(self, texts: Sequence[str], max_length: int, *, bos: bool = False,
-                      eos: bool = False) -> np.ndarray:
+    def encode_padded(
+        self, texts: Sequence[str], max_length: int, *, bos: bool = False, eos: bool = False
+    ) -> np.ndarray:
         """[len(texts), max_length] int32, each row `encode(text)` then PAD_ID; a text that does
         not fit is an error (truncating would train on wrong labels)."""
         rows = np.full((len(texts), max_length), PAD_ID, np.int32)
         for row, text in zip(rows, texts):
             ids = self.encode(text, bos=bos, eos=eos)
             if len(ids) > max_length:
-                raise ValueError(f"{text!r} needs {len(ids)} ids, more than max_length "
-                                 f"{max_length}")
-            row[:len(ids)] = ids
+                raise ValueError(
+                    f"{text!r} needs {len(ids)} ids, more than max_length {max_length}"
+                )
+            row[: len(ids)] = ids
         return rows
 
     def decode(self, ids: Sequence[int] | np.ndarray, join: str | None = None) -> str:
@@ -160,10 +168,14 @@ def g2p_vocabularies() -> tuple[G2PVocab, G2PVocab]:
     return G2PVocab.graphemes(), G2PVocab.phonemes()
 
 
-def g2p_source(split: str, data_dir: str | None = None, *,
-               max_input_length: int = G2P_MAX_INPUT_LENGTH,
-               max_target_length: int = G2P_MAX_TARGET_LENGTH,
-               references: bool = False) -> ArraySource:
+def g2p_source(
+    split: str,
+    data_dir: str | None = None,
+    *,
+    max_input_length: int = G2P_MAX_INPUT_LENGTH,
+    max_target_length: int = G2P_MAX_TARGET_LENGTH,
+    references: bool = False,
+) -> ArraySource:
     """cmudict `split` as int32 arrays: "inputs" [N, max_input_length] the word's letters
     (`G2PVocab.graphemes`) then pad; "targets" [N, max_target_length] bos, the primary
     pronunciation's phonemes (`G2PVocab.phonemes`), eos, then pad. With `references`, also
@@ -171,23 +183,32 @@ def g2p_source(split: str, data_dir: str | None = None, *,
     word (the primary first, as targets[:, 1:]: phonemes, eos, pad), then rows of pad only.
     Rows in the split's record order."""
     words = source("cmudict", split, data_dir, in_memory=True)
-    texts = {key: [value.decode("utf-8") for value in words.columns[key].tolist()]
-             for key in ("word", "phonemes", "alternates")}
+    texts = {
+        key: [value.decode("utf-8") for value in words.columns[key].tolist()]
+        for key in ("word", "phonemes", "alternates")
+    }
     graphemes, phonemes = g2p_vocabularies()
-    arrays = {"inputs": graphemes.encode_padded(texts["word"], max_input_length),
-              "targets": phonemes.encode_padded(texts["phonemes"], max_target_length, bos=True,
-                                                eos=True)}
+    arrays = {
+        "inputs": graphemes.encode_padded(texts["word"], max_input_length),
+        "targets": phonemes.encode_padded(texts["phonemes"], max_target_length, bos=True, eos=True),
+    }
     if references:
-        table = np.full((len(arrays["targets"]), G2P_MAX_PRONUNCIATIONS, max_target_length - 1),
-                        PAD_ID, np.int32)
+        table = np.full(
+            (len(arrays["targets"]), G2P_MAX_PRONUNCIATIONS, max_target_length - 1),
+            PAD_ID,
+            np.int32,
+        )
         table[:, 0] = arrays["targets"][:, 1:]
         for row, alternates in enumerate(texts["alternates"]):
             others = alternates.split(CMUDICT_ALTERNATES_SEPARATOR) if alternates else []
             if len(others) >= G2P_MAX_PRONUNCIATIONS:
-                raise DataError(f"{texts['word'][row]!r} has {len(others) + 1} pronunciations, "
-                                f"more than G2P_MAX_PRONUNCIATIONS = {G2P_MAX_PRONUNCIATIONS}")
+                raise DataError(
+                    f"{texts['word'][row]!r} has {len(others) + 1} pronunciations, "
+                    f"more than G2P_MAX_PRONUNCIATIONS = {G2P_MAX_PRONUNCIATIONS}"
+                )
             if others:
-                table[row, 1:len(others) + 1] = phonemes.encode_padded(
-                    others, max_target_length - 1, eos=True)
+                table[row, 1 : len(others) + 1] = phonemes.encode_padded(
+                    others, max_target_length - 1, eos=True
+                )
         arrays["references"] = table
     return ArraySource(arrays)

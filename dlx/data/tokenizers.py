@@ -19,6 +19,7 @@ document boundary, if wanted, is a separator string the caller puts in the text.
   own `tokenizer.json` format, which `tokenizers.Tokenizer.from_file` (and HF transformers'
   `PreTrainedTokenizerFast(tokenizer_file=...)`) also read.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,15 +67,17 @@ class CharTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int | None = None) -> CharTokenizer:
-        codes, counts = np.unique(np.concatenate([_code_points(t) for t in texts] + [
-            np.zeros(0, np.uint32)]), return_counts=True)
+        codes, counts = np.unique(
+            np.concatenate([_code_points(t) for t in texts] + [np.zeros(0, np.uint32)]),
+            return_counts=True,
+        )
         if len(codes) == 0:
             raise ValueError("cannot train a char tokenizer on empty texts")
         if vocab_size is not None:
             if vocab_size < 2:
                 raise ValueError(f"a char vocabulary needs vocab_size >= 2, got {vocab_size}")
             # np.unique sorted by code point; a stable sort by count keeps that order in ties.
-            codes = np.sort(codes[np.argsort(-counts, kind="stable")[:vocab_size - 1]])
+            codes = np.sort(codes[np.argsort(-counts, kind="stable")[: vocab_size - 1]])
         return cls(codes.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
 
     @property
@@ -110,14 +113,19 @@ class BpeTokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
         if vocab_size < _BYTE_ALPHABET_SIZE:
-            raise ValueError(f"byte-level BPE needs vocab_size >= {_BYTE_ALPHABET_SIZE} (the "
-                             f"byte alphabet), got {vocab_size}")
+            raise ValueError(
+                f"byte-level BPE needs vocab_size >= {_BYTE_ALPHABET_SIZE} (the "
+                f"byte alphabet), got {vocab_size}"
+            )
         tokenizer = tokenizers.Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      special_tokens=[])
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=[],
+        )
         tokenizer.train_from_iterator(texts, trainer)
         return cls(tokenizer)
 
@@ -129,15 +137,17 @@ class BpeTokenizer:
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
-                                     skip_special_tokens=False)
+        return self.tokenizer.decode(
+            [int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         self.tokenizer.save(os.fspath(path))
 
 
-def train_tokenizer(kind: Literal["char", "bpe"], texts: Iterable[str],
-                    vocab_size: int | None = None) -> CharTokenizer | BpeTokenizer:
+def train_tokenizer(
+    kind: Literal["char", "bpe"], texts: Iterable[str], vocab_size: int | None = None
+) -> CharTokenizer | BpeTokenizer:
     """A tokenizer of `kind` fitted to `texts`. vocab_size: char, optional (default: every
     character seen, plus unknown); bpe, required (>= 256)."""
     if kind == "char":

@@ -27,6 +27,7 @@ Mapping (E embed, H heads, D = E / H; GPT-2's Conv1D weights are already [in, ou
     h.i.mlp.c_fc, h.i.mlp.c_proj -> h_i/mlp/fc, h_i/mlp/proj
     lm_head.weight [V, E]        -> lm_head/kernel [E, V] (tie_word_embeddings false only)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,11 +58,21 @@ GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # the same tanh approximation, tw
 # GPT2Config's defaults, for keys an older config.json leaves out (transformers fills them in
 # the same way).
 HF_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-    "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1,
-    "embd_pdrop": 0.1, "attn_pdrop": 0.1, "layer_norm_epsilon": 1e-5,
-    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-    "add_cross_attention": False, "tie_word_embeddings": True,
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
 }
 DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
@@ -69,6 +80,7 @@ DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
+
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """config.json of a checkpoint directory, as a dict (not validated; see model_config)."""
@@ -112,16 +124,24 @@ def model_config(hf_config: Mapping[str, Any], *, dropout: float | None = None) 
     config = {**HF_DEFAULTS, **hf_config}
     activation = config["activation_function"]
     if activation not in GELU_TANH:
-        raise ConfigError(f"gpt2 config: activation_function {activation!r} is not supported; "
-                          f"dlx's GPT-2 MLP uses the tanh GELU {GELU_TANH}")
-    for key, needed in [("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                        ("add_cross_attention", False)]:
+        raise ConfigError(
+            f"gpt2 config: activation_function {activation!r} is not supported; "
+            f"dlx's GPT-2 MLP uses the tanh GELU {GELU_TANH}"
+        )
+    for key, needed in [
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+    ]:
         if config[key] is not needed:
-            raise ConfigError(f"gpt2 config: {key}={config[key]!r} is not supported "
-                              f"(dlx needs {needed})")
+            raise ConfigError(
+                f"gpt2 config: {key}={config[key]!r} is not supported (dlx needs {needed})"
+            )
     if not isinstance(config["tie_word_embeddings"], bool):
-        raise ConfigError(f"gpt2 config: tie_word_embeddings must be true or false, got "
-                          f"{config['tie_word_embeddings']!r}")
+        raise ConfigError(
+            f"gpt2 config: tie_word_embeddings must be true or false, got "
+            f"{config['tie_word_embeddings']!r}"
+        )
     embed, heads = _positive_int(config, "n_embd"), _positive_int(config, "n_head")
     if embed % heads:
         raise ConfigError(f"gpt2 config: n_embd {embed} is not divisible by n_head {heads}")
@@ -132,16 +152,29 @@ def model_config(hf_config: Mapping[str, Any], *, dropout: float | None = None) 
     if dropout is None:
         rates = {key: _rate(config, key) for key in DROPOUT_KEYS}
         if len(set(rates.values())) > 1:
-            raise ConfigError(f"gpt2 config: dlx has one dropout rate but the checkpoint has "
-                              f"{rates}; pass dropout=...")
+            raise ConfigError(
+                f"gpt2 config: dlx has one dropout rate but the checkpoint has "
+                f"{rates}; pass dropout=..."
+            )
         dropout = rates["resid_pdrop"]
     elif not 0 <= dropout < 1:
         raise ConfigError(f"gpt2: dropout must be in [0, 1), got {dropout!r}")
-    return dict(kind="decoder", vocab_size=_positive_int(config, "vocab_size"),
-                num_layers=_positive_int(config, "n_layer"), embed_dim=embed, num_heads=heads,
-                mlp_dim=mlp_dim, max_len=_positive_int(config, "n_positions"),
-                dropout=float(dropout), norm="layer", norm_eps=float(eps), mlp="gelu",
-                position="learned", tie_embeddings=config["tie_word_embeddings"], bias=True)
+    return dict(
+        kind="decoder",
+        vocab_size=_positive_int(config, "vocab_size"),
+        num_layers=_positive_int(config, "n_layer"),
+        embed_dim=embed,
+        num_heads=heads,
+        mlp_dim=mlp_dim,
+        max_len=_positive_int(config, "n_positions"),
+        dropout=float(dropout),
+        norm="layer",
+        norm_eps=float(eps),
+        mlp="gelu",
+        position="learned",
+        tie_embeddings=config["tie_word_embeddings"],
+        bias=True,
+    )
 
 
 def gpt2_config(model: Model, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -150,23 +183,37 @@ def gpt2_config(model: Model, extra: Mapping[str, Any] | None = None) -> dict[st
     required = dict(kind="decoder", norm="layer", mlp="gelu", position="learned", bias=True)
     for field, value in required.items():
         if getattr(model, field) != value:
-            raise ConfigError(f"gpt2 export: the model has {field}={getattr(model, field)!r}; "
-                              f"GPT-2 needs {field}={value!r}")
+            raise ConfigError(
+                f"gpt2 export: the model has {field}={getattr(model, field)!r}; "
+                f"GPT-2 needs {field}={value!r}"
+            )
     if model.kv_heads != model.num_heads:
-        raise ConfigError(f"gpt2 export: GPT-2 has no grouped-query attention (num_kv_heads="
-                          f"{model.num_kv_heads}, num_heads={model.num_heads})")
+        raise ConfigError(
+            f"gpt2 export: GPT-2 has no grouped-query attention (num_kv_heads="
+            f"{model.num_kv_heads}, num_heads={model.num_heads})"
+        )
     config = {
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "activation_function": "gelu_new", "vocab_size": model.vocab_size,
-        "n_positions": model.max_len, "n_embd": model.embed_dim, "n_layer": model.num_layers,
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "activation_function": "gelu_new",
+        "vocab_size": model.vocab_size,
+        "n_positions": model.max_len,
+        "n_embd": model.embed_dim,
+        "n_layer": model.num_layers,
         "n_head": model.num_heads,
         "n_inner": None if model.hidden_dim == 4 * model.embed_dim else model.hidden_dim,
-        "layer_norm_epsilon": model.norm_eps, "tie_word_embeddings": model.tie_embeddings,
+        "layer_norm_epsilon": model.norm_eps,
+        "tie_word_embeddings": model.tie_embeddings,
         **{key: model.dropout for key in DROPOUT_KEYS},
-        "initializer_range": 0.02, "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "add_cross_attention": False, "use_cache": True,
-        "bos_token_id": None, "eos_token_id": None, "dtype": "float32",
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "dtype": "float32",
     }
     clashes = sorted(set(extra or {}) & (set(HF_DEFAULTS) | {"model_type", "architectures"}))
     if clashes:
@@ -178,9 +225,11 @@ def gpt2_config(model: Model, extra: Mapping[str, Any] | None = None) -> dict[st
 # Tensor mapping
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     """One GPT-2 tensor (name without the "transformer." prefix) and its dlx parameter."""
+
     name: str
     path: tuple[str, ...]
     hf_shape: tuple[int, ...]
@@ -198,26 +247,41 @@ class TensorSpec:
 
 def tensor_specs(model: Model) -> list[TensorSpec]:
     """Every tensor of the GPT-2 checkpoint equivalent to `model` (lm_head only if untied)."""
-    e, h, d, m, v = (model.embed_dim, model.num_heads, model.head_dim, model.hidden_dim,
-                     model.vocab_size)
+    e, h, d, m, v = (
+        model.embed_dim,
+        model.num_heads,
+        model.head_dim,
+        model.hidden_dim,
+        model.vocab_size,
+    )
 
     def norm(hf: str, dlx: tuple[str, ...]) -> list[TensorSpec]:
-        return [TensorSpec(f"{hf}.weight", (*dlx, "scale"), (e,), (e,)),
-                TensorSpec(f"{hf}.bias", (*dlx, "bias"), (e,), (e,))]
+        return [
+            TensorSpec(f"{hf}.weight", (*dlx, "scale"), (e,), (e,)),
+            TensorSpec(f"{hf}.bias", (*dlx, "bias"), (e,), (e,)),
+        ]
 
-    def dense(hf: str, dlx: tuple[str, ...], n_in: int, n_out: int,
-              kernel_shape: tuple[int, ...], bias_shape: tuple[int, ...]) -> list[TensorSpec]:
-        return [TensorSpec(f"{hf}.weight", (*dlx, "kernel"), (n_in, n_out), kernel_shape),
-                TensorSpec(f"{hf}.bias", (*dlx, "bias"), (n_out,), bias_shape)]
+    def dense(
+        hf: str,
+        dlx: tuple[str, ...],
+        n_in: int,
+        n_out: int,
+        kernel_shape: tuple[int, ...],
+        bias_shape: tuple[int, ...],
+    ) -> list[TensorSpec]:
+        return [
+            TensorSpec(f"{hf}.weight", (*dlx, "kernel"), (n_in, n_out), kernel_shape),
+            TensorSpec(f"{hf}.bias", (*dlx, "bias"), (n_out,), bias_shape),
+        ]
 
-    specs = [TensorSpec("wte.weight", ("wte", "embedding"), (v, e), (v, e)),
-             TensorSpec("wpe.weight", ("wpe", "embedding"), (model.max_len, e),
-                        (model.max_len, e))]
+    specs = [
+        TensorSpec("wte.weight", ("wte", "embedding"), (v, e), (v, e)),
+        TensorSpec("wpe.weight", ("wpe", "embedding"), (model.max_len, e), (model.max_len, e)),
+    ]
     for i in range(model.num_layers):
         hf, dlx = f"h.{i}", f"h_{i}"
         specs += norm(f"{hf}.ln_1", (dlx, "ln_1"))
-        specs += dense(f"{hf}.attn.c_attn", (dlx, "attn", "qkv"), e, 3 * e, (e, 3, h, d),
-                       (3, h, d))
+        specs += dense(f"{hf}.attn.c_attn", (dlx, "attn", "qkv"), e, 3 * e, (e, 3, h, d), (3, h, d))
         specs += dense(f"{hf}.attn.c_proj", (dlx, "attn", "proj"), e, e, (h, d, e), (e,))
         specs += norm(f"{hf}.ln_2", (dlx, "ln_2"))
         specs += dense(f"{hf}.mlp.c_fc", (dlx, "mlp", "fc"), e, m, (e, m), (m,))
@@ -251,13 +315,16 @@ def _check_specs_match_model(model: Model, specs: list[TensorSpec]) -> None:
     actual = _expected_param_shapes(model)
     if mapped != actual:
         differing = sorted(set(mapped.items()) ^ set(actual.items()))[:4]
-        raise RuntimeError(f"dlx.hub.gpt2 maps parameters the transformer does not have (or "
-                           f"misses some): {differing}")
+        raise RuntimeError(
+            f"dlx.hub.gpt2 maps parameters the transformer does not have (or "
+            f"misses some): {differing}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+
 
 def _strip_prefix(names: list[str], where: Path) -> dict[str, str]:
     """GPT-2 name (without "transformer.") -> stored name; buffers dropped."""
@@ -265,12 +332,16 @@ def _strip_prefix(names: list[str], where: Path) -> dict[str, str]:
     prefixed = {n.startswith(PREFIX) for n in body}
     if len(prefixed) > 1:
         raise DataError(f"gpt2: {where} mixes names with and without the '{PREFIX}' prefix")
-    return {(n[len(PREFIX):] if n.startswith(PREFIX) else n): n for n in names
-            if not n.endswith(BUFFER_SUFFIXES)}
+    return {
+        (n[len(PREFIX) :] if n.startswith(PREFIX) else n): n
+        for n in names
+        if not n.endswith(BUFFER_SUFFIXES)
+    }
 
 
-def _check_sizes_against_weights(fields: Mapping[str, Any], stored: safetensors.TensorIndex,
-                                 directory: Path) -> None:
+def _check_sizes_against_weights(
+    fields: Mapping[str, Any], stored: safetensors.TensorIndex, directory: Path
+) -> None:
     """The sizes config.json claims (vocab, width, positions, MLP width, layers) against the
     shapes in the safetensors headers, before anything is built: a config claiming 100,000
     layers is refused here rather than after minutes of building them. (GPT-2's tensors do not
@@ -281,27 +352,36 @@ def _check_sizes_against_weights(fields: Mapping[str, Any], stored: safetensors.
         if table not in shapes:
             raise DataError(f"gpt2: {directory} lacks tensor(s) ['{table}']")
         if len(shapes[table]) != 2:
-            raise DataError(f"gpt2: tensor {names[table]} has shape {list(shapes[table])}; "
-                            f"an embedding table is 2-D")
-    claims = [("vocab_size", fields["vocab_size"], shapes["wte.weight"][0], "rows of wte.weight"),
-              ("n_embd", fields["embed_dim"], shapes["wte.weight"][1], "columns of wte.weight"),
-              ("n_positions", fields["max_len"], shapes["wpe.weight"][0], "rows of wpe.weight")]
+            raise DataError(
+                f"gpt2: tensor {names[table]} has shape {list(shapes[table])}; "
+                f"an embedding table is 2-D"
+            )
+    claims = [
+        ("vocab_size", fields["vocab_size"], shapes["wte.weight"][0], "rows of wte.weight"),
+        ("n_embd", fields["embed_dim"], shapes["wte.weight"][1], "columns of wte.weight"),
+        ("n_positions", fields["max_len"], shapes["wpe.weight"][0], "rows of wpe.weight"),
+    ]
     fc = shapes.get("h.0.mlp.c_fc.weight")
     if fc is not None and len(fc) == 2:
         claims.append(("n_inner", fields["mlp_dim"], fc[1], "columns of h.0.mlp.c_fc.weight"))
     for key, claimed, found, where in claims:
         if claimed != found:
-            raise DataError(f"gpt2: config.json claims {key}={claimed} but the weights in "
-                            f"{directory} have {found} ({where})")
+            raise DataError(
+                f"gpt2: config.json claims {key}={claimed} but the weights in "
+                f"{directory} have {found} ({where})"
+            )
     blocks = {int(match.group(1)) for name in shapes if (match := re.match(r"h\.(\d+)\.", name))}
     if fields["num_layers"] > len(blocks):  # fewer: the extra blocks' tensors are named below
-        raise DataError(f"gpt2: config.json claims n_layer={fields['num_layers']} but the "
-                        f"weights in {directory} hold {len(blocks)} block(s)"
-                        f"{f' (h.{min(blocks)} ... h.{max(blocks)})' if blocks else ''}")
+        raise DataError(
+            f"gpt2: config.json claims n_layer={fields['num_layers']} but the "
+            f"weights in {directory} hold {len(blocks)} block(s)"
+            f"{f' (h.{min(blocks)} ... h.{max(blocks)})' if blocks else ''}"
+        )
 
 
-def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
-              dtype: Any = jnp.float32) -> tuple[Model, dict[str, Any]]:
+def load_gpt2(
+    directory: str | os.PathLike, *, dropout: float | None = None, dtype: Any = jnp.float32
+) -> tuple[Model, dict[str, Any]]:
     """(model, params) from a Hugging Face GPT-2 checkpoint directory; apply the model with
     `{"params": params}`. `dropout`: see model_config. Raises ConfigError / DataError (one line)
     for a checkpoint that is not GPT-2 or does not match its own config; the config's sizes are
@@ -317,17 +397,23 @@ def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
     expected = {spec.name for spec in specs}
     missing = [spec.name for spec in specs if spec.name not in names]
     if missing:
-        raise DataError(f"gpt2: {directory} lacks tensor(s) {missing[:5]}"
-                        f"{' ...' if len(missing) > 5 else ''} ({len(missing)} missing)")
+        raise DataError(
+            f"gpt2: {directory} lacks tensor(s) {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} ({len(missing)} missing)"
+        )
     unexpected = sorted(set(names) - expected - {LM_HEAD})
     if unexpected:
-        raise DataError(f"gpt2: {directory} has tensor(s) a GPT-2 of this config does not: "
-                        f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise DataError(
+            f"gpt2: {directory} has tensor(s) a GPT-2 of this config does not: "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
     for spec in specs:
         shape = stored[names[spec.name]][1]
         if shape != spec.hf_shape:
-            raise DataError(f"gpt2: tensor {names[spec.name]} has shape {list(shape)}, the "
-                            f"config implies {list(spec.hf_shape)}")
+            raise DataError(
+                f"gpt2: tensor {names[spec.name]} has shape {list(shape)}, the "
+                f"config implies {list(spec.hf_shape)}"
+            )
     _check_specs_match_model(model, specs)
 
     params: dict[str, Any] = {}
@@ -340,8 +426,10 @@ def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
         if model.tie_embeddings and LM_HEAD in names:
             head, wte = read(names[LM_HEAD]), read(names["wte.weight"])
             if head.shape != wte.shape or not np.array_equal(head, wte):
-                raise DataError(f"gpt2: {directory} has an {LM_HEAD} that differs from "
-                                f"wte.weight but its config ties them (tie_word_embeddings)")
+                raise DataError(
+                    f"gpt2: {directory} has an {LM_HEAD} that differs from "
+                    f"wte.weight but its config ties them (tie_word_embeddings)"
+                )
     return model, params
 
 
@@ -349,8 +437,14 @@ def load_gpt2(directory: str | os.PathLike, *, dropout: float | None = None,
 # Export
 # ---------------------------------------------------------------------------------------------
 
-def export_gpt2(model: Model, params: Mapping[str, Any], directory: str | os.PathLike, *,
-                extra_config: Mapping[str, Any] | None = None) -> Path:
+
+def export_gpt2(
+    model: Model,
+    params: Mapping[str, Any],
+    directory: str | os.PathLike,
+    *,
+    extra_config: Mapping[str, Any] | None = None,
+) -> Path:
     """Write `directory`/config.json and model.safetensors (float32, GPT2LMHeadModel names)
     for a dlx decoder with GPT-2's architecture. `params` is the "params" collection (or a
     variables dict holding it), boxed or not. Returns the directory."""
@@ -364,8 +458,10 @@ def export_gpt2(model: Model, params: Mapping[str, Any], directory: str | os.Pat
     wanted = {spec.path: spec.dlx_shape for spec in specs}
     if given != wanted:
         differing = sorted(set(given.items()) ^ set(wanted.items()))[:4]
-        raise ConfigError(f"gpt2 export: params do not fit the model; first differences "
-                          f"(path, shape): {differing}")
+        raise ConfigError(
+            f"gpt2 export: params do not fit the model; first differences "
+            f"(path, shape): {differing}"
+        )
 
     tensors = {}
     for spec in specs:

@@ -5,6 +5,7 @@ the headers without reading data, then read tensors by name into numpy.
 No pickle, no torch, no code from the checkpoint; anything unreadable is a DataError of one line
 that names the family being imported (`what`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,10 @@ def weight_files(directory: Path, what: str) -> list[Path]:
                 raise DataError(f"{what}: shard {shard} listed in {index.name} is missing")
         return [directory / shard for shard in shards]
     found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    raise DataError(f"{what}: no {WEIGHTS_FILE} or {INDEX_FILE} in {directory} (found {found}); "
-                    f"dlx reads safetensors only, never pickled .bin files")
+    raise DataError(
+        f"{what}: no {WEIGHTS_FILE} or {INDEX_FILE} in {directory} (found {found}); "
+        f"dlx reads safetensors only, never pickled .bin files"
+    )
 
 
 def tensor_index(files: list[Path], what: str) -> TensorIndex:
@@ -57,8 +60,10 @@ def tensor_index(files: list[Path], what: str) -> TensorIndex:
                     info = f.get_slice(name)
                     tensors[name] = (path, tuple(info.get_shape()), info.get_dtype())
         except Exception as error:  # safetensors raises its own error types for bad headers
-            raise DataError(f"{what}: cannot read {path} as safetensors: "
-                            f"{(str(error).splitlines() or [type(error).__name__])[0]}") from error
+            raise DataError(
+                f"{what}: cannot read {path} as safetensors: "
+                f"{(str(error).splitlines() or [type(error).__name__])[0]}"
+            ) from error
     return tensors
 
 
@@ -80,8 +85,10 @@ class Reader:
     def __call__(self, name: str) -> np.ndarray:
         path, _, dtype = self.stored[name]
         if dtype not in READABLE_DTYPES:
-            raise DataError(f"{self.what}: tensor {name} in {path.name} is {dtype}; dlx reads "
-                            f"{sorted(READABLE_DTYPES)} (convert the checkpoint to float32)")
+            raise DataError(
+                f"{self.what}: tensor {name} in {path.name} is {dtype}; dlx reads "
+                f"{sorted(READABLE_DTYPES)} (convert the checkpoint to float32)"
+            )
         if path not in self.handles:
             self.handles[path] = self.stack.enter_context(safe_open(path, framework="np"))
         return self.handles[path].get_tensor(name)

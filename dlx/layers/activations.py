@@ -1,4 +1,5 @@
 """Activation functions by name."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -75,7 +76,7 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         stride *= pairs[axis]
     words = threefry2x32(key.astype(jnp.uint32), counter, jnp.zeros_like(counter))
     bits = jnp.stack(words, axis=-1).reshape(*pairs[:-1], 2 * pairs[-1])
-    return bits[..., :shape[-1]]
+    return bits[..., : shape[-1]]
 
 
 class Dropout(nn.Module):
@@ -83,6 +84,7 @@ class Dropout(nn.Module):
     `broadcast_dims`) with its keep mask drawn from `random_bits`, a fused Threefry, instead of
     `jax.random.bernoulli`, whose rolled Threefry loop took ~13% of the Fashion-MNIST MLP's train
     step on CPU. Keep probability 1 - rate, to 2^-32."""
+
     rate: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"

@@ -17,6 +17,7 @@ Implementations (`implementation=`):
 queries, each over the keys up to its end: 10/16 of the score matrix (measurements in
 BENCHMARKS.md, "Tuning notes").
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
         keep = 1.0 - dropout_rate
         threshold = jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
         probs = jnp.where(random_bits(dropout_rng, probs.shape) < threshold, probs / keep, 0.0)
-    out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32).astype(v.dtype)
+    out = jnp.einsum(
+        "bkqs,bksh->bkqh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    ).astype(v.dtype)
     out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
 
@@ -102,27 +104,43 @@ def _causal_block_attention(query, key, value, dropout_rate, dropout_rng):
     for i in range(CAUSAL_QUERY_BLOCKS):
         end = (i + 1) * size
         rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-        blocks.append(_einsum_attention(query[:, end - size:end], key[:, :end], value[:, :end],
-                                        causal_mask(size, end, offset=end - size),
-                                        dropout_rate, rng))
+        blocks.append(
+            _einsum_attention(
+                query[:, end - size : end],
+                key[:, :end],
+                value[:, :end],
+                causal_mask(size, end, offset=end - size),
+                dropout_rate,
+                rng,
+            )
+        )
     return jnp.concatenate(blocks, axis=1)
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          mask: jax.Array | None = None, *, causal: bool = False,
-                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-                          implementation: str = "auto") -> jax.Array:
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    causal: bool = False,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    implementation: str = "auto",
+) -> jax.Array:
     """softmax(q k^T / sqrt(head_dim) + masked) v per head -> [B, T, heads, head_dim].
 
     `causal`: query i also sees only keys 0..i (queries and keys at the same positions).
     A query whose keys are all masked gets the mean of the values (finite, never NaN).
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation '{implementation}'; "
-                         f"choose from {IMPLEMENTATIONS}")
+        raise ValueError(
+            f"unknown attention implementation '{implementation}'; choose from {IMPLEMENTATIONS}"
+        )
     if query.shape[2] % key.shape[2]:
-        raise ValueError(f"{query.shape[2]} query heads do not divide into "
-                         f"{key.shape[2]} key/value heads")
+        raise ValueError(
+            f"{query.shape[2]} query heads do not divide into {key.shape[2]} key/value heads"
+        )
     if dropout_rate > 0.0 and dropout_rng is None:
         raise ValueError("attention dropout needs a dropout_rng")
     if implementation == "auto":
@@ -133,8 +151,13 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
             raise ValueError("implementation='jax' has no attention dropout; use 'einsum'")
         return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal)
     length = query.shape[1]
-    if (causal and mask is None and key.shape[1] == length
-            and length >= CAUSAL_BLOCKS_MIN_LENGTH and length % CAUSAL_QUERY_BLOCKS == 0):
+    if (
+        causal
+        and mask is None
+        and key.shape[1] == length
+        and length >= CAUSAL_BLOCKS_MIN_LENGTH
+        and length % CAUSAL_QUERY_BLOCKS == 0
+    ):
         return _causal_block_attention(query, key, value, dropout_rate, dropout_rng)
     if causal:
         mask = combine_masks(mask, causal_mask(length, key.shape[1]))
@@ -156,6 +179,7 @@ class MultiHeadAttention(nn.Module):
     everything cached so far. Cross-attention keeps no cache: it projects the memory's keys
     and values on every call (cheap next to the decoder for short inputs).
     """
+
     num_heads: int
     head_dim: int
     num_kv_heads: int = 0  # 0: num_heads
@@ -166,23 +190,45 @@ class MultiHeadAttention(nn.Module):
     implementation: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, memory: jax.Array | None = None, *,
-                 mask: jax.Array | None = None, causal: bool = False,
-                 positions: jax.Array | None = None, train: bool = False,
-                 decode: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        memory: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        causal: bool = False,
+        positions: jax.Array | None = None,
+        train: bool = False,
+        decode: bool = False,
+    ) -> jax.Array:
         heads, kv_heads = self.num_heads, self.num_kv_heads or self.num_heads
         q_names = ("batch", "length", "heads", "head_dim")
         kv_names = ("batch", "length", "kv_heads", "head_dim")
         if memory is None and kv_heads == heads:
-            qkv = Projection((3, heads, self.head_dim), ("embed",), ("qkv", "heads", "head_dim"),
-                             self.use_bias, name="qkv")(x)
+            qkv = Projection(
+                (3, heads, self.head_dim),
+                ("embed",),
+                ("qkv", "heads", "head_dim"),
+                self.use_bias,
+                name="qkv",
+            )(x)
             query, key, value = (qkv[:, :, i] for i in range(3))
         else:
-            query = Projection((heads, self.head_dim), ("embed",), ("heads", "head_dim"),
-                               self.use_bias, name="query")(x)
+            query = Projection(
+                (heads, self.head_dim),
+                ("embed",),
+                ("heads", "head_dim"),
+                self.use_bias,
+                name="query",
+            )(x)
             source = x if memory is None else memory
-            kv = Projection((2, kv_heads, self.head_dim), ("embed",),
-                            ("qkv", "kv_heads", "head_dim"), self.use_bias, name="kv")(source)
+            kv = Projection(
+                (2, kv_heads, self.head_dim),
+                ("embed",),
+                ("qkv", "kv_heads", "head_dim"),
+                self.use_bias,
+                name="kv",
+            )(source)
             key, value = kv[:, :, 0], kv[:, :, 1]
         if self.rope_base is not None and memory is None:
             if positions is None:
@@ -198,12 +244,25 @@ class MultiHeadAttention(nn.Module):
             causal = False
 
         rate = self.dropout if train else 0.0
-        out = dot_product_attention(query, key, value, mask, causal=causal, dropout_rate=rate,
-                                    dropout_rng=self.make_rng("dropout") if rate else None,
-                                    implementation=self.implementation)
+        out = dot_product_attention(
+            query,
+            key,
+            value,
+            mask,
+            causal=causal,
+            dropout_rate=rate,
+            dropout_rng=self.make_rng("dropout") if rate else None,
+            implementation=self.implementation,
+        )
         out = nn.with_logical_constraint(out, q_names)
-        out = Projection(x.shape[-1], ("heads", "head_dim"), ("embed",), self.use_bias,
-                         self.out_stddev, name="proj")(out)
+        out = Projection(
+            x.shape[-1],
+            ("heads", "head_dim"),
+            ("embed",),
+            self.use_bias,
+            self.out_stddev,
+            name="proj",
+        )(out)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
     def _update_cache(self, key, value, mask, causal):
@@ -216,8 +275,9 @@ class MultiHeadAttention(nn.Module):
             return key, value, combine_masks(mask, causal_mask(chunk) if causal else None)
         start = index.value
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
-                                                          (0, start, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(
+            cached_value.value, value, (0, start, 0, 0)
+        )
         index.value = start + chunk
         max_len = cached_key.value.shape[1]
         if causal:

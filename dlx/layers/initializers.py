@@ -1,6 +1,6 @@
 """Weight initializers by name (fan-in/fan-out scaled variance rules)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import jax.nn.initializers as init
 

@@ -4,6 +4,7 @@ Norm parameters are named ("norm",), which the sharding rules leave replicated (
 Statistics are computed in float32 whatever the input dtype, and the variance is the two-pass
 E[(x - mean)^2] (as PyTorch computes it), not E[x^2] - mean^2.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -15,6 +16,7 @@ from dlx.errors import ConfigError
 
 class LayerNorm(nn.Module):
     """(x - mean) / sqrt(var + eps) * scale + bias over the last axis."""
+
     epsilon: float = 1e-5
     use_bias: bool = True
 
@@ -25,24 +27,28 @@ class LayerNorm(nn.Module):
         mean = h.mean(-1, keepdims=True)
         centred = h - mean
         h = centred * jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + self.epsilon)
-        h = h * self.param("scale", nn.with_logical_partitioning(
-            nn.initializers.ones, ("norm",)), (features,))
+        h = h * self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (features,)
+        )
         if self.use_bias:
-            h = h + self.param("bias", nn.with_logical_partitioning(
-                nn.initializers.zeros, ("norm",)), (features,))
+            h = h + self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (features,)
+            )
         return h.astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * scale over the last axis (no centring, no bias)."""
+
     epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         h = h * jax.lax.rsqrt((h * h).mean(-1, keepdims=True) + self.epsilon)
-        h = h * self.param("scale", nn.with_logical_partitioning(
-            nn.initializers.ones, ("norm",)), (x.shape[-1],))
+        h = h * self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],)
+        )
         return h.astype(x.dtype)
 
 

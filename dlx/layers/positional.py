@@ -3,6 +3,7 @@
 All take integer `positions` ([B, T] or [1, T]), so a decoder with a KV cache passes
 `cache_index + arange(T)` and gets the encodings of the absolute positions.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -27,14 +28,19 @@ def sinusoidal(positions: jax.Array, features: int, base: float = 10000.0) -> ja
 class LearnedPositions(nn.Module):
     """A table of `max_len` learned vectors (param "embedding" [max_len, features], logical
     names ("position", "embed")); positions index its rows."""
+
     max_len: int
     features: int
 
     @nn.compact
     def __call__(self, positions: jax.Array) -> jax.Array:
-        table = self.param("embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(INIT_STDDEV), ("position", "embed")),
-            (self.max_len, self.features))
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(INIT_STDDEV), ("position", "embed")
+            ),
+            (self.max_len, self.features),
+        )
         return jnp.take(table, positions, axis=0)
 
 

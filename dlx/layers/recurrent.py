@@ -22,6 +22,7 @@ and the gate arithmetic (one tanh over the LSTM's four gates); a custom VJP comp
 kernel gradient as one matmul after the backward scan. Why, with measurements: BENCHMARKS.md,
 "Tuning notes".
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,10 +47,10 @@ def check_cell(cell: str) -> None:
 
 
 class CellWeights(NamedTuple):
-    input_kernel: jax.Array      # [in, G*H]
+    input_kernel: jax.Array  # [in, G*H]
     recurrent_kernel: jax.Array  # [H, G*H]
-    input_bias: jax.Array        # [G*H]
-    recurrent_bias: jax.Array    # [G*H]
+    input_bias: jax.Array  # [G*H]
+    recurrent_bias: jax.Array  # [G*H]
 
 
 def zero_carry(cell: str, batch: int, hidden_dim: int, dtype=jnp.float32) -> Carry:
@@ -67,7 +68,7 @@ def hoisted_bias(cell: str, w: CellWeights) -> jax.Array:
     which the reset gate multiplies."""
     if cell == "gru":
         hidden = w.recurrent_kernel.shape[0]
-        return w.input_bias.at[:2 * hidden].add(w.recurrent_bias[:2 * hidden])
+        return w.input_bias.at[: 2 * hidden].add(w.recurrent_bias[: 2 * hidden])
     return w.input_bias + w.recurrent_bias
 
 
@@ -78,14 +79,15 @@ def project_inputs(cell: str, w: CellWeights, x: jax.Array) -> jax.Array:
     return project(x, w.input_kernel) + hoisted_bias(cell, w)
 
 
-def _step(cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry,
-          projected: jax.Array) -> tuple[Carry, tuple[jax.Array, ...]]:
+def _step(
+    cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry, projected: jax.Array
+) -> tuple[Carry, tuple[jax.Array, ...]]:
     """One step: (new carry, the gate activations the backward pass needs); see the module's
     notes on speed for how the gates are activated."""
     hidden = kernel.shape[0]
     h = carry_hidden(cell, carry)
     recurrent = h @ kernel
-    gate = lambda x, k: x[:, k * hidden:(k + 1) * hidden]
+    gate = lambda x, k: x[:, k * hidden : (k + 1) * hidden]
     if cell == "rnn":
         return jnp.tanh(projected + recurrent), ()
     if cell == "lstm":
@@ -102,10 +104,11 @@ def _step(cell: str, kernel: jax.Array, b_hn: jax.Array | None, carry: Carry,
     return n + z * (h - n), (r, z, n, hn)  # (1 - z) n + z h with one multiply
 
 
-def cell_step(cell: str, w: CellWeights, carry: Carry, projected: jax.Array
-              ) -> tuple[Carry, jax.Array]:
+def cell_step(
+    cell: str, w: CellWeights, carry: Carry, projected: jax.Array
+) -> tuple[Carry, jax.Array]:
     """One time step given the projected input (`project_inputs`): (new carry, h)."""
-    b_hn = w.recurrent_bias[2 * w.recurrent_kernel.shape[0]:] if cell == "gru" else None
+    b_hn = w.recurrent_bias[2 * w.recurrent_kernel.shape[0] :] if cell == "gru" else None
     new, _ = _step(cell, w.recurrent_kernel, b_hn, carry, projected)
     return new, carry_hidden(cell, new)
 
@@ -149,11 +152,21 @@ def _previous(seq: jax.Array, first: jax.Array, reverse: bool) -> jax.Array:
     return jnp.concatenate([first[None], seq[:-1]], axis=0)
 
 
-def _scan_forward(cell: str, reverse: bool, unroll: int, kernel: jax.Array,
-                  b_hn: jax.Array | None, bias: jax.Array | None, projected: jax.Array,
-                  carry: Carry, mask: jax.Array | None, keep_residuals: bool):
+def _scan_forward(
+    cell: str,
+    reverse: bool,
+    unroll: int,
+    kernel: jax.Array,
+    b_hn: jax.Array | None,
+    bias: jax.Array | None,
+    projected: jax.Array,
+    carry: Carry,
+    mask: jax.Array | None,
+    keep_residuals: bool,
+):
     """The forward scan. Emits the carried h per step (and, for the backward pass, the carried c
     and the gate activations). `bias` (or None) is added to each step's projected input."""
+
     def step(carry, inputs):
         xp, valid = inputs if mask is not None else (inputs, None)
         if bias is not None:  # fused into the step's gate arithmetic: no pass over [T, B, G*H]
@@ -174,8 +187,9 @@ def _scan(cell, reverse, unroll, kernel, b_hn, bias, projected, carry, mask):
 
 
 def _scan_fwd(cell, reverse, unroll, kernel, b_hn, bias, projected, carry, mask):
-    final, saved = _scan_forward(cell, reverse, unroll, kernel, b_hn, bias, projected, carry,
-                                 mask, True)
+    final, saved = _scan_forward(
+        cell, reverse, unroll, kernel, b_hn, bias, projected, carry, mask, True
+    )
     return (final, saved[0]), (kernel, b_hn, bias is not None, carry, mask, saved)
 
 
@@ -195,10 +209,15 @@ def _scan_bwd(cell, reverse, unroll, residuals, cotangents):
             dh = dh + dh_out
             tanh_c = jnp.tanh(c)
             dc_total = dc + dh * o * (1 - tanh_c * tanh_c)
-            d_gates = jnp.concatenate([dc_total * g * i * (1 - i),
-                                       dc_total * c_prev * f * (1 - f),
-                                       dc_total * i * (1 - g * g),
-                                       dh * tanh_c * o * (1 - o)], axis=-1)
+            d_gates = jnp.concatenate(
+                [
+                    dc_total * g * i * (1 - i),
+                    dc_total * c_prev * f * (1 - f),
+                    dc_total * i * (1 - g * g),
+                    dh * tanh_c * o * (1 - o),
+                ],
+                axis=-1,
+            )
             d_gates = _where(valid, d_gates, jnp.zeros_like(d_gates))
             new = (d_gates @ kernel_t, dc_total * f)
             return _where(valid, new, (dh, dc)), d_gates
@@ -210,11 +229,12 @@ def _scan_bwd(cell, reverse, unroll, residuals, cotangents):
         (dh_out, h, r, z, n, hn, h_before), valid = inputs
         dh = d_carry + dh_out
         dn_pre = dh * (1 - z) * (1 - n * n)
-        d_rz = jnp.concatenate([dn_pre * hn * r * (1 - r), dh * (h_before - n) * z * (1 - z)],
-                               axis=-1)
+        d_rz = jnp.concatenate(
+            [dn_pre * hn * r * (1 - r), dh * (h_before - n) * z * (1 - z)], axis=-1
+        )
         d_recurrent = jnp.concatenate([d_rz, dn_pre * r], axis=-1)
         d_recurrent = _where(valid, d_recurrent, jnp.zeros_like(d_recurrent))
-        d_projected = jnp.concatenate([d_recurrent[:, :2 * hidden], dn_pre], axis=-1)
+        d_projected = jnp.concatenate([d_recurrent[:, : 2 * hidden], dn_pre], axis=-1)
         d_projected = _where(valid, d_projected, jnp.zeros_like(d_projected))
         d_h = dh * z + d_recurrent @ kernel_t
         return _where(valid, d_h, dh), (d_projected, d_recurrent)
@@ -226,11 +246,10 @@ def _scan_bwd(cell, reverse, unroll, residuals, cotangents):
         per_step = (d_hseq, *saved)
     else:
         per_step = (d_hseq, *saved, h_prev)
-    d_carry, d_steps = lax.scan(step, d_final, (per_step, mask), reverse=not reverse,
-                                unroll=unroll)
+    d_carry, d_steps = lax.scan(step, d_final, (per_step, mask), reverse=not reverse, unroll=unroll)
     d_projected, d_recurrent = d_steps if cell == "gru" else (d_steps, d_steps)
     d_kernel = weight_gradient(h_prev, d_recurrent)
-    d_b_hn = None if b_hn is None else d_recurrent[..., 2 * hidden:].sum(axis=(0, 1))
+    d_b_hn = None if b_hn is None else d_recurrent[..., 2 * hidden :].sum(axis=(0, 1))
     d_bias = d_projected.sum(axis=(0, 1)) if has_bias else None
     return d_kernel, d_b_hn, d_bias, d_projected, d_carry, None
 
@@ -238,18 +257,25 @@ def _scan_bwd(cell, reverse, unroll, residuals, cotangents):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def run_cell(cell: str, w: CellWeights, projected: jax.Array, carry: Carry,
-             mask: jax.Array | None = None, *, reverse: bool = False, unroll: int = 1,
-             bias: jax.Array | None = None) -> tuple[Carry, jax.Array]:
+def run_cell(
+    cell: str,
+    w: CellWeights,
+    projected: jax.Array,
+    carry: Carry,
+    mask: jax.Array | None = None,
+    *,
+    reverse: bool = False,
+    unroll: int = 1,
+    bias: jax.Array | None = None,
+) -> tuple[Carry, jax.Array]:
     """Scans the cell over time-major projected inputs [T, B, G*H] (`project_inputs`): (final
     carry, h [T, B, H]). With `mask` [T, B], a masked step keeps the carry and outputs zeros.
     `bias` [G*H], if given, is added to every step's projected input inside the scan (cheaper
     than `project_inputs` adding it to the whole [T, B, G*H] array first).
     Same values as scanning `cell_step`; the gradient has its own, faster backward scan."""
     hidden = w.recurrent_kernel.shape[0]
-    b_hn = w.recurrent_bias[2 * hidden:] if cell == "gru" else None
-    final, h = _scan(cell, reverse, unroll, w.recurrent_kernel, b_hn, bias, projected, carry,
-                     mask)
+    b_hn = w.recurrent_bias[2 * hidden :] if cell == "gru" else None
+    final, h = _scan(cell, reverse, unroll, w.recurrent_kernel, b_hn, bias, projected, carry, mask)
     if mask is not None:
         h = jnp.where(mask[..., None], h, 0.0)
     return final, h
@@ -257,13 +283,16 @@ def run_cell(cell: str, w: CellWeights, projected: jax.Array, carry: Carry,
 
 def _forget_bias_one(hidden_dim: int):
     """LSTM input bias: 1 on the forget gate (Jozefowicz et al. 2015), 0 elsewhere."""
+
     def init(key, shape, dtype=jnp.float32):
-        return jnp.zeros(shape, dtype).at[hidden_dim:2 * hidden_dim].set(1.0)
+        return jnp.zeros(shape, dtype).at[hidden_dim : 2 * hidden_dim].set(1.0)
+
     return init
 
 
 class Recurrent(nn.Module):
     """One direction of one recurrent layer: x [B, T, in] -> (h [B, T, H], final carry)."""
+
     cell: str
     hidden_dim: int
     reverse: bool = False
@@ -277,21 +306,41 @@ class Recurrent(nn.Module):
     def weights(self, input_dim: int) -> CellWeights:
         """The layer's parameters (created on first use), for callers that run their own scan."""
         gates = GATES[self.cell] * self.hidden_dim
-        bias_init = (_forget_bias_one(self.hidden_dim) if self.cell == "lstm"
-                     else nn.initializers.zeros)
+        bias_init = (
+            _forget_bias_one(self.hidden_dim) if self.cell == "lstm" else nn.initializers.zeros
+        )
         gate_axes = ("rnn_gates",)
         return CellWeights(
-            self.param("input_kernel", nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", "rnn_gates")), (input_dim, gates)),
-            self.param("recurrent_kernel", nn.with_logical_partitioning(
-                nn.initializers.orthogonal(), ("rnn_hidden", "rnn_gates")),
-                (self.hidden_dim, gates)),
+            self.param(
+                "input_kernel",
+                nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), ("embed", "rnn_gates")
+                ),
+                (input_dim, gates),
+            ),
+            self.param(
+                "recurrent_kernel",
+                nn.with_logical_partitioning(
+                    nn.initializers.orthogonal(), ("rnn_hidden", "rnn_gates")
+                ),
+                (self.hidden_dim, gates),
+            ),
             self.param("input_bias", nn.with_logical_partitioning(bias_init, gate_axes), (gates,)),
-            self.param("recurrent_bias", nn.with_logical_partitioning(
-                nn.initializers.zeros, gate_axes), (gates,)))
+            self.param(
+                "recurrent_bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, gate_axes),
+                (gates,),
+            ),
+        )
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None, carry: Carry | None = None,
-                 *, time_major: bool = False) -> tuple[jax.Array, Carry]:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        carry: Carry | None = None,
+        *,
+        time_major: bool = False,
+    ) -> tuple[jax.Array, Carry]:
         """x [B, T, in] and `mask` [B, T] (True at real tokens), or [T, ...] for both with
         `time_major`; `carry` defaults to zeros. Returns h in the layout of x."""
         if not time_major:
@@ -299,9 +348,16 @@ class Recurrent(nn.Module):
         w = self.weights(x.shape[-1])
         if carry is None:
             carry = zero_carry(self.cell, x.shape[1], self.hidden_dim, x.dtype)
-        carry, h = run_cell(self.cell, w, project(x, w.input_kernel), carry, mask,
-                            reverse=self.reverse, unroll=self.unroll,
-                            bias=hoisted_bias(self.cell, w))
+        carry, h = run_cell(
+            self.cell,
+            w,
+            project(x, w.input_kernel),
+            carry,
+            mask,
+            reverse=self.reverse,
+            unroll=self.unroll,
+            bias=hoisted_bias(self.cell, w),
+        )
         return (h if time_major else jnp.swapaxes(h, 0, 1)), carry
 
 
@@ -312,6 +368,7 @@ class RecurrentStack(nn.Module):
     Returns (outputs [B, T, H or 2H], finals): finals[i] is layer i's final carry, a
     (forward, backward) pair when bidirectional, in the same structure as `carries` takes.
     """
+
     cell: str
     hidden_dim: int
     num_layers: int = 1
@@ -326,9 +383,14 @@ class RecurrentStack(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-                 carries: Sequence[Any] | None = None, *, train: bool = False
-                 ) -> tuple[jax.Array, list[Any]]:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        carries: Sequence[Any] | None = None,
+        *,
+        train: bool = False,
+    ) -> tuple[jax.Array, list[Any]]:
         # time-major inside: one transpose in and one out, none per layer
         x, mask = jnp.swapaxes(x, 0, 1), None if mask is None else mask.T
         finals = []
@@ -336,13 +398,17 @@ class RecurrentStack(nn.Module):
             if i > 0 and self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             initial = None if carries is None else carries[i]
-            forward = Recurrent(self.cell, self.hidden_dim, unroll=self.unroll,
-                                name=f"layer_{i}")
+            forward = Recurrent(self.cell, self.hidden_dim, unroll=self.unroll, name=f"layer_{i}")
             if not self.bidirectional:
                 x, final = forward(x, mask, initial, time_major=True)
             else:
-                backward = Recurrent(self.cell, self.hidden_dim, reverse=True,
-                                     unroll=self.unroll, name=f"layer_{i}_reverse")
+                backward = Recurrent(
+                    self.cell,
+                    self.hidden_dim,
+                    reverse=True,
+                    unroll=self.unroll,
+                    name=f"layer_{i}_reverse",
+                )
                 fwd_initial, bwd_initial = (None, None) if initial is None else initial
                 out_f, final_f = forward(x, mask, fwd_initial, time_major=True)
                 out_b, final_b = backward(x, mask, bwd_initial, time_major=True)
@@ -351,8 +417,9 @@ class RecurrentStack(nn.Module):
         return jnp.swapaxes(x, 0, 1), finals
 
 
-def params_from_torch(state_dict: Mapping[str, Any], cell: str, num_layers: int,
-                      bidirectional: bool = False) -> dict:
+def params_from_torch(
+    state_dict: Mapping[str, Any], cell: str, num_layers: int, bidirectional: bool = False
+) -> dict:
     """A `RecurrentStack`'s params from a `torch.nn.RNN/LSTM/GRU` state dict (values as numpy
     arrays, e.g. `{k: v.detach().numpy() for k, v in m.state_dict().items()}`); the torch module
     must have bias=True, proj_size=0 and the same cell."""
@@ -360,8 +427,11 @@ def params_from_torch(state_dict: Mapping[str, Any], cell: str, num_layers: int,
     params = {}
     for i in range(num_layers):
         for suffix in ("", "_reverse") if bidirectional else ("",):
-            get = lambda name: jnp.asarray(np.asarray(state_dict[f"{name}_l{i}{suffix}"]))
+            get = lambda name: jnp.asarray(np.asarray(state_dict[f"{name}_l{i}{suffix}"]))  # noqa: B023
             params[f"layer_{i}{suffix}"] = {
-                "input_kernel": get("weight_ih").T, "recurrent_kernel": get("weight_hh").T,
-                "input_bias": get("bias_ih"), "recurrent_bias": get("bias_hh")}
+                "input_kernel": get("weight_ih").T,
+                "recurrent_kernel": get("weight_hh").T,
+                "input_bias": get("bias_ih"),
+                "recurrent_bias": get("bias_hh"),
+            }
     return params

@@ -15,6 +15,7 @@ predictions and boxes of every image (mAP), features of generated and real image
 `jax.experimental.multihost_utils.process_allgather`); an accumulator of global arrays is already
 the same on every process.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,9 +45,12 @@ class BatchSums:
     split on device; `summarize(host_sums) -> {name: float}` turns the totals into metrics.
     `artifacts(state, host_sums, workdir, step)`, if given, writes figures or samples."""
 
-    def __init__(self, batch_sums: Callable[[Any, dict], dict],
-                 summarize: Callable[[dict], dict[str, float]],
-                 artifacts: Callable[[Any, dict, str, int], None] | None = None):
+    def __init__(
+        self,
+        batch_sums: Callable[[Any, dict], dict],
+        summarize: Callable[[dict], dict[str, float]],
+        artifacts: Callable[[Any, dict, str, int], None] | None = None,
+    ):
         self._batch_sums = jax.jit(batch_sums, compiler_options=runtime.compiler_options())
         self._summarize = summarize
         self._artifacts = artifacts
@@ -81,14 +85,21 @@ class PerExample:
     (`fold_in(key(seed), batch index)`), so the score of a state never changes between evals.
     `artifacts(state, values, workdir, step)`, if given, writes figures."""
 
-    def __init__(self, per_example: Callable[[Any, dict, jax.Array], dict],
-                 summarize: Callable[[dict], dict[str, float]],
-                 artifacts: Callable[[Any, dict, str, int], None] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        per_example: Callable[[Any, dict, jax.Array], dict],
+        summarize: Callable[[dict], dict[str, float]],
+        artifacts: Callable[[Any, dict, str, int], None] | None = None,
+        seed: int = 0,
+    ):
         def with_mask(state, batch, rng):
             return {**per_example(state, batch, rng), "_mask": batch["mask"]}
 
-        self._per_example = jax.jit(with_mask, out_shardings=jax.sharding.PartitionSpec(),
-                                    compiler_options=runtime.compiler_options())
+        self._per_example = jax.jit(
+            with_mask,
+            out_shardings=jax.sharding.PartitionSpec(),
+            compiler_options=runtime.compiler_options(),
+        )
         self._summarize = summarize
         self._artifacts = artifacts
         self._key = jax.random.PRNGKey(seed)

@@ -8,6 +8,7 @@ variational (VAE, `variational=True`: the encoder gives a Gaussian's mean and lo
 The convolutional variant halves the resolution twice with strided 3x3 convolutions and doubles
 it back with nearest-neighbour upsampling + 3x3 convolution (28 -> 14 -> 7 -> 14 -> 28).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,11 @@ KINDS = ("dense", "conv")
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    kind=OneOf(*KINDS), latent_dim=Int(low=1), hidden=Seq(Int(low=1), min_len=1),
-    image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)))
+    kind=OneOf(*KINDS),
+    latent_dim=Int(low=1),
+    hidden=Seq(Int(low=1), min_len=1),
+    image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)),
+)
 
 
 class Model(nn.Module):
@@ -46,8 +50,10 @@ class Model(nn.Module):
             raise ConfigError("model.latent_dim and every model.hidden width must be >= 1")
         height, width, _ = self.image_shape
         if self.kind == "conv" and (height % 4 or width % 4 or len(self.hidden) != 2):
-            raise ConfigError("the conv autoencoder halves the image twice: it needs height and "
-                              "width divisible by 4 and model.hidden of two channel counts")
+            raise ConfigError(
+                "the conv autoencoder halves the image twice: it needs height and "
+                "width divisible by 4 and model.hidden of two channel counts"
+            )
         activations.get(self.activation)  # a ConfigError now for an unknown name
         super().__post_init__()
 
@@ -57,16 +63,17 @@ class Model(nn.Module):
         if self.kind == "dense":
             self.encoder_layers = [dense(w, ("embed", "mlp"), "he_normal") for w in self.hidden]
             self.encoder_head = dense(out, ("mlp", "latent"), "lecun_normal")
-            self.decoder_layers = [dense(w, ("latent", "mlp"), "he_normal")
-                                   for w in reversed(self.hidden)]
-            self.decoder_head = dense(math.prod(self.image_shape), ("mlp", "embed"),
-                                      "lecun_normal")
+            self.decoder_layers = [
+                dense(w, ("latent", "mlp"), "he_normal") for w in reversed(self.hidden)
+            ]
+            self.decoder_head = dense(math.prod(self.image_shape), ("mlp", "embed"), "lecun_normal")
         else:
             c1, c2 = self.hidden
             self.encoder_layers = [conv(c1, stride=2), conv(c2, stride=2)]
             self.encoder_head = dense(out, ("embed", "latent"), "lecun_normal")
-            self.decoder_input = dense((height // 4) * (width // 4) * c2, ("latent", "embed"),
-                                       "he_normal")
+            self.decoder_input = dense(
+                (height // 4) * (width // 4) * c2, ("latent", "embed"), "he_normal"
+            )
             self.decoder_layers = [conv(c1), conv(c1)]
             self.decoder_head = conv(channels, init="lecun_normal")
 

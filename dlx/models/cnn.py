@@ -4,6 +4,7 @@
 The pooling and first-layer formulations are what measured fastest on XLA:CPU; the
 measurements are in BENCHMARKS.md ("Tuning notes").
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,7 +60,7 @@ def _max_pool_bwd(size, residuals, g):
         hits.append((tap == y) & ~taken)
         taken = taken | hits[-1]
     # One select over the stacked masks: ~10 ms/step faster than stacking per-tap selects.
-    rows = [jnp.stack(hits[i * size:(i + 1) * size], axis=3) for i in range(size)]
+    rows = [jnp.stack(hits[i * size : (i + 1) * size], axis=3) for i in range(size)]
     mask = jnp.stack(rows, axis=2)
     return (jnp.where(mask, g[:, :, None, :, None], 0).reshape(x.shape),)
 
@@ -71,7 +72,7 @@ def pool2d(x: jax.Array, kind: str, size: int) -> jax.Array:
     """Non-overlapping `size` x `size` max or average pool of NHWC `x`, VALID padding (as
     `nn.max_pool(x, (size, size), strides=(size, size))`)."""
     _, h, w, _ = x.shape
-    x = x[:, :h - h % size, :w - w % size]
+    x = x[:, : h - h % size, : w - w % size]
     if kind == "max":
         return _max_pool(x, size)
     b, h, w, c = x.shape
@@ -88,8 +89,9 @@ def _conv_out_size(size: int, kernel_size: int, padding: str) -> int:
     return size if padding == "SAME" else size - kernel_size + 1
 
 
-def _pool_phase_taps(x: jax.Array, kernel_size: int, size: int,
-                     padding: str) -> list[list[jax.Array]]:
+def _pool_phase_taps(
+    x: jax.Array, kernel_size: int, size: int, padding: str
+) -> list[list[jax.Array]]:
     """For each position (di, dj) inside the pool window, in row-major order, the conv's input
     taps at the stride-1 conv outputs (size*i + di, size*j + dj): k*k*C arrays [B, Ho, Wo] in
     HWIO order, so that sum_t taps[t] * kernel.reshape(-1, out)[t] is the conv there."""
@@ -100,10 +102,13 @@ def _pool_phase_taps(x: jax.Array, kernel_size: int, size: int,
     ho, wo = (x.shape[1] - k + 1) // size, (x.shape[2] - k + 1) // size
 
     def tap(u: int, v: int, c: int) -> jax.Array:  # padded input rows u + size*i, cols v + size*j
-        return x[:, u:u + size * (ho - 1) + 1:size, v:v + size * (wo - 1) + 1:size, c]
+        return x[:, u : u + size * (ho - 1) + 1 : size, v : v + size * (wo - 1) + 1 : size, c]
 
-    return [[tap(di + kh, dj + kw, c) for kh in range(k) for kw in range(k)
-             for c in range(channels)] for di in range(size) for dj in range(size)]
+    return [
+        [tap(di + kh, dj + kw, c) for kh in range(k) for kw in range(k) for c in range(channels)]
+        for di in range(size)
+        for dj in range(size)
+    ]
 
 
 def _direct_conv(taps: list[jax.Array], kernel: jax.Array) -> jax.Array:
@@ -118,15 +123,25 @@ def _direct_conv(taps: list[jax.Array], kernel: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def conv_max_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, size: int, padding: str,
-                  act: Callable[[jax.Array], jax.Array]) -> jax.Array:
+def conv_max_pool(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    size: int,
+    padding: str,
+    act: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
     """act(max_pool(conv(x, kernel)) + bias) for a stride-1 conv and a non-overlapping size x size
     max pool (VALID), computed as max over the pool window's positions of act(conv + bias), each
     position a direct conv: the full-size conv output is never written to memory. `act` must be
     one of `_COMMUTES_WITH_MAX`. Gradients as Flax's layers give them (ties: first maximum)."""
-    return functools.reduce(jnp.maximum, [
-        act(_direct_conv(taps, kernel) + bias)
-        for taps in _pool_phase_taps(x, kernel.shape[0], size, padding)])
+    return functools.reduce(
+        jnp.maximum,
+        [
+            act(_direct_conv(taps, kernel) + bias)
+            for taps in _pool_phase_taps(x, kernel.shape[0], size, padding)
+        ],
+    )
 
 
 def _conv_max_pool_fwd(x, kernel, bias, size, padding, act):
@@ -134,8 +149,9 @@ def _conv_max_pool_fwd(x, kernel, bias, size, padding, act):
     # and keeps XLA from recomputing this fusion inside the transposed copy the next conv's
     # kernel gradient reads (a transpose with fused elementwise ops is ~4.5x slower than a plain
     # one).
-    raw = [_direct_conv(taps, kernel)
-           for taps in _pool_phase_taps(x, kernel.shape[0], size, padding)]
+    raw = [
+        _direct_conv(taps, kernel) for taps in _pool_phase_taps(x, kernel.shape[0], size, padding)
+    ]
     out = functools.reduce(jnp.maximum, [act(r + bias) for r in raw])
     return out, (x, kernel, out, _first_max_index(raw))
 
@@ -158,8 +174,11 @@ def _conv_max_pool_bwd(size, padding, act, residuals, g):
     taps = jnp.stack([jnp.stack(t) for t in phases])  # [positions, taps, B, Ho, Wo]
     # One matmul per pool position (batched), summed after: contracting over the positions too
     # would make XLA transpose both operands first.
-    dkernel = jnp.einsum("ptn,pno->pto", taps.reshape(*taps.shape[:2], -1),
-                         per_position.reshape(len(phases), -1, features)).sum(0)
+    dkernel = jnp.einsum(
+        "ptn,pno->pto",
+        taps.reshape(*taps.shape[:2], -1),
+        per_position.reshape(len(phases), -1, features),
+    ).sum(0)
     # The input gradient (dropped by XLA when x is the image): the pooled gradient scattered to
     # the full-size map, through the convolution's own VJP.
     b, ho, wo, _ = g.shape
@@ -167,8 +186,12 @@ def _conv_max_pool_bwd(size, padding, act, residuals, g):
     full = full.reshape(b, ho * size, wo * size, features)
     conv_h, conv_w = (_conv_out_size(n, k, padding) for n in x.shape[1:3])
     full = jnp.pad(full, ((0, 0), (0, conv_h - ho * size), (0, conv_w - wo * size), (0, 0)))
-    _, conv_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
-        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+    _, conv_vjp = jax.vjp(
+        lambda x: lax.conv_general_dilated(
+            x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        ),
+        x,
+    )
     return conv_vjp(full)[0], dkernel.reshape(kernel.shape), g.sum(axis=(0, 1, 2))
 
 
@@ -182,6 +205,7 @@ class Conv(nn.Module):
     `_COMMUTES_WITH_MAX`: the pool runs before the bias and activation, and a conv with few
     input taps (`DIRECT_CONV_MAX_TAPS`) runs fused with all three.
     """
+
     features: int
     kernel_size: int
     strides: int = 1
@@ -192,21 +216,35 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, max_pool: int = 0, activation: str = "linear") -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            initializers.get(self.kernel_init), CONV_AXES), shape)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(initializers.get(self.kernel_init), CONV_AXES),
+            shape,
+        )
         bias = jnp.zeros((self.features,))
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(
-                nn.initializers.zeros, ("conv_out",)), (self.features,))
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                (self.features,),
+            )
         act = activations.get(activation)
         if max_pool > 1 and activation not in _COMMUTES_WITH_MAX:
             raise ValueError(f"pooling before '{activation}' changes the result; pool after it")
-        if (max_pool > 1 and self.strides == 1
-                and self.kernel_size ** 2 * x.shape[-1] <= DIRECT_CONV_MAX_TAPS):
+        if (
+            max_pool > 1
+            and self.strides == 1
+            and self.kernel_size**2 * x.shape[-1] <= DIRECT_CONV_MAX_TAPS
+        ):
             y = conv_max_pool(x, kernel, bias, max_pool, self.padding, act)
             return nn.with_logical_constraint(y, ACTIVATION_AXES)
-        y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = lax.conv_general_dilated(
+            x,
+            kernel,
+            (self.strides, self.strides),
+            self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         y = nn.with_logical_constraint(y, ACTIVATION_AXES)
         if max_pool > 1:
             y = pool2d(y, "max", max_pool)
@@ -214,8 +252,14 @@ class Conv(nn.Module):
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    num_outputs=Int(low=1), features=Seq(Int(low=1)), kernel_size=Int(low=1), strides=Int(low=1),
-    pool_size=Int(low=1), dense=Seq(Int(low=1)), dropout=Float(0, 1, high_open=True))
+    num_outputs=Int(low=1),
+    features=Seq(Int(low=1)),
+    kernel_size=Int(low=1),
+    strides=Int(low=1),
+    pool_size=Int(low=1),
+    dense=Seq(Int(low=1)),
+    dropout=Float(0, 1, high_open=True),
+)
 
 
 class Model(nn.Module):
@@ -224,7 +268,7 @@ class Model(nn.Module):
     kernel_size: int = 3
     strides: int = 1
     padding: str = "SAME"
-    pool: str = "max"          # max, avg or none
+    pool: str = "max"  # max, avg or none
     pool_size: int = 2
     dense: Sequence[int] = (128,)
     activation: str = "relu"
@@ -247,11 +291,18 @@ class Model(nn.Module):
         pool = functools.partial(pool2d, kind=self.pool, size=self.pool_size)
         # Pooling first saves a pass over the full-size map (~10% of the step); batch norm's
         # scale may be negative, which would turn the max into a min.
-        pool_first = (self.pool == "max" and not self.batch_norm
-                      and self.activation in _COMMUTES_WITH_MAX)
+        pool_first = (
+            self.pool == "max" and not self.batch_norm and self.activation in _COMMUTES_WITH_MAX
+        )
         for features in self.features:
-            conv = Conv(features, self.kernel_size, self.strides, self.padding, self.kernel_init,
-                        use_bias=not self.batch_norm)  # batch norm's offset makes a bias redundant
+            conv = Conv(
+                features,
+                self.kernel_size,
+                self.strides,
+                self.padding,
+                self.kernel_init,
+                use_bias=not self.batch_norm,
+            )  # batch norm's offset makes a bias redundant
             if pool_first:
                 x = conv(x, max_pool=self.pool_size, activation=self.activation)
                 continue
@@ -287,8 +338,9 @@ def layer_stack(model: Model) -> list[Layer]:
     for i, _ in enumerate(model.features):
         layers.append(Layer(f"conv_{i}", model.kernel_size, model.strides, model.padding))
         if model.pool != "none":
-            layers.append(Layer(f"{model.pool}_pool_{i}", model.pool_size, model.pool_size,
-                                "VALID"))
+            layers.append(
+                Layer(f"{model.pool}_pool_{i}", model.pool_size, model.pool_size, "VALID")
+            )
     return layers
 
 
@@ -306,15 +358,22 @@ def summarize(model: Model, input_shape: tuple[int, ...]) -> str:
             channels = model.features[stage]
             params = counts[f"Conv_{stage}"] + counts.get(f"BatchNorm_{stage}", 0)
             name += f" ({'bn, ' if model.batch_norm else ''}{model.activation})"
-        rows.append((name, f"{along_h.size}x{along_w.size}x{channels}", params,
-                     f"{along_h.receptive_field}x{along_w.receptive_field}"))
+        rows.append(
+            (
+                name,
+                f"{along_h.size}x{along_w.size}x{channels}",
+                params,
+                f"{along_h.receptive_field}x{along_w.receptive_field}",
+            )
+        )
         height, width = along_h.size, along_w.size
     rows.append(("flatten", f"{height * width * channels}", 0, ""))
     for i, out in enumerate(model.dense):
         rows.append((f"dense_{i} ({model.activation})", f"{out}", counts[f"Dense_{i}"], ""))
     rows.append(("head", f"{model.num_outputs}", counts["head"], ""))
     lines = [f"{'layer':<24}{'output':>14}{'params':>12}{'receptive field':>18}"]
-    lines += [f"{name:<24}{shape:>14}{params:>12,}{field:>18}"
-              for name, shape, params, field in rows]
+    lines += [
+        f"{name:<24}{shape:>14}{params:>12,}{field:>18}" for name, shape, params, field in rows
+    ]
     lines.append(f"total parameters: {sum(counts.values()):,}")
     return "\n".join(lines)

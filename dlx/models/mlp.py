@@ -1,5 +1,6 @@
 """Multi-layer perceptron: flatten -> [Dense -> (BatchNorm) -> activation -> (Dropout)] x depth
 -> linear head."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,9 @@ from dlx.layers.linear import batch_norm, dense
 from dlx.models import parameter_counts
 from dlx.schema import Float, Int, Seq
 
-
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    num_outputs=Int(low=1), hidden=Seq(Int(low=1)), dropout=Float(0, 1, high_open=True))
+    num_outputs=Int(low=1), hidden=Seq(Int(low=1)), dropout=Float(0, 1, high_open=True)
+)
 
 
 class Model(nn.Module):
@@ -51,8 +52,13 @@ def summarize(model: Model, input_shape: tuple[int, ...]) -> str:
     rows = [("input (flattened)", math.prod(input_shape[1:]), 0)]
     for i, width in enumerate(model.hidden):
         norm = "bn, " if model.batch_norm else ""
-        rows.append((f"dense_{i} ({norm}{model.activation})", width,
-                     counts[f"Dense_{i}"] + counts.get(f"BatchNorm_{i}", 0)))
+        rows.append(
+            (
+                f"dense_{i} ({norm}{model.activation})",
+                width,
+                counts[f"Dense_{i}"] + counts.get(f"BatchNorm_{i}", 0),
+            )
+        )
     rows.append(("head", model.num_outputs, counts["head"]))
     lines = [f"{'layer':<28}{'output':>10}{'params':>12}"]
     lines += [f"{name:<28}{width:>10}{params:>12,}" for name, width, params in rows]

@@ -5,6 +5,7 @@ in input pixels between neighbouring outputs ("jump") and r the receptive field:
     j_l = j_{l-1} * s,    r_l = r_{l-1} + (k' - 1) * j_{l-1}
 starting from j_0 = r_0 = 1 at the input.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,14 +17,14 @@ class Layer:
     name: str
     kernel: int
     stride: int = 1
-    padding: str | int = "SAME"   # SAME, VALID, or explicit zeros on each side
+    padding: str | int = "SAME"  # SAME, VALID, or explicit zeros on each side
     dilation: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Field:
     name: str
-    size: int        # output size along the axis
+    size: int  # output size along the axis
     jump: int
     receptive_field: int
 

@@ -12,6 +12,7 @@ Parameters: embedding [vocab, embed_dim] ("vocab", "embed"); recurrent layers as
 `dlx.layers.recurrent` ("embed", "rnn_hidden", "rnn_gates"); head kernel ("embed", "vocab") or
 ("embed", "classes").
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -27,13 +28,25 @@ PADDING_ID = 0
 
 
 def embedding(vocab_size: int, features: int, name: str | None = None) -> nn.Embed:
-    return nn.Embed(vocab_size, features, name=name, embedding_init=nn.with_logical_partitioning(
-        nn.initializers.normal(stddev=1.0), ("vocab", "embed")))
+    return nn.Embed(
+        vocab_size,
+        features,
+        name=name,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=1.0), ("vocab", "embed")
+        ),
+    )
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    vocab_size=Int(low=0), embed_dim=Int(low=1), hidden_dim=Int(low=1), num_layers=Int(low=1),
-    dropout=Float(0, 1, high_open=True), num_outputs=Int(low=0), unroll=Int(low=1))
+    vocab_size=Int(low=0),
+    embed_dim=Int(low=1),
+    hidden_dim=Int(low=1),
+    num_layers=Int(low=1),
+    dropout=Float(0, 1, high_open=True),
+    num_outputs=Int(low=0),
+    unroll=Int(low=1),
+)
 
 
 class Model(nn.Module):
@@ -50,34 +63,56 @@ class Model(nn.Module):
     def __post_init__(self):
         rnn.check_cell(self.cell)
         if self.num_outputs < 0:
-            raise ConfigError(f"num_outputs must be >= 0 (0 = language model), "
-                              f"got {self.num_outputs}")
+            raise ConfigError(
+                f"num_outputs must be >= 0 (0 = language model), got {self.num_outputs}"
+            )
         if self.bidirectional and self.num_outputs == 0:
-            raise ConfigError("a bidirectional recurrent model can only be a classifier "
-                              "(num_outputs > 0): a language model must not see the future")
+            raise ConfigError(
+                "a bidirectional recurrent model can only be a classifier "
+                "(num_outputs > 0): a language model must not see the future"
+            )
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool = False, decode: bool = False
-                 ) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, *, train: bool = False, decode: bool = False
+    ) -> jax.Array:
         tokens = tokens.astype(jnp.int32)
         x = embedding(self.vocab_size, self.embed_dim, name="embed")(tokens)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        stack = rnn.RecurrentStack(self.cell, self.hidden_dim, self.num_layers,
-                                   self.bidirectional, self.dropout, self.unroll, name="rnn")
+        stack = rnn.RecurrentStack(
+            self.cell,
+            self.hidden_dim,
+            self.num_layers,
+            self.bidirectional,
+            self.dropout,
+            self.unroll,
+            name="rnn",
+        )
         if self.num_outputs:
             _, finals = stack(x, tokens != PADDING_ID, train=train)
             last = finals[-1]
-            pooled = (jnp.concatenate([rnn.carry_hidden(self.cell, c) for c in last], axis=-1)
-                      if self.bidirectional else rnn.carry_hidden(self.cell, last))
+            pooled = (
+                jnp.concatenate([rnn.carry_hidden(self.cell, c) for c in last], axis=-1)
+                if self.bidirectional
+                else rnn.carry_hidden(self.cell, last)
+            )
             return dense(self.num_outputs, ("embed", "classes"), name="head")(pooled)
 
         carries = None
         if decode:
             ready = self.has_variable("cache", "carry_0")
-            cache = [self.variable("cache", f"carry_{i}", rnn.zero_carry, self.cell,
-                                   tokens.shape[0], self.hidden_dim)
-                     for i in range(self.num_layers)]
+            cache = [
+                self.variable(
+                    "cache",
+                    f"carry_{i}",
+                    rnn.zero_carry,
+                    self.cell,
+                    tokens.shape[0],
+                    self.hidden_dim,
+                )
+                for i in range(self.num_layers)
+            ]
             if not ready and not self.is_initializing():
                 # creating the cache is all this call does: skip the forward pass
                 return jnp.zeros(tokens.shape + (self.vocab_size,), jnp.float32)

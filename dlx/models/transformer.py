@@ -42,6 +42,7 @@ Dropout ("dropout" rng) on embeddings, attention probabilities and both residual
 
 FLOPs per token: `train_flops_per_token`; speed against PyTorch: BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ import jax.numpy as jnp
 
 from dlx.errors import ConfigError
 from dlx.layers.activations import Dropout
-from dlx.layers.attention import PAD_ID, IMPLEMENTATIONS, MultiHeadAttention, padding_mask
+from dlx.layers.attention import IMPLEMENTATIONS, PAD_ID, MultiHeadAttention, padding_mask
 from dlx.layers.linear import INIT_STDDEV, Projection
 from dlx.layers.mlp import MLPS, make_mlp
 from dlx.layers.norms import NORMS, make_norm
@@ -68,6 +69,7 @@ DTYPES = ("float32", "bfloat16")
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
     """What one Transformer block needs to know (derived from the Model's fields)."""
+
     num_heads: int
     head_dim: int
     num_kv_heads: int
@@ -84,24 +86,43 @@ class BlockSpec:
 
 class Block(nn.Module):
     """Pre-norm block: x + attn(ln_1(x)) [+ cross_attn(ln_cross(x), memory)] + mlp(ln_2(x))."""
+
     spec: BlockSpec
     cross: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, mask: jax.Array | None, causal: bool,
-                 positions: jax.Array, memory: jax.Array | None = None,
-                 memory_mask: jax.Array | None = None, train: bool = False,
-                 decode: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None,
+        causal: bool,
+        positions: jax.Array,
+        memory: jax.Array | None = None,
+        memory_mask: jax.Array | None = None,
+        train: bool = False,
+        decode: bool = False,
+    ) -> jax.Array:
         s = self.spec
         drop = Dropout(s.dropout, deterministic=not train)
 
         def attention(rope_base, name):
-            return MultiHeadAttention(s.num_heads, s.head_dim, s.num_kv_heads, s.bias, s.dropout,
-                                      rope_base, s.out_stddev, s.implementation, name=name)
+            return MultiHeadAttention(
+                s.num_heads,
+                s.head_dim,
+                s.num_kv_heads,
+                s.bias,
+                s.dropout,
+                rope_base,
+                s.out_stddev,
+                s.implementation,
+                name=name,
+            )
 
         h = make_norm(s.norm, s.norm_eps, s.bias, name="ln_1")(x)
-        h = attention(s.rope_base, "attn")(h, mask=mask, causal=causal, positions=positions,
-                                           train=train, decode=decode)
+        h = attention(s.rope_base, "attn")(
+            h, mask=mask, causal=causal, positions=positions, train=train, decode=decode
+        )
         x = x + drop(h)
         if self.cross:
             h = make_norm(s.norm, s.norm_eps, s.bias, name="ln_cross")(x)
@@ -114,6 +135,7 @@ class Block(nn.Module):
 
 class Stack(nn.Module):
     """Blocks h_0 .. h_{n-1} and the final norm ln_f (the encoder_decoder kind's two halves)."""
+
     spec: BlockSpec
     num_layers: int
     cross: bool = False
@@ -151,12 +173,26 @@ class DecodePosition(nn.Module):
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    kind=OneOf(*KINDS), vocab_size=Int(low=0), num_layers=Int(low=1), embed_dim=Int(low=1),
-    num_heads=Int(low=1), num_kv_heads=Int(low=0), mlp_dim=Int(low=0), max_len=Int(low=1),
-    dropout=Float(0, 1, high_open=True), norm=OneOf(*NORMS), norm_eps=Float(low=0, low_open=True),
-    mlp=OneOf(*MLPS), position=OneOf(*POSITIONS), rope_base=Float(low=0, low_open=True),
-    num_outputs=Int(low=0), target_vocab_size=Int(low=0), num_decoder_layers=Int(low=0),
-    attention=OneOf(*IMPLEMENTATIONS), dtype=OneOf(*DTYPES))
+    kind=OneOf(*KINDS),
+    vocab_size=Int(low=0),
+    num_layers=Int(low=1),
+    embed_dim=Int(low=1),
+    num_heads=Int(low=1),
+    num_kv_heads=Int(low=0),
+    mlp_dim=Int(low=0),
+    max_len=Int(low=1),
+    dropout=Float(0, 1, high_open=True),
+    norm=OneOf(*NORMS),
+    norm_eps=Float(low=0, low_open=True),
+    mlp=OneOf(*MLPS),
+    position=OneOf(*POSITIONS),
+    rope_base=Float(low=0, low_open=True),
+    num_outputs=Int(low=0),
+    target_vocab_size=Int(low=0),
+    num_decoder_layers=Int(low=0),
+    attention=OneOf(*IMPLEMENTATIONS),
+    dtype=OneOf(*DTYPES),
+)
 
 
 class Model(nn.Module):
@@ -165,38 +201,45 @@ class Model(nn.Module):
     num_layers: int = 2
     embed_dim: int = 128
     num_heads: int = 4
-    num_kv_heads: int = 0         # 0: num_heads; fewer: grouped-query attention
-    mlp_dim: int = 0              # 0: 4 * embed_dim
-    max_len: int = 256            # rows of the learned position table
+    num_kv_heads: int = 0  # 0: num_heads; fewer: grouped-query attention
+    mlp_dim: int = 0  # 0: 4 * embed_dim
+    max_len: int = 256  # rows of the learned position table
     dropout: float = 0.0
-    norm: str = "layer"           # "layer" | "rms"
+    norm: str = "layer"  # "layer" | "rms"
     norm_eps: float = 1e-5
-    mlp: str = "gelu"             # "gelu" (tanh approximation) | "swiglu"
-    position: str = "learned"     # "learned" | "sinusoidal" | "rope" | "none"
+    mlp: str = "gelu"  # "gelu" (tanh approximation) | "swiglu"
+    position: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_base: float = 10000.0
     tie_embeddings: bool = True
     bias: bool = True
-    num_outputs: int = 0          # encoder: >0 gives a sequence-classification head
-    target_vocab_size: int = 0    # encoder_decoder: 0 shares the source vocabulary
-    num_decoder_layers: int = 0   # encoder_decoder: 0 = num_layers
-    attention: str = "auto"       # see dlx/layers/attention.py
-    dtype: str = "float32"        # activations and matmuls: "float32" | "bfloat16" (params, norm
-                                  # statistics, softmax and logits stay float32)
+    num_outputs: int = 0  # encoder: >0 gives a sequence-classification head
+    target_vocab_size: int = 0  # encoder_decoder: 0 shares the source vocabulary
+    num_decoder_layers: int = 0  # encoder_decoder: 0 = num_layers
+    attention: str = "auto"  # see dlx/layers/attention.py
+    dtype: str = "float32"  # activations and matmuls: "float32" | "bfloat16" (params, norm
+    # statistics, softmax and logits stay float32)
 
     def __post_init__(self):
-        for field, value, choices in [("kind", self.kind, KINDS), ("norm", self.norm, NORMS),
-                                      ("mlp", self.mlp, MLPS),
-                                      ("position", self.position, POSITIONS),
-                                      ("attention", self.attention, IMPLEMENTATIONS),
-                                      ("dtype", self.dtype, DTYPES)]:
+        for field, value, choices in [
+            ("kind", self.kind, KINDS),
+            ("norm", self.norm, NORMS),
+            ("mlp", self.mlp, MLPS),
+            ("position", self.position, POSITIONS),
+            ("attention", self.attention, IMPLEMENTATIONS),
+            ("dtype", self.dtype, DTYPES),
+        ]:
             if value not in choices:
                 raise ConfigError(f"transformer: unknown {field} '{value}'; choose from {choices}")
         if self.embed_dim % self.num_heads:
-            raise ConfigError(f"transformer: embed_dim {self.embed_dim} is not a multiple of "
-                              f"num_heads {self.num_heads}")
+            raise ConfigError(
+                f"transformer: embed_dim {self.embed_dim} is not a multiple of "
+                f"num_heads {self.num_heads}"
+            )
         if self.num_heads % (self.num_kv_heads or self.num_heads):
-            raise ConfigError(f"transformer: num_heads {self.num_heads} is not a multiple of "
-                              f"num_kv_heads {self.num_kv_heads}")
+            raise ConfigError(
+                f"transformer: num_heads {self.num_heads} is not a multiple of "
+                f"num_kv_heads {self.num_kv_heads}"
+            )
         if self.position == "rope" and (self.embed_dim // self.num_heads) % 2:
             raise ConfigError("transformer: rotary positions need an even head dimension")
         super().__post_init__()
@@ -223,12 +266,23 @@ class Model(nn.Module):
         return self.target_vocab_size or self.vocab_size
 
     def setup(self):
-        residual_writes = self.num_layers + (self.decoder_layers if self.kind == "encoder_decoder"
-                                             else 0)
-        spec = BlockSpec(self.num_heads, self.head_dim, self.kv_heads, self.hidden_dim, self.norm,
-                         self.norm_eps, self.mlp, self.bias, self.dropout,
-                         self.rope_base if self.position == "rope" else None,
-                         INIT_STDDEV / math.sqrt(2 * residual_writes), self.attention)
+        residual_writes = self.num_layers + (
+            self.decoder_layers if self.kind == "encoder_decoder" else 0
+        )
+        spec = BlockSpec(
+            self.num_heads,
+            self.head_dim,
+            self.kv_heads,
+            self.hidden_dim,
+            self.norm,
+            self.norm_eps,
+            self.mlp,
+            self.bias,
+            self.dropout,
+            self.rope_base if self.position == "rope" else None,
+            INIT_STDDEV / math.sqrt(2 * residual_writes),
+            self.attention,
+        )
         self.wte = _embedding(self.vocab_size, self.embed_dim)
         if self.position == "learned":
             self.wpe = LearnedPositions(self.max_len, self.embed_dim)
@@ -249,11 +303,14 @@ class Model(nn.Module):
             self.decode_position = DecodePosition()
 
     # ---- pieces ----
-    def _embed(self, table: nn.Embed, tokens: jax.Array, positions: jax.Array,
-               train: bool) -> jax.Array:
+    def _embed(
+        self, table: nn.Embed, tokens: jax.Array, positions: jax.Array, train: bool
+    ) -> jax.Array:
         if self.position == "learned" and tokens.shape[1] > self.max_len:
-            raise ValueError(f"{tokens.shape[1]} positions but the learned position table has "
-                             f"max_len={self.max_len} rows")
+            raise ValueError(
+                f"{tokens.shape[1]} positions but the learned position table has "
+                f"max_len={self.max_len} rows"
+            )
         x = table(tokens)
         if self.position == "learned":
             x = x + self.wpe(positions)
@@ -264,40 +321,64 @@ class Model(nn.Module):
 
     def _logits(self, x: jax.Array, table: nn.Embed) -> jax.Array:
         if self.tie_embeddings:  # x @ table.T without materialising the transpose
-            logits = jax.lax.dot_general(x, table.embedding.astype(x.dtype),
-                                         (((x.ndim - 1,), (1,)), ((), ())),
-                                         preferred_element_type=jnp.float32)
+            logits = jax.lax.dot_general(
+                x,
+                table.embedding.astype(x.dtype),
+                (((x.ndim - 1,), (1,)), ((), ())),
+                preferred_element_type=jnp.float32,
+            )
         else:
             logits = self.lm_head(x)
-        return nn.with_logical_constraint(logits.astype(jnp.float32),
-                                          ("batch", "length", "vocab"))
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def _target_table(self) -> nn.Embed:
         return self.target_wte if self.target_vocab_size else self.wte
 
     # ---- entry points ----
-    def __call__(self, tokens: jax.Array, targets_in: jax.Array | None = None, *,
-                 train: bool = False, decode: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        tokens: jax.Array,
+        targets_in: jax.Array | None = None,
+        *,
+        train: bool = False,
+        decode: bool = False,
+    ) -> jax.Array:
         if self.kind == "encoder_decoder":
             if targets_in is None:
                 raise ValueError("an encoder_decoder transformer takes (inputs, targets_in)")
-            return self.decode(self.encode(tokens, train=train), targets_in, train=train,
-                               decode=decode)
+            return self.decode(
+                self.encode(tokens, train=train), targets_in, train=train, decode=decode
+            )
         if targets_in is not None:
             raise ValueError(f"a {self.kind} transformer takes one token array")
         if self.kind == "encoder":
             return self._encoder_outputs(tokens, train)
         positions = self.decode_position(tokens.shape[1], decode)
         x = self._embed(self.wte, tokens, positions, train)
-        x = _run_blocks(self.h, self.ln_f, x, mask=None, causal=True, positions=positions,
-                        train=train, decode=decode)
+        x = _run_blocks(
+            self.h,
+            self.ln_f,
+            x,
+            mask=None,
+            causal=True,
+            positions=positions,
+            train=train,
+            decode=decode,
+        )
         return self._logits(x, self.wte)
 
     def _encoder_outputs(self, tokens: jax.Array, train: bool) -> jax.Array:
         positions = jnp.arange(tokens.shape[1])[None]
         x = self._embed(self.wte, tokens, positions, train)
-        x = _run_blocks(self.h, self.ln_f, x, mask=padding_mask(tokens, PAD_ID), causal=False,
-                        positions=positions, train=train)
+        x = _run_blocks(
+            self.h,
+            self.ln_f,
+            x,
+            mask=padding_mask(tokens, PAD_ID),
+            causal=False,
+            positions=positions,
+            train=train,
+        )
         if not self.num_outputs:
             return self._logits(x, self.wte)
         real = (tokens != PAD_ID)[..., None].astype(x.dtype)
@@ -308,30 +389,50 @@ class Model(nn.Module):
         """encoder_decoder: {"encoded": [B, S, embed], "mask": [B, S] (True at real tokens)}."""
         positions = jnp.arange(inputs.shape[1])[None]
         x = self._embed(self.wte, inputs, positions, train)
-        x = self.encoder(x, mask=padding_mask(inputs, PAD_ID), causal=False,
-                         positions=positions, train=train)
+        x = self.encoder(
+            x, mask=padding_mask(inputs, PAD_ID), causal=False, positions=positions, train=train
+        )
         return {"encoded": x, "mask": inputs != PAD_ID}
 
-    def decode(self, memory: dict[str, jax.Array], targets_in: jax.Array, *,
-               train: bool = False, decode: bool = False) -> jax.Array:
+    def decode(
+        self,
+        memory: dict[str, jax.Array],
+        targets_in: jax.Array,
+        *,
+        train: bool = False,
+        decode: bool = False,
+    ) -> jax.Array:
         """encoder_decoder: logits [B, T, target vocab] for targets_in given the memory."""
         positions = self.decode_position(targets_in.shape[1], decode)
         table = self._target_table()
         x = self._embed(table, targets_in, positions, train)
-        x = self.decoder(x, mask=None, causal=True, positions=positions,
-                         memory=memory["encoded"], memory_mask=memory["mask"][:, None, None, :],
-                         train=train, decode=decode)
+        x = self.decoder(
+            x,
+            mask=None,
+            causal=True,
+            positions=positions,
+            memory=memory["encoded"],
+            memory_mask=memory["mask"][:, None, None, :],
+            train=train,
+            decode=decode,
+        )
         return self._logits(x, table)
 
 
 def _embedding(vocab: int, features: int) -> nn.Embed:
-    return nn.Embed(vocab, features, embedding_init=nn.with_logical_partitioning(
-        nn.initializers.normal(INIT_STDDEV), ("vocab", "embed")))
+    return nn.Embed(
+        vocab,
+        features,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(INIT_STDDEV), ("vocab", "embed")
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs
 # ---------------------------------------------------------------------------------------------
+
 
 def forward_flops_per_token(model: Model, seq_len: int, source_len: int | None = None) -> float:
     """Matmul FLOPs (2 per multiply-add) of one forward pass, per (target) token.
@@ -355,15 +456,17 @@ def forward_flops_per_token(model: Model, seq_len: int, source_len: int | None =
     if model.kind == "decoder":
         return model.num_layers * layer(seq_len) + 2 * d * model.vocab_size
     if model.kind == "encoder":
-        head = (2 * d * model.num_outputs / seq_len if model.num_outputs
-                else 2 * d * model.vocab_size)
+        head = (
+            2 * d * model.num_outputs / seq_len if model.num_outputs else 2 * d * model.vocab_size
+        )
         return model.num_layers * layer(seq_len) + head
     source = seq_len if source_len is None else source_len
     cross_per_target = 2 * (d * q_width + q_width * d) + scores * source
     cross_kv_per_source = 2 * d * 2 * kv_width
     encoder_per_source = model.num_layers * layer(source)
-    decoder_per_target = (model.decoder_layers * (layer(seq_len) + cross_per_target)
-                          + 2 * d * model.output_vocab)
+    decoder_per_target = (
+        model.decoder_layers * (layer(seq_len) + cross_per_target) + 2 * d * model.output_vocab
+    )
     per_source = encoder_per_source + model.decoder_layers * cross_kv_per_source
     return decoder_per_target + per_source * source / seq_len
 

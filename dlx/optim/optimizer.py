@@ -12,6 +12,7 @@ optimizer is initialised, so one optimizer config works for any model.
 Weight decay here is always DECOUPLED (AdamW-style, scaled by the learning rate, never part of the
 loss). Coupled L1/L2 penalties are loss terms: ``regularization_penalty`` gives them to a task.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -100,17 +101,32 @@ _DECAY = Float(0, 1, high_open=True)  # a decay of 1 never forgets (b1 = 1 divid
 # The type and range of every field of `default_config()`.
 RULES: dict[str, schema.Rule] = dict(
     # learning_rate 0 is allowed: a run that must not move its weights (checking a warm start)
-    name=OneOf(*OPTIMIZERS), learning_rate=Float(low=0),
-    schedule=OneOf(*SCHEDULES), warmup_steps=Int(low=0), end_lr_factor=Float(low=0),
-    boundaries=Named(Seq(Float(0, 1, low_open=True, high_open=True)),
-                     "increasing fractions of the total steps, each in (0, 1), e.g. (0.5, 0.75)"),
-    decay_rate=Float(low=0), momentum=_DECAY, nesterov=Bool(), b1=_DECAY, b2=_DECAY,
-    eps=Float(low=0), rho=_DECAY, initial_accumulator_value=Float(low=0),
-    weight_decay=Float(low=0), weight_decay_exclude=Str(), clip_value=Float(low=0),
+    name=OneOf(*OPTIMIZERS),
+    learning_rate=Float(low=0),
+    schedule=OneOf(*SCHEDULES),
+    warmup_steps=Int(low=0),
+    end_lr_factor=Float(low=0),
+    boundaries=Named(
+        Seq(Float(0, 1, low_open=True, high_open=True)),
+        "increasing fractions of the total steps, each in (0, 1), e.g. (0.5, 0.75)",
+    ),
+    decay_rate=Float(low=0),
+    momentum=_DECAY,
+    nesterov=Bool(),
+    b1=_DECAY,
+    b2=_DECAY,
+    eps=Float(low=0),
+    rho=_DECAY,
+    initial_accumulator_value=Float(low=0),
+    weight_decay=Float(low=0),
+    weight_decay_exclude=Str(),
+    clip_value=Float(low=0),
     clip_global_norm=Float(low=0),
-    lr_multipliers=Named(Seq(Fixed(Str(), Float(low=0))), "a sequence of (regex, factor >= 0) "
-                         "pairs"),
-    frozen=Str())
+    lr_multipliers=Named(
+        Seq(Fixed(Str(), Float(low=0))), "a sequence of (regex, factor >= 0) pairs"
+    ),
+    frozen=Str(),
+)
 
 
 def check_config(cfg: Any, where: str = "optimizer") -> None:
@@ -201,8 +217,9 @@ def _scale_by_optimizer(cfg: Any, name: str) -> optax.GradientTransformation:
     if name == "rmsprop":
         return optax.scale_by_rms(decay=cfg.rho, eps=cfg.eps)
     if name == "adagrad":
-        return optax.scale_by_rss(initial_accumulator_value=cfg.initial_accumulator_value,
-                                  eps=cfg.eps)
+        return optax.scale_by_rss(
+            initial_accumulator_value=cfg.initial_accumulator_value, eps=cfg.eps
+        )
     if name == "adadelta":
         return optax.scale_by_adadelta(rho=cfg.rho, eps=cfg.eps)
     return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, nesterov=name == "nadam")
@@ -283,9 +300,7 @@ def build_optimizer(
 # ---------------------------------------------------------------------------------------------
 
 
-def regularization_penalty(
-    params: Any, l1: float, l2: float, exclude: str = NO_DECAY
-) -> jax.Array:
+def regularization_penalty(params: Any, l1: float, l2: float, exclude: str = NO_DECAY) -> jax.Array:
     """``l1 * sum|w| + l2 / 2 * sum w^2`` over parameters whose path does not match ``exclude``.
 
     This is a coupled penalty the task adds to its loss (its gradient passes through the

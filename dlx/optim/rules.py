@@ -10,6 +10,7 @@ Flax metadata boxes (``nn.Partitioned`` and other ``AxisMetadata``) count as one
 position, so a boxed tree (e.g. from ``jax.eval_shape(model.init, ...)``) gets the same paths as
 its unboxed params.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,7 +55,9 @@ def compile_rules(rules: Rules) -> list[tuple[re.Pattern[str], Any]]:
         try:
             compiled.append((re.compile(pattern), value))
         except (re.error, TypeError) as e:
-            raise ConfigError(f"rule regex {pattern!r} is not a valid regular expression: {e}")
+            raise ConfigError(
+                f"rule regex {pattern!r} is not a valid regular expression: {e}"
+            ) from None
     return compiled
 
 

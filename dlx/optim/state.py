@@ -1,4 +1,5 @@
 """The one-model train state and the gradient step every supervised task shares."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,6 +21,7 @@ class ModelState:
     """The usual state of a task that trains one model with one optimizer: its params, their
     optimizer state and the model's other mutable collections. `apply_fn` and `tx` are static
     (not checkpointed)."""
+
     params: Any
     opt_state: Any
     model_state: Any  # mutable Flax collections other than params, e.g. {"batch_stats": ...}
@@ -27,14 +29,19 @@ class ModelState:
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, *, apply_fn, variables: dict, tx) -> "ModelState":
+    def create(cls, *, apply_fn, variables: dict, tx) -> ModelState:
         """From a model's variables. Given boxed variables (with logical axis names, as
         `model.init` returns them), the optimizer state carries the params' names too, which is
         what the runner shards the whole state by."""
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}
-        return cls(params=params, opt_state=tx.init(params), model_state=model_state,
-                   apply_fn=apply_fn, tx=tx)
+        return cls(
+            params=params,
+            opt_state=tx.init(params),
+            model_state=model_state,
+            apply_fn=apply_fn,
+            tx=tx,
+        )
 
 
 def global_norm(grads: Any) -> jax.Array:
@@ -52,15 +59,23 @@ def _split_microbatches(batch: dict, num: int) -> dict:
         if x.shape[0] % num:
             raise ValueError(f"batch of {x.shape[0]} rows does not split into {num} micro-batches")
         return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+
     return jax.tree.map(split, batch)
 
 
-def gradient_step(state: ModelState, batch: dict, rng: jax.Array, loss_fn: LossFn,
-                  accum_steps: int = 1, param_specs: Any = None) -> tuple[ModelState, dict]:
+def gradient_step(
+    state: ModelState,
+    batch: dict,
+    rng: jax.Array,
+    loss_fn: LossFn,
+    accum_steps: int = 1,
+    param_specs: Any = None,
+) -> tuple[ModelState, dict]:
     """One optimizer update; with ``accum_steps > 1`` the batch is cut into micro-batches whose
     gradients are averaged (same update, a fraction of the activation memory). `param_specs`
     (the params' logical PartitionSpecs) gathers the weights over ``fsdp`` where the loss uses
     them (``dlx.parallel.gather_fsdp``): give it whenever the step may run on a mesh."""
+
     def gathered_loss(params, *args):
         if param_specs is not None:
             params = gather_fsdp(params, param_specs)
@@ -70,18 +85,22 @@ def gradient_step(state: ModelState, batch: dict, rng: jax.Array, loss_fn: LossF
     if accum_steps == 1:
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
     else:
+
         def micro(carry, xs):
             grads_sum, model_state = carry
             index, micro_batch = xs
             (loss, (metrics, model_state)), grads = grad_fn(
-                state.params, model_state, micro_batch, jax.random.fold_in(rng, index))
+                state.params, model_state, micro_batch, jax.random.fold_in(rng, index)
+            )
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
             return (grads_sum, model_state), (loss, metrics)
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (grads, model_state), (losses, metrics) = jax.lax.scan(
-            micro, (zeros, state.model_state),
-            (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)))
+            micro,
+            (zeros, state.model_state),
+            (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)),
+        )
         grads = jax.tree.map(lambda g: g / accum_steps, grads)
         loss = losses.mean()
         metrics = jax.tree.map(jnp.mean, metrics)

@@ -9,6 +9,7 @@ test split (an autoencoder reconstructs what it has seen better than what it has
 Eval: mean reconstruction loss (per image, summed over pixels) and mean squared error per pixel;
 figures: test images above their reconstructions (`plots/reconstructions.png`).
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,8 +20,8 @@ import numpy as np
 from dlx import schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
-from dlx.tasks import losses
 from dlx.schema import Float, Int, OneOf
+from dlx.tasks import losses
 from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 from dlx.tasks.images import first_images, pixels, without_class, write_grid
 
@@ -42,20 +43,29 @@ class Task(SupervisedTask):
     @staticmethod
     def config_defaults() -> ml_collections.ConfigDict:
         config = supervised_config()
-        config.autoencoder = ml_collections.ConfigDict(dict(
-            loss="bce",         # "bce" (Bernoulli cross-entropy on intensities) or "mse"
-            noise_std=0.0,      # > 0: a denoising autoencoder
-            holdout_class=-1))  # >= 0: trained without this class; eval reports its AUROC
+        config.autoencoder = ml_collections.ConfigDict(
+            dict(
+                loss="bce",  # "bce" (Bernoulli cross-entropy on intensities) or "mse"
+                noise_std=0.0,  # > 0: a denoising autoencoder
+                holdout_class=-1,
+            )
+        )  # >= 0: trained without this class; eval reports its AUROC
         return config
 
-    config_rules = {**SUPERVISED_RULES, **schema.under(
-        "autoencoder", loss=OneOf(*LOSSES), noise_std=Float(low=0), holdout_class=Int(low=-1))}
+    config_rules = {
+        **SUPERVISED_RULES,
+        **schema.under(
+            "autoencoder", loss=OneOf(*LOSSES), noise_std=Float(low=0), holdout_class=Int(low=-1)
+        ),
+    }
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
         holdout = config.autoencoder.holdout_class
         if holdout >= 0 and holdout >= int(data_info.num_classes or 0):
-            raise ConfigError(f"config.autoencoder.holdout_class={holdout} is not a class of "
-                              f"{config.data.name} ({data_info.num_classes} classes)")
+            raise ConfigError(
+                f"config.autoencoder.holdout_class={holdout} is not a class of "
+                f"{config.data.name} ({data_info.num_classes} classes)"
+            )
         super().__init__(config, data_info, data_dir, workdir)
 
     def model_input(self, batch: dict) -> jax.Array:
@@ -82,16 +92,21 @@ class Task(SupervisedTask):
     def per_example(self, state, batch, rng) -> dict:
         clean = pixels(batch)
         logits = state.apply_fn({"params": state.params}, clean)
-        return {"loss": reconstruction_loss(logits, clean, self.config.autoencoder.loss),
-                "squared_error": jnp.square(jax.nn.sigmoid(logits) - clean).mean((1, 2, 3)),
-                "label": batch["label"]}
+        return {
+            "loss": reconstruction_loss(logits, clean, self.config.autoencoder.loss),
+            "squared_error": jnp.square(jax.nn.sigmoid(logits) - clean).mean((1, 2, 3)),
+            "label": batch["label"],
+        }
 
     def summarize(self, values: dict) -> dict[str, float]:
-        metrics = {"loss": float(values["loss"].mean()),
-                   "mse": float(values["squared_error"].mean())}
+        metrics = {
+            "loss": float(values["loss"].mean()),
+            "mse": float(values["squared_error"].mean()),
+        }
         holdout = self.config.autoencoder.holdout_class
         if holdout >= 0:
             from sklearn.metrics import roc_auc_score
+
             is_anomaly = values["label"] == holdout
             if is_anomaly.any() and not is_anomaly.all():
                 metrics["auroc"] = float(roc_auc_score(is_anomaly, values["squared_error"]))
@@ -102,9 +117,14 @@ class Task(SupervisedTask):
         clean = pixels({"image": jnp.asarray(batch["image"])})
         recon = jax.nn.sigmoid(jax.jit(state.apply_fn)({"params": state.params}, clean))
         if is_main_process():
-            write_grid(workdir, "reconstructions",
-                       np.concatenate([np.asarray(clean), np.asarray(recon)]), columns=NUM_SHOWN)
+            write_grid(
+                workdir,
+                "reconstructions",
+                np.concatenate([np.asarray(clean), np.asarray(recon)]),
+                columns=NUM_SHOWN,
+            )
 
     def evaluator(self):
-        return PerExample(self.per_example, self.summarize, self.write_reconstructions,
-                          seed=self.config.seed)
+        return PerExample(
+            self.per_example, self.summarize, self.write_reconstructions, seed=self.config.seed
+        )

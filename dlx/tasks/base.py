@@ -43,6 +43,7 @@ Sources: `source(split, train=...)` returns one of
 Each is read through `dlx.data.train_iterator`, whose state (the step) the runner checkpoints,
 so a resumed run sees the batches an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,11 +58,10 @@ import ml_collections
 import numpy as np
 
 from dlx import data as data_lib
-from dlx import schema
+from dlx import models, schema
 from dlx.data import RandomAccessSource
 from dlx.errors import ConfigError
 from dlx.metrics import BatchSums, Evaluator
-from dlx import models
 from dlx.models import get_model
 from dlx.optim import optimizer as optimizer_lib
 from dlx.optim.state import LossFn, ModelState, gradient_step
@@ -75,8 +75,9 @@ def model_inputs(batch: dict) -> jax.Array:
     return batch["features"].astype(jnp.float32)
 
 
-def apply_model(apply_fn, params, model_state: dict, x: jax.Array, *, train: bool,
-                rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def apply_model(
+    apply_fn, params, model_state: dict, x: jax.Array, *, train: bool, rng: jax.Array | None = None
+) -> tuple[jax.Array, dict]:
     """Runs the model; in training the mutable collections (batch_stats ...) are updated."""
     variables = {"params": params, **model_state}
     rngs = {"dropout": rng} if rng is not None else None
@@ -109,8 +110,7 @@ class Task:
         """Raises ConfigError for values of the task's keys that do not fit together (each
         value alone is checked by `config_rules`)."""
 
-    def __init__(self, config, data_info, data_dir: str | None = None,
-                 workdir: str | None = None):
+    def __init__(self, config, data_info, data_dir: str | None = None, workdir: str | None = None):
         self.config = config
         self.data_info = data_info
         self.data_dir = data_dir
@@ -135,8 +135,9 @@ class Task:
     def init_state(self, rng: jax.Array, batch: dict) -> Any:
         raise NotImplementedError
 
-    def train_step(self, state: Any, batch: dict, rng: jax.Array,
-                   step: jax.Array) -> tuple[Any, dict]:
+    def train_step(
+        self, state: Any, batch: dict, rng: jax.Array, step: jax.Array
+    ) -> tuple[Any, dict]:
         raise NotImplementedError
 
     def evaluator(self) -> Evaluator:
@@ -150,6 +151,7 @@ class Task:
         if not isinstance(model, nn.Module):
             return
         from dlx.tasks.model_summary import example_batch, model_summary
+
         table = model_summary(self, model, example_batch(self))
         if table is not None:
             with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
@@ -175,17 +177,25 @@ class Task:
 
 def supervised_config() -> ml_collections.ConfigDict:
     """The config keys of every `SupervisedTask`: one optimizer, loss terms, accumulation."""
-    return ml_collections.ConfigDict(dict(
-        optimizer=optimizer_lib.default_config(),
-        loss=ml_collections.ConfigDict(dict(l1=0.0, l2=0.0, label_smoothing=0.0)),
-        grad_accum_steps=1))
+    return ml_collections.ConfigDict(
+        dict(
+            optimizer=optimizer_lib.default_config(),
+            loss=ml_collections.ConfigDict(dict(l1=0.0, l2=0.0, label_smoothing=0.0)),
+            grad_accum_steps=1,
+        )
+    )
 
 
 SUPERVISED_RULES: dict[str, schema.Rule] = {
     **schema.under("optimizer", **optimizer_lib.RULES),
-    **schema.under("loss", l1=schema.Float(low=0), l2=schema.Float(low=0),
-                   label_smoothing=schema.Float(0, 1, high_open=True)),
-    "grad_accum_steps": schema.Int(low=1)}
+    **schema.under(
+        "loss",
+        l1=schema.Float(low=0),
+        l2=schema.Float(low=0),
+        label_smoothing=schema.Float(0, 1, high_open=True),
+    ),
+    "grad_accum_steps": schema.Int(low=1),
+}
 
 
 class SupervisedTask(Task):
@@ -212,23 +222,28 @@ class SupervisedTask(Task):
         models.check_config(config.model)
         optimizer_lib.check_config(config.optimizer)
         if config.optimizer.weight_decay > 0 and config.loss.l2 > 0:
-            raise ConfigError("optimizer.weight_decay and loss.l2 are both set: that decays "
-                              "weights twice; keep one (weight_decay is decoupled, loss.l2 is a "
-                              "loss term)")
+            raise ConfigError(
+                "optimizer.weight_decay and loss.l2 are both set: that decays "
+                "weights twice; keep one (weight_decay is decoupled, loss.l2 is a "
+                "loss term)"
+            )
         if config.data.batch_size % config.grad_accum_steps:
-            raise ConfigError(f"config.data.batch_size={config.data.batch_size} must divide into "
-                              f"config.grad_accum_steps={config.grad_accum_steps} micro-batches")
+            raise ConfigError(
+                f"config.data.batch_size={config.data.batch_size} must divide into "
+                f"config.grad_accum_steps={config.grad_accum_steps} micro-batches"
+            )
 
-    def __init__(self, config, data_info, data_dir: str | None = None,
-                 workdir: str | None = None):
+    def __init__(self, config, data_info, data_dir: str | None = None, workdir: str | None = None):
         super().__init__(config, data_info, data_dir, workdir)
         self.model = get_model(config.model.name, **self.model_kwargs())
 
     def check_for_mesh(self, data_parallel_size: int) -> None:
         micro = self.config.data.batch_size // self.config.grad_accum_steps
         if micro % data_parallel_size:
-            raise ConfigError(f"micro-batch {micro} (batch_size / grad_accum_steps) is not "
-                              f"divisible by the data-parallel size {data_parallel_size}")
+            raise ConfigError(
+                f"micro-batch {micro} (batch_size / grad_accum_steps) is not "
+                f"divisible by the data-parallel size {data_parallel_size}"
+            )
 
     def model_kwargs(self) -> dict:
         return {k: v for k, v in self.config.model.items() if k != "name"}
@@ -239,8 +254,9 @@ class SupervisedTask(Task):
     def init(self, rng: jax.Array, batch: dict) -> Any:
         """The model's boxed variables."""
         params_rng, dropout_rng = jax.random.split(rng)
-        return self.model.init({"params": params_rng, "dropout": dropout_rng},
-                               self.model_input(batch), train=False)
+        return self.model.init(
+            {"params": params_rng, "dropout": dropout_rng}, self.model_input(batch), train=False
+        )
 
     @functools.cached_property
     def tx(self):
@@ -251,23 +267,28 @@ class SupervisedTask(Task):
         return optimizer_lib.build_schedule(self.config.optimizer, self.total_steps())
 
     def init_state(self, rng: jax.Array, batch: dict) -> ModelState:
-        return ModelState.create(apply_fn=self.model.apply, variables=self.init(rng, batch),
-                                 tx=self.tx)
+        return ModelState.create(
+            apply_fn=self.model.apply, variables=self.init(rng, batch), tx=self.tx
+        )
 
     @functools.cached_property
     def param_specs(self) -> Any:
         """The logical PartitionSpec of every parameter, from the model's boxed variables."""
-        example = {k: np.asarray(v)[None] for k, v in
-                   self.source(self.config.data.train_split, train=True)[0].items()}
+        example = {
+            k: np.asarray(v)[None]
+            for k, v in self.source(self.config.data.train_split, train=True)[0].items()
+        }
         variables = jax.eval_shape(self.init, jax.random.PRNGKey(0), example)
         return nn.get_partition_spec(variables)["params"]
 
     loss_fn: LossFn
 
-    def train_step(self, state: ModelState, batch: dict, rng: jax.Array,
-                   step: jax.Array) -> tuple[ModelState, dict]:
-        state, metrics = gradient_step(state, batch, rng, self.loss_fn,
-                                       self.config.grad_accum_steps, self.param_specs)
+    def train_step(
+        self, state: ModelState, batch: dict, rng: jax.Array, step: jax.Array
+    ) -> tuple[ModelState, dict]:
+        state, metrics = gradient_step(
+            state, batch, rng, self.loss_fn, self.config.grad_accum_steps, self.param_specs
+        )
         return state, {**metrics, "learning_rate": self.schedule(step)}
 
     def eval_step(self, state: ModelState, batch: dict) -> dict:
@@ -276,8 +297,7 @@ class SupervisedTask(Task):
     def summarize_eval(self, sums: dict) -> dict[str, float]:
         raise NotImplementedError
 
-    def write_eval_artifacts(self, state: ModelState, sums: dict, workdir: str,
-                             step: int) -> None:
+    def write_eval_artifacts(self, state: ModelState, sums: dict, workdir: str, step: int) -> None:
         """Figures and samples beyond the learning curves, under `workdir`. Called on every
         process (sampling runs sharded); only the main process writes."""
 
@@ -286,13 +306,16 @@ class SupervisedTask(Task):
 
     def predict(self, state: ModelState, batch: dict) -> jax.Array:
         """The model's output (logits, values) on a batch as the task feeds the model."""
-        return apply_model(state.apply_fn, state.params, state.model_state,
-                           self.model_input(batch), train=False)[0]
+        return apply_model(
+            state.apply_fn, state.params, state.model_state, self.model_input(batch), train=False
+        )[0]
 
     def tokens_per_example(self) -> int | None:
         """The length of a token-id model input (a [batch, length] integer array), else None."""
-        example = {k: np.asarray(v)[None] for k, v in
-                   self.source(self.config.data.train_split, train=True)[0].items()}
+        example = {
+            k: np.asarray(v)[None]
+            for k, v in self.source(self.config.data.train_split, train=True)[0].items()
+        }
         try:
             x = self.model_input(example)
         except KeyError:  # the task feeds the model more than one array
@@ -303,8 +326,9 @@ class SupervisedTask(Task):
     def train_flops_per_example(self) -> float | None:
         """From the model family's count per token (`train_flops_per_token(model, seq_len)`,
         see dlx/models/transformer.py), for token inputs."""
-        count = getattr(importlib.import_module(type(self.model).__module__),
-                        "train_flops_per_token", None)
+        count = getattr(
+            importlib.import_module(type(self.model).__module__), "train_flops_per_token", None
+        )
         tokens = self.tokens_per_example()
         return tokens * count(self.model, tokens) if count and tokens else None
 

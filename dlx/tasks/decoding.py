@@ -14,6 +14,7 @@ Token id 0 is padding: decoded sequences hold 0 after their end-of-sequence toke
 settings); `stream` runs generate's jitted prefill and step a token at a time (the language
 model's text samples and `launch.py sample` stand on it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,13 +28,18 @@ import numpy as np
 
 from dlx.layers.attention import PAD_ID
 
-
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
 
-def sample_logits(logits: jax.Array, rng: jax.Array, temperature: float | jax.Array = 1.0,
-                  top_k: int = 0, top_p: float | jax.Array = 1.0) -> jax.Array:
+
+def sample_logits(
+    logits: jax.Array,
+    rng: jax.Array,
+    temperature: float | jax.Array = 1.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+) -> jax.Array:
     """Token ids [B] (int32) drawn from logits [B, V].
 
     temperature 0 is greedy (argmax). top_k > 0 keeps the k most likely tokens; top_p < 1 keeps
@@ -76,6 +82,7 @@ def _without_cache(variables: Any) -> dict:
 # The cached forward pass, shared by every decoder below
 # ---------------------------------------------------------------------------------------------
 
+
 def _empty_cache(model, variables, rows: int, length: int, memory=None):
     """A zero cache for `rows` sequences of up to `length` tokens (after `memory` for an
     encoder-decoder model)."""
@@ -83,8 +90,9 @@ def _empty_cache(model, variables, rows: int, length: int, memory=None):
     if memory is None:
         _, state = model.apply(variables, zeros, decode=True, mutable=["cache"])
     else:
-        _, state = model.apply(variables, memory, zeros, decode=True, method="decode",
-                               mutable=["cache"])
+        _, state = model.apply(
+            variables, memory, zeros, decode=True, method="decode", mutable=["cache"]
+        )
     return state["cache"]
 
 
@@ -95,8 +103,9 @@ def _advance(model, variables, cache, tokens: jax.Array, memory=None):
     if memory is None:
         logits, state = model.apply(variables, tokens, decode=True, mutable=["cache"])
     else:
-        logits, state = model.apply(variables, memory, tokens, decode=True, method="decode",
-                                    mutable=["cache"])
+        logits, state = model.apply(
+            variables, memory, tokens, decode=True, method="decode", mutable=["cache"]
+        )
     return logits[:, -1], state["cache"]
 
 
@@ -105,6 +114,7 @@ def _advance(model, variables, cache, tokens: jax.Array, memory=None):
 # a token at a time (`stream`, for text printed as it comes). Token i of a continuation is drawn
 # with `fold_in(rng, i)` in both, so they give the same tokens for the same key.
 # ---------------------------------------------------------------------------------------------
+
 
 def _draw(logits, rng, temperature, top_p, top_k: int, greedy: bool, use_top_p: bool):
     # Greedy and "no nucleus" are compiled in (static), so they skip the sampling work (two
@@ -134,49 +144,83 @@ def _step(model, variables, cache, token, key, settings, top_k, greedy, use_top_
 def _decoding_settings(temperature: float, top_k: int, top_p: float):
     """(traced settings, static top_k / greedy / use_top_p) for `_prefill` and `_step`."""
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1, got "
-                         f"{temperature}, {top_k}, {top_p}")
-    return ((jnp.float32(temperature), jnp.float32(top_p)),
-            (int(top_k), temperature == 0, top_p < 1))
+        raise ValueError(
+            f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1, got "
+            f"{temperature}, {top_k}, {top_p}"
+        )
+    return (
+        (jnp.float32(temperature), jnp.float32(top_p)),
+        (int(top_k), temperature == 0, top_p < 1),
+    )
 
 
-def generate(model: nn.Module, variables: Any, prompt: jax.Array, rng: jax.Array,
-             max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0) -> jax.Array:
+def generate(
+    model: nn.Module,
+    variables: Any,
+    prompt: jax.Array,
+    rng: jax.Array,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> jax.Array:
     """prompt [B, P] (int32, no padding) -> [B, P + max_new_tokens]: the prompt and its
     continuation. The prompt is consumed in one call (prefill), then one token a step inside a
     `lax.scan`, all in one jitted program. temperature 0 is greedy."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     settings, static = _decoding_settings(temperature, top_k, top_p)
-    return _generate(model, _without_cache(variables), jnp.asarray(prompt, jnp.int32), rng,
-                     settings, max_new_tokens, *static)
+    return _generate(
+        model,
+        _without_cache(variables),
+        jnp.asarray(prompt, jnp.int32),
+        rng,
+        settings,
+        max_new_tokens,
+        *static,
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
-def _generate(model, variables, prompt, rng, settings, max_new_tokens, top_k, greedy,
-              use_top_p):
+def _generate(model, variables, prompt, rng, settings, max_new_tokens, top_k, greedy, use_top_p):
     static = (top_k, greedy, use_top_p)
-    first, cache = _prefill(model, variables, prompt, jax.random.fold_in(rng, 0), settings,
-                            prompt.shape[1] + max_new_tokens, *static)
+    first, cache = _prefill(
+        model,
+        variables,
+        prompt,
+        jax.random.fold_in(rng, 0),
+        settings,
+        prompt.shape[1] + max_new_tokens,
+        *static,
+    )
 
     def body(carry, index):
         token, cache = carry
-        following, cache = _step(model, variables, cache, token, jax.random.fold_in(rng, index),
-                                 settings, *static)
+        following, cache = _step(
+            model, variables, cache, token, jax.random.fold_in(rng, index), settings, *static
+        )
         return (following, cache), following
 
     _, rest = jax.lax.scan(body, (first, cache), jnp.arange(1, max_new_tokens))
     return jnp.concatenate([prompt, first[:, None], rest.T.astype(jnp.int32)], axis=1)
 
 
-def stream(model: nn.Module, variables: Any, prompt: np.ndarray, rng: jax.Array,
-           max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0) -> Iterator[np.ndarray]:
+def stream(
+    model: nn.Module,
+    variables: Any,
+    prompt: np.ndarray,
+    rng: jax.Array,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Iterator[np.ndarray]:
     """Yields the continuation of prompt [B, P] a token at a time (numpy [B]): the tokens
-    `generate` draws with the same key, while the model has room. A model with a position limit (`max_len`) that runs out
-    of room is restarted on the last max_len / 2 tokens (the context a full-window model would
-    keep, halved so the restart is rare)."""
+    `generate` draws with the same key, while the model has room. A model with a position limit
+    (`max_len`) that runs out of room is restarted on the last max_len / 2 tokens (the context a
+    full-window model would keep, halved so the restart is rare)."""
     if max_new_tokens < 1:
         return
     settings, static = _decoding_settings(temperature, top_k, top_p)
@@ -188,8 +232,15 @@ def stream(model: nn.Module, variables: Any, prompt: np.ndarray, rng: jax.Array,
     cache_len = history.shape[1] + max_new_tokens
     if max_len:
         cache_len = min(max_len, cache_len)
-    token, cache = _prefill(model, variables, jnp.asarray(history), jax.random.fold_in(rng, 0),
-                            settings, cache_len, *static)
+    token, cache = _prefill(
+        model,
+        variables,
+        jnp.asarray(history),
+        jax.random.fold_in(rng, 0),
+        settings,
+        cache_len,
+        *static,
+    )
     position = history.shape[1]
     for index in range(1, max_new_tokens + 1):
         token_host = np.asarray(token)
@@ -200,10 +251,11 @@ def stream(model: nn.Module, variables: Any, prompt: np.ndarray, rng: jax.Array,
         position += 1
         key = jax.random.fold_in(rng, index)
         if max_len and position >= cache_len:
-            history = history[:, -(max_len // 2):]
+            history = history[:, -(max_len // 2) :]
             position = history.shape[1]
-            token, cache = _prefill(model, variables, jnp.asarray(history), key, settings,
-                                    cache_len, *static)
+            token, cache = _prefill(
+                model, variables, jnp.asarray(history), key, settings, cache_len, *static
+            )
         else:
             token, cache = _step(model, variables, cache, token, key, settings, *static)
 
@@ -211,6 +263,7 @@ def stream(model: nn.Module, variables: Any, prompt: np.ndarray, rng: jax.Array,
 # ---------------------------------------------------------------------------------------------
 # Encoder-decoder decoding
 # ---------------------------------------------------------------------------------------------
+
 
 def length_penalty_factor(length: jax.Array, alpha: float) -> jax.Array:
     """GNMT's ((5 + length) / 6) ** alpha; a sequence's score is log p / this (alpha 0: log p)."""
@@ -231,12 +284,19 @@ def _decode_step(model, variables, memory, cache, tokens):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), cache
 
 
-def greedy_decode(model: nn.Module, variables: Any, inputs: jax.Array, *, bos_id: int,
-                  eos_id: int, max_len: int) -> jax.Array:
+def greedy_decode(
+    model: nn.Module, variables: Any, inputs: jax.Array, *, bos_id: int, eos_id: int, max_len: int
+) -> jax.Array:
     """[B, max_len] int32: the most likely token at each step after bos_id, until eos_id
     (included) or max_len tokens; 0 after the eos. Stops early once every row has ended."""
-    return _greedy(model, _without_cache(variables), jnp.asarray(inputs, jnp.int32),
-                   int(bos_id), int(eos_id), int(max_len))
+    return _greedy(
+        model,
+        _without_cache(variables),
+        jnp.asarray(inputs, jnp.int32),
+        int(bos_id),
+        int(eos_id),
+        int(max_len),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
@@ -255,14 +315,27 @@ def _greedy(model, variables, inputs, bos_id, eos_id, max_len):
         out = out.at[:, i].set(token)
         return i + 1, token, out, done | (token == eos_id), cache
 
-    state = (jnp.int32(0), jnp.full((batch,), bos_id, jnp.int32),
-             jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch,), bool), cache)
+    state = (
+        jnp.int32(0),
+        jnp.full((batch,), bos_id, jnp.int32),
+        jnp.zeros((batch, max_len), jnp.int32),
+        jnp.zeros((batch,), bool),
+        cache,
+    )
     return jax.lax.while_loop(keep_going, body, state)[2]
 
 
-def beam_search(model: nn.Module, variables: Any, inputs: jax.Array, *, beam_size: int,
-                bos_id: int, eos_id: int, max_len: int,
-                length_penalty: float = 0.6) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+    model: nn.Module,
+    variables: Any,
+    inputs: jax.Array,
+    *,
+    beam_size: int,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+    length_penalty: float = 0.6,
+) -> tuple[jax.Array, jax.Array]:
     """Best sequences [B, max_len] (int32, 0 after the eos) and their scores [B].
 
     Each step extends every live beam by every token and keeps the `beam_size` best by
@@ -276,9 +349,16 @@ def beam_search(model: nn.Module, variables: Any, inputs: jax.Array, *, beam_siz
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if length_penalty < 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
-    return _beam(model, _without_cache(variables), jnp.asarray(inputs, jnp.int32),
-                 jnp.float32(length_penalty), int(beam_size), int(bos_id), int(eos_id),
-                 int(max_len))
+    return _beam(
+        model,
+        _without_cache(variables),
+        jnp.asarray(inputs, jnp.int32),
+        jnp.float32(length_penalty),
+        int(beam_size),
+        int(bos_id),
+        int(eos_id),
+        int(max_len),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
@@ -294,6 +374,7 @@ def _beam(model, variables, inputs, alpha, beam_size, bos_id, eos_id, max_len):
                 return x
             per_example = x.reshape(batch, k, *x.shape[1:])
             return per_example[jnp.arange(batch)[:, None], beam].reshape(x.shape)
+
         return jax.tree.map(gather, tree)
 
     def keep_going(state):
@@ -318,31 +399,51 @@ def _beam(model, variables, inputs, alpha, beam_size, bos_id, eos_id, max_len):
         finished_scores, keep = jax.lax.top_k(pooled_scores, k)
         finished_seqs = jnp.take_along_axis(pooled_seqs, keep[:, :, None], axis=1)
         alive_lp = jnp.where(ends, neg_inf, top_lp)
-        return (i + 1, alive_lp, seqs, token, finished_scores, finished_seqs,
-                reorder(cache, beam))
+        return (i + 1, alive_lp, seqs, token, finished_scores, finished_seqs, reorder(cache, beam))
 
     first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, neg_inf)
-    state = (jnp.int32(0), jnp.broadcast_to(first_beam_only, (batch, k)),
-             jnp.zeros((batch, k, max_len), jnp.int32), jnp.full((batch, k), bos_id, jnp.int32),
-             jnp.full((batch, k), neg_inf), jnp.zeros((batch, k, max_len), jnp.int32), cache)
+    state = (
+        jnp.int32(0),
+        jnp.broadcast_to(first_beam_only, (batch, k)),
+        jnp.zeros((batch, k, max_len), jnp.int32),
+        jnp.full((batch, k), bos_id, jnp.int32),
+        jnp.full((batch, k), neg_inf),
+        jnp.zeros((batch, k, max_len), jnp.int32),
+        cache,
+    )
     _, _, _, _, finished_scores, finished_seqs, _ = jax.lax.while_loop(keep_going, body, state)
     return finished_seqs[:, 0], finished_scores[:, 0]
 
 
-def score_sequences(model: nn.Module, variables: Any, inputs: jax.Array, sequences: jax.Array,
-                    *, bos_id: int, eos_id: int, length_penalty: float = 0.0) -> jax.Array:
+def score_sequences(
+    model: nn.Module,
+    variables: Any,
+    inputs: jax.Array,
+    sequences: jax.Array,
+    *,
+    bos_id: int,
+    eos_id: int,
+    length_penalty: float = 0.0,
+) -> jax.Array:
     """[B]: the model's log p(sequence | inputs) / length_penalty_factor(length), by one
     teacher-forced pass. A sequence ends at its first eos_id (counted) or else at its last
     position, in the format greedy_decode and beam_search return."""
-    return _score(model, _without_cache(variables), jnp.asarray(inputs, jnp.int32),
-                  jnp.asarray(sequences, jnp.int32), jnp.float32(length_penalty), int(bos_id),
-                  int(eos_id))
+    return _score(
+        model,
+        _without_cache(variables),
+        jnp.asarray(inputs, jnp.int32),
+        jnp.asarray(sequences, jnp.int32),
+        jnp.float32(length_penalty),
+        int(bos_id),
+        int(eos_id),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _score(model, variables, inputs, sequences, length_penalty, bos_id, eos_id):
     targets_in = jnp.concatenate(
-        [jnp.full((sequences.shape[0], 1), bos_id, jnp.int32), sequences[:, :-1]], axis=1)
+        [jnp.full((sequences.shape[0], 1), bos_id, jnp.int32), sequences[:, :-1]], axis=1
+    )
     logits = model.apply(variables, inputs, targets_in)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_lp = jnp.take_along_axis(log_probs, sequences[:, :, None], axis=-1)[..., 0]

@@ -16,6 +16,7 @@ denoising trajectory (`plots/trajectory.png`: rows are samples, columns the pred
 evenly spaced steps). `launch.py sample` draws with `diffusion.sampler` ("ddim", with
 `diffusion.sample_steps` steps and `diffusion.eta`, or "ancestral", every step).
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,31 +72,52 @@ class Task(SupervisedTask):
     @staticmethod
     def config_defaults() -> ml_collections.ConfigDict:
         config = supervised_config()
-        config.diffusion = ml_collections.ConfigDict(dict(
-            timesteps=1000, schedule="linear", ema_decay=0.999, image_size=32,
-            sampler="ddim", sample_steps=50, eta=0.0))
+        config.diffusion = ml_collections.ConfigDict(
+            dict(
+                timesteps=1000,
+                schedule="linear",
+                ema_decay=0.999,
+                image_size=32,
+                sampler="ddim",
+                sample_steps=50,
+                eta=0.0,
+            )
+        )
         return config
 
-    config_rules = {**SUPERVISED_RULES, **schema.under(
-        "diffusion", timesteps=Int(low=2), schedule=OneOf(*SCHEDULES),
-        ema_decay=Float(0, 1, high_open=True), image_size=Int(low=1), sampler=OneOf(*SAMPLERS),
-        sample_steps=Int(low=1), eta=Float(low=0))}
+    config_rules = {
+        **SUPERVISED_RULES,
+        **schema.under(
+            "diffusion",
+            timesteps=Int(low=2),
+            schedule=OneOf(*SCHEDULES),
+            ema_decay=Float(0, 1, high_open=True),
+            image_size=Int(low=1),
+            sampler=OneOf(*SAMPLERS),
+            sample_steps=Int(low=1),
+            eta=Float(low=0),
+        ),
+    }
 
     @staticmethod
     def check_config(config) -> None:
         SupervisedTask.check_config(config)
         d = config.diffusion
         if d.sample_steps > d.timesteps:
-            raise ConfigError(f"config.diffusion.sample_steps={d.sample_steps} must be <= "
-                              f"config.diffusion.timesteps={d.timesteps}")
+            raise ConfigError(
+                f"config.diffusion.sample_steps={d.sample_steps} must be <= "
+                f"config.diffusion.timesteps={d.timesteps}"
+            )
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
         super().__init__(config, data_info, data_dir, workdir)
         d = config.diffusion
         height, width, channels = data_info.features["image"].shape
         if d.image_size < max(height, width):
-            raise ConfigError(f"config.diffusion.image_size={d.image_size} is smaller than the "
-                              f"{height}x{width} images")
+            raise ConfigError(
+                f"config.diffusion.image_size={d.image_size} is smaller than the "
+                f"{height}x{width} images"
+            )
         self.image_shape = (height, width, channels)
         betas = noise_schedule(d.schedule, d.timesteps)
         self.alpha_bar = jnp.asarray(np.cumprod(1.0 - betas), jnp.float32)
@@ -103,7 +125,10 @@ class Task(SupervisedTask):
 
     def model_kwargs(self) -> dict:
         kwargs = super().model_kwargs()
-        size, channels = self.config.diffusion.image_size, self.data_info.features["image"].shape[-1]
+        size, channels = (
+            self.config.diffusion.image_size,
+            self.data_info.features["image"].shape[-1],
+        )
         kwargs["image_shape"] = (size, size, channels)
         return kwargs
 
@@ -115,15 +140,18 @@ class Task(SupervisedTask):
         x = pixels(batch) * 2.0 - 1.0
         size = self.config.diffusion.image_size
         pad_h, pad_w = size - x.shape[1], size - x.shape[2]
-        return jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                           (pad_w // 2, pad_w - pad_w // 2), (0, 0)), constant_values=-1.0)
+        return jnp.pad(
+            x,
+            ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+            constant_values=-1.0,
+        )
 
     def to_images(self, x: jax.Array) -> np.ndarray:
         """Model space -> [B, H, W, C] in [0, 1], cropped to the data's size."""
         height, width, _ = self.image_shape
         top = (x.shape[1] - height) // 2
         left = (x.shape[2] - width) // 2
-        x = x[:, top:top + height, left:left + width]
+        x = x[:, top : top + height, left : left + width]
         return np.clip((np.asarray(x) + 1.0) / 2.0, 0.0, 1.0)
 
     def model_input(self, batch: dict) -> jax.Array:
@@ -131,8 +159,9 @@ class Task(SupervisedTask):
 
     def init(self, rng, batch):
         x = self.to_model_space(batch)
-        return self.model.init({"params": rng, "dropout": rng}, x,
-                               jnp.zeros((x.shape[0],), jnp.int32), train=False)
+        return self.model.init(
+            {"params": rng, "dropout": rng}, x, jnp.zeros((x.shape[0],), jnp.int32), train=False
+        )
 
     def init_state(self, rng, batch) -> DiffusionState:
         params = self.init(rng, batch)["params"]
@@ -151,8 +180,9 @@ class Task(SupervisedTask):
         t = jax.random.randint(t_rng, (x0.shape[0],), 0, self.config.diffusion.timesteps)
         eps = jax.random.normal(eps_rng, x0.shape)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-        predicted = self.model.apply({"params": params}, self.noisy(x0, t, eps), t, train=train,
-                                     rngs=rngs)
+        predicted = self.model.apply(
+            {"params": params}, self.noisy(x0, t, eps), t, train=train, rngs=rngs
+        )
         return jnp.mean(jnp.square(predicted - eps), axis=(1, 2, 3))
 
     def train_step(self, state: DiffusionState, batch, rng, step):
@@ -161,8 +191,9 @@ class Task(SupervisedTask):
 
         def loss_fn(params):
             params = gather_fsdp(params, self.param_specs)
-            return self.denoising_loss(params, x0, noise_rng, train=True,
-                                       dropout_rng=dropout_rng).mean()
+            return self.denoising_loss(
+                params, x0, noise_rng, train=True, dropout_rng=dropout_rng
+            ).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -170,7 +201,10 @@ class Task(SupervisedTask):
         decay = self.config.diffusion.ema_decay
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
         return DiffusionState(params, opt_state, ema), {
-            "loss": loss, "grad_norm": global_norm(grads), "learning_rate": self.schedule(step)}
+            "loss": loss,
+            "grad_norm": global_norm(grads),
+            "learning_rate": self.schedule(step),
+        }
 
     # -------------------------------------------------------------------------------------------
     # Sampling
@@ -202,8 +236,9 @@ class Task(SupervisedTask):
                 x0, eps = predict(x, t)
                 a, beta = self.alpha_bar[t], self.betas[t]
                 a_prev = jnp.where(t > 0, self.alpha_bar[jnp.maximum(t - 1, 0)], 1.0)
-                mean = (jnp.sqrt(a_prev) * beta / (1.0 - a)) * x0 + \
-                    (jnp.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)) * x
+                mean = (jnp.sqrt(a_prev) * beta / (1.0 - a)) * x0 + (
+                    jnp.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)
+                ) * x
                 variance = beta * (1.0 - a_prev) / (1.0 - a)
                 noise = jax.random.normal(step_rng, x.shape)
                 return mean + jnp.where(t > 0, jnp.sqrt(variance), 0.0) * noise, x0
@@ -218,9 +253,10 @@ class Task(SupervisedTask):
                 a = self.alpha_bar[t]
                 a_prev = jnp.where(t_prev >= 0, self.alpha_bar[jnp.maximum(t_prev, 0)], 1.0)
                 sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
-                direction = jnp.sqrt(jnp.maximum(1 - a_prev - sigma ** 2, 0.0)) * eps
+                direction = jnp.sqrt(jnp.maximum(1 - a_prev - sigma**2, 0.0)) * eps
                 noise = sigma * jax.random.normal(step_rng, x.shape)
                 return jnp.sqrt(a_prev) * x0 + direction + noise, x0
+
             steps = (steps, previous)
 
         count_steps = len(jax.tree.leaves(steps)[0])
@@ -247,8 +283,9 @@ class Task(SupervisedTask):
     # Evaluation
     # -------------------------------------------------------------------------------------------
     def per_example(self, state: DiffusionState, batch, rng) -> dict:
-        return {"loss": self.denoising_loss(state.ema, self.to_model_space(batch), rng,
-                                            train=False)}
+        return {
+            "loss": self.denoising_loss(state.ema, self.to_model_space(batch), rng, train=False)
+        }
 
     @staticmethod
     def summarize(values: dict) -> dict[str, float]:
@@ -265,8 +302,9 @@ class Task(SupervisedTask):
         write_grid(workdir, "trajectory", trajectory, columns=TRAJECTORY_COLUMNS)
 
     def evaluator(self):
-        return PerExample(self.per_example, self.summarize, self.write_figures,
-                          seed=self.config.seed)
+        return PerExample(
+            self.per_example, self.summarize, self.write_figures, seed=self.config.seed
+        )
 
     def check_sample_options(self, options: dict) -> None:
         image_sample_options(options, "diffusion")
@@ -278,8 +316,9 @@ class Task(SupervisedTask):
         count, seed = image_sample_options(options, "diffusion")
         images, _ = self.generate(state.ema, count, seed)
         sampler = self.config.diffusion.sampler
-        return save_samples(self.workdir, f"{sampler}_seed{seed}", images,
-                            f"samples ({sampler})", out)
+        return save_samples(
+            self.workdir, f"{sampler}_seed{seed}", images, f"samples ({sampler})", out
+        )
 
     def num_params(self, state: DiffusionState) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -289,6 +328,7 @@ class Task(SupervisedTask):
         size, channels = self.config.diffusion.image_size, self.image_shape[-1]
         x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
         t = jax.ShapeDtypeStruct((1,), jnp.int32)
-        variables = jax.eval_shape(functools.partial(self.model.init, train=False),
-                                   jax.random.PRNGKey(0), x, t)
+        variables = jax.eval_shape(
+            functools.partial(self.model.init, train=False), jax.random.PRNGKey(0), x, t
+        )
         return nn.get_partition_spec(variables)["params"]

@@ -1,5 +1,6 @@
 """What the image tasks share: pixels as floats, a train split without one class (anomaly
 detection), and figures of image grids."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def without_class(source, label: int) -> ArraySource:
     return ArraySource({k: v[keep] for k, v in source.columns.items()})
 
 
-def write_grid(workdir: str, name: str, images, columns: int | None = None,
-               folder: str = "plots") -> str:
+def write_grid(
+    workdir: str, name: str, images, columns: int | None = None, folder: str = "plots"
+) -> str:
     """Saves [N, H, W, C] images in [0, 1] as `<workdir>/<folder>/<name>.png`; returns the
     path."""
     os.makedirs(os.path.join(workdir, folder), exist_ok=True)
@@ -63,11 +65,14 @@ def draw_images(task, state, count: int, seed: int, batch_size: int = 500) -> np
     `fold_in(key(seed), i)`; every batch full size, so it compiles once), so that 10,000 images
     fit in memory."""
     if count < 1 or batch_size < 1:
-        raise ConfigError(f"draw_images needs count >= 1 and batch_size >= 1, got {count} and "
-                          f"{batch_size}")
+        raise ConfigError(
+            f"draw_images needs count >= 1 and batch_size >= 1, got {count} and {batch_size}"
+        )
     key, batch_size = jax.random.PRNGKey(seed), min(batch_size, count)
-    batches = [np.asarray(task.sample_images(state, jax.random.fold_in(key, i), batch_size))
-               for i in range(-(-count // batch_size))]
+    batches = [
+        np.asarray(task.sample_images(state, jax.random.fold_in(key, i), batch_size))
+        for i in range(-(-count // batch_size))
+    ]
     return np.concatenate(batches)[:count]
 
 

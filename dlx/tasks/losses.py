@@ -5,6 +5,7 @@ Per-example values come back unreduced (a task decides how to average, mask or w
 the leading axis). `masked_mean` is the average over real positions of padded sequences, and
 `with_penalty` adds the config's L1/L2 terms (`config.loss.l1`, `config.loss.l2`) to a loss.
 """
+
 from __future__ import annotations
 
 from typing import Any

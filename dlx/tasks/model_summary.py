@@ -6,6 +6,7 @@ it calls the model (method, argument shapes, keyword arguments, random streams);
 then tabulated with the same call, so a GAN's (noise, images), a diffusion U-Net's (x, t) or a
 seq2seq model's (inputs, targets) need no code of their own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,14 @@ class ModelCall:
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-                        if hasattr(x, "shape") and hasattr(x, "dtype") else x, tree)
+    return jax.tree.map(
+        lambda x: (
+            jax.ShapeDtypeStruct(x.shape, x.dtype)
+            if hasattr(x, "shape") and hasattr(x, "dtype")
+            else x
+        ),
+        tree,
+    )
 
 
 def first_model_call(task, model: nn.Module, example: dict) -> ModelCall | None:
@@ -40,10 +47,21 @@ def first_model_call(task, model: nn.Module, example: dict) -> ModelCall | None:
 
     def record(next_fun, args, kwargs, context):
         module = context.module
-        if (not calls and type(module) is type(model) and module.scope is not None
-                and not module.scope.path and context.method_name != "setup"):
-            calls.append(ModelCall(context.method_name, _abstract(args), _abstract(kwargs),
-                                   sorted(module.scope.rngs)))
+        if (
+            not calls
+            and type(module) is type(model)
+            and module.scope is not None
+            and not module.scope.path
+            and context.method_name != "setup"
+        ):
+            calls.append(
+                ModelCall(
+                    context.method_name,
+                    _abstract(args),
+                    _abstract(kwargs),
+                    sorted(module.scope.rngs),
+                )
+            )
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
@@ -61,8 +79,10 @@ def _receptive_field_lines(module, model: nn.Module, call: ModelCall) -> list[st
     stack = module.layer_stack(model)
     lines = ["", f"{'layer':<20}{'output':>12}{'receptive field':>18}  (input pixels)"]
     for along_h, along_w in zip(receptive_fields(stack, height), receptive_fields(stack, width)):
-        lines.append(f"{along_h.name:<20}{f'{along_h.size}x{along_w.size}':>12}"
-                     f"{f'{along_h.receptive_field}x{along_w.receptive_field}':>18}")
+        lines.append(
+            f"{along_h.name:<20}{f'{along_h.size}x{along_w.size}':>12}"
+            f"{f'{along_h.receptive_field}x{along_w.receptive_field}':>18}"
+        )
     return lines
 
 
@@ -76,10 +96,17 @@ def model_summary(task, model: nn.Module, example: dict) -> str | None:
     kwargs = dict(call.kwargs)
     if call.method != "__call__":
         kwargs["method"] = call.method
-    args = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype)  # tabulate needs concrete inputs
-                        if isinstance(x, jax.ShapeDtypeStruct) else x, call.args)
-    table = model.tabulate(rngs, *args, console_kwargs={"width": TABLE_WIDTH,
-                                                             "force_terminal": False}, **kwargs)
+    args = jax.tree.map(
+        lambda x: (
+            np.zeros(x.shape, x.dtype)  # tabulate needs concrete inputs
+            if isinstance(x, jax.ShapeDtypeStruct)
+            else x
+        ),
+        call.args,
+    )
+    table = model.tabulate(
+        rngs, *args, console_kwargs={"width": TABLE_WIDTH, "force_terminal": False}, **kwargs
+    )
     module = importlib.import_module(type(model).__module__)
     return "\n".join([table.rstrip(), *_receptive_field_lines(module, model, call)]) + "\n"
 

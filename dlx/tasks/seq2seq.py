@@ -21,6 +21,7 @@ Cropping drops only padding, which attention and the loss mask out.
 Works with any model keeping the encoder-decoder contract of `dlx.tasks.decoding` (`transformer`
 kind="encoder_decoder", `seq2seq`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from dlx.data.text import G2P_DATA_SETS, g2p_source, g2p_vocabularies
 from dlx import schema
+from dlx.data.text import G2P_DATA_SETS, g2p_source, g2p_vocabularies
 from dlx.errors import ConfigError
 from dlx.schema import Float, Int
 from dlx.tasks import decoding, losses
@@ -55,8 +56,10 @@ class Task(SupervisedTask):
         config.decoding = ml_collections.ConfigDict(dict(beam_size=1, length_penalty=0.0))
         return config
 
-    config_rules = {**SUPERVISED_RULES, **schema.under(
-        "decoding", beam_size=Int(low=1), length_penalty=Float(low=0))}
+    config_rules = {
+        **SUPERVISED_RULES,
+        **schema.under("decoding", beam_size=Int(low=1), length_penalty=Float(low=0)),
+    }
 
     @staticmethod
     def check_config(config) -> None:
@@ -70,8 +73,10 @@ class Task(SupervisedTask):
 
     def model_kwargs(self) -> dict:
         kwargs = super().model_kwargs()
-        for key, vocab in (("vocab_size", self.input_vocab),
-                           ("target_vocab_size", self.target_vocab)):
+        for key, vocab in (
+            ("vocab_size", self.input_vocab),
+            ("target_vocab_size", self.target_vocab),
+        ):
             if not kwargs.get(key):
                 kwargs[key] = vocab.size
         return kwargs
@@ -85,8 +90,12 @@ class Task(SupervisedTask):
 
     def init(self, rng, batch):
         params_rng, dropout_rng = jax.random.split(rng)
-        return self.model.init({"params": params_rng, "dropout": dropout_rng}, batch["inputs"],
-                               batch["targets"][:, :-1], train=False)
+        return self.model.init(
+            {"params": params_rng, "dropout": dropout_rng},
+            batch["inputs"],
+            batch["targets"][:, :-1],
+            train=False,
+        )
 
     # -------------------------------------------------------------------------------------------
     # Training
@@ -99,9 +108,13 @@ class Task(SupervisedTask):
 
         def step_on(input_length: int, target_length: int):
             def bucket_step(state, batch):
-                cropped = {**batch, "inputs": batch["inputs"][:, :input_length],
-                           "targets": batch["targets"][:, :target_length]}
+                cropped = {
+                    **batch,
+                    "inputs": batch["inputs"][:, :input_length],
+                    "targets": batch["targets"][:, :target_length],
+                }
                 return super(Task, self).train_step(state, cropped, rng, step)
+
             return bucket_step
 
         index = bucket_index(batch["inputs"], batch["targets"], shapes, self.target_vocab.pad_id)
@@ -110,8 +123,9 @@ class Task(SupervisedTask):
     def _logits(self, apply_fn, params, model_state, batch, *, train, rng=None):
         variables = {"params": params, **model_state}
         rngs = {"dropout": rng} if rng is not None else None
-        return apply_fn(variables, batch["inputs"], batch["targets"][:, :-1], train=train,
-                        rngs=rngs)
+        return apply_fn(
+            variables, batch["inputs"], batch["targets"][:, :-1], train=train, rngs=rngs
+        )
 
     def loss_fn(self, params, model_state, batch, rng):
         logits = self._logits(self.model.apply, params, model_state, batch, train=True, rng=rng)
@@ -131,12 +145,24 @@ class Task(SupervisedTask):
         d = self.config.decoding
         vocab = self.target_vocab
         if d.beam_size == 1:
-            return decoding.greedy_decode(self.model, {"params": params}, inputs,
-                                          max_len=max_len, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-        sequences, _ = decoding.beam_search(self.model, {"params": params}, inputs,
-                                            beam_size=d.beam_size, max_len=max_len,
-                                            bos_id=vocab.bos_id, eos_id=vocab.eos_id,
-                                            length_penalty=d.length_penalty)
+            return decoding.greedy_decode(
+                self.model,
+                {"params": params},
+                inputs,
+                max_len=max_len,
+                bos_id=vocab.bos_id,
+                eos_id=vocab.eos_id,
+            )
+        sequences, _ = decoding.beam_search(
+            self.model,
+            {"params": params},
+            inputs,
+            beam_size=d.beam_size,
+            max_len=max_len,
+            bos_id=vocab.bos_id,
+            eos_id=vocab.eos_id,
+            length_penalty=d.length_penalty,
+        )
         return sequences
 
     @functools.cached_property
@@ -155,49 +181,59 @@ class Task(SupervisedTask):
         eos_id = self.target_vocab.eos_id
         distance, reference_length = edit_distances(predicted, targets, eos_id)
         closest, closest_length = closest_edit_distances(
-            predicted, batch["references"], eos_id, self.target_vocab.pad_id)
-        return {"loss": (nll * token_mask * row_mask[:, None]).sum(),
-                "tokens": (token_mask * row_mask[:, None]).sum(),
-                "edits": (distance * row_mask).sum(),
-                "reference_phonemes": (reference_length * row_mask).sum(),
-                "wrong_words": ((distance > 0) * row_mask).sum(), "words": row_mask.sum(),
-                "edits_any": (closest * row_mask).sum(),
-                "reference_phonemes_any": (closest_length * row_mask).sum(),
-                "wrong_words_any": ((closest > 0) * row_mask).sum()}
+            predicted, batch["references"], eos_id, self.target_vocab.pad_id
+        )
+        return {
+            "loss": (nll * token_mask * row_mask[:, None]).sum(),
+            "tokens": (token_mask * row_mask[:, None]).sum(),
+            "edits": (distance * row_mask).sum(),
+            "reference_phonemes": (reference_length * row_mask).sum(),
+            "wrong_words": ((distance > 0) * row_mask).sum(),
+            "words": row_mask.sum(),
+            "edits_any": (closest * row_mask).sum(),
+            "reference_phonemes_any": (closest_length * row_mask).sum(),
+            "wrong_words_any": ((closest > 0) * row_mask).sum(),
+        }
 
     def summarize_eval(self, sums: dict) -> dict[str, float]:
         """Error rates against the primary pronunciation, and (`_any`) against the closest of
         the word's pronunciations, as multi-pronunciation lexicons are usually scored."""
         words = float(sums["words"])
-        return {"loss": float(sums["loss"]) / float(sums["tokens"]),
-                "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
-                "word_error_rate": float(sums["wrong_words"]) / words,
-                "phoneme_error_rate_any": (float(sums["edits_any"])
-                                           / float(sums["reference_phonemes_any"])),
-                "word_error_rate_any": float(sums["wrong_words_any"]) / words}
+        return {
+            "loss": float(sums["loss"]) / float(sums["tokens"]),
+            "phoneme_error_rate": float(sums["edits"]) / float(sums["reference_phonemes"]),
+            "word_error_rate": float(sums["wrong_words"]) / words,
+            "phoneme_error_rate_any": (
+                float(sums["edits_any"]) / float(sums["reference_phonemes_any"])
+            ),
+            "word_error_rate_any": float(sums["wrong_words_any"]) / words,
+        }
 
     def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
         """A few decoded words of the eval split next to their references."""
         source = self.source(self.config.data.eval_split, train=False)
         rows = source.read_rows(np.arange(min(NUM_EXAMPLES_SHOWN, len(source))))
         targets = rows["targets"][:, 1:]
-        predicted = np.asarray(self._jitted_decode(state.params, jnp.asarray(rows["inputs"]),
-                                                   targets.shape[1]))
+        predicted = np.asarray(
+            self._jitted_decode(state.params, jnp.asarray(rows["inputs"]), targets.shape[1])
+        )
         if not is_main_process():
             return
         decode = self.target_vocab.decode
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         with open(os.path.join(workdir, "samples", f"step_{step:07d}.txt"), "w") as f:
-            for word, prediction, references in zip(rows["inputs"], predicted,
-                                                    rows["references"]):
+            for word, prediction, references in zip(rows["inputs"], predicted, rows["references"]):
                 known = [decode(r) for r in references if r[0] != self.target_vocab.pad_id]
                 mark = "ok " if decode(prediction) in known else "ERR"
-                f.write(f"{mark} {self.input_vocab.decode(word, join=''):<20} "
-                        f"{decode(prediction)}   (reference: {' | '.join(known)})\n")
+                f.write(
+                    f"{mark} {self.input_vocab.decode(word, join=''):<20} "
+                    f"{decode(prediction)}   (reference: {' | '.join(known)})\n"
+                )
 
 
-def bucket_shapes(input_width: int, target_width: int,
-                  buckets: tuple[int, ...] = TRAIN_LENGTH_BUCKETS) -> list[tuple[int, int]]:
+def bucket_shapes(
+    input_width: int, target_width: int, buckets: tuple[int, ...] = TRAIN_LENGTH_BUCKETS
+) -> list[tuple[int, int]]:
     """(input length, target length) of each bucket for batches [B, input_width] and
     [B, target_width]: bucket n holds inputs of <= n letters and decoder inputs (targets[:, :-1])
     of <= n ids; the last shape is the full width."""
@@ -207,9 +243,11 @@ def bucket_shapes(input_width: int, target_width: int,
     return [*shapes, (input_width, target_width)]
 
 
-def bucket_index(inputs: jax.Array, targets: jax.Array, shapes: list[tuple[int, int]],
-                 pad_id: int) -> jax.Array:
+def bucket_index(
+    inputs: jax.Array, targets: jax.Array, shapes: list[tuple[int, int]], pad_id: int
+) -> jax.Array:
     """The first of `shapes` (from `bucket_shapes`) holding every non-pad id of the batch."""
+
     def used_width(ids):  # one past the last non-pad position of any row
         positions = jnp.arange(1, ids.shape[1] + 1)
         return jnp.max(jnp.where(ids != pad_id, positions, 0))
@@ -239,8 +277,9 @@ def edit_distances(predicted: jax.Array, reference: jax.Array, eos_id: int):
         i, token = xs  # row i of the table, predicted token i - 1
         substitution = previous[:, :-1] + (token[:, None] != reference).astype(jnp.int32)
         deletion = previous + 1
-        best = jnp.concatenate([jnp.full_like(previous[:, :1], i),
-                                jnp.minimum(deletion[:, 1:], substitution)], axis=1)
+        best = jnp.concatenate(
+            [jnp.full_like(previous[:, :1], i), jnp.minimum(deletion[:, 1:], substitution)], axis=1
+        )
         row = jax.lax.cummin(best - columns, axis=1) + columns
         return row, row
 
@@ -252,15 +291,17 @@ def edit_distances(predicted: jax.Array, reference: jax.Array, eos_id: int):
     return distance.astype(jnp.float32), reference_length.astype(jnp.float32)
 
 
-def closest_edit_distances(predicted: jax.Array, references: jax.Array, eos_id: int,
-                           pad_id: int):
+def closest_edit_distances(predicted: jax.Array, references: jax.Array, eos_id: int, pad_id: int):
     """`edit_distances` of each predicted row [B, S] to the closest of its references
     [B, K, T] (rows of pad only are absent references; the first is always present), and that
     reference's length. Ties go to the earlier reference."""
     batch, k, width = references.shape
-    distance, length = edit_distances(jnp.repeat(predicted, k, axis=0),
-                                      references.reshape(batch * k, width), eos_id)
+    distance, length = edit_distances(
+        jnp.repeat(predicted, k, axis=0), references.reshape(batch * k, width), eos_id
+    )
     distance = jnp.where(references[:, :, 0] != pad_id, distance.reshape(batch, k), jnp.inf)
     closest = jnp.argmin(distance, axis=1)[:, None]
-    return (jnp.take_along_axis(distance, closest, 1)[:, 0],
-            jnp.take_along_axis(length.reshape(batch, k), closest, 1)[:, 0])
+    return (
+        jnp.take_along_axis(distance, closest, 1)[:, 0],
+        jnp.take_along_axis(length.reshape(batch, k), closest, 1)[:, 0],
+    )

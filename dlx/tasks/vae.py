@@ -16,6 +16,7 @@ per-step key, never from a key kept in the model.
 Figures: samples from the prior, test images and reconstructions, a latent interpolation, and
 for a 2-D latent the test set's posterior means coloured by label.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,11 +33,10 @@ from dlx import schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import gradient_step
-from dlx.tasks.losses import bernoulli_nll
 from dlx.schema import Int
 from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
-from dlx.tasks.images import (first_images, image_sample_options, pixels, save_samples,
-                              write_grid)
+from dlx.tasks.images import first_images, image_sample_options, pixels, save_samples, write_grid
+from dlx.tasks.losses import bernoulli_nll
 
 NUM_SHOWN = 16
 
@@ -47,7 +47,7 @@ def binarize(images: jax.Array, rng: jax.Array) -> jax.Array:
 
 def gaussian_kl(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
     """KL(N(mean, exp(log_variance)) || N(0, I)), summed over the latent dimensions."""
-    return 0.5 * jnp.sum(jnp.exp(log_variance) + mean ** 2 - 1.0 - log_variance, axis=-1)
+    return 0.5 * jnp.sum(jnp.exp(log_variance) + mean**2 - 1.0 - log_variance, axis=-1)
 
 
 class Task(SupervisedTask):
@@ -59,15 +59,19 @@ class Task(SupervisedTask):
         config.vae = ml_collections.ConfigDict(dict(kl_warmup_steps=0, importance_samples=100))
         return config
 
-    config_rules = {**SUPERVISED_RULES, **schema.under(
-        "vae", kl_warmup_steps=Int(low=0), importance_samples=Int(low=0))}
+    config_rules = {
+        **SUPERVISED_RULES,
+        **schema.under("vae", kl_warmup_steps=Int(low=0), importance_samples=Int(low=0)),
+    }
 
     @staticmethod
     def check_config(config) -> None:
         SupervisedTask.check_config(config)
         if not config.model.get("variational", False):
-            raise ConfigError("the vae task needs config.model.variational=True (an encoder that "
-                              "gives a mean and a log-variance)")
+            raise ConfigError(
+                "the vae task needs config.model.variational=True (an encoder that "
+                "gives a mean and a log-variance)"
+            )
 
     def model_input(self, batch: dict) -> jax.Array:
         return pixels(batch)
@@ -93,11 +97,14 @@ class Task(SupervisedTask):
         def loss_fn(params, model_state, batch, rng):
             nll, kl = self._elbo_terms(self.model.apply, params, pixels(batch), rng)
             loss = nll.mean() + beta * kl.mean()
-            return loss, ({"reconstruction": nll.mean(), "kl": kl.mean(),
-                           "negative_elbo": (nll + kl).mean()}, model_state)
+            return loss, (
+                {"reconstruction": nll.mean(), "kl": kl.mean(), "negative_elbo": (nll + kl).mean()},
+                model_state,
+            )
 
-        state, metrics = gradient_step(state, batch, rng, loss_fn, self.config.grad_accum_steps,
-                                       self.param_specs)
+        state, metrics = gradient_step(
+            state, batch, rng, loss_fn, self.config.grad_accum_steps, self.param_specs
+        )
         return state, {**metrics, "kl_weight": beta, "learning_rate": self.schedule(step)}
 
     def per_example(self, state, batch, rng) -> dict:
@@ -108,22 +115,29 @@ class Task(SupervisedTask):
         std = jnp.exp(0.5 * log_variance)
         eps = jax.random.normal(latent_rng, mean.shape)
         logits = state.apply_fn({"params": state.params}, mean + std * eps, method="decode")
-        values = {"negative_elbo": bernoulli_nll(logits, x) + gaussian_kl(mean, log_variance),
-                  "kl": gaussian_kl(mean, log_variance), "mean": mean, "label": batch["label"]}
+        values = {
+            "negative_elbo": bernoulli_nll(logits, x) + gaussian_kl(mean, log_variance),
+            "kl": gaussian_kl(mean, log_variance),
+            "mean": mean,
+            "label": batch["label"],
+        }
         k = self.config.vae.importance_samples
         if k:
-            values["nll"] = self._importance_sampled_nll(state, x, mean, std, k,
-                                                         jax.random.fold_in(rng, 1))
+            values["nll"] = self._importance_sampled_nll(
+                state, x, mean, std, k, jax.random.fold_in(rng, 1)
+            )
         return values
 
     def _importance_sampled_nll(self, state, x, mean, std, k: int, rng) -> jax.Array:
         """-log (1/k sum_i p(x|z_i) p(z_i) / q(z_i|x)), z_i ~ q(z|x), per image."""
+
         def log_weight(eps):
             z = mean + std * eps
             logits = state.apply_fn({"params": state.params}, z, method="decode")
-            log_prior = -0.5 * jnp.sum(z ** 2 + math.log(2 * math.pi), axis=-1)
-            log_posterior = -0.5 * jnp.sum(eps ** 2 + math.log(2 * math.pi), axis=-1) \
-                - jnp.sum(jnp.log(std), axis=-1)
+            log_prior = -0.5 * jnp.sum(z**2 + math.log(2 * math.pi), axis=-1)
+            log_posterior = -0.5 * jnp.sum(eps**2 + math.log(2 * math.pi), axis=-1) - jnp.sum(
+                jnp.log(std), axis=-1
+            )
             return -bernoulli_nll(logits, x) + log_prior - log_posterior
 
         eps = jax.random.normal(rng, (k, *mean.shape))
@@ -131,8 +145,10 @@ class Task(SupervisedTask):
         return -(jax.nn.logsumexp(log_weights, axis=0) - math.log(k))
 
     def summarize(self, values: dict) -> dict[str, float]:
-        metrics = {"negative_elbo": float(values["negative_elbo"].mean()),
-                   "kl": float(values["kl"].mean())}
+        metrics = {
+            "negative_elbo": float(values["negative_elbo"].mean()),
+            "kl": float(values["kl"].mean()),
+        }
         if "nll" in values:
             metrics["nll"] = float(values["nll"].mean())
         return metrics
@@ -150,8 +166,9 @@ class Task(SupervisedTask):
     def sample_images(self, state, rng: jax.Array, count: int) -> np.ndarray:
         """`count` images in [0, 1], the Bernoulli means decoded from prior samples drawn with
         `rng` (dlx.tasks.images.draw_images)."""
-        return self.decode_images(state, jax.random.normal(
-            rng, (count, self.config.model.latent_dim)))
+        return self.decode_images(
+            state, jax.random.normal(rng, (count, self.config.model.latent_dim))
+        )
 
     def write_figures(self, state, values: dict, workdir: str, step: int) -> None:
         latent = self.config.model.latent_dim
@@ -166,17 +183,25 @@ class Task(SupervisedTask):
         if not is_main_process():
             return
         write_grid(workdir, "samples", samples, columns=8)
-        write_grid(workdir, "reconstructions",
-                   np.concatenate([np.asarray(images), reconstructions]), columns=NUM_SHOWN)
+        write_grid(
+            workdir,
+            "reconstructions",
+            np.concatenate([np.asarray(images), reconstructions]),
+            columns=NUM_SHOWN,
+        )
         write_grid(workdir, "interpolation", interpolation, columns=10)
         if latent == 2:
-            _plot_latent_means(values["mean"], values["label"],
-                               os.path.join(workdir, "plots", "latent_means.png"),
-                               self.data_info.class_names)
+            _plot_latent_means(
+                values["mean"],
+                values["label"],
+                os.path.join(workdir, "plots", "latent_means.png"),
+                self.data_info.class_names,
+            )
 
     def evaluator(self):
-        return PerExample(self.per_example, self.summarize, self.write_figures,
-                          seed=self.config.seed)
+        return PerExample(
+            self.per_example, self.summarize, self.write_figures, seed=self.config.seed
+        )
 
     def check_sample_options(self, options: dict) -> None:
         image_sample_options(options, "vae")
@@ -187,19 +212,26 @@ class Task(SupervisedTask):
         out = out or sys.stdout  # looked up now: a caller may have redirected it
         count, seed = image_sample_options(options, "vae")
         z = jax.random.normal(jax.random.PRNGKey(seed), (count, self.config.model.latent_dim))
-        return save_samples(self.workdir, f"prior_seed{seed}", self.decode_images(state, z),
-                            "samples from the prior", out)
+        return save_samples(
+            self.workdir,
+            f"prior_seed{seed}",
+            self.decode_images(state, z),
+            "samples from the prior",
+            out,
+        )
 
 
 def _plot_latent_means(means, labels, path: str, class_names) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 6))
     scatter = ax.scatter(means[:, 0], means[:, 1], c=labels, cmap="tab10", s=3)
     handles, _ = scatter.legend_elements()
     names = list(class_names or range(int(labels.max()) + 1))
-    ax.legend(handles, names[:len(handles)], fontsize=7, markerscale=1.5, loc="best")
+    ax.legend(handles, names[: len(handles)], fontsize=7, markerscale=1.5, loc="best")
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title("Posterior means of the test images")

@@ -17,6 +17,7 @@ warning.
 latest checkpoint: the items of its state the task names (`Task.warm_start_items`, e.g. params
 and batch statistics) only; the rest of the state, the step and the data position start afresh.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,9 @@ def _restore_target(abstract: Any, shardings: Any) -> Any:
     """Abstract leaves carrying this run's shardings: what Orbax restores into."""
     return jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        abstract, shardings)
+        abstract,
+        shardings,
+    )
 
 
 def _state_dir(workdir: str, step: int) -> epath.Path:
@@ -94,11 +97,14 @@ def _step_files(step_dir: str) -> dict[str, str]:
 
 def write_manifest(step_dir: str, metric: float | None = None) -> None:
     """Records every file of a finished step, and its score on config.best_metric if evaluated."""
-    lines = [f"  {json.dumps(relative)}: [{os.path.getsize(path)}, \"{_sha256(path)}\"]"
-             for relative, path in sorted(_step_files(step_dir).items())]
+    lines = [
+        f'  {json.dumps(relative)}: [{os.path.getsize(path)}, "{_sha256(path)}"]'
+        for relative, path in sorted(_step_files(step_dir).items())
+    ]
     head = json.dumps({"format": 1, "metric": metric})[:-1]
-    replace_file(os.path.join(step_dir, MANIFEST),
-                 head + ', "files": {\n' + ",\n".join(lines) + "\n}}\n")
+    replace_file(
+        os.path.join(step_dir, MANIFEST), head + ', "files": {\n' + ",\n".join(lines) + "\n}}\n"
+    )
 
 
 def _read_manifest(step_dir: str) -> dict:
@@ -124,8 +130,10 @@ class Verdict:
 def check_step(step_dir: str) -> Verdict:
     """Whether a finished step's files are the ones its manifest recorded."""
     try:
-        expected = {str(name): (int(size), str(digest))
-                    for name, (size, digest) in _read_manifest(step_dir)["files"].items()}
+        expected = {
+            str(name): (int(size), str(digest))
+            for name, (size, digest) in _read_manifest(step_dir)["files"].items()
+        }
     except FileNotFoundError:
         return _without_manifest(step_dir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -138,8 +146,11 @@ def check_step(step_dir: str) -> Verdict:
         elif os.path.getsize(path) != size:
             problems.append(f"{name} has {os.path.getsize(path)} bytes, {size} expected")
     if not problems:  # sizes first: cheap, and most damage (truncation) shows there
-        problems = [f"{name} does not match its checksum" for name, (_, digest) in expected.items()
-                    if _sha256(os.path.join(step_dir, name)) != digest]
+        problems = [
+            f"{name} does not match its checksum"
+            for name, (_, digest) in expected.items()
+            if _sha256(os.path.join(step_dir, name)) != digest
+        ]
     if not problems:
         return Verdict("intact")
     more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
@@ -173,8 +184,10 @@ def usable_step(directory: str, *, resuming_workdir: str | None = None) -> int |
     `resuming_workdir` (a run that trains on) damaged steps move to its `damaged_checkpoints/`
     and unfinished ones are deleted, so the run can save those steps again. Raises UserError
     when checkpoints are there but none is intact (and then changes nothing)."""
-    return on_process_0(lambda: _choose_step(directory, resuming_workdir),
-                        f"find an intact checkpoint in {directory}")
+    return on_process_0(
+        lambda: _choose_step(directory, resuming_workdir),
+        f"find an intact checkpoint in {directory}",
+    )
 
 
 def _choose_step(directory: str, resuming_workdir: str | None) -> int | None:
@@ -188,8 +201,10 @@ def _choose_step(directory: str, resuming_workdir: str | None) -> int | None:
         skipped.append((step, verdict))
     if chosen is None and any(v.status == "damaged" for _, v in skipped):
         found = "; ".join(f"step {s}: {v.problem or 'not finished'}" for s, v in skipped)
-        raise UserError(f"no checkpoint in {directory} is intact ({found}); move the folder away "
-                        f"to start from scratch")
+        raise UserError(
+            f"no checkpoint in {directory} is intact ({found}); move the folder away "
+            f"to start from scratch"
+        )
     for step, verdict in skipped:
         where = os.path.join(directory, str(step))
         if verdict.status == "damaged":
@@ -202,14 +217,18 @@ def _choose_step(directory: str, resuming_workdir: str | None) -> int | None:
             if resuming_workdir:
                 _delete(where)
                 done = "deleted it"
-            warn(f"checkpoint step {step} in {directory} was not finished (the run stopped before "
-                 f"its checksums were written); {done}")
+            warn(
+                f"checkpoint step {step} in {directory} was not finished (the run stopped before "
+                f"its checksums were written); {done}"
+            )
     if chosen is None:
         return None
     step, verdict = chosen
     if verdict.status == "unverified":
-        warn(f"checkpoint step {step} in {directory} has no checksum manifest (saved by an older "
-             f"dlx); restoring it unverified")
+        warn(
+            f"checkpoint step {step} in {directory} has no checksum manifest (saved by an older "
+            f"dlx); restoring it unverified"
+        )
     return step
 
 
@@ -236,8 +255,14 @@ def _move_aside(step_dir: str, workdir: str) -> str:
 
 def _intact_before(directory: str, step: int) -> int | None:
     """The newest intact step older than `step`; read on this process alone, silently."""
-    return next((s for s in sorted(_finished_steps(directory), reverse=True)
-                 if s < step and check_step(os.path.join(directory, str(s))).usable), None)
+    return next(
+        (
+            s
+            for s in sorted(_finished_steps(directory), reverse=True)
+            if s < step and check_step(os.path.join(directory, str(s))).usable
+        ),
+        None,
+    )
 
 
 def _io_problem(error: BaseException) -> str | None:
@@ -277,8 +302,10 @@ def _orbax_failures_reported_once() -> Iterator[None]:
     previous_hook = sys.unraisablehook
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError)
-                and str(unraisable.exc_value) == "Event loop is closed"):
+        if not (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
             previous_hook(unraisable)
 
     for name in _NOISY_LOGGERS:
@@ -299,8 +326,15 @@ class Checkpointer:
     `best_metric`) deleted, so an older intact step exists whenever the newest is unfinished.
     A save that fails (a full disk) raises UserError there, and the steps before it stay."""
 
-    def __init__(self, directory: str, *, keep_latest: int, best_metric: str, best_mode: str,
-                 read_only: bool = False):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep_latest: int,
+        best_metric: str,
+        best_mode: str,
+        read_only: bool = False,
+    ):
         self.keep_latest = max(1, keep_latest)
         self.best_metric, self.best_mode = best_metric, best_mode
         self.directory = os.path.abspath(directory)
@@ -313,8 +347,12 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-                    cleanup_tmp_directories=not read_only))  # what a killed run left half-done
+                    create=not read_only,
+                    read_only=read_only,
+                    enable_async_checkpointing=True,
+                    cleanup_tmp_directories=not read_only,
+                ),
+            )  # what a killed run left half-done
         self._quiet = contextlib.ExitStack()
         if not read_only:
             self._quiet.enter_context(_orbax_failures_reported_once())
@@ -324,8 +362,15 @@ class Checkpointer:
         self.wait()
         return usable_step(self.directory)
 
-    def save(self, step: int, state: Any, data_state: dict | None,
-             eval_metrics: dict | None = None, *, wait: bool = False) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: dict | None,
+        eval_metrics: dict | None = None,
+        *,
+        wait: bool = False,
+    ) -> None:
         self.wait()
         items = {"state": ocp.args.StandardSave(state)}
         if data_state is not None:
@@ -333,12 +378,19 @@ class Checkpointer:
         metric = (eval_metrics or {}).get(self.best_metric)
         self._pending_step = step
         with self._save_failures(step):
-            self.manager.save(step, args=ocp.args.Composite(**items), force=True,
-                              custom_metadata={_MARK: MANIFEST})
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(**items),
+                force=True,
+                custom_metadata={_MARK: MANIFEST},
+            )
         if jax.process_index() == 0:
             self._sealer = threading.Thread(
-                target=self._seal, args=(step, None if metric is None else float(metric)),
-                daemon=True, name=f"dlx-manifest-{step}")
+                target=self._seal,
+                args=(step, None if metric is None else float(metric)),
+                daemon=True,
+                name=f"dlx-manifest-{step}",
+            )
             self._sealer.start()
         if wait:
             self.wait()
@@ -365,10 +417,12 @@ class Checkpointer:
         for step in _finished_steps(self.directory):
             with contextlib.suppress(OSError, ValueError, TypeError):
                 scores[step] = _read_manifest(os.path.join(self.directory, str(step))).get("metric")
-        keep = set(sorted(scores)[-self.keep_latest:])
-        scored = [(metric if self.best_mode == "max" else -metric, -step)
-                  for step, metric in scores.items()
-                  if isinstance(metric, (int, float)) and math.isfinite(metric)]
+        keep = set(sorted(scores)[-self.keep_latest :])
+        scored = [
+            (metric if self.best_mode == "max" else -metric, -step)
+            for step, metric in scores.items()
+            if isinstance(metric, (int, float)) and math.isfinite(metric)
+        ]
         if scored:  # the best; of equals, the earliest
             keep.add(-max(scored)[1])
         for step in sorted(scores.keys() - keep):
@@ -395,14 +449,20 @@ class Checkpointer:
                 raise
             self._failed = True
             previous = _intact_before(self.directory, step)
-            kept = (f"step {previous} is the latest intact checkpoint" if previous is not None
-                    else "no earlier checkpoint exists")
-            raise UserError(f"saving checkpoint step {step} in {self.directory} failed "
-                            f"({problem}); {kept}. Free space (or fix the folder) and run the same "
-                            f"command to resume") from None
+            kept = (
+                f"step {previous} is the latest intact checkpoint"
+                if previous is not None
+                else "no earlier checkpoint exists"
+            )
+            raise UserError(
+                f"saving checkpoint step {step} in {self.directory} failed "
+                f"({problem}); {kept}. Free space (or fix the folder) and run the same "
+                f"command to resume"
+            ) from None
 
-    def restore(self, abstract_state: Any, shardings: Any, step: int | None = None,
-                with_data: bool = True) -> tuple[Any, dict | None]:
+    def restore(
+        self, abstract_state: Any, shardings: Any, step: int | None = None, with_data: bool = True
+    ) -> tuple[Any, dict | None]:
         """The state at `step` (default: the newest intact one), laid out with `shardings`, and
         the data state."""
         step = self.latest_step() if step is None else step
@@ -417,9 +477,11 @@ class Checkpointer:
         except Exception as e:
             if check_step(os.path.join(self.directory, str(step))).status != "unverified":
                 raise
-            raise UserError(f"checkpoint step {step} in {self.directory} (saved without checksums) "
-                            f"cannot be restored: {_first_line(e)}; move it out of the folder to "
-                            f"restore an older one") from None
+            raise UserError(
+                f"checkpoint step {step} in {self.directory} (saved without checksums) "
+                f"cannot be restored: {_first_line(e)}; move it out of the folder to "
+                f"restore an older one"
+            ) from None
         return restored["state"], restored.get("data") if with_data else None
 
     def close(self) -> None:
@@ -436,8 +498,10 @@ class Checkpointer:
 
 def _named_leaves(tree: Any) -> dict[str, Any]:
     """{'params/Dense_0/kernel': leaf, ...}"""
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def _item(state: Any, name: str) -> Any:
@@ -451,34 +515,48 @@ def warm_start_step(workdir: str, abstract_state: Any, items: tuple[str, ...]) -
     where = f"config.init_from='{workdir}'"
     step = usable_step(os.path.join(workdir, "checkpoints"))
     if step is None:
-        raise ConfigError(f"{where} holds no finished checkpoint; give the workdir of a run that "
-                          f"has saved one (its checkpoints/ folder)")
+        raise ConfigError(
+            f"{where} holds no finished checkpoint; give the workdir of a run that "
+            f"has saved one (its checkpoints/ folder)"
+        )
     stored = ocp.PyTreeCheckpointHandler().metadata(_state_dir(workdir, step))
     stored = _named_leaves({k: stored[k] for k in items if k in stored})
     wanted = _named_leaves({k: _item(abstract_state, k) for k in items})
     missing = sorted(wanted.keys() - stored.keys())
     extra = sorted(stored.keys() - wanted.keys())
     if missing or extra:
-        raise ConfigError(f"{where} (step {step}) does not hold this model's variables: "
-                          f"missing {missing[:3]}, not in this model {extra[:3]}; init_from needs "
-                          f"the same model config")
+        raise ConfigError(
+            f"{where} (step {step}) does not hold this model's variables: "
+            f"missing {missing[:3]}, not in this model {extra[:3]}; init_from needs "
+            f"the same model config"
+        )
     for name, leaf in wanted.items():
         have = stored[name]
         if tuple(have.shape) != tuple(leaf.shape) or have.dtype != leaf.dtype:
-            raise ConfigError(f"{where} (step {step}): '{name}' is {have.dtype}{list(have.shape)} "
-                              f"there but {leaf.dtype}{list(leaf.shape)} in this model; init_from "
-                              f"needs the same model config")
+            raise ConfigError(
+                f"{where} (step {step}): '{name}' is {have.dtype}{list(have.shape)} "
+                f"there but {leaf.dtype}{list(leaf.shape)} in this model; init_from "
+                f"needs the same model config"
+            )
     return step
 
 
-def restore_items(workdir: str, step: int, abstract_state: Any, shardings: Any,
-                  items: tuple[str, ...]) -> dict:
+def restore_items(
+    workdir: str, step: int, abstract_state: Any, shardings: Any, items: tuple[str, ...]
+) -> dict:
     """{item: ...} of `workdir`'s checkpoint `step` for each of `items`, laid out with
     `shardings` (this run's mesh); check it first with `warm_start_step`."""
-    target = {k: _restore_target(_item(abstract_state, k), _item(shardings, k)) for k in items
-              if jax.tree.leaves(_item(abstract_state, k))}  # e.g. a model without model state
+    target = {
+        k: _restore_target(_item(abstract_state, k), _item(shardings, k))
+        for k in items
+        if jax.tree.leaves(_item(abstract_state, k))
+    }  # e.g. a model without model state
     restored = ocp.PyTreeCheckpointer().restore(
-        _state_dir(workdir, step), args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
+        _state_dir(workdir, step),
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
     return {**{k: _item(abstract_state, k) for k in items if k not in target}, **restored}

@@ -4,6 +4,7 @@ Configs in `configs/` start from `base_config(task)` (the runner's keys plus the
 change a few fields. Validation runs before
 anything touches the workdir, so a bad config never harms an existing run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,12 +35,27 @@ DEFAULT_RULES = (
 # adds its own, `Task.resumable_keys`). The mesh and sharding rules only lay the same numbers out
 # over other devices (checkpoints restore onto any mesh), so a run moves to a machine with another
 # device count.
-RESUMABLE_CHANGES = frozenset({
-    "train_steps", "num_epochs", "log_every_steps", "eval_every_steps", "eval_every_epochs",
-    "checkpoint_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "progress_bar",
-    "profile_steps",
-    "data.num_threads", "data.prefetch", "data.data_dir", "mesh.data", "mesh.fsdp", "mesh.model",
-    "sharding_rules"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train_steps",
+        "num_epochs",
+        "log_every_steps",
+        "eval_every_steps",
+        "eval_every_epochs",
+        "checkpoint_every_steps",
+        "checkpoint_every_epochs",
+        "keep_checkpoints",
+        "progress_bar",
+        "profile_steps",
+        "data.num_threads",
+        "data.prefetch",
+        "data.data_dir",
+        "mesh.data",
+        "mesh.fsdp",
+        "mesh.model",
+        "sharding_rules",
+    }
+)
 # Keys of config.json files written before tasks declared their own groups, dropped on load when
 # the run's task does not declare them.
 LEGACY_KEYS = ("decoding", "data.tokenizer", "data.vocab_size", "data.seq_len")
@@ -51,11 +67,18 @@ def runner_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.task = "classification"
     c.model = ml_collections.ConfigDict({"name": "mlp"})  # other keys: the Model's fields
-    c.data = ml_collections.ConfigDict(dict(
-        name="fashion_mnist", data_dir="", train_split="train", eval_split="test",
-        batch_size=128,        # global, over all processes and devices
-        eval_batch_size=1000,  # global
-        num_threads=2, prefetch=4))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name="fashion_mnist",
+            data_dir="",
+            train_split="train",
+            eval_split="test",
+            batch_size=128,  # global, over all processes and devices
+            eval_batch_size=1000,  # global
+            num_threads=2,
+            prefetch=4,
+        )
+    )
     # Durations: set train_steps or num_epochs (over the train split); train_steps wins when both
     # are set. Cadences in steps or epochs.
     c.train_steps = 0
@@ -65,14 +88,14 @@ def runner_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1.0
     c.checkpoint_every_steps = 0
     c.checkpoint_every_epochs = 1.0
-    c.keep_checkpoints = 2       # the latest K, plus the best by best_metric
-    c.best_metric = ""           # an eval metric name; "" takes the task's default
-    c.nan_policy = "stop"        # "stop": halt, naming the last good checkpoint; "skip": drop the update
-    c.init_from = ""             # a workdir: start from its latest checkpoint's params (fine-tuning)
+    c.keep_checkpoints = 2  # the latest K, plus the best by best_metric
+    c.best_metric = ""  # an eval metric name; "" takes the task's default
+    c.nan_policy = "stop"  # "stop": halt, naming the last good checkpoint; "skip": drop the update
+    c.init_from = ""  # a workdir: start from its latest checkpoint's params (fine-tuning)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.sharding_rules = DEFAULT_RULES
     c.progress_bar = True
-    c.profile_steps = (0, 0)     # (first, last) train steps to trace with jax.profiler; (0, 0): none
+    c.profile_steps = (0, 0)  # (first, last) train steps to trace with jax.profiler; (0, 0): none
     return c
 
 
@@ -85,13 +108,24 @@ RUNNER_RULES: dict[str, schema.Rule] = {
     "seed": Int(0, 2**32 - 1),
     "task": Str(nonempty=True),
     "model.name": Str(nonempty=True),
-    **schema.under("data", name=Str(nonempty=True), data_dir=Str(),
-                   train_split=Str(nonempty=True), eval_split=Str(nonempty=True),
-                   batch_size=Int(low=1), eval_batch_size=Int(low=1), num_threads=_COUNT,
-                   prefetch=_COUNT),
-    "train_steps": _COUNT, "num_epochs": _EPOCHS,
-    "log_every_steps": _COUNT, "eval_every_steps": _COUNT, "eval_every_epochs": _EPOCHS,
-    "checkpoint_every_steps": _COUNT, "checkpoint_every_epochs": _EPOCHS,
+    **schema.under(
+        "data",
+        name=Str(nonempty=True),
+        data_dir=Str(),
+        train_split=Str(nonempty=True),
+        eval_split=Str(nonempty=True),
+        batch_size=Int(low=1),
+        eval_batch_size=Int(low=1),
+        num_threads=_COUNT,
+        prefetch=_COUNT,
+    ),
+    "train_steps": _COUNT,
+    "num_epochs": _EPOCHS,
+    "log_every_steps": _COUNT,
+    "eval_every_steps": _COUNT,
+    "eval_every_epochs": _EPOCHS,
+    "checkpoint_every_steps": _COUNT,
+    "checkpoint_every_epochs": _EPOCHS,
     "keep_checkpoints": Int(low=1),
     "best_metric": Str(),
     "nan_policy": OneOf("stop", "skip"),
@@ -100,7 +134,8 @@ RUNNER_RULES: dict[str, schema.Rule] = {
     "sharding_rules": Named(
         Seq(Fixed(Str(nonempty=True), Either(OneOf(None), _MESH_AXIS, Seq(_MESH_AXIS)))),
         f"a sequence of (logical_name, mesh_axis | tuple of mesh axes | None) pairs, the mesh "
-        f"axes among {MESH_AXES}"),
+        f"axes among {MESH_AXES}",
+    ),
     "progress_bar": Bool(),
     "profile_steps": Fixed(_COUNT, _COUNT),
 }
@@ -123,24 +158,32 @@ def base_config(task: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
-def _check_keys(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
-                where: str) -> None:
+def _check_keys(
+    config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict, where: str
+) -> None:
     """Unknown keys, and values where the defaults have groups of keys."""
     for key in config.keys():
         if key not in defaults:
-            raise ConfigError(f"unknown config key '{where}{key}'"
-                              f"{registry.did_you_mean(key, defaults.keys())}")
+            raise ConfigError(
+                f"unknown config key '{where}{key}'{registry.did_you_mean(key, defaults.keys())}"
+            )
         value, expected = config[key], defaults[key]
         if isinstance(expected, ml_collections.ConfigDict):
             if where + key == "model":  # the Model's fields: dlx.models.check_config
                 continue
             if not isinstance(value, ml_collections.ConfigDict):
-                raise ConfigError(f"config key '{where}{key}' must be a group of keys, got {value!r}")
+                raise ConfigError(
+                    f"config key '{where}{key}' must be a group of keys, got {value!r}"
+                )
             _check_keys(value, expected, f"{where}{key}.")
 
 
-def _check_values(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
-                  rules: dict[str, schema.Rule], where: str = "") -> None:
+def _check_values(
+    config: ml_collections.ConfigDict,
+    defaults: ml_collections.ConfigDict,
+    rules: dict[str, schema.Rule],
+    where: str = "",
+) -> None:
     """Every value outside `model` by its rule, else by the type of its default."""
     for key, default in defaults.items():
         path = where + key
@@ -167,12 +210,12 @@ def prepare_overrides(config: ml_collections.ConfigDict, paths: list[str]) -> No
     typo is one clear error; and lets `model.<field>` set any field of the model, also one the
     config file leaves at its default (the field is added with its default, then overridden)."""
     from dlx import models  # imported late: it pulls in every model family
+
     for path in paths:
         keys = path.split(".")
         if keys[0] == "model" and len(keys) == 2 and keys[1] not in config.model:
             if config.model.get("name") in models.available():
-                default = models.model_defaults(config.model.name).get(keys[1],
-                                                                       dataclasses.MISSING)
+                default = models.model_defaults(config.model.name).get(keys[1], dataclasses.MISSING)
                 if default is not dataclasses.MISSING:
                     config.model[keys[1]] = default
         node = config
@@ -182,17 +225,25 @@ def prepare_overrides(config: ml_collections.ConfigDict, paths: list[str]) -> No
                 if keys[:depth] == ["model"] and config.model.get("name") in models.available():
                     choices += sorted(models.model_defaults(config.model.name))
                 parent = ".".join(keys[:depth]) or "the top level"
-                raise ConfigError(f"--config.{path}: the config has no key '{key}' under {parent}"
-                                  f"{registry.did_you_mean(key, choices)}")
+                raise ConfigError(
+                    f"--config.{path}: the config has no key '{key}' under {parent}"
+                    f"{registry.did_you_mean(key, choices)}"
+                )
             node = node[key]
 
 
-def _check_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
-                   task: str, where: str = "") -> None:
+def _check_missing(
+    config: ml_collections.ConfigDict,
+    defaults: ml_collections.ConfigDict,
+    task: str,
+    where: str = "",
+) -> None:
     for key, expected in defaults.items():
         if key not in config:
-            raise ConfigError(f"the config lacks key '{where}{key}' that task '{task}' reads; "
-                              f"start the config from base_config('{task}')")
+            raise ConfigError(
+                f"the config lacks key '{where}{key}' that task '{task}' reads; "
+                f"start the config from base_config('{task}')"
+            )
         if isinstance(expected, ml_collections.ConfigDict) and where + key != "model":
             _check_missing(config[key], expected, task, f"{where}{key}.")
 
@@ -207,13 +258,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_missing(config, defaults, config.task)
     _check_values(config, defaults, {**RUNNER_RULES, **task.config_rules})
     if config.train_steps <= 0 and config.num_epochs <= 0:
-        raise ConfigError("set config.train_steps or config.num_epochs (> 0; train_steps wins when "
-                          f"both are), got train_steps={config.train_steps}, "
-                          f"num_epochs={config.num_epochs}")
+        raise ConfigError(
+            "set config.train_steps or config.num_epochs (> 0; train_steps wins when "
+            f"both are), got train_steps={config.train_steps}, "
+            f"num_epochs={config.num_epochs}"
+        )
     window = tuple(config.profile_steps)
     if window != (0, 0) and not (len(window) == 2 and 0 < window[0] <= window[1]):
-        raise ConfigError(f"config.profile_steps must be (first, last) with 0 < first <= last, "
-                          f"or (0, 0) for no trace; got {window}")
+        raise ConfigError(
+            f"config.profile_steps must be (first, last) with 0 < first <= last, "
+            f"or (0, 0) for no trace; got {window}"
+        )
     task.check_config(config)
 
 
@@ -226,7 +281,8 @@ def validate_for_mesh(config: ml_collections.ConfigDict, data_parallel: int, pro
             raise ConfigError(
                 f"config.data.{key}={size} is not divisible by the data-parallel size {data_parallel} "
                 f"(mesh data x fsdp) and {process_count} process(es); use a multiple of {unit}, "
-                f"e.g. {max(unit, size // unit * unit)}")
+                f"e.g. {max(unit, size // unit * unit)}"
+            )
 
 
 def resumable_changes(config: ml_collections.ConfigDict) -> frozenset[str]:

@@ -3,6 +3,7 @@
 `train_and_evaluate(config, workdir)` trains (resuming from the workdir if it holds a checkpoint);
 `evaluate(config, workdir)` scores the workdir's latest checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,13 @@ from dlx.train import config as config_lib
 from dlx.train import profiling, provenance, sharding
 from dlx.train import progress as progress_lib
 from dlx.train import workdir as workdir_lib
-from dlx.train.checkpoint import (Checkpointer, finished_step, restore_items, usable_step,
-                                  warm_start_step)
+from dlx.train.checkpoint import (
+    Checkpointer,
+    finished_step,
+    restore_items,
+    usable_step,
+    warm_start_step,
+)
 from dlx.train.metrics import MetricWriter, plot_curves
 
 
@@ -59,8 +65,13 @@ class Run:
     example_batch: dict
 
 
-def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
-                devices: list | None = None, *, data_spec: dict | None = None) -> Run:
+def prepare_run(
+    config: ml_collections.ConfigDict,
+    workdir: str | None = None,
+    devices: list | None = None,
+    *,
+    data_spec: dict | None = None,
+) -> Run:
     """Everything that can fail on bad input, done before the workdir is touched (a task may read
     files of an existing `workdir`, e.g. its tokenizer, but writes nothing yet). The mesh spans
     `devices` (default: all of them). With `data_spec` (a trained run's, `read_data_spec`), the
@@ -73,36 +84,60 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | None = None,
     if data_spec is not None:
         task = registry.task_class(config.task)(config, data_spec["info"], data_dir, workdir)
         task.check_for_mesh(data_parallel)
-        return _run_with_example(config, mesh, task, data_dir, data_spec["example"],
-                                 data_spec["total_steps"], data_spec["steps_per_epoch"])
+        return _run_with_example(
+            config,
+            mesh,
+            task,
+            data_dir,
+            data_spec["example"],
+            data_spec["total_steps"],
+            data_spec["steps_per_epoch"],
+        )
     if jax.process_index() == 0:  # preparing is idempotent but not safe to run concurrently
         data_lib.prepare(config.data.name, data_dir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("dlx: data prepared")
     info = data_lib.info(config.data.name, data_dir)
     for split in (config.data.train_split, config.data.eval_split):
         if split not in info.num_examples:
-            raise ConfigError(f"data set '{config.data.name}' has no split '{split}'; "
-                              f"its splits are {sorted(info.num_examples)}")
+            raise ConfigError(
+                f"data set '{config.data.name}' has no split '{split}'; "
+                f"its splits are {sorted(info.num_examples)}"
+            )
     task = registry.task_class(config.task)(config, info, data_dir, workdir)
     task.check_for_mesh(data_parallel)
     steps_per_epoch = task.examples_per_epoch() / config.data.batch_size
     total_steps = task.total_steps()
 
     source = task.source(config.data.train_split, train=True)
-    example = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
-               for k, v in source[0].items()}
+    example = {
+        k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in source[0].items()
+    }
     return _run_with_example(config, mesh, task, data_dir, example, total_steps, steps_per_epoch)
 
 
-def _run_with_example(config, mesh, task, data_dir, example: dict, total_steps: int,
-                      steps_per_epoch: float) -> Run:
-    example_batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype)
-                     for k, v in example.items()}
+def _run_with_example(
+    config, mesh, task, data_dir, example: dict, total_steps: int, steps_per_epoch: float
+) -> Run:
+    example_batch = {
+        k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype)
+        for k, v in example.items()
+    }
     abstract_state, state_shardings = _state_layout(config, mesh, task, example_batch)
-    return Run(config, mesh, task.data_info, data_dir, task, total_steps, steps_per_epoch,
-               abstract_state, state_shardings, example_batch)
+    return Run(
+        config,
+        mesh,
+        task.data_info,
+        data_dir,
+        task,
+        total_steps,
+        steps_per_epoch,
+        abstract_state,
+        state_shardings,
+        example_batch,
+    )
 
 
 # What a trained run's workdir keeps of its data set, so that loading the run for inference
@@ -113,14 +148,23 @@ DATA_SPEC_FILE = "data_spec.json"
 def write_data_spec(run: Run, workdir: str) -> None:
     info = run.data_info
     spec = {
-        "info": {"name": info.name, "num_examples": info.num_examples,
-                 "features": {k: {"shape": list(f.shape), "dtype": np.dtype(f.dtype).name}
-                              for k, f in info.features.items()},
-                 "num_classes": info.num_classes,
-                 "class_names": list(info.class_names) if info.class_names else None},
-        "example": {k: {"shape": list(v.shape[1:]), "dtype": np.dtype(v.dtype).name}
-                    for k, v in run.example_batch.items()},
-        "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch}
+        "info": {
+            "name": info.name,
+            "num_examples": info.num_examples,
+            "features": {
+                k: {"shape": list(f.shape), "dtype": np.dtype(f.dtype).name}
+                for k, f in info.features.items()
+            },
+            "num_classes": info.num_classes,
+            "class_names": list(info.class_names) if info.class_names else None,
+        },
+        "example": {
+            k: {"shape": list(v.shape[1:]), "dtype": np.dtype(v.dtype).name}
+            for k, v in run.example_batch.items()
+        },
+        "total_steps": run.total_steps,
+        "steps_per_epoch": run.steps_per_epoch,
+    }
     workdir_lib.write_atomically(os.path.join(workdir, DATA_SPEC_FILE), json.dumps(spec, indent=1))
 
 
@@ -132,14 +176,21 @@ def read_data_spec(workdir: str) -> dict | None:
     with open(path) as f:
         spec = json.load(f)
     info = spec["info"]
-    features = {k: data_lib.FeatureInfo(tuple(f["shape"]), np.dtype(f["dtype"]))
-                for k, f in info["features"].items()}
+    features = {
+        k: data_lib.FeatureInfo(tuple(f["shape"]), np.dtype(f["dtype"]))
+        for k, f in info["features"].items()
+    }
     class_names = tuple(info["class_names"]) if info["class_names"] else None
-    return {**spec,
-            "info": data_lib.DataInfo(info["name"], info["num_examples"], features,
-                                      info["num_classes"], class_names),
-            "example": {k: jax.ShapeDtypeStruct(tuple(v["shape"]), np.dtype(v["dtype"]))
-                        for k, v in spec["example"].items()}}
+    return {
+        **spec,
+        "info": data_lib.DataInfo(
+            info["name"], info["num_examples"], features, info["num_classes"], class_names
+        ),
+        "example": {
+            k: jax.ShapeDtypeStruct(tuple(v["shape"]), np.dtype(v["dtype"]))
+            for k, v in spec["example"].items()
+        },
+    }
 
 
 def _state_layout(config, mesh, task, example_batch):
@@ -187,17 +238,21 @@ def compile_steps(run: Run):
     watched = run.task.nonfinite_metrics
 
     def train_step(state, batch, step):
-        new_state, metrics = run.task.train_step(state, batch, jax.random.fold_in(step_key, step),
-                                                 step)
+        new_state, metrics = run.task.train_step(
+            state, batch, jax.random.fold_in(step_key, step), step
+        )
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(metrics[k])) for k in watched]))
         if skip_nonfinite:
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return new_state, {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
-    return jax.jit(train_step,
-                   in_shardings=(run.state_shardings, batch_sharding, sharding.replicated(run.mesh)),
-                   out_shardings=(run.state_shardings, None), donate_argnums=0,
-                   compiler_options=runtime.compiler_options())
+    return jax.jit(
+        train_step,
+        in_shardings=(run.state_shardings, batch_sharding, sharding.replicated(run.mesh)),
+        out_shardings=(run.state_shardings, None),
+        donate_argnums=0,
+        compiler_options=runtime.compiler_options(),
+    )
 
 
 def run_eval(run: Run, state, evaluator=None) -> tuple[dict[str, float], Any]:
@@ -205,9 +260,12 @@ def run_eval(run: Run, state, evaluator=None) -> tuple[dict[str, float], Any]:
     evaluator = evaluator or run.task.evaluator()
     source = run.task.source(run.config.data.eval_split, train=False)
     acc = evaluator.init()
-    for local in data_lib.eval_batches(source, global_batch_size=run.config.data.eval_batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
+    for local in data_lib.eval_batches(
+        source,
+        global_batch_size=run.config.data.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
         with _tracing_context(run.mesh, run.config):
             acc = evaluator.update(acc, state, sharding.shard_batch(local, run.mesh))
     acc = evaluator.merge(acc)
@@ -221,28 +279,39 @@ def _check_workdir_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
-    changed = [k for k in config_lib.differences(config_lib.from_json(path), config)
-               if k not in config_lib.resumable_changes(config)]
+    changed = [
+        k
+        for k in config_lib.differences(config_lib.from_json(path), config)
+        if k not in config_lib.resumable_changes(config)
+    ]
     if changed:
         raise ConfigError(
             f"{workdir} holds a run with a different config ({', '.join(changed[:5])} differ); "
-            f"resume it with its own config ({path}) or pick a new --workdir")
+            f"resume it with its own config ({path}) or pick a new --workdir"
+        )
 
 
 def _write_config(config, workdir: str) -> None:
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-        workdir_lib.write_atomically(os.path.join(workdir, "config.json"),
-                                     config_lib.to_json(config) + "\n")
+        workdir_lib.write_atomically(
+            os.path.join(workdir, "config.json"), config_lib.to_json(config) + "\n"
+        )
 
 
 def _versions() -> dict[str, str]:
     import flax
     import orbax.checkpoint
-    return {"python": platform.python_version(), "jax": jax.__version__,
-            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
-            "flax": flax.__version__, "optax": optax.__version__,
-            "orbax_checkpoint": orbax.checkpoint.__version__, "numpy": np.__version__}
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "orbax_checkpoint": orbax.checkpoint.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _best_metric(run: Run) -> tuple[str, str]:
@@ -278,6 +347,7 @@ class _StopRequest:
         if jax.process_count() == 1:
             return self.requested
         from jax.experimental import multihost_utils
+
         flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
         return bool(np.any(flags))
 
@@ -285,8 +355,9 @@ class _StopRequest:
 # ------------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: list | None = None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: list | None = None
+) -> dict:
     """Trains `config` into `workdir` on a mesh over `devices` (default: all of them), resuming
     from the workdir's newest intact checkpoint; returns the run's summary."""
     run = prepare_run(config, workdir, devices)
@@ -300,12 +371,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _warm_start(config, run: Run) -> tuple[str, int]:
-    return config.init_from, warm_start_step(config.init_from, run.abstract_state,
-                                             run.task.warm_start_items)
+    return config.init_from, warm_start_step(
+        config.init_from, run.abstract_state, run.task.warm_start_items
+    )
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
-           warm_start: tuple[str, int] | None) -> dict:
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, run: Run, warm_start: tuple[str, int] | None
+) -> dict:
     checkpoints = os.path.join(workdir, "checkpoints")
     # The newest intact checkpoint: damaged ones are moved aside, unfinished ones deleted.
     start_step = usable_step(checkpoints, resuming_workdir=workdir) or 0
@@ -320,26 +393,36 @@ def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
     cfg = run.config
 
     best_name, best_mode = _best_metric(run)
-    checkpointer = Checkpointer(checkpoints, keep_latest=cfg.keep_checkpoints,
-                                best_metric=best_name, best_mode=best_mode)
+    checkpointer = Checkpointer(
+        checkpoints, keep_latest=cfg.keep_checkpoints, best_metric=best_name, best_mode=best_mode
+    )
     train_source = run.task.source(cfg.data.train_split, train=True)
     train_iter = data_lib.train_iterator(
-        train_source, global_batch_size=cfg.data.batch_size, seed=cfg.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch)
+        train_source,
+        global_batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_threads=cfg.data.num_threads,
+        prefetch=cfg.data.prefetch,
+    )
 
     if start_step:
-        state, data_state = checkpointer.restore(run.abstract_state, run.state_shardings,
-                                                 step=start_step)
+        state, data_state = checkpointer.restore(
+            run.abstract_state, run.state_shardings, step=start_step
+        )
         train_iter.set_state(data_state)
         log(f"Resumed from {workdir}/checkpoints at step {start_step}.")
     elif warm_start:
         source, source_step = warm_start
         items = run.task.warm_start_items
-        state = init_state(run, restore_items(source, source_step, run.abstract_state,
-                                              run.state_shardings, items))
-        log(f"Initialised from {source}/checkpoints at step {source_step} ({', '.join(items)}; "
-            f"the rest of the state, the step and the data start afresh).")
+        state = init_state(
+            run, restore_items(source, source_step, run.abstract_state, run.state_shardings, items)
+        )
+        log(
+            f"Initialised from {source}/checkpoints at step {source_step} ({', '.join(items)}; "
+            f"the rest of the state, the step and the data start afresh)."
+        )
     else:
         state = init_state(run)
     train_step = compile_steps(run)
@@ -349,17 +432,27 @@ def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
     log_every = max(1, cfg.log_every_steps)
     eval_every = config_lib.period(cfg, "eval_every", steps_per_epoch)
     checkpoint_every = config_lib.period(cfg, "checkpoint_every", steps_per_epoch)
-    log(f"Training {cfg.task} ({cfg.model.get('name')}) on {cfg.data.name}: {run.total_steps} steps "
+    log(
+        f"Training {cfg.task} ({cfg.model.get('name')}) on {cfg.data.name}: {run.total_steps} steps "
         f"({run.total_steps / steps_per_epoch:.2f} epochs) of global batch {cfg.data.batch_size} "
         f"on mesh {dict(run.mesh.shape)} ({run.mesh.devices.size} {jax.default_backend()} devices, "
-        f"{jax.process_count()} process(es)).")
+        f"{jax.process_count()} process(es))."
+    )
 
     throughput = progress_lib.throughput_of(
-        run.task, cfg.data.batch_size, cfg.model.get("dtype", "float32"),
-        measure_peak=is_main and start_step < run.total_steps)
-    progress = progress_lib.Progress(run.total_steps, start_step, throughput,
-                                     enabled=is_main and cfg.progress_bar, main=is_main,
-                                     watched=run.task.nonfinite_metrics)
+        run.task,
+        cfg.data.batch_size,
+        cfg.model.get("dtype", "float32"),
+        measure_peak=is_main and start_step < run.total_steps,
+    )
+    progress = progress_lib.Progress(
+        run.total_steps,
+        start_step,
+        throughput,
+        enabled=is_main and cfg.progress_bar,
+        main=is_main,
+        watched=run.task.nonfinite_metrics,
+    )
     trace = profiling.TraceWindow(cfg.profile_steps, workdir)
     pending: list[tuple[int, dict]] = []
     eval_metrics: dict[str, float] = {}
@@ -377,12 +470,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
             if values["nonfinite"] and cfg.nan_policy == "stop":
                 checkpointer.wait()
                 good = checkpointer.latest_step()
-                where = (f"the last good checkpoint is step {good} in {workdir}/checkpoints"
-                         if good else "no checkpoint was written yet")
+                where = (
+                    f"the last good checkpoint is step {good} in {workdir}/checkpoints"
+                    if good
+                    else "no checkpoint was written yet"
+                )
                 raise NonFiniteError(
                     f"{' or '.join(run.task.nonfinite_metrics)} became NaN/Inf at step {step}; "
                     f"{where}. Lower the learning rate, add clipping, or set "
-                    f"nan_policy='skip'.")
+                    f"nan_policy='skip'."
+                )
         step = pending[-1][0]
         elapsed = time.time() - t_window
         timed_steps += len(pending)
@@ -425,12 +522,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
                     writer.write(step, "eval", eval_metrics)
                     with _tracing_context(run.mesh, cfg):
                         evaluator.write_artifacts(eval_acc, state, workdir, step)
-                    progress.write(f"step {step}: eval " + ", ".join(
-                        f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+                    progress.write(
+                        f"step {step}: eval "
+                        + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items())
+                    )
                     t_window = time.time()  # eval time is not training throughput
                 if do_checkpoint or stopped:
-                    checkpointer.save(step, state, train_iter.get_state(),
-                                      eval_metrics if do_eval else None)
+                    checkpointer.save(
+                        step, state, train_iter.get_state(), eval_metrics if do_eval else None
+                    )
     finally:  # also on NaN or errors: let in-flight checkpoint saves finish
         trace.close()
         progress.close()
@@ -446,16 +546,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, run: Run,
             return {**json.load(f), "final_eval": eval_metrics}
     wall = time.time() - t_start
     summary = {
-        "final_eval": eval_metrics, "final_train": last_train, "steps": step,
-        "epochs": step / steps_per_epoch, "wall_time_s": wall,
+        "final_eval": eval_metrics,
+        "final_train": last_train,
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "wall_time_s": wall,
         "num_params": run.task.num_params(run.abstract_state),
         "train_steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
-        "resumed_from_step": start_step, "device_count": run.mesh.devices.size,
-        "process_count": jax.process_count(), "backend": jax.default_backend(),
-        "mesh": dict(run.mesh.shape), "versions": _versions(),
+        "resumed_from_step": start_step,
+        "device_count": run.mesh.devices.size,
+        "process_count": jax.process_count(),
+        "backend": jax.default_backend(),
+        "mesh": dict(run.mesh.shape),
+        "versions": _versions(),
         **progress.summary(timed_steps / timed_seconds if timed_seconds else None),
-        "command": provenance.command_line(), "cwd": os.getcwd(),
-        "git_commit": git and git["commit"], "git_dirty": git and git["dirty"],
+        "command": provenance.command_line(),
+        "cwd": os.getcwd(),
+        "git_commit": git and git["commit"],
+        "git_dirty": git and git["dirty"],
         "git_diff": git and git["diff_file"],
     }
     if is_main:
@@ -475,9 +583,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     state, step = restore_latest(run, workdir)
     metrics, _ = run_eval(run, state)
     if jax.process_index() == 0:
-        record = {"step": step, "split": config.data.eval_split, **metrics,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": provenance.command_line()}
+        record = {
+            "step": step,
+            "split": config.data.eval_split,
+            **metrics,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": provenance.command_line(),
+        }
         with open(os.path.join(workdir, EVAL_RESULTS), "a") as f:
             f.write(json.dumps(record) + "\n")
     return {"step": step, **metrics}
@@ -489,14 +601,20 @@ def restore_latest(run: Run, workdir: str):
     if not os.path.isdir(checkpoints):
         raise ConfigError(f"{workdir} has no checkpoints; train it first")
     best_name, best_mode = _best_metric(run)
-    checkpointer = Checkpointer(checkpoints, keep_latest=run.config.keep_checkpoints,
-                                best_metric=best_name, best_mode=best_mode, read_only=True)
+    checkpointer = Checkpointer(
+        checkpoints,
+        keep_latest=run.config.keep_checkpoints,
+        best_metric=best_name,
+        best_mode=best_mode,
+        read_only=True,
+    )
     try:
         step = checkpointer.latest_step()  # the newest intact one
         if step is None:
             raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
-        state, _ = checkpointer.restore(run.abstract_state, run.state_shardings, step=step,
-                                        with_data=False)
+        state, _ = checkpointer.restore(
+            run.abstract_state, run.state_shardings, step=step, with_data=False
+        )
     finally:
         checkpointer.close()
     return state, step

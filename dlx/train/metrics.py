@@ -2,6 +2,7 @@
 
 Only process 0 writes; other processes get a writer that drops everything.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,12 +33,16 @@ class MetricWriter:
             return
         # Steps after the restored checkpoint will be trained again: drop their old lines so the
         # file reads like one uninterrupted run, with one line per step and split (the last).
-        latest = {(r["step"], r["split"]): r for r in read_metrics(self.path)
-                  if r["step"] <= resume_step}
+        latest = {
+            (r["step"], r["split"]): r for r in read_metrics(self.path) if r["step"] <= resume_step
+        }
         write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in latest.values()))
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                 purge_step=resume_step + 1 if resume_step else None)
+
+        self._tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"),
+            purge_step=resume_step + 1 if resume_step else None,
+        )
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -47,8 +52,10 @@ class MetricWriter:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk: the checkpoints saved so far are intact
-            raise UserError(f"writing {self.path} failed ({e.strerror or e}); free space (or fix "
-                            f"the folder) and run the same command to resume") from None
+            raise UserError(
+                f"writing {self.path} failed ({e.strerror or e}); free space (or fix "
+                f"the folder) and run the same command to resume"
+            ) from None
         for name, value in values.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
@@ -59,17 +66,24 @@ class MetricWriter:
         try:
             self._tb.close()
         except OSError as e:  # never masks the error that stopped the run (often the same disk)
-            print(f"warning: TensorBoard events of {os.path.dirname(self.path)} are incomplete "
-                  f"({e.strerror or e})", file=sys.stderr, flush=True)
+            print(
+                f"warning: TensorBoard events of {os.path.dirname(self.path)} are incomplete "
+                f"({e.strerror or e})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def plot_curves(metrics_path: str, plots_dir: str) -> list[str]:
     """One PNG per metric that has an eval value (loss.png, accuracy.png, ...), train vs eval."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
+    series: dict[str, dict[str, tuple[list, list]]] = defaultdict(
+        lambda: defaultdict(lambda: ([], []))
+    )
     for record in read_metrics(metrics_path):
         for name, value in record.items():
             if name not in ("step", "split"):
@@ -82,7 +96,9 @@ def plot_curves(metrics_path: str, plots_dir: str) -> list[str]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for split, (steps, values) in sorted(by_split.items(), reverse=True):
-            ax.plot(steps, values, marker="o" if split == "eval" else None, markersize=3, label=split)
+            ax.plot(
+                steps, values, marker="o" if split == "eval" else None, markersize=3, label=split
+            )
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         if name == "loss" and all(v > 0 for _, vs in by_split.values() for v in vs):

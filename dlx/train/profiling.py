@@ -5,6 +5,7 @@ Perfetto `trace.json.gz`): TensorBoard's profile plugin (`pip install tensorboar
 shows it beside the scalars, ui.perfetto.dev opens the JSON. Steps are numbered as in the logs
 (the first step is 1); every process traces its own devices.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ MFU is the model's FLOPs per step (the task's count: forward + backward, matmuls
 steps/s, over the peak of the devices as measured here: one square matmul in the model's dtype,
 so the number is against what this machine reaches, not a datasheet.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ PLAIN_INTERVAL_S = 30.0
 class Throughput:
     """What one train step processes: `units_per_step` of `unit` ("examples" or "tokens"), and
     the model FLOPs of the step with the peak FLOP/s of the devices running it, when known."""
+
     unit: str
     units_per_step: float
     flops_per_step: float | None = None
@@ -58,8 +60,9 @@ def measure_matmul_peak(dtype: str = "float32", device=None) -> float:
     return 2 * n**3 / best
 
 
-def throughput_of(task, batch_size: int, model_dtype: str = "float32",
-                  measure_peak: bool = True) -> Throughput:
+def throughput_of(
+    task, batch_size: int, model_dtype: str = "float32", measure_peak: bool = True
+) -> Throughput:
     """The task's throughput unit and FLOPs count per global step; the peak of all devices of
     the run (on CPU, every device of a process shares the host's cores: the peak counts once
     per process)."""
@@ -94,9 +97,19 @@ class Progress:
     (they carry steps_per_sec over the window since the last report, eval time excluded);
     `write(line)` for other messages (process 0 only); `close()` at the end."""
 
-    def __init__(self, total: int, initial: int, throughput: Throughput, *, enabled: bool,
-                 main: bool = True, watched: tuple[str, ...] = ("loss",), plain: bool | None = None,
-                 interval_s: float = PLAIN_INTERVAL_S, out: TextIO | None = None):
+    def __init__(
+        self,
+        total: int,
+        initial: int,
+        throughput: Throughput,
+        *,
+        enabled: bool,
+        main: bool = True,
+        watched: tuple[str, ...] = ("loss",),
+        plain: bool | None = None,
+        interval_s: float = PLAIN_INTERVAL_S,
+        out: TextIO | None = None,
+    ):
         self.total, self.step, self.throughput = total, initial, throughput
         self.enabled, self.watched, self.interval_s = enabled, watched, interval_s
         self.main = main  # writes messages (eval results) even with the progress display off
@@ -110,8 +123,10 @@ class Progress:
         self._bar = None
         if enabled and not self.plain:
             from tqdm import tqdm
-            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                             mininterval=1.0)
+
+            self._bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0
+            )
 
     def update(self, steps: int = 1) -> None:
         self.step += steps
@@ -142,10 +157,12 @@ class Progress:
         if now - self._last_line < self.interval_s and step < self.total and self._reports > 1:
             return
         self._last_line = now
-        parts = [f"step {step}/{self.total} ({step / max(self.total, 1):.0%})",
-                 " ".join(f"{k} {v:.4f}" for k, v in shown.items()),
-                 f"{_si(rates[f'{self.throughput.unit}_per_sec'])}{self.throughput.unit}/s",
-                 f"{steps_per_sec:.2f} steps/s"]
+        parts = [
+            f"step {step}/{self.total} ({step / max(self.total, 1):.0%})",
+            " ".join(f"{k} {v:.4f}" for k, v in shown.items()),
+            f"{_si(rates[f'{self.throughput.unit}_per_sec'])}{self.throughput.unit}/s",
+            f"{steps_per_sec:.2f} steps/s",
+        ]
         if "model_flops_per_sec" in rates:
             flops = f"{_si(rates['model_flops_per_sec'])}FLOP/s"
             parts.append(f"MFU {rates['mfu']:.1%} ({flops})" if "mfu" in rates else flops)

@@ -3,6 +3,7 @@
 The diff is saved in the workdir (`git.diff`) when the source tree has changes, so a run trained
 from uncommitted code can be rebuilt: `git checkout <commit> && git apply git.diff`.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ def command_line() -> str:
 
 def _git(*args: str, cwd: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, timeout=30,
-                             check=False)
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=cwd, timeout=30, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -47,8 +49,14 @@ def _untracked_patch(root: str, paths: list[str]) -> tuple[str, list[str]]:
             skipped.append(path)
             continue
         # --no-index exits 1 when the files differ, which they always do here
-        out = subprocess.run(["git", "diff", "--no-index", "--binary", "--", "/dev/null", path],
-                             capture_output=True, text=True, cwd=root, timeout=30, check=False)
+        out = subprocess.run(
+            ["git", "diff", "--no-index", "--binary", "--", "/dev/null", path],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=30,
+            check=False,
+        )
         patches.append(out.stdout)
     return "".join(patches), skipped
 
@@ -62,15 +70,24 @@ def git_state(source_dir: str = SOURCE_DIR) -> dict:
     if not commit:
         return {"commit": None, "dirty": None, "diff": None}
     tracked = _git("diff", "HEAD", "--binary", cwd=root) or ""
-    untracked = [p for p in (_git("ls-files", "--others", "--exclude-standard", "-z", cwd=root)
-                             or "").split("\0") if p]
+    untracked = [
+        p
+        for p in (_git("ls-files", "--others", "--exclude-standard", "-z", cwd=root) or "").split(
+            "\0"
+        )
+        if p
+    ]
     new_files, skipped = _untracked_patch(root, untracked)
     if not (tracked or untracked):
         return {"commit": commit, "dirty": False, "diff": None}
-    header = (f"# Changes to {root} at commit {commit} when the run started.\n"
-              f"# Rebuild that tree: git checkout {commit} && git apply {DIFF_FILE}\n")
+    header = (
+        f"# Changes to {root} at commit {commit} when the run started.\n"
+        f"# Rebuild that tree: git checkout {commit} && git apply {DIFF_FILE}\n"
+    )
     if skipped:
-        header += f"# Untracked files left out (over {MAX_UNTRACKED_BYTES} bytes): {', '.join(skipped)}\n"
+        header += (
+            f"# Untracked files left out (over {MAX_UNTRACKED_BYTES} bytes): {', '.join(skipped)}\n"
+        )
     return {"commit": commit, "dirty": True, "diff": header + tracked + new_files}
 
 
@@ -84,5 +101,8 @@ def save_git_state(workdir: str, source_dir: str = SOURCE_DIR) -> dict:
             f.write(state["diff"])
     elif os.path.exists(path):
         os.remove(path)
-    return {"commit": state["commit"], "dirty": state["dirty"],
-            "diff_file": DIFF_FILE if state["diff"] else None}
+    return {
+        "commit": state["commit"],
+        "dirty": state["dirty"],
+        "diff_file": DIFF_FILE if state["diff"] else None,
+    }

@@ -6,6 +6,7 @@ Nothing is ever materialised unsharded: the runner asks for shapes with ``jax.ev
 turns the logical specs into ``NamedSharding``s here, and jit-compiles the initialiser with them
 as ``out_shardings``.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlx.errors import ConfigError
 from dlx.parallel import BATCH_AXES, MESH_AXES, fit_to_shape
@@ -25,22 +27,30 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ..
     """Resolves ``{data: -1, fsdp: 2, model: 1}`` against the device count (-1 fills the rest)."""
     unknown = set(axis_sizes) - set(MESH_AXES)
     if unknown:
-        raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}")
+        raise ConfigError(
+            f"config.mesh has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}"
+        )
     sizes = [int(axis_sizes.get(name, 1)) for name in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise ConfigError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(
+            f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}"
+        )
     if any(s == 0 or s < -1 for s in sizes):
-        raise ConfigError(f"config.mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(
+            f"config.mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}"
+        )
     fixed = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % fixed:
             raise ConfigError(
-                f"config.mesh: {num_devices} devices do not divide by the fixed axes' product {fixed}")
+                f"config.mesh: {num_devices} devices do not divide by the fixed axes' product {fixed}"
+            )
         sizes[sizes.index(-1)] = num_devices // fixed
     if math.prod(sizes) != num_devices:
         raise ConfigError(
             f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-            f"{num_devices} are available; set one axis to -1 to fill the rest")
+            f"{num_devices} are available; set one axis to -1 to fill the rest"
+        )
     return tuple(sizes)
 
 
@@ -59,6 +69,7 @@ def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | Non
     shape = mesh_shape(axis_sizes, len(devices))
     try:  # topology-aware placement on TPU/GPU slices
         from jax.experimental import mesh_utils
+
         grid = mesh_utils.create_device_mesh(shape, devices)
     except Exception:  # CPU and odd device counts: plain order is as good as any
         grid = np.array(devices).reshape(shape)
@@ -90,12 +101,13 @@ def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[tuple[str
         mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if spec else P()
         return NamedSharding(mesh, fit_to_shape(mesh_spec, leaf.shape, mesh.shape))
 
-    return jax.tree.map(to_sharding, logical_specs, shapes,
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(to_sharding, logical_specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
 def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Global arrays from this process's rows of the global batch."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }

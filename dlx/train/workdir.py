@@ -8,6 +8,7 @@ run ends. The kernel drops a flock when its process dies, so a lock file left by
 filesystems), where a record whose pid is dead on this host counts as stale; a record from
 another host cannot be checked from here and is obeyed (the message says which file to delete).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,18 +47,22 @@ def write_atomically(path: str, text: str) -> None:
     try:
         replace_file(path, text)
     except OSError as e:
-        raise UserError(f"writing {path} failed ({e.strerror or e}); free space (or fix the "
-                        f"folder) and run the same command again") from None
+        raise UserError(
+            f"writing {path} failed ({e.strerror or e}); free space (or fix the "
+            f"folder) and run the same command again"
+        ) from None
 
 
 def on_process_0(decide: Callable[[], int | None], what: str) -> int | None:
     """`decide()` run on process 0 only (it may read and change the shared workdir) and its
     answer given to every process; an error there is an error everywhere, so none waits alone."""
     import jax
+
     if jax.process_count() == 1:
         return decide()
     import numpy as np
     from jax.experimental import multihost_utils
+
     failure, answer = None, -1
     if jax.process_index() == 0:
         try:
@@ -110,8 +115,10 @@ def _read_record(fd: int) -> dict:
 def _describe(record: dict) -> str:
     if not record:
         return "another run"
-    return (f"another run: pid {record.get('pid')} on {record.get('host')}, "
-            f"started {record.get('started')}")
+    return (
+        f"another run: pid {record.get('pid')} on {record.get('host')}, "
+        f"started {record.get('started')}"
+    )
 
 
 class WorkdirLock:
@@ -160,13 +167,19 @@ class WorkdirLock:
 
     def _refuse(self, holder: dict, stale_hint: bool = False) -> None:
         hint = f"; if that run is dead, delete {self.path}" if stale_hint else ""
-        raise UserError(f"{self.workdir} is in use by {_describe(holder)}; wait for it to end or "
-                        f"give another --workdir{hint}")
+        raise UserError(
+            f"{self.workdir} is in use by {_describe(holder)}; wait for it to end or "
+            f"give another --workdir{hint}"
+        )
 
     def _write_record(self) -> None:
         pid = os.getpid()
-        record = {"pid": pid, "host": socket.gethostname(), "pid_started": _process_start(pid),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        record = {
+            "pid": pid,
+            "host": socket.gethostname(),
+            "pid_started": _process_start(pid),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(self._fd)
