@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from dlx.train import progress, provenance
@@ -20,6 +21,7 @@ from helpers import (
     free_port,
     launch_command,
     launch_env,
+    train,
     train_losses,
     tree_snapshot,
 )
@@ -326,7 +328,8 @@ def test_help_for_a_run_shows_its_saved_values(cnn_run):
 def test_two_processes_from_a_slurm_environment(tmp_path):
     """`srun launch.py ... --distributed`, as scripts/slurm.sbatch runs it: two processes (2 CPU
     devices each) find each other from the SLURM variables alone, print who they are, and train
-    one run."""
+    one run, checkpoints included, with the losses of the same run on one process with 4
+    devices."""
     workdir = tmp_path / "two"
     port = free_port()
     processes = []
@@ -343,8 +346,10 @@ def test_two_processes_from_a_slurm_environment(tmp_path):
             *DIGITS,
             "--workdir",
             str(workdir),
-            "--config.train_steps=4",
-            "--config.eval_every_steps=4",
+            "--config.train_steps=10",
+            "--config.eval_every_steps=10",
+            "--config.checkpoint_every_steps=5",
+            "--config.log_every_steps=1",
             "--distributed",
         )
         # jax derives the port from the job id; pin it to a free one instead
@@ -364,7 +369,13 @@ def test_two_processes_from_a_slurm_environment(tmp_path):
         assert p.returncode == 0, err[-3000:]
         assert f"process {i}/2, coordinator localhost:{port}: 2 of 4 cpu devices" in out
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["process_count"] == 2 and summary["steps"] == 4
+    assert summary["process_count"] == 2 and summary["device_count"] == 4
+    assert summary["steps"] == 10 and (workdir / "checkpoints" / "10").is_dir()
+    one = {"train_steps": 10, "eval_every_steps": 10, "log_every_steps": 1}
+    train("configs/digits_mlp.py", tmp_path / "one", one, devices=4)
+    a, b = train_losses(workdir), train_losses(tmp_path / "one")
+    assert sorted(a) == list(range(1, 11))
+    np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
 
 
 def test_plain_progress_lines_are_spaced_and_carry_throughput_mfu_and_eta():

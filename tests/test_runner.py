@@ -1,6 +1,6 @@
 """The runner's promises: interrupted runs resume exactly, checkpoints move between device
-counts, NaNs never reach a checkpoint, many processes train. (Sharding does not change the
-numbers: test_mesh.py.)"""
+counts, NaNs never reach a checkpoint. (Sharding does not change the numbers: test_mesh.py;
+several processes train one run: test_launch.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from dlx.errors import ConfigError
 from dlx.train import loop
-from helpers import REPO, free_port, launch_command, launch_env, train, train_losses
+from helpers import REPO, launch_command, launch_env, train, train_losses
 
 DIGITS = "configs/digits_mlp.py"
 DIGITS_ARGS = ["--config", DIGITS, "--config.log_every_steps=1"]
@@ -140,46 +140,6 @@ def test_nan_skip_policy_drops_bad_updates(tmp_path):
     train(DIGITS, workdir, _steps(20, nan_policy="skip", **{"optimizer.learning_rate": 1e30}))
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("skipped_updates", 0) for r in records) > 0
-
-
-def test_two_process_run_trains_and_checkpoints(tmp_path):
-    workdir = tmp_path / "two"
-    port = free_port()
-    args = [
-        *DIGITS_ARGS,
-        "--workdir",
-        str(workdir),
-        "--config.num_epochs=0",
-        "--config.train_steps=20",
-        "--config.checkpoint_every_steps=10",
-        "--coordinator_address",
-        f"127.0.0.1:{port}",
-        "--num_processes",
-        "2",
-    ]
-    processes = [
-        subprocess.Popen(
-            launch_command(*args, "--process_id", str(i)),
-            cwd=REPO,
-            env=launch_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in processes]
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
-    summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["process_count"] == 2 and summary["device_count"] == 4
-    assert (workdir / "checkpoints" / "20").is_dir()
-    # The same global batches on one process with 4 devices give the same losses.
-    train(DIGITS, tmp_path / "one", _steps(20), devices=4)
-    a, b = train_losses(workdir), train_losses(tmp_path / "one")
-    np.testing.assert_allclose(
-        [a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], rtol=1e-5
-    )
 
 
 def test_keeps_the_latest_and_the_best_checkpoint(tmp_path):
