@@ -8,7 +8,8 @@ discriminator in one module, each with its own parameter subtree (`params["gener
 Generator: dense to (H/4, W/4, 2*width), batch norm, ReLU, then twice nearest-neighbour
 upsampling + 3x3 conv (+ batch norm, ReLU), a 3x3 conv to the image channels and tanh (the
 "resize-convolution" form of DCGAN's transposed convolutions: no checkerboard artifacts, no slow
-transposed convolution on XLA:CPU). Discriminator: 4x4 convolutions of stride 2 with leaky ReLU
+transposed convolution on XLA:CPU; each runs as one convolution on the small map,
+`dlx.layers.images.upsample_conv`). Discriminator: 4x4 convolutions of stride 2 with leaky ReLU
 (0.2), width then 2*width channels, then a linear logit; no batch norm, so real and fake batches
 are scored independently.
 """
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from dlx.errors import ConfigError
-from dlx.layers.images import conv, upsample
+from dlx.layers.images import conv, upsample_conv
 from dlx.layers.linear import dense
 from dlx.schema import Fixed, Int
 
@@ -47,7 +48,7 @@ class Generator(nn.Module):
         h = nn.relu(_batch_norm(train)(h)).reshape(z.shape[0], height // 4, width // 4,
                                                    2 * self.width)
         for features in (2 * self.width, self.width):
-            h = conv(features, use_bias=False)(upsample(h))
+            h = upsample_conv(features, use_bias=False)(h)
             h = nn.relu(_batch_norm(train)(h))
         return jnp.tanh(conv(channels, init="lecun_normal")(h))
 

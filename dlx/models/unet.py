@@ -7,9 +7,9 @@ Levels at H, H/2, H/4 ... with `channels[i]` channels each; per level `blocks` r
 (group norm, SiLU, 3x3 conv, the step's embedding added, group norm, SiLU, dropout, 3x3 conv,
 a 1x1 conv on the skip when the width changes) and self-attention over the positions at the
 levels in `attention_levels`; a residual-attention-residual middle; the same levels back up, each
-taking the skip of its level. Down: strided 3x3 conv; up: nearest-neighbour upsampling + 3x3 conv.
-The step t enters as a sinusoidal embedding through a two-layer MLP. H and W must be divisible by
-2^(levels - 1) (Fashion-MNIST is padded from 28 to 32 by the diffusion task).
+taking the skip of its level. Down: strided 3x3 conv; up: nearest-neighbour upsampling + 3x3 conv
+(`upsample_conv`). The step t enters as a sinusoidal embedding through a two-layer MLP. H and W
+must be divisible by 2^(levels - 1) (Fashion-MNIST is padded from 28 to 32 by the diffusion task).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dlx.errors import ConfigError
-from dlx.layers.images import conv, upsample
+from dlx.layers.images import conv, upsample_conv
 from dlx.layers.linear import dense
 from dlx.schema import Fixed, Float, Int, Seq
 
@@ -130,6 +130,6 @@ class Model(nn.Module):
                 if level in self.attention_levels:
                     h = SelfAttention(self.groups)(h)
             if level > 0:
-                h = conv(self.channels[level - 1])(upsample(h))
+                h = upsample_conv(self.channels[level - 1])(h)
         h = nn.silu(group_norm(self.groups)(h))
         return conv(x.shape[-1], init="zeros")(h)
