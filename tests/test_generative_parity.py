@@ -2,6 +2,7 @@
 same weights they give the same outputs (DCGAN generator in both batch-norm modes and
 discriminator, U-Net, VAE), and `upsample_conv`, the resize-convolution dlx runs, equals
 upsampling followed by the convolution, values and gradients."""
+
 from __future__ import annotations
 
 import functools
@@ -67,8 +68,10 @@ def test_upsample_conv_equals_upsample_then_conv(factor, kernel, shape):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
     g = jax.random.normal(jax.random.key(3), expected.shape)
-    grads = [jax.jit(jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * g), argnums=(0, 1)))(
-        params, x) for m in (plain, fused)]
+    grads = [
+        jax.jit(jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * g), argnums=(0, 1)))(params, x)
+        for m in (plain, fused)
+    ]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
@@ -82,18 +85,25 @@ def test_dcgan_reference_has_the_same_outputs():
     generator = reference.Generator(8, 8, (28, 28, 1))
     discriminator = reference.Discriminator(8, (28, 28, 1))
     numpy = reference.jax_to_numpy
-    reference.load_dlx(generator, numpy(params["generator"]), numpy(stats["generator"]),
-                       generator.dlx_permutations())
-    reference.load_dlx(discriminator, numpy(params["discriminator"]), None,
-                       discriminator.dlx_permutations())
+    reference.load_dlx(
+        generator,
+        numpy(params["generator"]),
+        numpy(stats["generator"]),
+        generator.dlx_permutations(),
+    )
+    reference.load_dlx(
+        discriminator, numpy(params["discriminator"]), None, discriminator.dlx_permutations()
+    )
     assert sum(p.numel() for p in generator.parameters()) + sum(
-        p.numel() for p in discriminator.parameters()) == sum(
-        x.size for x in jax.tree.leaves(params))
+        p.numel() for p in discriminator.parameters()
+    ) == sum(x.size for x in jax.tree.leaves(params))
     both = variables
     z_t = torch.from_numpy(np.array(z))
 
-    generate = jax.jit(functools.partial(model.apply, method="generate", mutable=["batch_stats"]),
-                       static_argnames="train")
+    generate = jax.jit(
+        functools.partial(model.apply, method="generate", mutable=["batch_stats"]),
+        static_argnames="train",
+    )
     generator.eval()  # running averages
     images, _ = generate(both, z, train=False)
     np.testing.assert_allclose(_nhwc(generator(z_t)), images, atol=2e-5)
@@ -106,8 +116,9 @@ def test_dcgan_reference_has_the_same_outputs():
 
 def test_unet_reference_has_the_same_outputs():
     # two levels on 16x16: the stride-2 conv pads (0, 1); attention at 8x8
-    model = unet.Model(channels=(8, 16), attention_levels=(1,), time_dim=16, groups=4,
-                       image_shape=(16, 16, 1))
+    model = unet.Model(
+        channels=(8, 16), attention_levels=(1,), time_dim=16, groups=4, image_shape=(16, 16, 1)
+    )
     x = jax.random.normal(jax.random.key(5), (3, 16, 16, 1))
     t = jnp.array([0, 37, 999])
     params = _random_variables(model, x, t)["params"]
@@ -117,8 +128,9 @@ def test_unet_reference_has_the_same_outputs():
     got = _nhwc(net(_nchw(x), torch.from_numpy(np.array(t))))
     np.testing.assert_allclose(got, jax.jit(model.apply)({"params": params}, x, t), atol=3e-5)
     for kind in ("linear", "cosine"):
-        np.testing.assert_array_equal(reference.noise_schedule(kind, 50),
-                                      diffusion.noise_schedule(kind, 50))
+        np.testing.assert_array_equal(
+            reference.noise_schedule(kind, 50), diffusion.noise_schedule(kind, 50)
+        )
 
 
 def test_vae_reference_has_the_same_outputs():
@@ -132,8 +144,11 @@ def test_vae_reference_has_the_same_outputs():
     mean_t, log_variance_t = vae.encode(torch.from_numpy(np.array(x)))
     np.testing.assert_allclose(mean_t.detach().numpy(), mean, atol=1e-5)
     np.testing.assert_allclose(log_variance_t.detach().numpy(), log_variance, atol=1e-5)
-    np.testing.assert_allclose(vae.decode(mean_t).detach().numpy(),
-                               apply({"params": params}, mean, method="decode"), atol=1e-5)
+    np.testing.assert_allclose(
+        vae.decode(mean_t).detach().numpy(),
+        apply({"params": params}, mean, method="decode"),
+        atol=1e-5,
+    )
 
 
 def test_reference_initializers_draw_like_dlx():

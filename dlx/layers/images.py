@@ -3,6 +3,7 @@ nearest-neighbour upsampling followed by a convolution up (a "resize-convolution
 checkerboard artifacts, and on XLA:CPU no transposed convolution, a known slow path), computed
 as one convolution on the small map (`upsample_conv`; BENCHMARKS.md, tuning notes).
 Parameters carry the conv layers' logical axis names."""
+
 from __future__ import annotations
 
 import functools
@@ -17,16 +18,36 @@ from dlx.layers import initializers
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 
 
-def conv(features: int, *, kernel: int = 3, stride: int = 1, init: str = "he_normal",
-         use_bias: bool = True, name: str | None = None) -> nn.Conv:
-    return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", use_bias=use_bias,
-                   name=name,
-                   kernel_init=nn.with_logical_partitioning(initializers.get(init), CONV_AXES),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+def conv(
+    features: int,
+    *,
+    kernel: int = 3,
+    stride: int = 1,
+    init: str = "he_normal",
+    use_bias: bool = True,
+    name: str | None = None,
+) -> nn.Conv:
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=stride,
+        padding="SAME",
+        use_bias=use_bias,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(initializers.get(init), CONV_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+    )
 
 
-def upsample_conv(features: int, *, factor: int = 2, kernel: int = 3, init: str = "he_normal",
-                  use_bias: bool = True, name: str | None = None) -> nn.Conv:
+def upsample_conv(
+    features: int,
+    *,
+    factor: int = 2,
+    kernel: int = 3,
+    init: str = "he_normal",
+    use_bias: bool = True,
+    name: str | None = None,
+) -> nn.Conv:
     """`conv(features, kernel=kernel)(upsample(x, factor))` as one convolution on the small map:
     the same module and parameters (an nn.Conv's kernel and bias), the same numbers up to float
     rounding, 2.25x fewer multiply-adds (factor 2, kernel 3) and no upsampled input in memory.
@@ -37,10 +58,16 @@ def upsample_conv(features: int, *, factor: int = 2, kernel: int = 3, init: str 
     groups in place (`_upsampled_conv`)."""
     if kernel % 2 == 0:
         raise ValueError(f"upsample_conv needs an odd kernel (SAME padding), got {kernel}")
-    return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias, name=name,
-                   kernel_init=nn.with_logical_partitioning(initializers.get(init), CONV_AXES),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                   conv_general_dilated=functools.partial(_upsampled_conv, factor=factor))
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding="SAME",
+        use_bias=use_bias,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(initializers.get(init), CONV_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+        conv_general_dilated=functools.partial(_upsampled_conv, factor=factor),
+    )
 
 
 def _phase_taps(kernel: int, factor: int) -> tuple[np.ndarray, tuple[int, int], int]:
@@ -64,9 +91,19 @@ def _phase_taps(kernel: int, factor: int) -> tuple[np.ndarray, tuple[int, int], 
     return taps, (low, high), factor * low - half
 
 
-def _upsampled_conv(x, kernel, window_strides, padding, *, factor: int, lhs_dilation=None,
-                    rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                    precision=None):
+def _upsampled_conv(
+    x,
+    kernel,
+    window_strides,
+    padding,
+    *,
+    factor: int,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+):
     """nn.Conv's `conv_general_dilated` for `upsample_conv` (NHWC, HWIO kernel, stride 1, SAME).
     The input is padded explicitly and convolved VALID: with the padding inside the convolution,
     XLA:CPU took ~100x longer for the 2x2 kernel's gradient."""
@@ -78,13 +115,17 @@ def _upsampled_conv(x, kernel, window_strides, padding, *, factor: int, lhs_dila
     small = jnp.einsum("atd,bse,dexo->tsxabo", taps, taps, kernel, precision=precision)
     y = jax.lax.conv_general_dilated(
         jnp.pad(x, ((0, 0), (low, high), (low, high), (0, 0))),
-        small.reshape(span, span, c_in, factor * factor * c_out), (1, 1), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=feature_group_count,
-        precision=precision)
+        small.reshape(span, span, c_in, factor * factor * c_out),
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=feature_group_count,
+        precision=precision,
+    )
     b, h, w, _ = y.shape
     y = y.reshape(b, h, w, factor, factor, c_out).transpose(0, 1, 3, 2, 4, 5)
     y = y.reshape(b, h * factor, w * factor, c_out)  # depth to space
-    return y[:, start:start + factor * x.shape[1], start:start + factor * x.shape[2]]
+    return y[:, start : start + factor * x.shape[1], start : start + factor * x.shape[2]]
 
 
 def upsample(x: jax.Array, factor: int = 2) -> jax.Array:
@@ -98,6 +139,7 @@ def upsample(x: jax.Array, factor: int = 2) -> jax.Array:
 def image_grid(images, columns: int | None = None, pad: int = 1):
     """[N, H, W, C] in [0, 1] -> one [rows*(H+pad), columns*(W+pad), C] numpy image."""
     import numpy as np
+
     images = np.asarray(images, np.float32)
     n, h, w, c = images.shape
     columns = columns or int(np.ceil(np.sqrt(n)))
@@ -105,15 +147,19 @@ def image_grid(images, columns: int | None = None, pad: int = 1):
     grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.float32)
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h,
-             pad + col * (w + pad):pad + col * (w + pad) + w] = image
+        grid[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + col * (w + pad) : pad + col * (w + pad) + w,
+        ] = image
     return np.clip(grid, 0.0, 1.0)
 
 
 def save_image(path: str, image) -> None:
     """A [H, W, 1 or 3] image in [0, 1] as a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     image = image[..., 0] if image.shape[-1] == 1 else image
     plt.imsave(path, image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)

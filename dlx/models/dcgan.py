@@ -13,6 +13,7 @@ transposed convolution on XLA:CPU; each runs as one convolution on the small map
 (0.2), width then 2*width channels, then a linear logit; no batch norm, so real and fake batches
 are scored independently.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,9 +31,13 @@ NORM_AXES = ("norm",)
 
 
 def _batch_norm(train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES))
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES),
+    )
 
 
 class Generator(nn.Module):
@@ -43,10 +48,15 @@ class Generator(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
         height, width, channels = self.image_shape
-        h = dense((height // 4) * (width // 4) * 2 * self.width, ("latent", "embed"),
-                  "he_normal", use_bias=False)(z)  # a bias before batch norm is cancelled
-        h = nn.relu(_batch_norm(train)(h)).reshape(z.shape[0], height // 4, width // 4,
-                                                   2 * self.width)
+        h = dense(
+            (height // 4) * (width // 4) * 2 * self.width,
+            ("latent", "embed"),
+            "he_normal",
+            use_bias=False,
+        )(z)  # a bias before batch norm is cancelled
+        h = nn.relu(_batch_norm(train)(h)).reshape(
+            z.shape[0], height // 4, width // 4, 2 * self.width
+        )
         for features in (2 * self.width, self.width):
             h = upsample_conv(features, use_bias=False)(h)
             h = nn.relu(_batch_norm(train)(h))
@@ -65,7 +75,8 @@ class Discriminator(nn.Module):
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    latent_dim=Int(low=1), width=Int(low=1), image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)))
+    latent_dim=Int(low=1), width=Int(low=1), image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1))
+)
 
 
 class Model(nn.Module):
@@ -76,8 +87,10 @@ class Model(nn.Module):
     def __post_init__(self):
         height, width, _ = self.image_shape
         if height % 4 or width % 4:
-            raise ConfigError(f"dcgan upsamples twice: model.image_shape {tuple(self.image_shape)}"
-                              f" needs height and width divisible by 4")
+            raise ConfigError(
+                f"dcgan upsamples twice: model.image_shape {tuple(self.image_shape)}"
+                f" needs height and width divisible by 4"
+            )
         if self.latent_dim < 1 or self.width < 1:
             raise ConfigError("model.latent_dim and model.width must be >= 1")
         super().__post_init__()

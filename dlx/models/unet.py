@@ -11,6 +11,7 @@ taking the skip of its level. Down: strided 3x3 conv; up: nearest-neighbour upsa
 (`upsample_conv`). The step t enters as a sinusoidal embedding through a two-layer MLP. H and W
 must be divisible by 2^(levels - 1) (Fashion-MNIST is padded from 28 to 32 by the diffusion task).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,12 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
 
 
 def group_norm(groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES))
+    return nn.GroupNorm(
+        num_groups=groups,
+        epsilon=1e-5,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES),
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -60,6 +64,7 @@ class ResidualBlock(nn.Module):
 
 class SelfAttention(nn.Module):
     """Single-head attention over the H*W positions, residual."""
+
     groups: int
 
     @nn.compact
@@ -73,9 +78,14 @@ class SelfAttention(nn.Module):
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
-    channels=Seq(Int(low=1), min_len=1), blocks=Int(low=1), attention_levels=Seq(Int(low=0)),
-    time_dim=Int(low=1), groups=Int(low=1), dropout=Float(0, 1, high_open=True),
-    image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)))
+    channels=Seq(Int(low=1), min_len=1),
+    blocks=Int(low=1),
+    attention_levels=Seq(Int(low=0)),
+    time_dim=Int(low=1),
+    groups=Int(low=1),
+    dropout=Float(0, 1, high_open=True),
+    image_shape=Fixed(Int(low=1), Int(low=1), Int(low=1)),
+)
 
 
 class Model(nn.Module):
@@ -93,14 +103,20 @@ class Model(nn.Module):
         if levels < 1 or min(self.channels) < 1 or self.blocks < 1:
             raise ConfigError("unet needs at least one level, channels >= 1 and blocks >= 1")
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
-            raise ConfigError(f"unet halves the image {levels - 1} times: model.image_shape "
-                              f"{tuple(self.image_shape)} must divide by {2 ** (levels - 1)}")
+            raise ConfigError(
+                f"unet halves the image {levels - 1} times: model.image_shape "
+                f"{tuple(self.image_shape)} must divide by {2 ** (levels - 1)}"
+            )
         if any(c % self.groups for c in self.channels):
-            raise ConfigError(f"every unet channel count must divide into model.groups="
-                              f"{self.groups} groups, got {tuple(self.channels)}")
+            raise ConfigError(
+                f"every unet channel count must divide into model.groups="
+                f"{self.groups} groups, got {tuple(self.channels)}"
+            )
         if any(not 0 <= level < levels for level in self.attention_levels):
-            raise ConfigError(f"model.attention_levels {tuple(self.attention_levels)} must be "
-                              f"levels 0..{levels - 1}")
+            raise ConfigError(
+                f"model.attention_levels {tuple(self.attention_levels)} must be "
+                f"levels 0..{levels - 1}"
+            )
         super().__post_init__()
 
     @nn.compact
