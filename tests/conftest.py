@@ -1,12 +1,9 @@
 """Test set-up: 8 fake CPU devices, configured before JAX does any work."""
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
-
-import pytest  # imports no JAX: the device flags below are still in time
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -20,16 +17,3 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlx-tests-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def shakespeare_study(tmp_path_factory):
-    """The Shakespeare study at its `test` variant (GPT, LSTM and GRU runs, 6 steps each) and its
-    report, made once: the study's test reads the report, the sequence tests the runs."""
-    from experiments import shakespeare_lm
-    from helpers import REPO
-
-    out = tmp_path_factory.mktemp("study") / "lm"
-    with contextlib.chdir(REPO):
-        shakespeare_lm.main(["--variant", "test", "--out", str(out)])
-    return out

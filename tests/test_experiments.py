@@ -1,5 +1,6 @@
-"""The studies train their runs (ordinary launch.py runs) and turn them into a report; run here
-in this process, as `python experiments/<study>.py` does."""
+"""The optimizer study trains its runs (ordinary launch.py runs) and turns them into a report; run
+here in this process, as `python experiments/optimizers.py` does. (The Shakespeare study:
+test_sequence_tasks.py, whose tests read its runs.)"""
 
 from __future__ import annotations
 
@@ -36,15 +37,3 @@ def test_optimizer_study_writes_report(tmp_path):
     assert (out / "loss_curves.png").stat().st_size > 10_000
     for name in ("sgd", "adadelta", "adam"):
         assert (out / name / "summary.json").is_file()
-
-
-def test_shakespeare_study_reports_each_model_with_curves_and_samples(shakespeare_study):
-    out = shakespeare_study
-    report = (out / "report.md").read_text()
-    rows = [
-        line.split("|") for line in report.splitlines() if line.startswith("| ") and " M |" in line
-    ]
-    assert [row[1].strip() for row in rows] == ["gpt", "lstm", "gru"]
-    assert all(int(row[3]) == 6 and 0 < float(row[4]) < 5 for row in rows)  # steps, val loss
-    assert report.count("Last sample of") == 3 and "python experiments/shakespeare_lm.py" in report
-    assert (out / "validation_loss.png").stat().st_size > 10_000

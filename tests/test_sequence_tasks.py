@@ -1,8 +1,11 @@
 """Language-model and seq2seq tasks end to end on the real offline corpora
-(Shakespeare, CMUdict): the workdir files, sampling from a checkpoint, the sharded run equal to
-the 1-device run, and the edit distance behind phoneme/word error rates."""
+(Shakespeare, CMUdict): the Shakespeare study's runs and report, the workdir files, sampling from
+a checkpoint, the bucketed sharded step equal to the full-width step, and the edit distance
+behind phoneme/word error rates."""
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,18 @@ from dlx.data.tokenizers import load_tokenizer
 from dlx.tasks.base import SupervisedTask
 from dlx.tasks.seq2seq import bucket_index, bucket_shapes, closest_edit_distances, edit_distances
 from dlx.train import loop
-from helpers import cli, eval_records, load_config, train
+from experiments import shakespeare_lm
+from helpers import REPO, cli, eval_records, load_config, train
+
+
+@pytest.fixture(scope="module")
+def shakespeare_study(tmp_path_factory):
+    """The Shakespeare study at its `test` variant (GPT, LSTM and GRU runs, 6 steps each) and its
+    report, made once: one test reads the report, the others the runs."""
+    out = tmp_path_factory.mktemp("study") / "lm"
+    with contextlib.chdir(REPO):
+        shakespeare_lm.main(["--variant", "test", "--out", str(out)])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +226,15 @@ def test_bucketed_sharded_train_step_equals_the_full_width_step(long_word_row):
         new_state.params,
         full_state.params,
     )
+
+
+def test_shakespeare_study_reports_each_model_with_curves_and_samples(shakespeare_study):
+    out = shakespeare_study
+    report = (out / "report.md").read_text()
+    rows = [
+        line.split("|") for line in report.splitlines() if line.startswith("| ") and " M |" in line
+    ]
+    assert [row[1].strip() for row in rows] == ["gpt", "lstm", "gru"]
+    assert all(int(row[3]) == 6 and 0 < float(row[4]) < 5 for row in rows)  # steps, val loss
+    assert report.count("Last sample of") == 3 and "python experiments/shakespeare_lm.py" in report
+    assert (out / "validation_loss.png").stat().st_size > 10_000
