@@ -595,11 +595,12 @@ class DdpmTrainer:
         return np.unique(np.linspace(0, self.d.timesteps - 1, count).round().astype(np.int64))[::-1]
 
     @torch.no_grad()
-    def ddim(self, model: nn.Module, count: int, steps: int, eta: float) -> torch.Tensor:
-        """DDIM (Song et al.) from pure noise in `steps` steps, x_0 clipped to [-1, 1] at every
-        step; [count, C, S, S] in model space."""
-        x = torch.randn(count, model.conv_out.out_channels, self.size, self.size,
-                        device=self.device)
+    def ddim(self, model: nn.Module, count: int, steps: int, eta: float,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM (Song et al.) from pure noise (`noise`, or drawn) in `steps` steps, x_0 clipped
+        to [-1, 1] at every step; [count, C, S, S] in model space."""
+        x = noise if noise is not None else torch.randn(
+            count, model.conv_out.out_channels, self.size, self.size, device=self.device)
         timesteps = self.ddim_steps(steps)
         for t, t_prev in zip(timesteps, [*timesteps[1:], -1]):
             eps = model(x, torch.full((count,), int(t), device=self.device))

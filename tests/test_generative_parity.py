@@ -1,7 +1,7 @@
 """The PyTorch references of bench/torch_generative.py are the dlx generative models: with the
 same weights they give the same outputs (DCGAN generator in both batch-norm modes and
-discriminator, U-Net, VAE), and `upsample_conv`, the resize-convolution dlx runs, equals
-upsampling followed by the convolution, values and gradients."""
+discriminator, U-Net, VAE); `upsample_conv`, the resize-convolution dlx runs, equals upsampling
+followed by the convolution, and the U-Net's GroupNorm equals flax's, values and gradients."""
 
 from __future__ import annotations
 
@@ -72,6 +72,24 @@ def test_upsample_conv_equals_upsample_then_conv(factor, kernel, shape):
         jax.jit(jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * g), argnums=(0, 1)))(params, x)
         for m in (plain, fused)
     ]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_group_norm_equals_flax_group_norm():
+    """The U-Net's GroupNorm (two-stage statistics, hand-written gradient) gives nn.GroupNorm's
+    values and gradients, with the same parameters."""
+    x = jax.random.normal(jax.random.key(0), (3, 6, 5, 16)) * 3 + 1
+    ours, flax_norm = unet.GroupNorm(4), nn.GroupNorm(num_groups=4, epsilon=1e-5)
+    params = _random_variables(flax_norm, x)
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, _random_variables(ours, x))
+    g = jax.random.normal(jax.random.key(1), x.shape)
+    values, grads = [], []
+    for module in (flax_norm, ours):
+        loss = lambda p, x, m=module: jnp.sum(m.apply(p, x) * g)  # noqa: E731
+        values.append(jax.jit(module.apply)(params, x))
+        grads.append(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x))
+    np.testing.assert_allclose(values[1], values[0], atol=1e-5)
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 

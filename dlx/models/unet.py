@@ -14,6 +14,7 @@ must be divisible by 2^(levels - 1) (Fashion-MNIST is padded from 28 to 32 by th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,13 +38,79 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def group_norm(groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=1e-5,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES),
-    )
+class GroupNorm(nn.Module):
+    """`nn.GroupNorm` over [B, ..., C] (the same parameters, `scale` and `bias`, and numbers up to
+    float rounding) with its statistics summed in two stages, over the positions for each channel
+    and then over each group's channels, and a hand-written gradient of one reduction pass and
+    one elementwise pass (`_group_norm`). BENCHMARKS.md, tuning notes, has the measurements."""
+    groups: int
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
+                           (channels,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES),
+                          (channels,))
+        return _group_norm(x, scale, bias, self.groups, self.epsilon)
+
+
+def _group_sums(values: jax.Array, groups: int) -> jax.Array:
+    """[B, C] per-channel values -> [B, C]: each channel's group total, repeated per channel."""
+    batch, channels = values.shape
+    totals = values.reshape(batch, groups, channels // groups).sum(-1)
+    return jnp.repeat(totals, channels // groups, axis=1)
+
+
+def _norm_statistics(x: jax.Array, groups: int, epsilon: float):
+    """(mean, 1/std), each [B, C] (the group's value for each channel)."""
+    positions = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
+    mean = _group_sums(jnp.sum(x, axis=positions), groups) / count
+    mean_square = _group_sums(jnp.sum(jnp.square(x), axis=positions), groups) / count
+    return mean, jax.lax.rsqrt(jnp.maximum(mean_square - jnp.square(mean), 0.0) + epsilon)
+
+
+def _per_channel(values: jax.Array, ndim: int) -> jax.Array:
+    """[B, C] -> [B, 1, ..., 1, C], to broadcast against the activations."""
+    return values.reshape(values.shape[0], *(1,) * (ndim - 2), values.shape[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _group_norm(x, scale, bias, groups: int, epsilon: float):
+    mean, inverse = _norm_statistics(x, groups, epsilon)
+    multiplier = inverse * scale
+    return x * _per_channel(multiplier, x.ndim) + _per_channel(bias - mean * multiplier, x.ndim)
+
+
+def _group_norm_forward(x, scale, bias, groups, epsilon):
+    mean, inverse = _norm_statistics(x, groups, epsilon)
+    multiplier = inverse * scale
+    y = x * _per_channel(multiplier, x.ndim) + _per_channel(bias - mean * multiplier, x.ndim)
+    return y, (x, scale, mean, inverse)
+
+
+def _group_norm_backward(groups, epsilon, residuals, g):
+    """With x_hat = (x - mean) / std: d bias = sum g, d scale = sum g x_hat, and
+    dx = (scale g - mean_group(scale g) - x_hat mean_group(scale g x_hat)) / std."""
+    x, scale, mean, inverse = residuals
+    positions = tuple(range(1, x.ndim - 1))
+    x_hat = (x - _per_channel(mean, x.ndim)) * _per_channel(inverse, x.ndim)
+    g_sums, g_x_hat_sums = jnp.sum(g, axis=positions), jnp.sum(g * x_hat, axis=positions)
+    count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
+    g_mean = _group_sums(g_sums * scale, groups) / count
+    g_x_hat_mean = _group_sums(g_x_hat_sums * scale, groups) / count
+    dx = (g * _per_channel(scale * inverse, x.ndim) - _per_channel(g_mean * inverse, x.ndim)
+          - x_hat * _per_channel(g_x_hat_mean * inverse, x.ndim))
+    return dx, jnp.sum(g_x_hat_sums, axis=0), jnp.sum(g_sums, axis=0)
+
+
+_group_norm.defvjp(_group_norm_forward, _group_norm_backward)
+
+
+def group_norm(groups: int) -> GroupNorm:
+    return GroupNorm(groups, epsilon=1e-5)
 
 
 class ResidualBlock(nn.Module):
