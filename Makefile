@@ -43,6 +43,8 @@ demo: data
 	$(PY) launch.py
 
 test: data $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests
 
 # The feature network of the sample-quality metrics (FID, precision/recall of generated images;
