@@ -20,11 +20,11 @@ Kept from dlx because they change the numbers: SAME padding of a stride-2 3x3 co
 pads (0, 1), not (1, 1); the generator's forward pass that makes the discriminator's fakes does not
 update the batch-norm running statistics; the generator step computes no discriminator gradients.
 
-Writes to --out (default runs/torch_<model>): `samples.npy` (float32 [N, H, W, C] in [0, 1], N =
---num-samples; DDPM: DDIM from the EMA weights, cropped to 28x28), `metrics.json` (the train losses
-every --log-every steps, train seconds, the test-split evaluation dlx's evaluator reports: DCGAN
-discriminator accuracy on test images vs as many samples, VAE negative ELBO and IWAE NLL in nats,
-DDPM denoising loss of the EMA weights).
+Writes to --out (default runs/torch_<model>): `samples.npy` (float32 [N, H, W, C] in [0, 1],
+N = --num-samples; DDPM: DDIM from the EMA weights, cropped to the data's size), `metrics.json`
+(the train losses every --log-every steps, train seconds, the test-split evaluation dlx's
+evaluator reports: DCGAN discriminator accuracy on test images vs as many samples, VAE negative
+ELBO and IWAE NLL in nats, DDPM denoising loss of the EMA weights). Untested on a GPU here.
 """
 from __future__ import annotations
 
@@ -556,6 +556,7 @@ class DdpmTrainer:
         self.clip = config.optimizer.clip_global_norm
         betas = noise_schedule(d.schedule, d.timesteps)
         self.alpha_bar = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32, device=device)
+        self.crop = tuple(m["image_shape"][:2])  # samples' size: `build` sets the data's
         self.model.train()
 
     def modules(self) -> dict[str, DlxNamed]:
@@ -619,9 +620,10 @@ class DdpmTrainer:
         x = x[:, :, top:top + height, left:left + width]
         return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
-    def sample(self, count: int, height: int = 28, width: int = 28) -> torch.Tensor:
+    def sample(self, count: int) -> torch.Tensor:
+        """`count` DDIM samples from the EMA weights, 500 at a time, NHWC cropped to `crop`."""
         images = [self.to_images(self.ddim(self.ema, min(500, count - i), self.d.sample_steps,
-                                           self.d.eta), height, width)
+                                           self.d.eta), *self.crop)
                   for i in range(0, count, 500)]
         return torch.cat(images)
 
@@ -694,6 +696,8 @@ def build(config, device: str = "cpu", init: str = "dlx", seed: int = 0):
             init_like_dlx(module, seed)
         if isinstance(trainer, DdpmTrainer):
             trainer.ema.load_state_dict(trainer.model.state_dict())
+    if isinstance(trainer, DdpmTrainer):
+        trainer.crop = tuple(run.data_info.features["image"].shape[:2])
     return trainer, run
 
 
