@@ -26,6 +26,7 @@ whatever its implementation (dlx's `upsample_conv` executes 4/9 of that count, s
 can pass 100%). A train step costs 3x the forward per network (the DCGAN step: 4x the generator's
 forward and 8x the discriminator's on one batch; see `dcgan_step_flops`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ from bench import torch_generative  # noqa: E402
 from dlx import runtime  # noqa: E402
 from dlx.train import loop  # noqa: E402
 
-CONFIGS = {"dcgan": "configs/fashion_dcgan.py", "unet": "configs/fashion_ddpm.py",
-           "ddim": "configs/fashion_ddpm.py"}
+CONFIGS = {
+    "dcgan": "configs/fashion_dcgan.py",
+    "unet": "configs/fashion_ddpm.py",
+    "ddim": "configs/fashion_ddpm.py",
+}
 SECTIONS = ("peak", "dcgan", "unet", "ddim")
 GOAL_RATIO = {"dcgan": 1.0, "unet": 1.0}  # dlx ms / torch ms
 StepRunner = Callable[[int], float]  # run(n) -> seconds for n calls, all finished
@@ -63,13 +67,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--dcgan-steps", type=int, default=5, help="DCGAN steps per round")
     parser.add_argument("--unet-steps", type=int, default=2, help="U-Net steps per round")
-    parser.add_argument("--ddim-rounds", type=int, default=2,
-                        help="timed DDIM rounds, one sampling call per side each")
+    parser.add_argument(
+        "--ddim-rounds",
+        type=int,
+        default=2,
+        help="timed DDIM rounds, one sampling call per side each",
+    )
     parser.add_argument("--sample-batch", type=int, default=64, help="images per DDIM call")
-    args = bench_run.parse_with_sections(parser, argv, SECTIONS,
-                                         os.path.join(BENCH_DIR, "results_generative.json"))
-    if min(args.rounds, args.ddim_rounds, args.dcgan_steps, args.unet_steps,
-           args.sample_batch) < 1 or args.warmup < 0:
+    args = bench_run.parse_with_sections(
+        parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results_generative.json")
+    )
+    if (
+        min(args.rounds, args.ddim_rounds, args.dcgan_steps, args.unet_steps, args.sample_batch) < 1
+        or args.warmup < 0
+    ):
         parser.error("--rounds, --ddim-rounds, the --*-steps and --sample-batch must be >= 1")
     return args
 
@@ -121,8 +132,9 @@ def dcgan_step_flops(model, batch: int) -> int:
 # Sides
 # ------------------------------------------------------------------------------------------------
 def load_config(section: str):
-    config = torch_generative.load_config(os.path.join(os.path.dirname(BENCH_DIR),
-                                                       CONFIGS[section]))
+    config = torch_generative.load_config(
+        os.path.join(os.path.dirname(BENCH_DIR), CONFIGS[section])
+    )
     return config
 
 
@@ -130,14 +142,16 @@ def torch_reference(model: bench_run.DlxModel):
     """bench/torch_generative.py's trainer for the model's config, from its dlx state."""
     run = model.run
     trainer = torch_generative.TRAINERS[run.config.task](
-        run.config, torch_generative.model_fields(run.task.model), "cpu")
+        run.config, torch_generative.model_fields(run.task.model), "cpu"
+    )
     trainer.load_dlx_state(torch_generative.jax_to_numpy(model.state))
     return trainer
 
 
 def torch_step_runner(trainer, model: bench_run.DlxModel) -> StepRunner:
-    images = torch_generative.as_model_input(model.run.config.task, model.numpy_batch["image"],
-                                             "cpu")
+    images = torch_generative.as_model_input(
+        model.run.config.task, model.numpy_batch["image"], "cpu"
+    )
 
     def run_steps(num_steps: int) -> float:
         start = time.perf_counter()
@@ -148,10 +162,12 @@ def torch_step_runner(trainer, model: bench_run.DlxModel) -> StepRunner:
     return run_steps
 
 
-def timed_rounds(runners: dict[str, StepRunner], steps: int, rounds: int,
-                 untimed_first: bool = True) -> dict[str, Any]:
+def timed_rounds(
+    runners: dict[str, StepRunner], steps: int, rounds: int, untimed_first: bool = True
+) -> dict[str, Any]:
     """Rounds of `steps` calls per side in turn (after one untimed call each, unless
     `untimed_first` is off), kept while the machine is quiet; median ms per call."""
+
     def one_round() -> dict[str, float]:
         if untimed_first:
             return bench_run.alternating_round(runners, steps)
@@ -160,13 +176,20 @@ def timed_rounds(runners: dict[str, StepRunner], steps: int, rounds: int,
     kept = bench_run.quiet_rounds(one_round, rounds)
     ms_rounds = {name: [r[name] for r in kept.kept] for name in runners}
     ms = {name: statistics.median(v) for name, v in ms_rounds.items()}
-    return {"steps_per_round": steps, "rounds": rounds, **{f"{k}_ms": v for k, v in ms.items()},
-            "ratio": ms["dlx"] / ms["torch"], "ms_rounds": ms_rounds,
-            "busy_rounds_dropped": kept.dropped, "contended": kept.contended}
+    return {
+        "steps_per_round": steps,
+        "rounds": rounds,
+        **{f"{k}_ms": v for k, v in ms.items()},
+        "ratio": ms["dlx"] / ms["torch"],
+        "ms_rounds": ms_rounds,
+        "busy_rounds_dropped": kept.dropped,
+        "contended": kept.contended,
+    }
 
 
-def with_throughput(result: dict, flop: float, peak_gflops: float | None,
-                    sides: tuple[str, ...] = ("dlx", "torch")) -> dict:
+def with_throughput(
+    result: dict, flop: float, peak_gflops: float | None, sides: tuple[str, ...] = ("dlx", "torch")
+) -> dict:
     result["flops"] = flop
     for side in sides:
         result[f"{side}_gflops"] = flop / result[f"{side}_ms"] / 1e6
@@ -189,10 +212,14 @@ def compare_train_step(section: str, args, peak_gflops: float | None) -> dict[st
         flop = dcgan_step_flops(task.model, batch)
     else:
         size, channels = config.diffusion.image_size, task.image_shape[-1]
-        flop = 3 * forward_flops(task.model, jnp.zeros((batch, size, size, channels)),
-                                 jnp.zeros((batch,), jnp.int32))
-    return {"batch_size": batch, **with_throughput(result, flop, peak_gflops),
-            "goal_ratio": GOAL_RATIO[section]}
+        flop = 3 * forward_flops(
+            task.model, jnp.zeros((batch, size, size, channels)), jnp.zeros((batch,), jnp.int32)
+        )
+    return {
+        "batch_size": batch,
+        **with_throughput(result, flop, peak_gflops),
+        "goal_ratio": GOAL_RATIO[section],
+    }
 
 
 def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
@@ -201,13 +228,17 @@ def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
     state = loop.init_state(run)
     task, count = run.task, args.sample_batch
     trainer = torch_generative.TRAINERS[config.task](
-        config, torch_generative.model_fields(task.model), "cpu")
+        config, torch_generative.model_fields(task.model), "cpu"
+    )
     trainer.load_dlx_state(torch_generative.jax_to_numpy(state))
     d = config.diffusion
     # The task's sampler is jitted without the options dlx compiles train steps with
     # (`runtime.compiler_options()`: convolutions to Eigen, not YNNPACK); timed both ways.
-    with_step_options = jax.jit(type(task)._sample.__wrapped__, static_argnums=(0, 3, 4),
-                                compiler_options=runtime.compiler_options())
+    with_step_options = jax.jit(
+        type(task)._sample.__wrapped__,
+        static_argnums=(0, 3, 4),
+        compiler_options=runtime.compiler_options(),
+    )
 
     def dlx_runner(sample) -> StepRunner:
         def calls(n: int) -> float:
@@ -216,6 +247,7 @@ def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
                 x, _ = sample(task, state.ema, jax.random.PRNGKey(i), count, "ddim")
                 x.block_until_ready()
             return time.perf_counter() - start
+
         return calls
 
     def torch_calls(n: int) -> float:
@@ -224,17 +256,22 @@ def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
             trainer.ddim(trainer.ema, count, d.sample_steps, d.eta)
         return time.perf_counter() - start
 
-    runners = {"dlx": dlx_runner(type(task)._sample), "torch": torch_calls,
-               "dlx_step_options": dlx_runner(with_step_options)}
+    runners = {
+        "dlx": dlx_runner(type(task)._sample),
+        "torch": torch_calls,
+        "dlx_step_options": dlx_runner(with_step_options),
+    }
     for name in ("dlx", "dlx_step_options"):
         runners[name](1)  # compiles
     trainer.ddim(trainer.ema, count, 2, d.eta)  # two steps warm torch up at this batch
     # a call is 50 network evaluations: no untimed call before each timed one
     result = timed_rounds(runners, 1, args.ddim_rounds, untimed_first=False)
     steps = len(task.ddim_steps(d.sample_steps))
-    flop = steps * forward_flops(task.model, jnp.zeros((count, d.image_size, d.image_size,
-                                                        task.image_shape[-1])),
-                                 jnp.zeros((count,), jnp.int32))
+    flop = steps * forward_flops(
+        task.model,
+        jnp.zeros((count, d.image_size, d.image_size, task.image_shape[-1])),
+        jnp.zeros((count,), jnp.int32),
+    )
     result = with_throughput(result, flop, peak_gflops, ("dlx", "torch", "dlx_step_options"))
     result["step_options_ratio"] = result["dlx_step_options_ms"] / result["torch_ms"]
     for side in ("dlx", "torch", "dlx_step_options"):
@@ -250,33 +287,46 @@ def report(results: dict) -> str:
     lines = bench_run.report_header(results)
     steps = {k: results[k] for k in ("dcgan", "unet") if k in results}
     if steps:
-        lines += ["", "| train step (batch 64) | dlx ms | torch ms | dlx/torch (goal <= 1.0) "
-                  "| model GFLOP/step | dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| train step (batch 64) | dlx ms | torch ms | dlx/torch (goal <= 1.0) "
+            "| model GFLOP/step | dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, r in steps.items():
             ok = verdict(r["ratio"] <= r["goal_ratio"], r)
-            lines.append(f"| {name} | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} "
-                         f"({ok}) | {r['flops'] / 1e9:.2f} | {r['dlx_gflops']:.0f} "
-                         f"({pct(r.get('dlx_peak_fraction'))}) | {r['torch_gflops']:.0f} "
-                         f"({pct(r.get('torch_peak_fraction'))}) |")
+            lines.append(
+                f"| {name} | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} "
+                f"({ok}) | {r['flops'] / 1e9:.2f} | {r['dlx_gflops']:.0f} "
+                f"({pct(r.get('dlx_peak_fraction'))}) | {r['torch_gflops']:.0f} "
+                f"({pct(r.get('torch_peak_fraction'))}) |"
+            )
     if "ddim" in results:
         r = results["ddim"]
-        lines += ["", f"| DDIM, {r['sampler_steps']} steps, batch {r['sample_batch']} "
-                  "| dlx images/s | torch images/s | dlx/torch time | model GFLOP "
-                  "| dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| U-Net (EMA weights) | {r['dlx_images_per_s']:.1f} "
-                  f"| {r['torch_images_per_s']:.1f} | {r['ratio']:.2f} | {r['flops'] / 1e9:.1f} "
-                  f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}) "
-                  f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |",
-                  f"| the same sampler jitted with dlx's step compiler options "
-                  f"| {r['dlx_step_options_images_per_s']:.1f} | - "
-                  f"| {r['step_options_ratio']:.2f} | | {r['dlx_step_options_gflops']:.0f} "
-                  f"({pct(r.get('dlx_step_options_peak_fraction'))}) | |"]
-    lines += ["", "Model FLOPs count a resize-convolution as the 3x3 convolution on the upsampled map; "
-              "dlx computes it with 4/9 of those multiply-adds (`upsample_conv`)."]
-    sections = [("peak", results.get("peak") or {}),
-                *((k, results[k]) for k in ("dcgan", "unet", "ddim") if k in results)]
+        lines += [
+            "",
+            f"| DDIM, {r['sampler_steps']} steps, batch {r['sample_batch']} "
+            "| dlx images/s | torch images/s | dlx/torch time | model GFLOP "
+            "| dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
+            "|---|---|---|---|---|---|---|",
+            f"| U-Net (EMA weights) | {r['dlx_images_per_s']:.1f} "
+            f"| {r['torch_images_per_s']:.1f} | {r['ratio']:.2f} | {r['flops'] / 1e9:.1f} "
+            f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}) "
+            f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |",
+            f"| the same sampler jitted with dlx's step compiler options "
+            f"| {r['dlx_step_options_images_per_s']:.1f} | - "
+            f"| {r['step_options_ratio']:.2f} | | {r['dlx_step_options_gflops']:.0f} "
+            f"({pct(r.get('dlx_step_options_peak_fraction'))}) | |",
+        ]
+    lines += [
+        "",
+        "Model FLOPs count a resize-convolution as the 3x3 convolution on the upsampled map; "
+        "dlx computes it with 4/9 of those multiply-adds (`upsample_conv`).",
+    ]
+    sections = [
+        ("peak", results.get("peak") or {}),
+        *((k, results[k]) for k in ("dcgan", "unet", "ddim") if k in results),
+    ]
     return "\n".join(lines + bench_run.load_notes(results, sections))
 
 
@@ -284,8 +334,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(bench_run.TORCH_THREADS)
     started, other_load = time.perf_counter(), bench_run.OtherLoad()
-    results: dict[str, Any] = {"machine": bench_run.machine_info(), "command": " ".join(sys.argv),
-                               "load_average_at_start": os.getloadavg()}
+    results: dict[str, Any] = {
+        "machine": bench_run.machine_info(),
+        "command": " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),
+    }
     peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     for section in ("dcgan", "unet"):
         if section in args.only:

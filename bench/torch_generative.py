@@ -26,6 +26,7 @@ N = --num-samples; DDPM: DDIM from the EMA weights, cropped to the data's size),
 evaluator reports: DCGAN discriminator accuracy on test images vs as many samples, VAE negative
 ELBO and IWAE NLL in nats, DDPM denoising loss of the EMA weights). Untested on a GPU here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,11 @@ from torch import nn
 from torch.nn import functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"dcgan": "configs/fashion_dcgan.py", "vae": "configs/fashion_vae.py",
-           "ddpm": "configs/fashion_ddpm.py"}
+CONFIGS = {
+    "dcgan": "configs/fashion_dcgan.py",
+    "vae": "configs/fashion_vae.py",
+    "ddpm": "configs/fashion_ddpm.py",
+}
 TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
 
 
@@ -92,8 +96,12 @@ def init_like_dlx(module: DlxNamed, seed: int = 0) -> None:
                 fan_in = layer.weight[0].numel()
                 scale = {"he_normal": 2.0, "lecun_normal": 1.0, "zeros": 0.0}[init]
                 std = math.sqrt(scale / fan_in) / TRUNCATED_NORMAL_STD
-                layer.weight.copy_(torch.nn.init.trunc_normal_(
-                    torch.empty_like(layer.weight), 0.0, 1.0, -2.0, 2.0, generator=generator) * std)
+                layer.weight.copy_(
+                    torch.nn.init.trunc_normal_(
+                        torch.empty_like(layer.weight), 0.0, 1.0, -2.0, 2.0, generator=generator
+                    )
+                    * std
+                )
                 if layer.bias is not None:
                     layer.bias.zero_()
             else:  # batch / group norm
@@ -102,15 +110,24 @@ def init_like_dlx(module: DlxNamed, seed: int = 0) -> None:
 
 def nhwc_to_nchw_order(height: int, width: int, channels: int) -> np.ndarray:
     """Index i of a flattened NCHW map holds element order[i] of the flattened NHWC map."""
-    return np.arange(height * width * channels).reshape(height, width, channels) \
-        .transpose(2, 0, 1).ravel()
+    return (
+        np.arange(height * width * channels)
+        .reshape(height, width, channels)
+        .transpose(2, 0, 1)
+        .ravel()
+    )
 
 
-def load_dlx(module: DlxNamed, params: dict, batch_stats: dict | None = None,
-             permutations: dict[str, tuple[str, np.ndarray]] | None = None) -> None:
+def load_dlx(
+    module: DlxNamed,
+    params: dict,
+    batch_stats: dict | None = None,
+    permutations: dict[str, tuple[str, np.ndarray]] | None = None,
+) -> None:
     """Copies dlx parameters (a nested dict of arrays, flax layout) into `module`.
     `permutations[name] = ("in" | "out", order)` reorders that layer's features (NHWC flattening
     in dlx, NCHW here)."""
+
     def lookup(tree: dict, path: str) -> dict:
         for key in path.split("/"):
             tree = tree[key]
@@ -134,8 +151,9 @@ def load_dlx(module: DlxNamed, params: dict, batch_stats: dict | None = None,
             else:
                 weights = {"weight": p["scale"], "bias": p["bias"]}
                 if batch_stats is not None and isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                    stats = {k: np.asarray(v, np.float32) for k, v in
-                             lookup(batch_stats, path).items()}
+                    stats = {
+                        k: np.asarray(v, np.float32) for k, v in lookup(batch_stats, path).items()
+                    }
                     weights["running_mean"], weights["running_var"] = stats["mean"], stats["var"]
                 if order is not None:
                     weights = {k: v[order] for k, v in weights.items()}
@@ -143,8 +161,9 @@ def load_dlx(module: DlxNamed, params: dict, batch_stats: dict | None = None,
                 if value is not None:
                     target = getattr(layer, name)
                     if tuple(target.shape) != value.shape:
-                        raise ValueError(f"{path}.{name}: torch {tuple(target.shape)}, "
-                                         f"dlx {value.shape}")
+                        raise ValueError(
+                            f"{path}.{name}: torch {tuple(target.shape)}, dlx {value.shape}"
+                        )
                     target.copy_(torch.tensor(value))
 
 
@@ -159,12 +178,23 @@ class SameConv2d(nn.Conv2d):
     """A convolution padded like flax's padding="SAME" for inputs of `input_size`: asymmetric for
     a stride-2 3x3 convolution of an even size, which torch's `padding=` cannot express."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
-                 input_size: int = 0, bias: bool = True):
-        low, high = same_padding(input_size, kernel, stride) if stride > 1 else \
-            ((kernel - 1) // 2, kernel // 2)
-        super().__init__(in_channels, out_channels, kernel, stride, padding=low if low == high else 0,
-                         bias=bias)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int = 1,
+        input_size: int = 0,
+        bias: bool = True,
+    ):
+        low, high = (
+            same_padding(input_size, kernel, stride)
+            if stride > 1
+            else ((kernel - 1) // 2, kernel // 2)
+        )
+        super().__init__(
+            in_channels, out_channels, kernel, stride, padding=low if low == high else 0, bias=bias
+        )
         self.extra_pad = (0, 0, 0, 0) if low == high else (low, high, low, high)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,12 +215,17 @@ class Generator(DlxNamed):
         self.start = (2 * width, height // 4, width_px // 4)
         features = math.prod(self.start)
         self.project = self.named("Dense", nn.Linear(latent_dim, features, bias=False), "he_normal")
-        self.project_norm = self.named("BatchNorm", nn.BatchNorm1d(features, eps=1e-5, momentum=0.1))
+        self.project_norm = self.named(
+            "BatchNorm", nn.BatchNorm1d(features, eps=1e-5, momentum=0.1)
+        )
         self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
         for c_in, c_out in ((2 * width, 2 * width), (2 * width, width)):
-            self.convs.append(self.named("Conv", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                                         "he_normal"))
-            self.norms.append(self.named("BatchNorm", nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1)))
+            self.convs.append(
+                self.named("Conv", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), "he_normal")
+            )
+            self.norms.append(
+                self.named("BatchNorm", nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1))
+            )
         self.to_image = self.named("Conv", nn.Conv2d(width, channels, 3, padding=1), "lecun_normal")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -209,9 +244,14 @@ class Discriminator(DlxNamed):
     def __init__(self, width: int, image_shape: Sequence[int]):
         super().__init__()
         height, width_px, channels = image_shape
-        self.convs = nn.ModuleList([
-            self.named("Conv", SameConv2d(channels, width, 4, 2, height), "he_normal"),
-            self.named("Conv", SameConv2d(width, 2 * width, 4, 2, -(-height // 2)), "he_normal")])
+        self.convs = nn.ModuleList(
+            [
+                self.named("Conv", SameConv2d(channels, width, 4, 2, height), "he_normal"),
+                self.named(
+                    "Conv", SameConv2d(width, 2 * width, 4, 2, -(-height // 2)), "he_normal"
+                ),
+            ]
+        )
         self.final = (2 * width, -(-height // 4), -(-width_px // 4))
         self.logit = self.named("Dense", nn.Linear(math.prod(self.final), 1), "lecun_normal")
 
@@ -257,10 +297,12 @@ class DcganTrainer:
         return {"generator": self.generator, "discriminator": self.discriminator}
 
     def load_dlx_state(self, state) -> None:
-        load_dlx(self.generator, state.generator, state.batch_stats,
-                 self.generator.dlx_permutations())
-        load_dlx(self.discriminator, state.discriminator, None,
-                 self.discriminator.dlx_permutations())
+        load_dlx(
+            self.generator, state.generator, state.batch_stats, self.generator.dlx_permutations()
+        )
+        load_dlx(
+            self.discriminator, state.discriminator, None, self.discriminator.dlx_permutations()
+        )
 
     def step(self, images: torch.Tensor, step: int) -> dict[str, float]:
         real = images * 2.0 - 1.0
@@ -269,8 +311,9 @@ class DcganTrainer:
         zeros = torch.zeros(count, device=self.device)
         with torch.no_grad(), frozen_running_stats(self.generator):
             fake = self.generator(torch.randn(count, self.latent_dim, device=self.device))
-        d_loss = (F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
-                  + F.binary_cross_entropy_with_logits(self.discriminator(fake), zeros))
+        d_loss = F.binary_cross_entropy_with_logits(
+            self.discriminator(real), ones
+        ) + F.binary_cross_entropy_with_logits(self.discriminator(fake), zeros)
         self.d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_opt.step()
@@ -301,8 +344,11 @@ class DcganTrainer:
         real = torch.sigmoid(self.discriminator(test_images * 2 - 1))
         fake = torch.sigmoid(self.discriminator(self.generate(len(test_images))))
         correct = torch.cat([real > 0.5, fake < 0.5]).float()
-        return {"d_accuracy": correct.mean().item(), "d_real": real.mean().item(),
-                "d_fake": fake.mean().item()}
+        return {
+            "d_accuracy": correct.mean().item(),
+            "d_real": real.mean().item(),
+            "d_fake": fake.mean().item(),
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,17 +360,25 @@ class DenseVAE(DlxNamed):
         self.image_shape = tuple(image_shape)
         pixels = math.prod(image_shape)
         widths = [pixels, *hidden]
-        self.encoder = nn.ModuleList([
-            self.named("", nn.Linear(a, b), "he_normal", f"encoder_layers_{i}")
-            for i, (a, b) in enumerate(zip(widths, widths[1:]))])
-        self.encoder_head = self.named("", nn.Linear(hidden[-1], 2 * latent_dim), "lecun_normal",
-                                       "encoder_head")
+        self.encoder = nn.ModuleList(
+            [
+                self.named("", nn.Linear(a, b), "he_normal", f"encoder_layers_{i}")
+                for i, (a, b) in enumerate(zip(widths, widths[1:]))
+            ]
+        )
+        self.encoder_head = self.named(
+            "", nn.Linear(hidden[-1], 2 * latent_dim), "lecun_normal", "encoder_head"
+        )
         widths = [latent_dim, *reversed(hidden)]
-        self.decoder = nn.ModuleList([
-            self.named("", nn.Linear(a, b), "he_normal", f"decoder_layers_{i}")
-            for i, (a, b) in enumerate(zip(widths, widths[1:]))])
-        self.decoder_head = self.named("", nn.Linear(hidden[0], pixels), "lecun_normal",
-                                       "decoder_head")
+        self.decoder = nn.ModuleList(
+            [
+                self.named("", nn.Linear(a, b), "he_normal", f"decoder_layers_{i}")
+                for i, (a, b) in enumerate(zip(widths, widths[1:]))
+            ]
+        )
+        self.decoder_head = self.named(
+            "", nn.Linear(hidden[0], pixels), "lecun_normal", "decoder_head"
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = x.flatten(1)  # dlx flattens NHWC; images stay NHWC on this side
@@ -340,7 +394,7 @@ class DenseVAE(DlxNamed):
 
 
 def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (log_variance.exp() + mean ** 2 - 1.0 - log_variance).sum(-1)
+    return 0.5 * (log_variance.exp() + mean**2 - 1.0 - log_variance).sum(-1)
 
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -355,8 +409,10 @@ class VaeTrainer:
         if m["kind"] != "dense" or m["activation"] != "relu":
             raise ValueError("the PyTorch VAE reference is the dense ReLU autoencoder only")
         self.device, self.latent_dim = device, m["latent_dim"]
-        self.warmup, self.importance_samples = (config.vae.kl_warmup_steps,
-                                                config.vae.importance_samples)
+        self.warmup, self.importance_samples = (
+            config.vae.kl_warmup_steps,
+            config.vae.importance_samples,
+        )
         self.model = DenseVAE(m["latent_dim"], m["hidden"], m["image_shape"]).to(device)
         self.opt = adam(self.model, config.optimizer)
 
@@ -401,11 +457,13 @@ class VaeTrainer:
                 for _ in range(k):
                     eps = torch.randn_like(mean)
                     z = mean + std * eps
-                    log_prior = -0.5 * (z ** 2 + math.log(2 * math.pi)).sum(-1)
-                    log_posterior = (-0.5 * (eps ** 2 + math.log(2 * math.pi)).sum(-1)
-                                     - std.log().sum(-1))
-                    log_weights.append(-bernoulli_nll(self.model.decode(z), x) + log_prior
-                                       - log_posterior)
+                    log_prior = -0.5 * (z**2 + math.log(2 * math.pi)).sum(-1)
+                    log_posterior = -0.5 * (eps**2 + math.log(2 * math.pi)).sum(-1) - std.log().sum(
+                        -1
+                    )
+                    log_weights.append(
+                        -bernoulli_nll(self.model.decode(z), x) + log_prior - log_posterior
+                    )
                 nll = -(torch.logsumexp(torch.stack(log_weights), 0) - math.log(k))
                 sums["nll"] += nll.sum().item()
         metrics = {k: v / len(test_images) for k, v in sums.items()}
@@ -417,8 +475,9 @@ class VaeTrainer:
 # ------------------------------------------------------------------------------------------------
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     half = dim // 2
-    frequencies = torch.exp(-math.log(max_period)
-                            * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    frequencies = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     angles = t.float()[:, None] * frequencies[None]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -432,8 +491,11 @@ class ResidualBlock(DlxNamed):
         self.norm2 = self.named("GroupNorm", nn.GroupNorm(groups, c_out, eps=1e-5))
         self.dropout = nn.Dropout(dropout)
         self.conv2 = self.named("Conv", nn.Conv2d(c_out, c_out, 3, padding=1), "lecun_normal")
-        self.skip = (nn.Identity() if c_in == c_out else
-                     self.named("Conv", nn.Conv2d(c_in, c_out, 1), "he_normal"))
+        self.skip = (
+            nn.Identity()
+            if c_in == c_out
+            else self.named("Conv", nn.Conv2d(c_in, c_out, 1), "he_normal")
+        )
 
     def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x))) + self.time(time)[:, :, None, None]
@@ -448,7 +510,8 @@ class SelfAttention(DlxNamed):
         super().__init__()
         self.norm = self.named("GroupNorm", nn.GroupNorm(groups, channels, eps=1e-5))
         self.q, self.k, self.v, self.out = (
-            self.named("Dense", nn.Linear(channels, channels), "lecun_normal") for _ in range(4))
+            self.named("Dense", nn.Linear(channels, channels), "lecun_normal") for _ in range(4)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
@@ -465,8 +528,16 @@ class UpsampleConv2d(nn.Conv2d):
 
 
 class UNet(DlxNamed):
-    def __init__(self, channels: Sequence[int], blocks: int, attention_levels: Sequence[int],
-                 time_dim: int, groups: int, dropout: float, image_shape: Sequence[int]):
+    def __init__(
+        self,
+        channels: Sequence[int],
+        blocks: int,
+        attention_levels: Sequence[int],
+        time_dim: int,
+        groups: int,
+        dropout: float,
+        image_shape: Sequence[int],
+    ):
         super().__init__()
         self.time_dim, levels = time_dim, len(channels)
         size, _, image_channels = image_shape
@@ -476,34 +547,46 @@ class UNet(DlxNamed):
         def level_layers(c_in: int, features: int, level: int) -> nn.ModuleList:
             layers = nn.ModuleList()
             for _ in range(blocks):
-                layers.append(self.child("ResidualBlock", ResidualBlock(
-                    c_in, features, time_features, groups, dropout)))
+                layers.append(
+                    self.child(
+                        "ResidualBlock",
+                        ResidualBlock(c_in, features, time_features, groups, dropout),
+                    )
+                )
                 c_in = features
                 if level in attention_levels:
                     layers.append(self.child("SelfAttention", SelfAttention(features, groups)))
             return layers
 
-        self.conv_in = self.named("Conv", nn.Conv2d(image_channels, channels[0], 3, padding=1),
-                                  "he_normal")
+        self.conv_in = self.named(
+            "Conv", nn.Conv2d(image_channels, channels[0], 3, padding=1), "he_normal"
+        )
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         c = channels[0]
         for level, features in enumerate(channels):
             self.down.append(level_layers(c, features, level))
             c = features
             if level < levels - 1:
-                self.downsample.append(self.named("Conv", SameConv2d(c, c, 3, 2, size >> level),
-                                                  "he_normal"))
-        self.middle = nn.ModuleList([
-            self.child("ResidualBlock", ResidualBlock(c, c, time_features, groups, dropout)),
-            self.child("SelfAttention", SelfAttention(c, groups)),
-            self.child("ResidualBlock", ResidualBlock(c, c, time_features, groups, dropout))])
+                self.downsample.append(
+                    self.named("Conv", SameConv2d(c, c, 3, 2, size >> level), "he_normal")
+                )
+        self.middle = nn.ModuleList(
+            [
+                self.child("ResidualBlock", ResidualBlock(c, c, time_features, groups, dropout)),
+                self.child("SelfAttention", SelfAttention(c, groups)),
+                self.child("ResidualBlock", ResidualBlock(c, c, time_features, groups, dropout)),
+            ]
+        )
         self.up = nn.ModuleList()
         for level in reversed(range(levels)):
             layers = level_layers(c + channels[level], channels[level], level)  # skip concatenated
             c = channels[level]
             if level > 0:
-                layers.append(self.named("Conv", UpsampleConv2d(c, channels[level - 1], 3,
-                                                                padding=1), "he_normal"))
+                layers.append(
+                    self.named(
+                        "Conv", UpsampleConv2d(c, channels[level - 1], 3, padding=1), "he_normal"
+                    )
+                )
                 c = channels[level - 1]
             self.up.append(layers)
         self.norm_out = self.named("GroupNorm", nn.GroupNorm(groups, c, eps=1e-5))
@@ -546,10 +629,24 @@ class DdpmTrainer:
     def __init__(self, config, m: dict[str, Any], device: str):
         d = config.diffusion
         self.device, self.size, self.d = device, d.image_size, d
-        self.model = UNet(m["channels"], m["blocks"], m["attention_levels"], m["time_dim"],
-                          m["groups"], m["dropout"], m["image_shape"]).to(device)
-        self.ema = UNet(m["channels"], m["blocks"], m["attention_levels"], m["time_dim"],
-                        m["groups"], m["dropout"], m["image_shape"]).to(device)
+        self.model = UNet(
+            m["channels"],
+            m["blocks"],
+            m["attention_levels"],
+            m["time_dim"],
+            m["groups"],
+            m["dropout"],
+            m["image_shape"],
+        ).to(device)
+        self.ema = UNet(
+            m["channels"],
+            m["blocks"],
+            m["attention_levels"],
+            m["time_dim"],
+            m["groups"],
+            m["dropout"],
+            m["image_shape"],
+        ).to(device)
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False).eval()
         self.opt = adam(self.model, config.optimizer)
@@ -570,8 +667,9 @@ class DdpmTrainer:
         """NHWC [0, 1] -> NCHW [-1, 1], padded with -1 (background) to image_size."""
         x = images.permute(0, 3, 1, 2) * 2 - 1
         pad_h, pad_w = self.size - x.shape[2], self.size - x.shape[3]
-        return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
-                     value=-1.0)
+        return F.pad(
+            x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=-1.0
+        )
 
     def denoising_loss(self, model: nn.Module, x0: torch.Tensor) -> torch.Tensor:
         t = torch.randint(0, self.d.timesteps, (x0.shape[0],), device=self.device)
@@ -588,20 +686,32 @@ class DdpmTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
-                                 1.0 - self.d.ema_decay)
+            torch._foreach_lerp_(
+                list(self.ema.parameters()), list(self.model.parameters()), 1.0 - self.d.ema_decay
+            )
         return {"loss": loss}
 
     def ddim_steps(self, count: int) -> np.ndarray:
         return np.unique(np.linspace(0, self.d.timesteps - 1, count).round().astype(np.int64))[::-1]
 
     @torch.no_grad()
-    def ddim(self, model: nn.Module, count: int, steps: int, eta: float,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def ddim(
+        self,
+        model: nn.Module,
+        count: int,
+        steps: int,
+        eta: float,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """DDIM (Song et al.) from pure noise (`noise`, or drawn) in `steps` steps, x_0 clipped
         to [-1, 1] at every step; [count, C, S, S] in model space."""
-        x = noise if noise is not None else torch.randn(
-            count, model.conv_out.out_channels, self.size, self.size, device=self.device)
+        x = (
+            noise
+            if noise is not None
+            else torch.randn(
+                count, model.conv_out.out_channels, self.size, self.size, device=self.device
+            )
+        )
         timesteps = self.ddim_steps(steps)
         for t, t_prev in zip(timesteps, [*timesteps[1:], -1]):
             eps = model(x, torch.full((count,), int(t), device=self.device))
@@ -610,27 +720,32 @@ class DdpmTrainer:
             x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
             sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-            direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+            direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
             x = a_prev.sqrt() * x0 + direction + sigma * torch.randn_like(x)
         return x
 
     def to_images(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Model space -> NHWC in [0, 1], cropped to height x width."""
         top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
-        x = x[:, :, top:top + height, left:left + width]
+        x = x[:, :, top : top + height, left : left + width]
         return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
     def sample(self, count: int) -> torch.Tensor:
         """`count` DDIM samples from the EMA weights, 500 at a time, NHWC cropped to `crop`."""
-        images = [self.to_images(self.ddim(self.ema, min(500, count - i), self.d.sample_steps,
-                                           self.d.eta), *self.crop)
-                  for i in range(0, count, 500)]
+        images = [
+            self.to_images(
+                self.ddim(self.ema, min(500, count - i), self.d.sample_steps, self.d.eta),
+                *self.crop,
+            )
+            for i in range(0, count, 500)
+        ]
         return torch.cat(images)
 
     @torch.no_grad()
     def evaluate(self, test_images: torch.Tensor) -> dict[str, float]:
-        losses = [self.denoising_loss(self.ema, self.to_model_space(x)) for x in
-                  test_images.split(1000)]
+        losses = [
+            self.denoising_loss(self.ema, self.to_model_space(x)) for x in test_images.split(1000)
+        ]
         return {"loss": torch.cat(losses).mean().item()}
 
 
@@ -655,20 +770,40 @@ def model_fields(model) -> dict[str, Any]:
     """Every field of a dlx model, its defaults filled in (and the image shape its task gave
     it)."""
     import dataclasses
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-            if f.name not in ("parent", "name")}
+
+    return {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name")
+    }
 
 
 def adam(module: nn.Module, optimizer) -> torch.optim.Adam:
     """dlx's config.optimizer as torch.optim.Adam; other settings are refused, not ignored."""
-    unsupported = {k: optimizer[k] for k, default in (
-        ("name", "adam"), ("schedule", "constant"), ("weight_decay", 0.0), ("clip_value", 0.0),
-        ("warmup_steps", 0), ("lr_multipliers", ()), ("frozen", "")) if optimizer[k] != default}
+    unsupported = {
+        k: optimizer[k]
+        for k, default in (
+            ("name", "adam"),
+            ("schedule", "constant"),
+            ("weight_decay", 0.0),
+            ("clip_value", 0.0),
+            ("warmup_steps", 0),
+            ("lr_multipliers", ()),
+            ("frozen", ""),
+        )
+        if optimizer[k] != default
+    }
     if unsupported:
-        raise ValueError(f"the PyTorch references implement Adam with a constant learning rate "
-                         f"(and global-norm clipping) only, got {unsupported}")
-    return torch.optim.Adam(module.parameters(), lr=optimizer.learning_rate,
-                            betas=(optimizer.b1, optimizer.b2), eps=optimizer.eps)
+        raise ValueError(
+            f"the PyTorch references implement Adam with a constant learning rate "
+            f"(and global-norm clipping) only, got {unsupported}"
+        )
+    return torch.optim.Adam(
+        module.parameters(),
+        lr=optimizer.learning_rate,
+        betas=(optimizer.b1, optimizer.b2),
+        eps=optimizer.eps,
+    )
 
 
 def to_unit_nchw(images: np.ndarray) -> torch.Tensor:
@@ -687,6 +822,7 @@ def build(config, device: str = "cpu", init: str = "dlx", seed: int = 0):
     """(trainer, run): the reference for `config`'s task, initialised from dlx's initial state
     (`init="dlx"`) or with dlx's initializers in torch (`init="torch"`)."""
     from dlx.train import loop
+
     run = loop.prepare_run(config)
     trainer = TRAINERS[config.task](config, model_fields(run.task.model), device)
     if init == "dlx":
@@ -705,28 +841,36 @@ def jax_to_numpy(tree):
     """A pytree of (possibly boxed, logically partitioned) jax arrays as numpy arrays."""
     import flax.linen as flax_nn
     import jax
+
     return jax.tree.map(np.asarray, jax.device_get(flax_nn.meta.unbox(tree)))
 
 
 def train(config, args) -> dict[str, Any]:
     from dlx import data as data_lib
+
     torch.manual_seed(config.seed)
     trainer, run = build(config, args.device, args.init, config.seed)
     steps = args.steps or run.total_steps
-    batches = data_lib.train_iterator(run.task.source(config.data.train_split, train=True),
-                                      global_batch_size=config.data.batch_size, seed=config.seed)
+    batches = data_lib.train_iterator(
+        run.task.source(config.data.train_split, train=True),
+        global_batch_size=config.data.batch_size,
+        seed=config.seed,
+    )
     log, pending = [], []
     start = time.perf_counter()
     for step in range(steps):
         images = as_model_input(config.task, next(batches)["image"], args.device)
         pending.append(trainer.step(images, step))
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
-            means = {k: float(torch.stack([m[k].detach() for m in pending]).mean())
-                     for k in pending[0]}
+            means = {
+                k: float(torch.stack([m[k].detach() for m in pending]).mean()) for k in pending[0]
+            }
             log.append({"step": step + 1, **means})
             pending = []
-            print(f"step {step + 1}/{steps}: "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in means.items()), flush=True)
+            print(
+                f"step {step + 1}/{steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()),
+                flush=True,
+            )
     train_seconds = time.perf_counter() - start  # with reading the batches, as a user waits
 
     test_source = run.task.source(config.data.eval_split, train=False)
@@ -738,23 +882,36 @@ def train(config, args) -> dict[str, Any]:
         samples = trainer.sample(args.num_samples).cpu().numpy().astype(np.float32)
         np.save(os.path.join(args.out, "samples.npy"), samples)
     sample_seconds = time.perf_counter() - start
-    result = {"config": args.config, "steps": steps, "batch_size": config.data.batch_size,
-              "init": args.init, "device": args.device, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "train_seconds": train_seconds,
-              "num_samples": args.num_samples, "sample_seconds": sample_seconds,
-              "eval": evaluation, "train_log": log}
+    result = {
+        "config": args.config,
+        "steps": steps,
+        "batch_size": config.data.batch_size,
+        "init": args.init,
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "train_seconds": train_seconds,
+        "num_samples": args.num_samples,
+        "sample_seconds": sample_seconds,
+        "eval": evaluation,
+        "train_log": log,
+    }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(f"eval {evaluation}; {steps} steps in {train_seconds:.0f} s; {args.num_samples} samples "
-          f"in {sample_seconds:.0f} s; written to {args.out}", flush=True)
+    print(
+        f"eval {evaluation}; {steps} steps in {train_seconds:.0f} s; {args.num_samples} samples "
+        f"in {sample_seconds:.0f} s; written to {args.out}",
+        flush=True,
+    )
     return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=sorted(CONFIGS))
-    parser.add_argument("--config", help="dlx config file[:variant] (default: the model's "
-                        "configs/fashion_*.py)")
+    parser.add_argument(
+        "--config", help="dlx config file[:variant] (default: the model's configs/fashion_*.py)"
+    )
     parser.add_argument("--steps", type=int, default=0, help="train steps (default: the config's)")
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--init", choices=("dlx", "torch"), default="dlx")

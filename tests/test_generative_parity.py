@@ -63,16 +63,18 @@ def test_upsample_conv_equals_upsample_then_conv(factor, kernel, shape):
     plain, fused = _ResizeConv(factor, kernel, False), _ResizeConv(factor, kernel, True)
     params = _random_variables(plain, x)
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, _random_variables(fused, x))
-    expected, got = jax.jit(plain.apply)(params, x), jax.jit(fused.apply)(params, x)
-    assert got.shape == (2, factor * shape[0], factor * shape[1], 6)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    g = np.random.default_rng(3).normal(size=(2, factor * shape[0], factor * shape[1], 6))
 
-    g = jax.random.normal(jax.random.key(3), expected.shape)
-    grads = [
-        jax.jit(jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * g), argnums=(0, 1)))(params, x)
-        for m in (plain, fused)
-    ]
-    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    def value_and_grads(module):
+        y, vjp = jax.vjp(module.apply, params, x)
+        return y, vjp(g.astype(y.dtype))
+
+    (expected, expected_grads), (got, grads) = (
+        jax.jit(value_and_grads, static_argnums=0)(m) for m in (plain, fused)
+    )
+    assert got.shape == expected.shape == g.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(expected_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
 
@@ -174,15 +176,21 @@ def test_reference_initializers_draw_like_dlx():
     (truncated normal, variance 2 or 1 over fan-in), biases zero."""
     generator = reference.Generator(64, 64, (28, 28, 1))
     reference.init_like_dlx(generator, seed=0)
-    kernels = 0
-    for path, layer, init in generator.leaves():
-        if not isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
-            continue
-        weight = layer.weight.detach().numpy()
-        dlx_shape = weight.T.shape if weight.ndim == 2 else weight.transpose(2, 3, 1, 0).shape
-        dlx_kernel = np.asarray(initializers.get(init)(jax.random.key(0), dlx_shape))
+    layers = [
+        (path, layer, init)
+        for path, layer, init in generator.leaves()
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    assert len(layers) == 4
+    weights = [layer.weight.detach().numpy() for _, layer, _ in layers]
+    dlx_shapes = [w.T.shape if w.ndim == 2 else w.transpose(2, 3, 1, 0).shape for w in weights]
+    dlx_kernels = jax.jit(
+        lambda key: [
+            initializers.get(init)(key, shape) for (_, _, init), shape in zip(layers, dlx_shapes)
+        ]
+    )(jax.random.key(0))
+    for (path, layer, _), weight, dlx_kernel in zip(layers, weights, dlx_kernels):
+        dlx_kernel = np.asarray(dlx_kernel)
         assert 0.9 < weight.std() / dlx_kernel.std() < 1.1, path
         assert 0.95 < np.abs(weight).max() / np.abs(dlx_kernel).max() < 1.05, path  # truncation
         assert layer.bias is None or not layer.bias.detach().numpy().any()
-        kernels += 1
-    assert kernels == 4

@@ -43,16 +43,19 @@ class GroupNorm(nn.Module):
     float rounding) with its statistics summed in two stages, over the positions for each channel
     and then over each group's channels, and a hand-written gradient of one reduction pass and
     one elementwise pass (`_group_norm`). BENCHMARKS.md, tuning notes, has the measurements."""
+
     groups: int
     epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES),
-                           (channels,))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES),
-                          (channels,))
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES), (channels,)
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES), (channels,)
+        )
         return _group_norm(x, scale, bias, self.groups, self.epsilon)
 
 
@@ -101,8 +104,11 @@ def _group_norm_backward(groups, epsilon, residuals, g):
     count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
     g_mean = _group_sums(g_sums * scale, groups) / count
     g_x_hat_mean = _group_sums(g_x_hat_sums * scale, groups) / count
-    dx = (g * _per_channel(scale * inverse, x.ndim) - _per_channel(g_mean * inverse, x.ndim)
-          - x_hat * _per_channel(g_x_hat_mean * inverse, x.ndim))
+    dx = (
+        g * _per_channel(scale * inverse, x.ndim)
+        - _per_channel(g_mean * inverse, x.ndim)
+        - x_hat * _per_channel(g_x_hat_mean * inverse, x.ndim)
+    )
     return dx, jnp.sum(g_x_hat_sums, axis=0), jnp.sum(g_sums, axis=0)
 
 
