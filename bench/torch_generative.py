@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import json
 import math
@@ -638,16 +639,7 @@ class DdpmTrainer:
             m["dropout"],
             m["image_shape"],
         ).to(device)
-        self.ema = UNet(
-            m["channels"],
-            m["blocks"],
-            m["attention_levels"],
-            m["time_dim"],
-            m["groups"],
-            m["dropout"],
-            m["image_shape"],
-        ).to(device)
-        self.ema.load_state_dict(self.model.state_dict())
+        self.ema = copy.deepcopy(self.model)  # the EMA weights start as the weights
         self.ema.requires_grad_(False).eval()
         self.opt = adam(self.model, config.optimizer)
         self.clip = config.optimizer.clip_global_norm
