@@ -15,10 +15,9 @@ processes were busy are retried (bench/run.py's `quiet_rounds`) and the median r
   (DCGAN: discriminator update on real + fresh fakes, then the generator update; DDPM: noise
   prediction loss, clipping, Adam, EMA).
 - DDIM: `config.diffusion.sample_steps` (50) steps from noise for a batch of `--sample-batch`
-  images from the EMA weights: dlx's jitted sampler (`diffusion.Task._sample`) against the
-  reference's loop under `torch.no_grad()`; reported as images per second. The task's sampler
-  is jitted without the compiler options of dlx's train steps (`dlx.runtime.compiler_options()`:
-  convolutions to Eigen rather than YNNPACK); the same sampler jitted with them is timed too.
+  images from the EMA weights: dlx's jitted sampler (`diffusion.Task._jitted_sample`, compiled
+  with the options of dlx's train steps) against the reference's loop under `torch.no_grad()`;
+  reported as images per second.
 Model FLOPs count the convolutions and dense layers of the dlx modules as they run (an
 interceptor adds up 2 x output size x kernel taps x input channels per call, the attention's two
 score matmuls added), so a resize-convolution counts as the 3x3 convolution on the upsampled map
@@ -232,23 +231,13 @@ def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
     )
     trainer.load_dlx_state(torch_generative.jax_to_numpy(state))
     d = config.diffusion
-    # The task's sampler is jitted without the options dlx compiles train steps with
-    # (`runtime.compiler_options()`: convolutions to Eigen, not YNNPACK); timed both ways.
-    with_step_options = jax.jit(
-        type(task)._sample.__wrapped__,
-        static_argnums=(0, 3, 4),
-        compiler_options=runtime.compiler_options(),
-    )
 
-    def dlx_runner(sample) -> StepRunner:
-        def calls(n: int) -> float:
-            start = time.perf_counter()
-            for i in range(n):
-                x, _ = sample(task, state.ema, jax.random.PRNGKey(i), count, "ddim")
-                x.block_until_ready()
-            return time.perf_counter() - start
-
-        return calls
+    def dlx_calls(n: int) -> float:
+        start = time.perf_counter()
+        for i in range(n):
+            x, _ = task._jitted_sample(state.ema, jax.random.PRNGKey(i), count, "ddim")
+            x.block_until_ready()
+        return time.perf_counter() - start
 
     def torch_calls(n: int) -> float:
         start = time.perf_counter()
@@ -256,13 +245,8 @@ def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
             trainer.ddim(trainer.ema, count, d.sample_steps, d.eta)
         return time.perf_counter() - start
 
-    runners = {
-        "dlx": dlx_runner(type(task)._sample),
-        "torch": torch_calls,
-        "dlx_step_options": dlx_runner(with_step_options),
-    }
-    for name in ("dlx", "dlx_step_options"):
-        runners[name](1)  # compiles
+    runners = {"dlx": dlx_calls, "torch": torch_calls}
+    dlx_calls(1)  # compiles
     trainer.ddim(trainer.ema, count, 2, d.eta)  # two steps warm torch up at this batch
     # a call is 50 network evaluations: no untimed call before each timed one
     result = timed_rounds(runners, 1, args.ddim_rounds, untimed_first=False)
@@ -272,9 +256,8 @@ def compare_ddim(args, peak_gflops: float | None) -> dict[str, Any]:
         jnp.zeros((count, d.image_size, d.image_size, task.image_shape[-1])),
         jnp.zeros((count,), jnp.int32),
     )
-    result = with_throughput(result, flop, peak_gflops, ("dlx", "torch", "dlx_step_options"))
-    result["step_options_ratio"] = result["dlx_step_options_ms"] / result["torch_ms"]
-    for side in ("dlx", "torch", "dlx_step_options"):
+    result = with_throughput(result, flop, peak_gflops, ("dlx", "torch"))
+    for side in ("dlx", "torch"):
         result[f"{side}_images_per_s"] = count / (result[f"{side}_ms"] / 1e3)
     return {"sample_batch": count, "sampler_steps": steps, **result}
 
@@ -313,10 +296,6 @@ def report(results: dict) -> str:
             f"| {r['torch_images_per_s']:.1f} | {r['ratio']:.2f} | {r['flops'] / 1e9:.1f} "
             f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}) "
             f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |",
-            f"| the same sampler jitted with dlx's step compiler options "
-            f"| {r['dlx_step_options_images_per_s']:.1f} | - "
-            f"| {r['step_options_ratio']:.2f} | | {r['dlx_step_options_gflops']:.0f} "
-            f"({pct(r.get('dlx_step_options_peak_fraction'))}) | |",
         ]
     lines += [
         "",

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dlx import schema
+from dlx import runtime, schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
 from dlx.optim.state import global_norm
@@ -214,7 +214,26 @@ class Task(SupervisedTask):
         timesteps = self.config.diffusion.timesteps
         return np.unique(np.linspace(0, timesteps - 1, count).round().astype(np.int32))[::-1]
 
-    @functools.partial(jax.jit, static_argnums=(0, 3, 4))
+    @functools.cached_property
+    def _jitted_sample(self):
+        # Built on first use, not at import: the compiler options depend on the backend, which
+        # must not be initialized before the runner has set up the devices.
+        return jax.jit(
+            self._sample, static_argnums=(2, 3), compiler_options=runtime.compiler_options()
+        )
+
+    @functools.cached_property
+    def _jitted_final_samples(self):
+        # Only x: the predictions along the way are dropped inside the jit, so they are never
+        # kept (1,000 ancestral steps of them are 4 GB for 1,000 images).
+        return jax.jit(
+            lambda params, rng, count: self._sample(
+                params, rng, count, self.config.diffusion.sampler
+            )[0],
+            static_argnums=(2,),
+            compiler_options=runtime.compiler_options(),
+        )
+
     def _sample(self, params, rng, count: int, sampler: str):
         """(samples [count, S, S, C] in model space, predictions of x_0 along the way
         [steps, count, S, S, C])."""
@@ -265,19 +284,13 @@ class Task(SupervisedTask):
 
     def generate(self, params, count: int, seed: int, sampler: str | None = None):
         sampler = sampler or self.config.diffusion.sampler
-        x, predictions = self._sample(params, jax.random.PRNGKey(seed), count, sampler)
+        x, predictions = self._jitted_sample(params, jax.random.PRNGKey(seed), count, sampler)
         return self.to_images(x), predictions
-
-    @functools.partial(jax.jit, static_argnums=(0, 3))
-    def _final_samples(self, params, rng, count: int):
-        # Only x: the predictions along the way are dropped inside the jit, so they are never
-        # kept (1,000 ancestral steps of them are 4 GB for 1,000 images).
-        return self._sample(params, rng, count, self.config.diffusion.sampler)[0]
 
     def sample_images(self, state: DiffusionState, rng: jax.Array, count: int) -> np.ndarray:
         """`count` images in [0, 1] from the EMA weights with config.diffusion.sampler, noise
         from `rng` (dlx.tasks.images.draw_images)."""
-        return self.to_images(self._final_samples(state.ema, rng, count))
+        return self.to_images(self._jitted_final_samples(state.ema, rng, count))
 
     # -------------------------------------------------------------------------------------------
     # Evaluation
