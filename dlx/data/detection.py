@@ -13,7 +13,8 @@ the same data dir (prepared first if needed).
 
 Generator (`generate_canvases`), per canvas, drawing from `np.random.RandomState(SPLIT_SEEDS[split])`
 (NumPy's legacy generator, whose streams are frozen across versions; all arithmetic below is
-exact, so the files are identical on every machine):
+exact, and the records are serialized with sorted feature maps, so the files are byte-identical
+on every machine):
 
 1. the number of objects, uniform in 1..MAX_OBJECTS (6);
 2. per object: a class uniform over the 20, an item uniform among that class's items, a side
@@ -42,11 +43,13 @@ canvases, test 4,000, records in generation order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 
 from dlx.data.builders import FASHION_MNIST_CLASSES, _info, _OfflineBuilder
 from dlx.errors import DataError
@@ -204,6 +207,24 @@ def load_items(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _deterministic_serialization() -> Iterator[None]:
+    """TFDS writes each record as a tf.train.Example whose feature map protobuf serializes in a
+    per-process hash order: the same records made different files in two processes. Within this
+    block the map is serialized sorted by key, so the files are byte-identical everywhere."""
+    serializer = example_serializer.ExampleSerializer
+    original = serializer.serialize_example
+
+    def serialize_sorted(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+    serializer.serialize_example = serialize_sorted
+    try:
+        yield
+    finally:
+        serializer.serialize_example = original
+
+
 class FashionMnistDetection(_OfflineBuilder, skip_registration=True):
     """`fashion_mnist_detection` (see the module docstring): generated from the prepared
     `fashion_mnist` and `mnist5k` in the same data dir."""
@@ -232,6 +253,10 @@ class FashionMnistDetection(_OfflineBuilder, skip_registration=True):
             None,
             "",
         )
+
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        with _deterministic_serialization():
+            return super()._download_and_prepare(dl_manager, download_config)
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in NUM_CANVASES}
