@@ -39,6 +39,13 @@ Features (every one a fixed-shape array): `image` uint8 [96, 96, 1]; `boxes` flo
 past `num_objects` zero; `labels` int32 [6], -1 past `num_objects`; `num_objects` int32 [].
 Objects are in placement order (later ones pasted over earlier ones). Splits: train 24,000
 canvases, test 4,000, records in generation order.
+
+Measured (2-core machine, busy): `python -m dlx.data prepare fashion_mnist_detection` takes 28 s
+(13 s CPU) with fashion_mnist and mnist5k prepared, 39 s without; 66 MB on disk. Train holds
+3.46 objects per canvas on average (6-object canvases 3,478 of 24,000: some sixth objects find no
+place), each class 4,000-4,300 objects, box sides 4-56 px. The image is stored as raw bytes:
+reading 8,000 canvases took 1.4 s (zlib-encoded Tensor 1.5 s, PNG `Image` 4.1 s) for files within
+7% of the same size (array_record compresses them all alike).
 """
 
 from __future__ import annotations
