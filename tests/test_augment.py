@@ -1,15 +1,28 @@
-"""Augmentation in the input pipeline (dlx/data/augment.py): each operation does what it says on
-uint8 images; batches are a function of (seed, step) alone, so an iterator restored mid-epoch or
-another process count sees the same batches."""
+"""Augmentation in the input pipeline (dlx/data/augment.py, the classification task's `augment`
+group): each operation does what it says on uint8 images; batches are a function of (seed, step)
+alone, so an iterator restored mid-epoch, another process count or another device count sees the
+same batches; augmented runs train; bad values are one-line errors."""
 
 from __future__ import annotations
 
+import math
+
+import flax.linen as nn
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
+from dlx import data as data_lib
 from dlx.data import ArraySource, train_iterator
 from dlx.data import augment as aug
 from dlx.data.pipeline import shuffled_batch_indices
+from dlx.errors import ConfigError
+from dlx.tasks import classification
+from dlx.tasks.base import model_inputs
+from dlx.train import config as config_lib
+from dlx.train import loop
+from helpers import cli, load_config, train, train_losses
 
 HEIGHT, WIDTH = 12, 10
 ALL_ON = aug.Augment(crop_padding=2, flip=True, erasing=0.5, mixup=0.4, cutmix=1.0)
@@ -185,4 +198,129 @@ def test_random_access_reads_the_examples_unaugmented():
     assert source[7].keys() == base[7].keys()
     np.testing.assert_array_equal(
         source.read_rows(np.arange(5))["image"], base.read_rows(np.arange(5))["image"]
+    )
+
+
+# --- the classification task -------------------------------------------------------------------
+
+
+def test_bad_augment_values_are_refused_in_one_line(tmp_path):
+    config = load_config("configs/digits_mlp.py").to_dict()
+    for key, value, allowed in [
+        ("crop_padding", -1, "an integer >= 0"),
+        ("crop_padding", 1.5, "an integer >= 0"),
+        ("flip", 1, "True or False"),
+        ("erasing", 1.5, "a finite number in [0, 1]"),
+        ("mixup", -0.2, "a finite number >= 0"),
+        ("cutmix", math.nan, "a finite number >= 0"),
+    ]:
+        bad = ml_collections.ConfigDict({**config, "augment": {**config["augment"], key: value}})
+        with pytest.raises(ConfigError) as error:
+            config_lib.validate(bad)
+        message = str(error.value)
+        assert message.startswith(f"config.augment.{key}={value!r} is not allowed; expected")
+        assert allowed in message and "\n" not in message
+    workdir = tmp_path / "run"
+    result = cli(
+        "--config", "configs/digits_mlp.py", "--workdir", str(workdir), "--config.augment.erasing=2"
+    )
+    assert result.code == 2 and result.error_lines == [
+        "error: config.augment.erasing=2.0 is not allowed; expected a finite number in [0, 1]"
+    ], result.stderr
+    assert not workdir.exists()
+
+
+def test_augmentation_of_inputs_that_are_not_images_or_too_small_is_refused(tmp_path):
+    config = load_config("configs/digits_mlp.py", {"augment.flip": True, "data.name": "diabetes"})
+    with pytest.raises(
+        ConfigError, match="augment.flip=True augments images, but data set 'diabetes' has no"
+    ):
+        loop.prepare_run(config)
+    result = cli(
+        "--config",
+        "configs/digits_mlp.py",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--config.augment.crop_padding=8",
+    )
+    assert result.code == 2 and len(result.error_lines) == 1, result.stderr
+    assert "crop_padding=8 is not smaller than the 8x8 images of 'digits'" in result.error_lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_loss_of_a_mixed_batch_weighs_both_smoothed_labels_accuracy_the_dominant_one():
+    config = load_config(
+        "configs/digits_mlp.py", {"augment.mixup": 0.4, "loss.label_smoothing": 0.1}
+    )
+    task = classification.Task(config, data_lib.info("digits"))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+        "label_b": rng.integers(0, 10, 16).astype(np.int32),
+        "mix": rng.random(16).astype(np.float32),
+    }
+    params = nn.meta.unbox(jax.jit(task.init)(jax.random.PRNGKey(0), batch))["params"]
+
+    @jax.jit
+    def loss_and_log_p(params, batch):
+        logits = task.model.apply({"params": params}, model_inputs(batch), train=False)
+        return task.loss_fn(params, {}, batch, jax.random.PRNGKey(1)), jax.nn.log_softmax(logits)
+
+    (loss, (metrics, _)), log_p = loss_and_log_p(params, batch)
+
+    def smoothed(labels):
+        return 0.9 * np.eye(10)[labels] + 0.1 / 10
+
+    mix = batch["mix"][:, None]
+    targets = mix * smoothed(batch["label"]) + (1 - mix) * smoothed(batch["label_b"])
+    np.testing.assert_allclose(loss, -(targets * log_p).sum(1).mean(), rtol=1e-5)
+    dominant = np.where(batch["mix"] >= 0.5, batch["label"], batch["label_b"])
+    np.testing.assert_allclose(metrics["accuracy"], (log_p.argmax(1) == dominant).mean())
+
+
+def test_the_fashion_cnn_trains_on_augmented_images_with_soft_targets(tmp_path):
+    """configs/fashion_cnn.py:test on MNIST-5k (the same 28x28 images, a tenth of the reading)."""
+    overrides = {
+        "data.name": "mnist5k",
+        "augment.crop_padding": 2,
+        "augment.flip": True,
+        "augment.erasing": 0.25,
+        "augment.mixup": 0.2,
+        "augment.cutmix": 1.0,
+        "loss.label_smoothing": 0.1,
+        "log_every_steps": 5,
+    }
+    summary = train("configs/fashion_cnn.py:test", tmp_path, overrides)
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == [5, 10, 15, 20] and all(map(math.isfinite, losses.values()))
+    assert summary["steps"] == 20
+
+
+DIGITS_AUGMENTED = {
+    "augment.crop_padding": 1,
+    "augment.flip": True,
+    "augment.erasing": 0.5,
+    "augment.mixup": 0.4,
+    "augment.cutmix": 1.0,
+    "num_epochs": 0.0,
+    "log_every_steps": 1,
+}
+
+
+def test_augmented_runs_resume_exactly_and_match_on_one_device(tmp_path):
+    """Digits (1,437 train examples, 64 a batch): 30 steps cross an epoch boundary. The second run
+    stops at step 15, mid-epoch, and resumes on 1 device instead of 8: its steps 1-15 equal the
+    uninterrupted run's, and 16-30 match them to float rounding (another device count sums in
+    another order), which they would not with other batches."""
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    train("configs/digits_mlp.py", uninterrupted, {**DIGITS_AUGMENTED, "train_steps": 30})
+    train("configs/digits_mlp.py", resumed, {**DIGITS_AUGMENTED, "train_steps": 15})
+    train("configs/digits_mlp.py", resumed, {**DIGITS_AUGMENTED, "train_steps": 30}, devices=1)
+    reference, losses = train_losses(uninterrupted), train_losses(resumed)
+    assert sorted(reference) == sorted(losses) == list(range(1, 31))
+    assert all(map(math.isfinite, reference.values()))
+    assert [losses[s] for s in range(1, 16)] == [reference[s] for s in range(1, 16)]
+    np.testing.assert_allclose(
+        [losses[s] for s in range(16, 31)], [reference[s] for s in range(16, 31)], rtol=1e-5
     )

@@ -1,4 +1,24 @@
-"""Classification: softmax cross-entropy, accuracy, per-class accuracy, confusion matrix."""
+"""Classification: softmax cross-entropy, accuracy, per-class accuracy, confusion matrix.
+
+Training images may be augmented in the input pipeline (`dlx.data.augment`), seeded by
+(config.seed, step) and so resumed exactly, mid-epoch too. The config group `augment`, all off by
+default (the batches are then those of the data set as it is):
+
+    augment.crop_padding  0      > 0: pad each image with this many zero pixels on every side
+                                 and cut a window of the image's size at a random offset
+    augment.flip          False  mirror each image left-right with probability 0.5
+    augment.erasing       0.0    probability of random erasing (Zhong et al. 2017): a rectangle
+                                 of 2%-33% of the image, aspect 0.3-3.3, filled with uniform
+                                 random values 0..255
+    augment.mixup         0.0    > 0: mixup with weights ~ Beta(mixup, mixup) per example
+    augment.cutmix        0.0    > 0: cutmix with box weights ~ Beta(cutmix, cutmix) per example;
+                                 with mixup too, each example takes one of the two (p = 0.5)
+
+They run in that order on [H, W, C] uint8 images (the data set needs an "image" feature). Mixup
+and cutmix mix example i with example B-1-i of the global batch: the loss is then
+mix * CE(label) + (1 - mix) * CE(partner's label), each smoothed by `loss.label_smoothing`, and
+the train accuracy counts the label of weight >= 0.5. Eval images are never augmented.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +29,41 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dlx import schema
+from dlx.data import augment as augment_lib
+from dlx.errors import ConfigError
 from dlx.tasks import losses
-from dlx.tasks.base import SupervisedTask, apply_model, is_main_process, model_inputs
+from dlx.tasks.base import (
+    SUPERVISED_RULES,
+    SupervisedTask,
+    apply_model,
+    is_main_process,
+    model_inputs,
+    supervised_config,
+)
 
 
 class Task(SupervisedTask):
     best_metric_default = ("accuracy", "max")
+    config_rules = {**SUPERVISED_RULES, **schema.under("augment", **augment_lib.RULES)}
+
+    @staticmethod
+    def config_defaults():
+        config = supervised_config()
+        config.augment = augment_lib.default_config()
+        return config
+
+    def __init__(self, config, data_info, data_dir: str | None = None, workdir: str | None = None):
+        self.augment = augment_lib.Augment.from_config(config.augment)
+        if self.augment.enabled:
+            _check_images_for_augmentation(config, data_info, self.augment)
+        super().__init__(config, data_info, data_dir, workdir)
+
+    def source(self, split: str, *, train: bool):
+        source = super().source(split, train=train)
+        if train and self.augment.enabled:
+            return augment_lib.AugmentedSource(source, self.augment)
+        return source
 
     @property
     def num_classes(self) -> int:
@@ -24,10 +73,15 @@ class Task(SupervisedTask):
         logits, model_state = apply_model(
             self.model.apply, params, model_state, model_inputs(batch), train=True, rng=rng
         )
-        labels = batch["label"]
-        cross_entropy = losses.cross_entropy(
-            logits, labels, self.config.loss.label_smoothing
-        ).mean()
+        labels, smoothing = batch["label"], self.config.loss.label_smoothing
+        cross_entropy = losses.cross_entropy(logits, labels, smoothing)
+        if "mix" in batch:  # mixup / cutmix: two labels, weights mix and 1 - mix
+            mix, partner_labels = batch["mix"], batch["label_b"]
+            cross_entropy = mix * cross_entropy + (1 - mix) * losses.cross_entropy(
+                logits, partner_labels, smoothing
+            )
+            labels = jnp.where(mix >= 0.5, labels, partner_labels)
+        cross_entropy = cross_entropy.mean()
         loss = losses.with_penalty(cross_entropy, params, self.config.loss)
         accuracy = (logits.argmax(-1) == labels).mean()
         return loss, ({"cross_entropy": cross_entropy, "accuracy": accuracy}, model_state)
@@ -94,3 +148,26 @@ class Task(SupervisedTask):
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, "confusion_matrix.png"), dpi=120)
         plt.close(fig)
+
+
+def _check_images_for_augmentation(config, data_info, augment: augment_lib.Augment) -> None:
+    """ConfigError unless the data set's inputs are [H, W, C] uint8 images the augmentation
+    fits."""
+    on = ", ".join(f"augment.{key}={value}" for key, value in config.augment.items() if value != 0)
+    image = data_info.features.get("image")
+    shape = tuple(image.shape) if image is not None else ()
+    if len(shape) != 3 or None in shape or np.dtype(image.dtype) != np.uint8:
+        found = ", ".join(
+            f"{key} {np.dtype(f.dtype).name} {list(f.shape)}"
+            for key, f in data_info.features.items()
+        )
+        raise ConfigError(
+            f"config.{on} augments images, but data set '{config.data.name}' has no "
+            f"fixed-size [H, W, C] uint8 'image' feature (it has {found}); turn config.augment off"
+        )
+    height, width = shape[:2]
+    if augment.crop_padding >= min(height, width):
+        raise ConfigError(
+            f"config.augment.crop_padding={augment.crop_padding} is not smaller than the "
+            f"{height}x{width} images of '{config.data.name}'; use at most {min(height, width) - 1}"
+        )
