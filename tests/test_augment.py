@@ -5,6 +5,7 @@ same batches; augmented runs train; bad values are one-line errors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import flax.linen as nn
@@ -324,3 +325,16 @@ def test_augmented_runs_resume_exactly_and_match_on_one_device(tmp_path):
     np.testing.assert_allclose(
         [losses[s] for s in range(16, 31)], [reference[s] for s in range(16, 31)], rtol=1e-5
     )
+
+
+def test_a_run_saved_before_augmentation_existed_loads_with_it_off(tmp_path):
+    from dlx.train import config as config_lib
+
+    config = load_config("configs/fashion_cnn.py:test")
+    values = json.loads(config.to_json())
+    del values["augment"]  # a config.json written by an older dlx
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    restored = config_lib.from_json(str(path))
+    assert restored.augment.to_dict() == config.augment.to_dict()
+    assert not restored.augment.flip and restored.augment.crop_padding == 0

@@ -176,7 +176,9 @@ def train_iterator(
     rows. The iterator's `get_state()` is a small JSON-able dict (`{"next_index": step}`);
     `set_state()` on a fresh iterator built with the same arguments resumes exactly. A source
     with its own `global_batch(step, batch_size, seed)` is not shuffled: batch `step` is that
-    (this process's rows of it), with the same iterator state.
+    (this process's rows of it), with the same iterator state; one that also has
+    `batch_rows(step, batch_size, seed, rows)` makes only this process's rows of it
+    (`augment.AugmentedSource`).
 
     `num_threads` reader threads (and `prefetch` batches) serve record sources such as TFDS; a
     source with a bulk `read_rows` (an `ArraySource`, a `text.WindowSource`) is read on the
@@ -193,10 +195,13 @@ def train_iterator(
     rows = _process_rows(global_batch_size, process_index, process_count)
     num_examples = len(source)
     own_batch = getattr(source, "global_batch", None)
+    own_rows = getattr(source, "batch_rows", None)
     if hasattr(source, "check_batch_size"):  # refused now rather than at the first batch
         source.check_batch_size(global_batch_size)
 
     def read_batch(step: int) -> Batch:
+        if own_rows is not None:
+            return own_rows(step, global_batch_size, seed, rows)
         if own_batch is not None:
             return {
                 key: column[rows]

@@ -59,6 +59,10 @@ RESUMABLE_CHANGES = frozenset(
 # Keys of config.json files written before tasks declared their own groups, dropped on load when
 # the run's task does not declare them.
 LEGACY_KEYS = ("decoding", "data.tokenizer", "data.vocab_size", "data.seq_len")
+# Task keys added after runs were saved, whose defaults do what those runs did: filled in on load
+# where the run's task declares them and its config.json lacks them. A new task key must default
+# to the old behaviour, and be listed here.
+ADDED_KEYS = ("augment",)
 
 
 def runner_config() -> ml_collections.ConfigDict:
@@ -336,24 +340,30 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     values.setdefault("init_from", "")  # added after the first runs; their config.json lacks it
     values.setdefault("profile_steps", [0, 0])  # likewise
     if isinstance(values.get("task"), str):
-        _drop_legacy_keys(values, values["task"])
+        _update_saved_keys(values, values["task"])
     return ml_collections.ConfigDict(_tuples(values))
 
 
-def _drop_legacy_keys(values: dict, task: str) -> None:
-    """Keys every config.json held before tasks declared their own groups (`LEGACY_KEYS`), gone
-    where `task` does not declare them, so those runs resume and reproduce."""
+def _update_saved_keys(values: dict, task: str) -> None:
+    """Brings a config.json of an older dlx to today's keys, so those runs resume and
+    reproduce: `LEGACY_KEYS` that `task` does not declare go, `ADDED_KEYS` that it declares and
+    the file lacks come in with their defaults."""
     try:
         schema = base_config(task)
     except ConfigError:
         return  # validation reports the unknown task
-    for path in LEGACY_KEYS:
+    for path in (*LEGACY_KEYS, *ADDED_KEYS):
         *groups, key = path.split(".")
         node, known = values, schema
         for group in groups:
             node, known = node.get(group, {}), known.get(group, {})
-        if isinstance(node, dict) and key in node and key not in known:
+        if not isinstance(node, dict):
+            continue
+        if path in LEGACY_KEYS and key in node and key not in known:
             del node[key]
+        elif path in ADDED_KEYS and key not in node and key in known:
+            default = known[key]
+            node[key] = default.to_dict() if hasattr(default, "to_dict") else default
 
 
 def differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
