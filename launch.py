@@ -8,6 +8,7 @@ key of a config with its default.
     python launch.py eval --workdir runs/x                           # score its latest checkpoint
     python launch.py sample --workdir runs/x --prompt "ROMEO:" --max_new_tokens 300 \
         --temperature 0.8 [--top_k 50 --top_p 0.95 --num_samples 1 --seed 0]  # stream text
+    python launch.py predict --workdir runs/x shoe.png [more.png ...]   # classes or boxes
     python launch.py                                                 # configs/default.py -> runs/default
 
 Re-running the same command on the same workdir resumes. On a cluster run the same command on
@@ -29,6 +30,9 @@ MODES = {
     "WORKDIR/eval_results.jsonl",
     "sample": "generate from the latest checkpoint of --workdir (tasks that generate: "
     "language_model, vae, gan, diffusion)",
+    "predict": "run the latest checkpoint of --workdir on image files given after the flags: "
+    "top-5 classes of a classifier, boxes of a detector (printed and drawn); images of another "
+    "size or colour are converted to the run's",
 }
 DEFAULT_CONFIG = "configs/default.py"
 DEFAULT_WORKDIR = "runs/default"
@@ -124,7 +128,7 @@ def _config_path(mode: str, config_spec: str | None, workdir: str | None) -> str
             )
         return config_spec
     saved = os.path.join(workdir, "config.json") if workdir else None
-    if mode in ("eval", "sample"):
+    if mode in ("eval", "sample", "predict"):
         if workdir is None:
             raise UserError(f"{mode} needs --workdir (the run to {mode} from)")
         if not os.path.isdir(workdir):
@@ -167,9 +171,10 @@ def _load_config(path: str, overrides: list[str]):
     return config
 
 
-def _parse_flags(config, args: list[str], program: str):
+def _parse_flags(config, args: list[str], program: str, positional: bool = False):
     """A fresh absl FlagValues (main() can run many times in one process) holding the launcher
-    flags and the config with its --config.* overrides applied."""
+    flags and the config with its --config.* overrides applied; with `positional`, also the
+    arguments that are not flags (predict's image files)."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -189,6 +194,8 @@ def _parse_flags(config, args: list[str], program: str):
         extra = values(argv)[1:]
     except Exception as e:  # noqa: BLE001 (absl's flags.Error, ml_collections' bad values)
         raise UserError(str(e).replace("\n", " ")) from None
+    if positional:
+        return values, extra
     if extra:
         raise UserError(
             f"unexpected argument {extra[0]!r}; modes come first ({', '.join(MODES)}) "
@@ -363,7 +370,20 @@ def main(argv: list[str]) -> None:
     workdir = _flag_value(args, "workdir")
     try:
         path = _config_path(mode, config_spec, workdir)
-        values = _parse_flags(_load_config(path, args), args, program)
+        if mode == "predict":
+            values, image_files = _parse_flags(
+                _load_config(path, args), args, program, positional=True
+            )
+            if not image_files:
+                raise UserError(
+                    "predict needs image files after the flags: launch.py predict "
+                    "--workdir W image.png [more.png ...]"
+                )
+            missing = [f for f in image_files if not os.path.isfile(f)]
+            if missing:
+                raise UserError(f"image file {missing[0]} does not exist")
+        else:
+            values = _parse_flags(_load_config(path, args), args, program)
         _check_processes(values)
     except UserError as e:
         _fail(str(e))
@@ -385,6 +405,11 @@ def main(argv: list[str]) -> None:
                 name: values[name].value for name in SAMPLE_FLAGS if values[name].value is not None
             }
             inference.load(values.workdir, config, sample_options=options).sample(options)
+            return
+        if mode == "predict":
+            from dlx import inference
+
+            inference.load(values.workdir, config, predicts_images=True).predict_images(image_files)
             return
         if mode == "eval":
             metrics = loop.evaluate(config, values.workdir)

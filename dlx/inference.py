@@ -3,6 +3,7 @@
     bundle = inference.load("runs/fashion_cnn")
     logits = bundle(batch)                      # the task's `predict`, jitted, on the run's mesh
     bundle.sample({"prompt": "ROMEO:"})         # what `launch.py sample` does
+    bundle.predict_images(["shoe.png"])         # what `launch.py predict` does
 
 `load` reads the workdir's config.json (or takes a config), builds the task and the state layout
 as the runner does, and restores the latest checkpoint onto this machine's devices, whatever mesh
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 from typing import Any
 
 import jax
@@ -23,6 +25,7 @@ import ml_collections
 
 from dlx import runtime
 from dlx.errors import ConfigError
+from dlx.tasks.images import read_image_files
 from dlx.train import config as config_lib
 from dlx.train import loop, sharding
 
@@ -34,6 +37,7 @@ class Bundle:
     state: Any
     step: int
     run: loop.Run
+    workdir: str
 
     @functools.cached_property
     def _predict(self):
@@ -47,6 +51,31 @@ class Bundle:
         check_sample_options(self.task, options)
         with loop._tracing_context(self.run.mesh, self.config):
             return self.task.sample(self.state, options, out)
+
+    def predict_images(self, paths: list[str], out=None) -> Any:
+        """The task's report on image files (top-5 classes, boxes ...), as `launch.py predict`
+        prints it; files of another size or colour are converted (`read_image_files`)."""
+        check_predicts_images(self.task, self.run.data_info)
+        shape = tuple(self.run.data_info.features["image"].shape)
+        images, notes = read_image_files(list(paths), shape)
+        with loop._tracing_context(self.run.mesh, self.config):
+            return self.task.predict_images(
+                self, images, list(paths), notes, self.workdir, out or sys.stdout
+            )
+
+
+def check_predicts_images(task, data_info) -> None:
+    if not hasattr(task, "predict_images"):
+        raise ConfigError(
+            f"task '{task.config.task}' has no image prediction; `launch.py predict` needs "
+            f"a run of an image classifier or a detector"
+        )
+    image = data_info.features.get("image")
+    if image is None or len(image.shape) != 3 or None in image.shape:
+        raise ConfigError(
+            f"this run trained on '{task.config.data.name}', which has no fixed-size images; "
+            f"`launch.py predict` takes image files for runs trained on images"
+        )
 
 
 def check_sample_options(task, options: dict) -> None:
@@ -64,9 +93,11 @@ def load(
     config: ml_collections.ConfigDict | None = None,
     *,
     sample_options: dict | None = None,
+    predicts_images: bool = False,
 ) -> Bundle:
     """The latest checkpoint of `workdir`, ready to call; `config` defaults to its config.json.
-    `sample_options` are checked against the task before anything is restored."""
+    `sample_options` (and, with `predicts_images`, that the task predicts on image files) are
+    checked against the task before anything is restored."""
     if config is None:
         path = os.path.join(workdir, "config.json")
         if not os.path.exists(path):
@@ -79,5 +110,7 @@ def load(
     run = loop.prepare_run(config, workdir, data_spec=loop.read_data_spec(workdir))
     if sample_options is not None:
         check_sample_options(run.task, sample_options)
+    if predicts_images:
+        check_predicts_images(run.task, run.data_info)
     state, step = loop.restore_latest(run, workdir)
-    return Bundle(config, run.task, state, step, run)
+    return Bundle(config, run.task, state, step, run, workdir)

@@ -74,6 +74,14 @@ def cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def refused(result: CliResult, expected: str) -> str:
+    """The one `error:` line of a refused command, checked to name `expected`."""
+    assert result.code == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert len(result.error_lines) == 1 and expected in result.error_lines[0], result.stderr
+    return result.error_lines[0]
+
+
 def launch_env(devices: int = 8) -> dict[str, str]:
     env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]

@@ -16,11 +16,11 @@ import pytest
 from dlx.train import progress, provenance
 from helpers import (
     REPO,
-    CliResult,
     eval_records,
     free_port,
     launch_command,
     launch_env,
+    refused,
     train,
     train_losses,
     tree_snapshot,
@@ -31,14 +31,6 @@ from helpers import (
 
 CNN_TEST = ["--config", "configs/fashion_cnn.py:test"]
 DIGITS = ["--config", "configs/digits_mlp.py"]
-
-
-def refused(result: CliResult, expected: str) -> str:
-    """The one `error:` line of a refused command, checked to name `expected`."""
-    assert result.code == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert len(result.error_lines) == 1 and expected in result.error_lines[0], result.stderr
-    return result.error_lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +198,8 @@ def test_missing_config_file(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("mode", ["eval", "sample"])
-def test_eval_or_sample_of_a_folder_without_a_run_says_so(mode, tmp_path):
+@pytest.mark.parametrize("mode", ["eval", "sample", "predict"])
+def test_eval_sample_or_predict_of_a_folder_without_a_run_says_so(mode, tmp_path):
     refused(run(mode, "--workdir", str(tmp_path)), "holds no run (no config.json)")
     refused(run(mode, "--workdir", str(tmp_path / "nope")), "does not exist")
     refused(run(mode), "needs --workdir")

@@ -126,7 +126,10 @@ class Task:
         return data_lib.source(self.config.data.name, split, self.data_dir)
 
     def examples_per_epoch(self) -> int:
-        return self.data_info.num_examples[self.config.data.train_split]
+        split = self.config.data.train_split
+        if split in self.data_info.num_examples:
+            return self.data_info.num_examples[split]
+        return len(self.source(split, train=True))  # a split expression: "train[:90%]"
 
     def total_steps(self) -> int:
         steps_per_epoch = self.examples_per_epoch() / self.config.data.batch_size

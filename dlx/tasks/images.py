@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx.data import ArraySource, load_into_memory, read_rows
-from dlx.errors import ConfigError
+from dlx.errors import ConfigError, DataError
 from dlx.layers.images import image_grid, save_image
 
 
@@ -79,3 +79,38 @@ def draw_images(task, state, count: int, seed: int, batch_size: int = 500) -> np
 def first_images(source, count: int) -> dict:
     """The first `count` examples of `source` as one batch."""
     return read_rows(source, np.arange(min(count, len(source))))
+
+
+def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    """Image files as one uint8 batch [N, H, W, C] of a run's input `shape`, and a note per file
+    of what was done to it. A colour image for a one-channel model is converted to grey
+    (ITU-R 601 luma) and a grey one for a colour model repeated over the channels; an image of
+    another size is resized to the run's (bilinear; the aspect ratio is not kept). DataError,
+    naming the file, for a missing file or one that is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = shape
+    images, notes = [], []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"image file {path} does not exist")
+        mode = "L" if channels == 1 else "RGB"
+        try:
+            with Image.open(path) as opened:
+                image, original, original_mode = opened.convert(mode), opened.size, opened.mode
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"{path} is not an image PIL can read ({error})") from None
+        note = []
+        if original_mode != mode:
+            note.append(f"converted from {original_mode} to {'grey' if channels == 1 else mode}")
+        if original != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+            note.append(f"resized from {original[0]}x{original[1]} to {width}x{height}")
+        pixels_ = np.asarray(image, np.uint8).reshape(height, width, -1)
+        if pixels_.shape[-1] != channels:
+            pixels_ = np.repeat(pixels_[..., :1], channels, axis=-1)
+        images.append(pixels_)
+        notes.append("; ".join(note))
+    if not images:
+        raise DataError("predict needs at least one image file")
+    return np.stack(images), notes

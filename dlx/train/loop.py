@@ -101,11 +101,14 @@ def prepare_run(
         multihost_utils.sync_global_devices("dlx: data prepared")
     info = data_lib.info(config.data.name, data_dir)
     for split in (config.data.train_split, config.data.eval_split):
-        if split not in info.num_examples:
-            raise ConfigError(
-                f"data set '{config.data.name}' has no split '{split}'; "
-                f"its splits are {sorted(info.num_examples)}"
-            )
+        # TFDS split expressions are allowed: "test[:500]", "train[:90%]", "train+test"
+        for part in split.split("+"):
+            if part.split("[", 1)[0].strip() not in info.num_examples:
+                raise ConfigError(
+                    f"data set '{config.data.name}' has no split '{part}'; "
+                    f"its splits are {sorted(info.num_examples)} (slices such as "
+                    f"'test[:500]' or 'train[:90%]' of them are allowed)"
+                )
     task = registry.task_class(config.task)(config, info, data_dir, workdir)
     task.check_for_mesh(data_parallel)
     steps_per_epoch = task.examples_per_epoch() / config.data.batch_size

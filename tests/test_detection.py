@@ -1,0 +1,154 @@
+"""The detection task and the YOLO-style model: cell assignment, the loss, a tiny run end to end
+with its evaluator and figures, and `launch.py predict` on image files, bad ones included."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlx.data import detection as detection_data
+from dlx.models import get_model, parameter_counts, yolo
+from helpers import cli, eval_records, load_config, refused, train
+
+SPEC = "configs/fashion_detection.py:test"
+
+
+def make_task(overrides: dict | None = None):
+    from dlx import data
+    from dlx.tasks import detection
+
+    config = load_config(SPEC, overrides)
+    return detection.Task(config, data.info(config.data.name))
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task()
+
+
+def test_each_object_is_assigned_to_its_centre_cell_and_the_nearest_neighbours(task):
+    boxes = jnp.array([[[10, 10, 40, 40], [50, 50, 90, 80], [0, 0, 0, 0]]], jnp.float32)
+    labels = jnp.array([[3, 15, -1]])
+    owner, assigned = task.assign((1, 12, 12), boxes, labels)
+    # centre (25, 25) = cell (3.125, 3.125): its cell (3, 3), left (2, 3) and upper (3, 2)
+    # centre (70, 65) = cell (8.75, 8.125): its cell (8, 8), right (9, 8) and upper (8, 7)
+    cells = {(int(y), int(x)) for y, x in np.argwhere(np.asarray(assigned[0]))}
+    assert cells == {(3, 3), (3, 2), (2, 3), (8, 8), (8, 9), (7, 8)}
+    assert int(owner[0, 3, 3]) == 0 and int(owner[0, 8, 9]) == 1
+
+
+def test_a_cell_claimed_by_two_objects_predicts_the_smaller(task):
+    boxes = jnp.array([[[4, 4, 60, 60], [24, 24, 40, 40]]], jnp.float32)  # same centre cell
+    owner, assigned = task.assign((1, 12, 12), boxes, jnp.array([[1, 2]]))
+    assert bool(assigned[0, 4, 4]) and int(owner[0, 4, 4]) == 1
+
+
+def test_the_loss_prefers_the_true_boxes(task):
+    """A raw output whose decoded boxes, objectness and classes match the targets scores a lower
+    loss than one that is off by a cell."""
+    boxes = jnp.array([[[16, 16, 48, 48], [0, 0, 0, 0]]], jnp.float32)
+    labels = jnp.array([[4, -1]])
+    batch = {"boxes": boxes, "labels": labels}
+
+    def raw_for(centre_shift: float):
+        raw = np.full((1, 12, 12, 25), -6.0, np.float32)
+        logit = lambda p: np.log(p / (1 - p))
+        # the centre (32, 32) is cell (4, 4)'s corner: assigned to it, its left and upper
+        # neighbours; each predicts it with offset 2 * sigmoid(t) - 0.5 = 4 - cell
+        for y, x in [(4, 4), (4, 3), (3, 4)]:
+            raw[0, y, x, 0] = logit((4 - x + 0.5) / 2) + centre_shift
+            raw[0, y, x, 1] = logit((4 - y + 0.5) / 2) + centre_shift
+            raw[0, y, x, 2:4] = 0.0  # side (4 * sigmoid(0))^2 * 8 = 32 px
+            raw[0, y, x, 4] = 6.0
+            raw[0, y, x, 5 + 4] = 6.0
+        return jnp.asarray(raw)
+
+    decoded = yolo.decode(raw_for(0.0))[0]
+    for cell in [(4, 4), (4, 3), (3, 4)]:
+        np.testing.assert_allclose(decoded[cell], [16, 16, 48, 48], atol=1e-3)
+    good = task.combine(jax.tree.map(jnp.sum, task.loss_terms(raw_for(0.0), batch)))
+    off = task.combine(jax.tree.map(jnp.sum, task.loss_terms(raw_for(2.0), batch)))
+    assert float(good["box_loss"]) < 0.01 < float(off["box_loss"])
+    assert float(good["loss"]) < float(off["loss"])
+
+
+def test_detections_have_fixed_shapes_and_padding(task):
+    raw = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 25))
+    found = task.detections(raw)
+    k = task.config.detection.max_detections
+    assert found["boxes"].shape == (2, k, 4) and found["labels"].shape == (2, k)
+    scores, labels = np.asarray(found["scores"]), np.asarray(found["labels"])
+    assert (np.diff(scores, axis=1) <= 0).all()  # sorted by score
+    assert ((scores > 0) == (labels >= 0)).all()
+
+
+def test_model_output_shape_and_receptive_field():
+    model = get_model("yolo", widths=(16, 32, 64, 128), blocks=(1, 2, 2, 1))
+    x = jnp.zeros((1, 96, 96, 1))
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x)[0])
+    assert out.shape == (1, 12, 12, yolo.BOX_FIELDS + 20)
+    assert sum(parameter_counts(model, (1, 96, 96, 1)).values()) > 100_000
+    from dlx.models.receptive_field import receptive_fields
+
+    field = receptive_fields(yolo.layer_stack(model), 96)[-1].receptive_field
+    assert field + 2 * yolo.STRIDE > detection_data.MAX_SIDE  # a cell sees its largest object
+
+
+def test_config_errors_name_the_key():
+    from dlx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_classes=20"):
+        make_task({"model.num_classes": 10})
+    with pytest.raises(ConfigError, match="4 stages"):
+        get_model("yolo", widths=(8, 16, 32, 64, 128), blocks=(1, 1, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("runs") / "detector"
+    summary = train(SPEC, workdir)
+    return workdir, summary
+
+
+def test_tiny_detector_trains_and_evaluates_with_coco_metrics(detector_run):
+    workdir, summary = detector_run
+    assert summary["steps"] == 6
+    record = eval_records(workdir)[-1]
+    assert 0.0 <= record["map50"] <= 1.0 and 0.0 <= record["map"] <= record["map50"]
+    assert np.isfinite(record["loss"])
+    per_class = json.loads((workdir / "plots" / "per_class_ap.json").read_text())["classes"]
+    assert list(per_class) == list(detection_data.CLASS_NAMES)
+    for figure in ("detections.png", "precision_recall.png"):
+        assert (workdir / "plots" / figure).stat().st_size > 1000
+    assert "receptive field" in (workdir / "model_summary.txt").read_text()
+
+
+def test_predict_prints_and_draws_boxes_for_image_files(detector_run, tmp_path):
+    workdir, _ = detector_run
+    from dlx import data
+
+    canvas = data.source(detection_data.NAME, "test")[0]["image"][..., 0]
+    grey = tmp_path / "canvas.png"
+    Image.fromarray(canvas).save(grey)
+    colour = tmp_path / "colour.jpg"  # another size and colour: converted, and said so
+    Image.fromarray(np.stack([canvas] * 3, -1)).resize((150, 120)).save(colour)
+    result = cli("predict", "--workdir", str(workdir), str(grey), str(colour))
+    assert result.code == 0, result.stderr[-2000:]
+    assert f"{grey}: " in result.stdout
+    assert "converted from RGB to grey; resized from 150x120 to 96x96" in result.stdout
+    assert (workdir / "predictions" / "canvas.png").exists()
+    assert (workdir / "predictions" / "colour.png").exists()
+
+
+def test_predict_refuses_bad_files_in_one_line(detector_run, tmp_path):
+    workdir, _ = detector_run
+    refused(cli("predict", "--workdir", str(workdir)), "needs image files")
+    refused(cli("predict", "--workdir", str(workdir), str(tmp_path / "no.png")), "does not exist")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    refused(cli("predict", "--workdir", str(workdir), str(text)), "is not an image")
