@@ -462,3 +462,26 @@ def test_model_summary_of_models_called_with_several_inputs(spec, expected, tmp_
     text = (tmp_path / "model_summary.txt").read_text()
     for word in expected:
         assert word in text, word
+
+
+def test_predict_gives_the_top_five_classes_of_image_files(cnn_run, tmp_path):
+    from PIL import Image
+
+    from dlx import data
+
+    workdir, _ = cnn_run
+    test_split = data.source("fashion_mnist", "test")
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"item{i}.png")
+        Image.fromarray(test_split[i]["image"][..., 0]).save(paths[-1])
+    result = run("predict", "--workdir", str(workdir), *map(str, paths))
+    assert result.code == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    names = data.info("fashion_mnist").class_names
+    for path in paths:
+        start = lines.index(f"{path}:")
+        top = [line.split(maxsplit=1) for line in lines[start + 1 : start + 6]]
+        probabilities = [float(p.rstrip("%")) / 100 for p, _ in top]
+        assert all(name in names for _, name in top) and len({n for _, n in top}) == 5
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001

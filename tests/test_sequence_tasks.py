@@ -10,7 +10,7 @@ import pytest
 
 from dlx.data.tokenizers import load_tokenizer
 from experiments import shakespeare_lm
-from helpers import REPO, cli, eval_records
+from helpers import REPO, cli, eval_records, refused
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,11 @@ def test_shakespeare_study_reports_each_model_with_curves_and_samples(shakespear
     assert all(int(row[3]) == 6 and 0 < float(row[4]) < 5 for row in rows)  # steps, val loss
     assert report.count("Last sample of") == 3 and "python experiments/shakespeare_lm.py" in report
     assert (out / "validation_loss.png").stat().st_size > 10_000
+
+
+def test_predict_on_image_files_is_refused_for_a_language_model(gpt_run, tmp_path):
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(image)
+    refused(cli("predict", "--workdir", str(gpt_run), str(image)), "has no image prediction")

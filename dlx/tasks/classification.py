@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -105,6 +107,20 @@ class Task(SupervisedTask):
     def summarize_eval(self, sums: dict) -> dict[str, float]:
         count = float(sums["count"])
         return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
+
+    def predict_images(self, predict, images: np.ndarray, names, notes, workdir: str, out=None):
+        """`launch.py predict`: the five most probable classes of each image file.
+        `predict(batch)` is the run's jitted `predict` (an `inference.Bundle`)."""
+        out = out or sys.stdout
+        logits = np.asarray(jax.device_get(predict({"image": images})), np.float64)
+        probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+        probabilities /= probabilities.sum(-1, keepdims=True)
+        class_names = list(self.data_info.class_names or range(self.num_classes))
+        for name, note, row in zip(names, notes, probabilities):
+            out.write(f"{name}{f' ({note})' if note else ''}:\n")
+            for index in np.argsort(-row, kind="stable")[:5]:
+                out.write(f"  {row[index]:7.2%}  {class_names[index]}\n")
+        return probabilities
 
     def write_eval_artifacts(self, state, sums: dict, workdir: str, step: int) -> None:
         if not is_main_process():
