@@ -445,12 +445,17 @@ def test_git_diff_in_the_workdir_rebuilds_the_source_tree(tmp_path):
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        ("configs/fashion_dcgan.py:test", ["generator", "discriminator", "float32[1,28,28,1]"]),
-        ("configs/fashion_ddpm.py:test", ["int32[1]", "Total Parameters"]),
+        (
+            "configs/fashion_dcgan.py:test",
+            ["generator", "discriminator", "float32[1,28,28,1]", "discriminator_conv_1", "10x10"],
+        ),
+        ("configs/fashion_ddpm.py:test", ["int32[1]", "Total Parameters", "down_0"]),
+        ("configs/fashion_autoencoder.py:conv", ["encoder_conv_1", "7x7"]),
     ],
 )
 def test_model_summary_of_models_called_with_several_inputs(spec, expected, tmp_path):
-    """A GAN's (noise, images) and a U-Net's (x, t): tabulated as the task's init calls them."""
+    """A GAN's (noise, images) and a U-Net's (x, t): tabulated as the task's init calls them,
+    with the receptive fields of their convolutions."""
     from dlx import data as data_lib
     from dlx import registry
     from dlx.train import config as config_lib

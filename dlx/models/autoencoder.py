@@ -22,6 +22,7 @@ from dlx.errors import ConfigError
 from dlx.layers import activations
 from dlx.layers.images import conv, upsample
 from dlx.layers.linear import dense
+from dlx.models.receptive_field import Layer
 from dlx.schema import Fixed, Int, OneOf, Seq
 
 KINDS = ("dense", "conv")
@@ -114,3 +115,11 @@ class Model(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         z = self.encode(x)
         return self.decode(z[0] if self.variational else z)
+
+
+def layer_stack(model: Model) -> list[Layer]:
+    """The conv encoder's layers, for the receptive-field table of model_summary.txt (none for
+    the dense kind)."""
+    if model.kind != "conv":
+        return []
+    return [Layer(f"encoder_conv_{i}", 3, 2) for i in range(len(model.hidden))]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers.images import conv, upsample_conv
 from dlx.layers.linear import dense
+from dlx.models.receptive_field import Layer
 from dlx.schema import Fixed, Int
 
 NORM_AXES = ("norm",)
@@ -108,3 +109,8 @@ class Model(nn.Module):
     def __call__(self, z: jax.Array, x: jax.Array, *, train: bool = False):
         """Both players (what `init` runs, to create both parameter sets)."""
         return self.generate(z, train=train), self.discriminate(x)
+
+
+def layer_stack(model: Model) -> list[Layer]:
+    """The discriminator's convolutions, for the receptive-field table of model_summary.txt."""
+    return [Layer(f"discriminator_conv_{i}", 4, 2) for i in range(2)]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers.images import conv, upsample_conv
 from dlx.layers.linear import dense
+from dlx.models.receptive_field import Layer
 from dlx.schema import Fixed, Float, Int, Seq
 
 NORM_AXES = ("norm",)
@@ -222,3 +223,17 @@ class Model(nn.Module):
                 h = upsample_conv(self.channels[level - 1])(h)
         h = nn.silu(group_norm(self.groups)(h))
         return conv(x.shape[-1], init="zeros")(h)
+
+
+def layer_stack(model: Model) -> list[Layer]:
+    """The 3x3 convolutions of the down path to the bottleneck, for the receptive-field table of
+    model_summary.txt. Where a level has self-attention (`attention_levels`, and always in the
+    bottleneck) a pixel sees the whole map: these are the fields of the convolutions alone."""
+    layers = [Layer("stem", 3)]
+    for level in range(len(model.channels)):
+        for block in range(model.blocks):
+            layers += [Layer(f"level{level}_block{block}_conv{i}", 3) for i in range(2)]
+        if level < len(model.channels) - 1:
+            layers.append(Layer(f"down_{level}", 3, 2))
+    layers += [Layer(f"bottleneck_block{b}_conv{i}", 3) for b in range(2) for i in range(2)]
+    return layers

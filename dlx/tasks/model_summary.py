@@ -72,11 +72,13 @@ def first_model_call(task, model: nn.Module, example: dict) -> ModelCall | None:
 def _receptive_field_lines(module, model: nn.Module, call: ModelCall) -> list[str]:
     """Per convolution and pool: output size and receptive field in input pixels, for model
     families that list their layers (`layer_stack`); tabulate knows no receptive fields."""
-    image = call.args[0] if call.args else None
-    if not hasattr(module, "layer_stack") or image is None or len(image.shape) != 4:
+    images = [a for a in call.args if len(getattr(a, "shape", ())) == 4]  # a GAN's (z, x)
+    if not hasattr(module, "layer_stack") or not images:
         return []
-    _, height, width, _ = image.shape
+    _, height, width, _ = images[0].shape
     stack = module.layer_stack(model)
+    if not stack:
+        return []
     lines = ["", f"{'layer':<20}{'output':>12}{'receptive field':>18}  (input pixels)"]
     for along_h, along_w in zip(receptive_fields(stack, height), receptive_fields(stack, width)):
         lines.append(
