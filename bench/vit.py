@@ -1,0 +1,195 @@
+"""dlx vs PyTorch on this machine's CPU for the Vision Transformer: the train step of
+configs/fashion_vit.py's model at its batch size, with model FLOPs and % of the matmul peak.
+
+    .venv/bin/python bench/vit.py                          # peak and the train step (~2-4 min)
+    .venv/bin/python bench/vit.py --only vit --rounds 3 --steps 3
+    .venv/bin/python bench/vit.py --config configs/fashion_vit.py:test --only vit
+    .venv/bin/python bench/vit.py --profile                # also where each side's step goes
+
+Prints a markdown table and writes bench/results_vit.json. dlx's side is the runner's step
+(`loop.prepare_run` -> `init_state` -> `compile_steps`, as bench/run.py builds it: forward,
+label-smoothed cross-entropy, gradients, clipping, AdamW) on one fixed batch of the training
+split; PyTorch's is bench/torch_vit.py's ViT, loaded with dlx's initial weights, with the same
+loss, clipping and AdamW (`torch.optim.AdamW`, biases and norms not decayed) on the same batch.
+Both run in one process, timed alternating in rounds (each side's round after one untimed step);
+rounds during which other processes were busy are retried (bench/run.py's `quiet_rounds`) and
+the median round is kept. Model FLOPs: `vit.train_flops_per_example` (3x the forward's matmuls,
+attention scores included); XLA's own count of the compiled step is reported beside it.
+`--profile` prints the dlx step's XLA ops by time (bench/profile_step.py's trace) and
+torch.profiler's table of the PyTorch step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH_DIR))  # the repo root, for `configs` and `bench`
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench import profile_step, torch_models, torch_vit  # noqa: E402
+from bench import run as bench_run  # noqa: E402
+from dlx import runtime  # noqa: E402
+from dlx.models import vit  # noqa: E402
+from dlx.train import config as config_lib  # noqa: E402
+
+CONFIG = "configs/fashion_vit.py"
+SECTIONS = ("peak", "vit")
+GOAL_RATIO = 1.0  # dlx ms / torch ms
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=CONFIG, help="a configs/ file[:variant] of a vit")
+    parser.add_argument("--steps", type=int, default=5, help="train steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is kept")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    parser.add_argument("--profile", action="store_true", help="print each side's op times")
+    args = bench_run.parse_with_sections(
+        parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results_vit.json")
+    )
+    if min(args.steps, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--steps and --rounds must be >= 1, --warmup >= 0")
+    return args
+
+
+def load_config(spec: str):
+    config = config_lib.load(spec)
+    if config.model.name != "vit":
+        raise SystemExit(f"{spec} trains model '{config.model.name}', not a vit")
+    config.progress_bar = False
+    return config
+
+
+def torch_side(model: bench_run.DlxModel):
+    """(the PyTorch ViT with dlx's initial weights, its step on dlx's batch as `run_steps`)."""
+    config, task = model.run.config, model.run.task
+    image_shape = tuple(model.numpy_batch["image"].shape[1:])
+    net = torch_vit.ViT.from_fields(
+        {k: v for k, v in config.model.items() if k != "name"}, image_shape
+    )
+    torch_vit.load_dlx(net, model.state.params)
+    optimizer = config.optimizer
+    if optimizer.name != "adamw" or optimizer.frozen or optimizer.lr_multipliers:
+        raise SystemExit("the PyTorch side implements AdamW without frozen params or multipliers")
+    step = torch_vit.train_step(
+        net,
+        torch_vit.adamw(net, optimizer),
+        config.loss.label_smoothing,
+        optimizer.clip_global_norm,
+    )
+    images, labels = torch_models.to_torch_batch(model.numpy_batch)
+    assert task.num_classes == config.model.num_outputs
+
+    def run_steps(num_steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            step(images, labels)
+        return time.perf_counter() - start
+
+    return net, step, (images, labels), run_steps
+
+
+def compare_train_step(args, peak_gflops: float | None) -> tuple[dict[str, Any], Any]:
+    config = load_config(args.config)
+    model = bench_run.build_dlx(config)
+    net, step, batch, torch_steps = torch_side(model)
+    runners = {"dlx": model.run_steps, "torch": torch_steps}
+    for run_steps in runners.values():
+        run_steps(args.warmup)
+    rounds = bench_run.quiet_rounds(
+        lambda: bench_run.alternating_round(runners, args.steps), args.rounds
+    )
+    ms_rounds = {name: [r[name] for r in rounds.kept] for name in runners}
+    ms = {name: statistics.median(v) for name, v in ms_rounds.items()}
+    image_shape = tuple(model.numpy_batch["image"].shape[1:])
+    batch_size = config.data.batch_size
+    step_flops = batch_size * vit.train_flops_per_example(model.run.task.model, image_shape)
+    result = {
+        "config": args.config,
+        "model": {k: v for k, v in config.model.items()},
+        "tokens": model.run.task.model.num_tokens(image_shape),
+        "batch_size": batch_size,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        **{f"{name}_ms": value for name, value in ms.items()},
+        "ratio": ms["dlx"] / ms["torch"],
+        "goal_ratio": GOAL_RATIO,
+        "ms_rounds": ms_rounds,
+        "busy_rounds_dropped": rounds.dropped,
+        "contended": rounds.contended,
+        "step_flops": step_flops,
+        **bench_run.xla_flops(model),
+    }
+    for side in ("dlx", "torch"):
+        result[f"{side}_gflops"] = step_flops / ms[side] / 1e6
+        if peak_gflops:
+            result[f"{side}_peak_fraction"] = result[f"{side}_gflops"] / peak_gflops
+    return result, (model, net, step, batch)
+
+
+def profile(sides, steps: int) -> None:
+    model, net, step, (images, labels) = sides
+    events, traced = profile_step.trace_events(model, steps)
+    print(f"\ndlx step, traced: {1e3 * traced:.1f} ms")
+    print(profile_step.op_table(profile_step.xla_ops(events), steps, 30))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(images, labels)
+    print(f"\ntorch step ({steps} steps profiled):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def report(results: dict) -> str:
+    pct, verdict = bench_run._pct, bench_run._verdict
+    lines = bench_run.report_header(results)
+    r = results.get("vit")
+    if r:
+        m = r["model"]
+        lines += [
+            "",
+            f"| ViT train step (batch {r['batch_size']}) | dlx ms | torch ms "
+            f"| dlx/torch (goal <= {r['goal_ratio']}) | model GFLOP/step | XLA GFLOP fwd / step "
+            "| dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| patch {m['patch_size']}, {r['tokens']} tokens, {m['num_layers']} x "
+            f"{m['embed_dim']}, {m['num_heads']} heads, mlp {m.get('mlp_dim') or 4 * m['embed_dim']}"
+            f" | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} "
+            f"| {r['ratio']:.2f} ({verdict(r['ratio'] <= r['goal_ratio'], r)}) "
+            f"| {r['step_flops'] / 1e9:.1f} "
+            f"| {r['xla_forward_flops'] / 1e9:.1f} / {r['xla_step_flops'] / 1e9:.1f} "
+            f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}) "
+            f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |",
+        ]
+    sections = [("peak", results.get("peak") or {}), *((("vit", r),) if r else ())]
+    return "\n".join(lines + bench_run.load_notes(results, sections))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(bench_run.TORCH_THREADS)
+    started, other_load = time.perf_counter(), bench_run.OtherLoad()
+    results: dict[str, Any] = {
+        "machine": bench_run.machine_info(),
+        "command": " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),
+    }
+    peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
+    if "vit" in args.only:
+        results["vit"], sides = compare_train_step(args, peak_gflops)
+        if args.profile:
+            profile(sides, args.steps)
+    return bench_run.finish(results, started, other_load, args.out, report)
+
+
+if __name__ == "__main__":
+    runtime.reexec_with_malloc_policy()  # malloc as launch.py sets it (dlx/runtime.py)
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,48 @@
+"""Fashion-MNIST Vision Transformer from scratch (dlx/models/vit.py): 4x4 patches (49 tokens and
+a class token), 6 pre-norm blocks 128 wide with 4 heads, AdamW with warmup and cosine decay,
+label smoothing, stochastic depth.
+
+Variants: `:small` (one epoch), `:test` (tiny, for end-to-end tests).
+"""
+
+from configs._short import short_run
+from dlx.train.config import base_config
+
+
+def get_config(arg: str | None = None):
+    config = base_config()
+    config.data.name = "fashion_mnist"
+    config.model = dict(
+        name="vit",
+        num_outputs=10,
+        patch_size=4,
+        num_layers=6,
+        embed_dim=128,
+        num_heads=4,
+        mlp_dim=256,
+        dropout=0.0,
+        drop_path=0.1,
+        pool="cls",
+        positions="learned",
+    )
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.schedule = "warmup_cosine"
+    config.optimizer.warmup_steps = 1000
+    config.optimizer.weight_decay = 0.05
+    config.optimizer.clip_global_norm = 1.0
+    config.loss.label_smoothing = 0.1
+    config.num_epochs = 30.0
+    config.data.batch_size = 128
+    if arg == "small":
+        config.num_epochs = 1.0
+        config.optimizer.warmup_steps = 100
+    elif arg == "test":
+        config.model.update(patch_size=7, num_layers=2, embed_dim=16, num_heads=2, mlp_dim=32)
+        config.data.batch_size = 32
+        config.data.eval_batch_size = 200
+        config.optimizer.warmup_steps = 2
+        short_run(config)
+    elif arg:
+        raise ValueError(f"unknown variant '{arg}' of fashion_vit; use small or test")
+    return config

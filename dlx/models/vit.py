@@ -1,0 +1,250 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) for image classification, config name "vit".
+
+`__call__(images [B, H, W, C] in [0, 1], *, train) -> logits [B, num_outputs]`:
+patches of patch_size x patch_size, each projected to embed_dim (`PatchEmbedding`: a stride-p
+conv as a reshape and a matmul) -> a learned class token in front (pool="cls") -> positions
+added (learned, one vector per token, or fixed 2-D sinusoidal with a zero vector for the class
+token) -> dropout -> num_layers pre-norm encoder blocks -> LayerNorm -> the class token's vector
+(pool="cls") or the mean over the patch tokens (pool="mean") -> linear head.
+
+Block: x + drop_path(dropout(attn(ln_1(x)))), then x + drop_path(dropout(mlp(ln_2(x)))), with
+dlx's `MultiHeadAttention` (fused qkv, bidirectional, no mask), `GeluMLP` with the exact (erf)
+GELU of ViT, and `LayerNorm` (eps 1e-6 as ViT's). transformer.Block is not reused: it fixes the
+tanh GELU and has no stochastic depth. drop_path (stochastic depth, Huang et al. 2016) drops a
+block's residual branches per example with a rate rising linearly from 0 in the first block to
+`drop_path` in the last (timm's schedule); dropout and drop_path draw from the "dropout" rng.
+
+Parameter names (logical axes as dlx's Transformer, so the same sharding rules apply):
+  patch_embed/kernel, bias        [p, p, C, embed], [embed]   (a conv's HWIO kernel)
+  cls_token                       [embed]                      pool="cls" only
+  pos_embedding/embedding         [tokens, embed]              positions="learned"; row 0 is
+                                                               the class token's with pool="cls"
+  h_{i}/ln_1, h_{i}/ln_2          scale, bias [embed]
+  h_{i}/attn/qkv/{kernel,bias}    [embed, 3, heads, head_dim], [3, heads, head_dim]
+  h_{i}/attn/proj/{kernel,bias}   [heads, head_dim, embed], [embed]
+  h_{i}/mlp/fc, h_{i}/mlp/proj    [embed, mlp], [mlp, embed]
+  ln_f/{scale,bias}, head/{kernel,bias}  [embed, num_outputs]
+With pool="cls" and learned positions the count equals the published one: ViT-B/16 at 224x224x3,
+1000 classes, 86,567,656 parameters (tests/test_vit.py). Initialisation: N(0, 0.02) for the
+matmul kernels, positions and class token (timm's scale), N(0, 1/fan-in) for the patch kernel,
+zero biases, unit norm scales.
+
+`attention_maps(model, variables, images)` gives every block's attention weights;
+`train_flops_per_example` the model FLOPs of a training example. Speed against PyTorch:
+bench/vit.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlx.errors import ConfigError
+from dlx.layers.activations import Dropout, random_bits
+from dlx.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
+from dlx.layers.linear import Projection
+from dlx.layers.mlp import GeluMLP
+from dlx.layers.norms import LayerNorm
+from dlx.layers.patches import LearnedPositions2D, PatchEmbedding, sinusoidal_2d
+from dlx.schema import Float, Int, OneOf
+
+POOLS = ("cls", "mean")
+POSITIONS = ("learned", "sinusoidal")
+TOKEN_AXES = ("batch", "length", "embed")
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Each example's x [B, ...] zeroed with probability `rate`, the others scaled by
+    1 / (1 - rate) (a residual branch dropped per example)."""
+    keep = 1.0 - rate
+    threshold = jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
+    kept = random_bits(rng, (x.shape[0],)) < threshold
+    return jnp.where(kept.reshape(-1, *(1,) * (x.ndim - 1)), x / keep, jnp.zeros_like(x))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT encoder block (see the module docstring)."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    norm_eps: float = 1e-6
+    implementation: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        width = x.shape[-1]
+        drop = Dropout(self.dropout, deterministic=not train)
+
+        def residual(h: jax.Array) -> jax.Array:
+            h = drop(h)
+            if train and self.drop_path > 0.0:
+                h = drop_path(h, self.drop_path, self.make_rng("dropout"))
+            return h
+
+        h = LayerNorm(self.norm_eps, name="ln_1")(x)
+        h = MultiHeadAttention(
+            self.num_heads,
+            width // self.num_heads,
+            dropout=self.attention_dropout,
+            implementation=self.implementation,
+            name="attn",
+        )(h, train=train)
+        x = x + residual(h)
+        h = LayerNorm(self.norm_eps, name="ln_2")(x)
+        x = x + residual(GeluMLP(self.mlp_dim, approximate=False, name="mlp")(h))
+        return nn.with_logical_constraint(x, TOKEN_AXES)
+
+
+FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
+    num_outputs=Int(low=1),
+    patch_size=Int(low=1),
+    num_layers=Int(low=1),
+    embed_dim=Int(low=1),
+    num_heads=Int(low=1),
+    mlp_dim=Int(low=0),
+    dropout=Float(0, 1, high_open=True),
+    attention_dropout=Float(0, 1, high_open=True),
+    drop_path=Float(0, 1, high_open=True),
+    pool=OneOf(*POOLS),
+    positions=OneOf(*POSITIONS),
+    norm_eps=Float(low=0, low_open=True),
+    attention=OneOf(*IMPLEMENTATIONS),
+)
+
+
+class Model(nn.Module):
+    num_outputs: int = 10
+    patch_size: int = 4
+    num_layers: int = 6
+    embed_dim: int = 128
+    num_heads: int = 4
+    mlp_dim: int = 0  # 0: 4 * embed_dim
+    dropout: float = 0.0  # on the embeddings and both residual branches
+    attention_dropout: float = 0.0  # on the attention probabilities
+    drop_path: float = 0.0  # stochastic depth: the last block's rate
+    pool: str = "cls"  # "cls" | "mean"
+    positions: str = "learned"  # "learned" | "sinusoidal"
+    norm_eps: float = 1e-6
+    attention: str = "auto"  # see dlx/layers/attention.py
+
+    def __post_init__(self):
+        for field, value, choices in [
+            ("pool", self.pool, POOLS),
+            ("positions", self.positions, POSITIONS),
+            ("attention", self.attention, IMPLEMENTATIONS),
+        ]:
+            if value not in choices:
+                raise ConfigError(f"vit: unknown {field} '{value}'; choose from {choices}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"vit: embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}"
+            )
+        if self.positions == "sinusoidal" and self.embed_dim % 2:
+            raise ConfigError(
+                f"vit: sinusoidal positions need an even embed_dim, got {self.embed_dim}"
+            )
+        super().__post_init__()
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_dim or 4 * self.embed_dim
+
+    def grid(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(rows, columns) of patches of an [H, W, C] image."""
+        height, width = image_shape[0], image_shape[1]
+        if height % self.patch_size or width % self.patch_size:
+            raise ConfigError(
+                f"vit: model.patch_size={self.patch_size} does not divide the {height}x{width} "
+                f"images; choose a divisor of both"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    def num_tokens(self, image_shape: tuple[int, ...]) -> int:
+        rows, cols = self.grid(image_shape)
+        return rows * cols + (self.pool == "cls")
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        rows, cols = self.grid(images.shape[1:])
+        d = self.embed_dim
+        x = PatchEmbedding(d, self.patch_size, name="patch_embed")(images)
+        x = nn.with_logical_constraint(x, TOKEN_AXES)
+        cls = self.pool == "cls"
+        if cls:
+            token = self.param(
+                "cls_token",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+                (d,),
+            )
+            x = jnp.concatenate([jnp.broadcast_to(token, (x.shape[0], 1, d)).astype(x.dtype), x], 1)
+        if self.positions == "learned":
+            table = LearnedPositions2D(rows, cols, d, int(cls), name="pos_embedding")()
+        else:
+            table = sinusoidal_2d(rows, cols, d)
+            if cls:
+                table = jnp.concatenate([jnp.zeros((1, d), table.dtype), table])
+        x = Dropout(self.dropout, deterministic=not train)(x + table.astype(x.dtype))
+        x = nn.with_logical_constraint(x, TOKEN_AXES)
+        for i in range(self.num_layers):
+            x = Block(
+                self.num_heads,
+                self.hidden_dim,
+                self.dropout,
+                self.attention_dropout,
+                self.drop_path * i / max(1, self.num_layers - 1),
+                self.norm_eps,
+                self.attention,
+                name=f"h_{i}",
+            )(x, train=train)
+        x = LayerNorm(self.norm_eps, name="ln_f")(x)
+        pooled = x[:, 0] if cls else x.mean(axis=1)
+        pooled = nn.with_logical_constraint(pooled, ("batch", "embed"))
+        logits = Projection(self.num_outputs, ("embed",), ("classes",), name="head")(pooled)
+        return logits.astype(jnp.float32)
+
+
+def _is_qkv(module: nn.Module, method_name: str) -> bool:
+    return method_name == "__call__" and module.name == "qkv" and isinstance(module, Projection)
+
+
+def attention_maps(model: Model, variables: dict, images: jax.Array) -> jax.Array:
+    """Every block's attention weights on `images` in eval mode: [layers, batch, heads, tokens,
+    tokens], row q of a map the weights query token q gives the keys (each row sums to 1). Token 0
+    is the class token with pool="cls"; the patches follow in row-major grid order.
+
+    Computed from the queries and keys the model's own qkv projections produce (captured with
+    `capture_intermediates`), as softmax(q k^T / sqrt(head_dim)): the weights dlx's attention
+    applies (there is no mask; tests/test_vit.py checks them against the attention's output)."""
+    _, captured = model.apply(
+        variables, images, train=False, capture_intermediates=_is_qkv, mutable=["intermediates"]
+    )
+    blocks = captured["intermediates"]
+    maps = []
+    for i in range(model.num_layers):
+        qkv = blocks[f"h_{i}"]["attn"]["qkv"]["__call__"][0]  # [B, T, 3, heads, head_dim]
+        q, k = qkv[:, :, 0].astype(jnp.float32), qkv[:, :, 1].astype(jnp.float32)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        maps.append(jax.nn.softmax(logits, axis=-1))
+    return jnp.stack(maps)
+
+
+def forward_flops_per_example(model: Model, image_shape: tuple[int, int, int]) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one image's forward pass: the patch projection, every
+    block's qkv, output and MLP projections, the attention scores q k^T and the weighted sum p v
+    over all tokens, and the head (norms, softmax, GELU left out, as for the Transformer)."""
+    rows, cols = model.grid(image_shape)
+    d, tokens = model.embed_dim, model.num_tokens(image_shape)
+    patch = 2 * rows * cols * model.patch_size**2 * image_shape[-1] * d
+    per_token = 2 * (4 * d * d + 2 * d * model.hidden_dim) + 4 * d * tokens
+    return patch + model.num_layers * tokens * per_token + 2 * d * model.num_outputs
+
+
+def train_flops_per_example(model: Model, image_shape: tuple[int, int, int]) -> float:
+    """Forward + backward: 3 x the forward (see transformer.train_flops_per_token)."""
+    return 3.0 * forward_flops_per_example(model, image_shape)
