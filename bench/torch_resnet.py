@@ -192,7 +192,7 @@ def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tupl
         if isinstance(value, Mapping):
             flat.update(_flatten(value, (*prefix, key)))
         else:
-            flat[(*prefix, key)] = np.asarray(value, np.float32)
+            flat[(*prefix, key)] = np.array(value, np.float32)  # a writable copy
     return flat
 
 
