@@ -3,8 +3,9 @@ channels at 28/14/7 pixels, option-A shortcuts, 269,434 parameters), SGD with Ne
 one epoch of warm-up then cosine decay, label smoothing 0.1, weight decay off the batch-norm
 scales and biases, random crops (2 pixels), flips and random erasing.
 
-Budget: 40 epochs are 18,750 steps of 128; the step took ~280 ms on the project's 2-core AMD
-host (bench/resnet.py), so ~90 min of training plus ~5 min of evaluation.
+Budget (<= 2 h on 2 cores): 40 epochs are 18,750 steps of 128; the step took 236-290 ms on the
+project's 2-core AMD host (bench/resnet.py), so 75-90 min of training, plus ~6 s per epoch's
+evaluation of the 10,000 test images.
 
 Variants: `:resnet20` (the default), `:resnet56` (3x the step), `:resnet18` (ImageNet-style
 blocks and widths with the 3x3 stem, 11.2 M parameters, 15x the FLOPs), `:test` tiny.
