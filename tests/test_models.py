@@ -76,6 +76,9 @@ MODELS_TESTED_ELSEWHERE = {
     "autoencoder": "test_generative_models.py",
     "dcgan": "test_generative_models.py",
     "unet": "test_diffusion.py",
+    "resnet": "test_resnet.py",
+    "vit": "test_vit.py",
+    "yolo": "test_detection.py",
 }
 
 
