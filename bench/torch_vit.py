@@ -135,21 +135,35 @@ class ViT(nn.Module):
         """From a dlx `vit.Model`'s fields (`config.model` without "name", or every field)."""
         known = set(inspect.signature(cls).parameters) - {"image_shape"}
         fields = {k: v for k, v in fields.items() if k not in ("name", "parent")}
-        unknown = {k: v for k, v in fields.items() if k not in known}
-        if any(k != "attention" for k in unknown):  # "attention": how dlx computes it
-            raise ValueError(f"the PyTorch ViT has no fields {sorted(unknown)}")
-        return cls(image_shape, **{k: v for k, v in fields.items() if k in known})
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"the PyTorch ViT has no fields {unknown}")
+        return cls(image_shape, **fields)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: float [B, C, H, W] in [0, 1] -> logits [B, num_outputs]."""
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The blocks' input: patch embeddings, class token, positions, dropout."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, patches, width]
         if self.pool == "cls":
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.dropout(x + self.pos_embedding)
+        return self.dropout(x + self.pos_embedding)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: float [B, C, H, W] in [0, 1] -> logits [B, num_outputs]."""
+        x = self.tokens(images)
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
         return self.head(x[:, 0] if self.pool == "cls" else x.mean(dim=1))
+
+    @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Every block's attention weights, [blocks, B, heads, tokens, tokens] (eval mode)."""
+        maps, x = [], self.tokens(images)
+        for block in self.blocks:
+            h = block.ln_1(x)
+            maps.append(block.attn(h, h, h, average_attn_weights=False)[1])
+            x = block(x)
+        return torch.stack(maps)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is kept")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--profile", action="store_true", help="print each side's op times")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=bench_run.TORCH_THREADS,
+        help="PyTorch's intra-op threads (XLA uses the cores the process may run on: with "
+        "`taskset -c 0` and --torch-threads 1 both sides run on one core)",
+    )
     args = bench_run.parse_with_sections(
         parser, argv, SECTIONS, os.path.join(BENCH_DIR, "results_vit.json")
     )
@@ -174,12 +181,14 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(bench_run.TORCH_THREADS)
+    torch.set_num_threads(args.torch_threads)
     started, other_load = time.perf_counter(), bench_run.OtherLoad()
     results: dict[str, Any] = {
         "machine": bench_run.machine_info(),
         "command": " ".join(sys.argv),
         "load_average_at_start": os.getloadavg(),
+        "cpus_allowed": len(os.sched_getaffinity(0)),
+        "torch_threads": args.torch_threads,
     }
     peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     if "vit" in args.only:

@@ -247,7 +247,7 @@ def test_whole_vit_matches_pytorch(pool, positions, patch):
 # ---- attention maps ----
 
 
-def test_attention_maps_are_the_weights_the_model_applies():
+def test_attention_maps_are_pytorchs_attention_weights():
     x = _images()
     model = vit.Model(**TINY)
     params = _random_params(model, x)
@@ -256,20 +256,8 @@ def test_attention_maps_are_the_weights_the_model_applies():
     assert maps.shape == (L, 3, H, tokens, tokens)
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
     assert float(maps.std(-1).min()) > 0  # not uniform: the random weights make them differ
-    # the attention's output is these weights applied to its values, then projected
-    apply = functools.partial(
-        model.apply,
-        capture_intermediates=lambda m, method: m.name in ("attn", "qkv"),
-        mutable=["intermediates"],
-    )
-    _, captured = jax.jit(apply)({"params": params}, x)
-    for i in range(L):
-        block = captured["intermediates"][f"h_{i}"]["attn"]
-        values = block["qkv"]["__call__"][0][:, :, 2]  # [B, T, heads, head_dim]
-        mixed = jnp.einsum("bhqk,bkhd->bqhd", maps[i], values)
-        proj = params[f"h_{i}"]["attn"]["proj"]
-        expected = jnp.einsum("bqhd,hde->bqe", mixed, proj["kernel"]) + proj["bias"]
-        np.testing.assert_allclose(block["__call__"][0], expected, atol=1e-5)
+    net = _torch_vit(model, params).eval()
+    np.testing.assert_allclose(net.attention_maps(_nchw(x)).numpy(), maps, atol=1e-5)
 
 
 # ---- sharding ----
