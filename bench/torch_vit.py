@@ -3,15 +3,17 @@ Conv2d patch embedding, nn.MultiheadAttention), the reference for dlx/models/vit
 network by construction, checked equal on the same weights in tests/test_vit.py, and the
 other side of bench/vit.py.
 
-    net = ViT.from_fields(dataclasses.asdict-like fields of a dlx vit.Model, (28, 28, 1))
-    load_dlx(net, params)                     # a dlx model's params, numpy or jax arrays
+    net = ViT.from_fields(config.model, (28, 28, 1))   # a dlx vit config group or its fields
+    load_dlx(net, params)                              # a dlx model's params (numpy or jax)
     step = train_step(net, adamw(net, config.optimizer), config.loss.label_smoothing)
     loss = step(images_uint8_nchw, labels)
+    maps = net.attention_maps(images)                  # [blocks, B, heads, tokens, tokens]
 
 torchvision is not installable next to this torch (its CPU wheel does not exist), so nothing
 here comes from it. Dropout sits where dlx has it: on the embeddings and on each residual branch
 (not inside the MLP); stochastic depth drops a branch per example with a rate rising linearly
-over the blocks, as in timm.
+over the blocks, as in timm. `dlx_state_dict` / `block_state_dict` map dlx's parameter tree
+(or its gradients) onto the state-dict names.
 """
 
 from __future__ import annotations

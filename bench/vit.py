@@ -13,7 +13,9 @@ split; PyTorch's is bench/torch_vit.py's ViT, loaded with dlx's initial weights,
 loss, clipping and AdamW (`torch.optim.AdamW`, biases and norms not decayed) on the same batch.
 Both run in one process, timed alternating in rounds (each side's round after one untimed step);
 rounds during which other processes were busy are retried (bench/run.py's `quiet_rounds`) and
-the median round is kept. Model FLOPs: `vit.train_flops_per_example` (3x the forward's matmuls,
+the median round is kept. Each side's process CPU time a step is kept too: when the machine is
+busy it is the steadier comparison, cleanest with both sides on one core
+(`taskset -c 0 ... --torch-threads 1`). Model FLOPs: `vit.train_flops_per_example` (3x the forward's matmuls,
 attention scores included); XLA's own count of the compiled step is reported beside it.
 `--profile` prints the dlx step's XLA ops by time (bench/profile_step.py's trace) and
 torch.profiler's table of the PyTorch step.
@@ -104,6 +106,19 @@ def torch_side(model: bench_run.DlxModel):
     return net, step, (images, labels), run_steps
 
 
+def alternating_round(runners, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """bench/run.py's `alternating_round` (each side timed after one untimed step), also
+    recording each side's process CPU time a step: on a machine other processes keep busy the
+    wall times stretch with the load (PyTorch's OpenMP threads most), the CPU time far less."""
+    wall, cpu = {}, {}
+    for name, run_steps in runners.items():
+        run_steps(1)
+        start = time.process_time()
+        wall[name] = 1e3 * run_steps(steps) / steps
+        cpu[name] = 1e3 * (time.process_time() - start) / steps
+    return wall, cpu
+
+
 def compare_train_step(args, peak_gflops: float | None) -> tuple[dict[str, Any], Any]:
     config = load_config(args.config)
     model = bench_run.build_dlx(config)
@@ -111,11 +126,11 @@ def compare_train_step(args, peak_gflops: float | None) -> tuple[dict[str, Any],
     runners = {"dlx": model.run_steps, "torch": torch_steps}
     for run_steps in runners.values():
         run_steps(args.warmup)
-    rounds = bench_run.quiet_rounds(
-        lambda: bench_run.alternating_round(runners, args.steps), args.rounds
-    )
-    ms_rounds = {name: [r[name] for r in rounds.kept] for name in runners}
+    rounds = bench_run.quiet_rounds(lambda: alternating_round(runners, args.steps), args.rounds)
+    ms_rounds = {name: [r[0][name] for r in rounds.kept] for name in runners}
+    cpu_rounds = {name: [r[1][name] for r in rounds.kept] for name in runners}
     ms = {name: statistics.median(v) for name, v in ms_rounds.items()}
+    cpu_ms = {name: statistics.median(v) for name, v in cpu_rounds.items()}
     image_shape = tuple(model.numpy_batch["image"].shape[1:])
     batch_size = config.data.batch_size
     step_flops = batch_size * vit.train_flops_per_example(model.run.task.model, image_shape)
@@ -130,6 +145,9 @@ def compare_train_step(args, peak_gflops: float | None) -> tuple[dict[str, Any],
         "ratio": ms["dlx"] / ms["torch"],
         "goal_ratio": GOAL_RATIO,
         "ms_rounds": ms_rounds,
+        **{f"{name}_cpu_ms": value for name, value in cpu_ms.items()},
+        "cpu_ratio": cpu_ms["dlx"] / cpu_ms["torch"],
+        "cpu_ms_rounds": cpu_rounds,
         "busy_rounds_dropped": rounds.dropped,
         "contended": rounds.contended,
         "step_flops": step_flops,
@@ -164,8 +182,8 @@ def report(results: dict) -> str:
             "",
             f"| ViT train step (batch {r['batch_size']}) | dlx ms | torch ms "
             f"| dlx/torch (goal <= {r['goal_ratio']}) | model GFLOP/step | XLA GFLOP fwd / step "
-            "| dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) | CPU ms a step, dlx / torch |",
+            "|---|---|---|---|---|---|---|---|---|",
             f"| patch {m['patch_size']}, {r['tokens']} tokens, {m['num_layers']} x "
             f"{m['embed_dim']}, {m['num_heads']} heads, mlp {m.get('mlp_dim') or 4 * m['embed_dim']}"
             f" | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} "
@@ -173,7 +191,11 @@ def report(results: dict) -> str:
             f"| {r['step_flops'] / 1e9:.1f} "
             f"| {r['xla_forward_flops'] / 1e9:.1f} / {r['xla_step_flops'] / 1e9:.1f} "
             f"| {r['dlx_gflops']:.0f} ({pct(r.get('dlx_peak_fraction'))}) "
-            f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) |",
+            f"| {r['torch_gflops']:.0f} ({pct(r.get('torch_peak_fraction'))}) "
+            f"| {r['dlx_cpu_ms']:.0f} / {r['torch_cpu_ms']:.0f} ({r['cpu_ratio']:.2f}) |",
+            "",
+            f"{results['cpus_allowed']} CPU(s) allowed, PyTorch threads {results['torch_threads']};"
+            " CPU ms: the process's CPU time a step (both sides' threads, spinning included).",
         ]
     sections = [("peak", results.get("peak") or {}), *((("vit", r),) if r else ())]
     return "\n".join(lines + bench_run.load_notes(results, sections))

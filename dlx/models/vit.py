@@ -10,8 +10,8 @@ token) -> dropout -> num_layers pre-norm encoder blocks -> LayerNorm -> the clas
 Block: x + drop_path(dropout(attn(ln_1(x)))), then x + drop_path(dropout(mlp(ln_2(x)))), with
 exact (erf) GELU and LayerNorm eps 1e-6 as ViT's. The parameters are those of dlx's
 LayerNorm, MultiHeadAttention and GeluMLP, but the block computes them its own way, which took a
-train step of configs/fashion_vit.py from 1.26x to ~1.1x PyTorch's CPU time on one core
-(bench/vit.py; BENCHMARKS.md): each LayerNorm's scale and shift are folded into the kernel of
+train step of configs/fashion_vit.py from 1.26x to 1.05-1.15x PyTorch's CPU time, both on one
+core (bench/vit.py; built from those layers it was 813 vs 646 ms): each LayerNorm's scale and shift are folded into the kernel of
 the projection that reads it (`_fold_norm`: no pass over the activations applies them), the
 normalization has a closed-form gradient (`normalize`), q, k and v come out of their projection
 head-major with 1/sqrt(head_dim) folded into q, the softmax is normalised after the weighted sum,
@@ -149,9 +149,10 @@ class SelfAttention(nn.Module):
     scale and shift folded in: params "qkv" (kernel [embed, 3, heads, head_dim]) and "proj"
     (kernel [heads, head_dim, embed]), the layout of dlx's MultiHeadAttention. The projection
     writes q, k, v head-major and the softmax is normalised after the weighted sum
-    (softmax(s) v = (exp(s - max) v) / sum exp(s - max)): ~11% less CPU time a train step than
-    MultiHeadAttention after dlx's LayerNorm (tests/test_vit.py checks them equal). With the
-    "intermediates" collection mutable it sows its weights as "attention_weights"."""
+    (softmax(s) v = (exp(s - max) v) / sum exp(s - max)); with the norm folding and the erf GELU
+    the train step took ~11% less CPU time than with MultiHeadAttention after dlx's LayerNorm
+    (alternating A/B on one core). With the "intermediates" collection mutable it sows its
+    weights as "attention_weights"."""
 
     num_heads: int
     dropout: float = 0.0
