@@ -177,7 +177,10 @@ def test_dropout_and_stochastic_depth_only_in_training():
     x = _images()
     variables = {"params": _random_params(vit.Model(**TINY), x)}
     plain = jax.jit(vit.Model(**TINY).apply)(variables, x)
-    apply = jax.jit(vit.Model(**TINY, dropout=0.1, drop_path=0.5).apply, static_argnames="train")
+    apply = jax.jit(
+        vit.Model(**TINY, dropout=0.1, attention_dropout=0.1, drop_path=0.5).apply,
+        static_argnames="train",
+    )
     np.testing.assert_allclose(apply(variables, x), plain, atol=1e-6)
     a, b = (apply(variables, x, train=True, rngs={"dropout": jax.random.key(s)}) for s in (0, 1))
     assert not np.allclose(a, b) and not np.allclose(a, plain)

@@ -308,7 +308,7 @@ class Model(nn.Module):
         if cls:
             token = self.param(
                 "cls_token",
-                nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+                nn.with_logical_partitioning(nn.initializers.normal(INIT_STDDEV), ("embed",)),
                 (d,),
             )
             x = jnp.concatenate([jnp.broadcast_to(token, (x.shape[0], 1, d)).astype(x.dtype), x], 1)
