@@ -72,7 +72,7 @@ def torch_runner(model: bench_run.DlxModel) -> bench_run.StepRunner:
     images, labels = torch_models.to_torch_batch(model.numpy_batch)
     net = torch_resnet.from_dlx_model(model.run.task.model, images.shape[1])
     torch_resnet.load_dlx(net, state.params, state.model_state["batch_stats"])
-    step = torch_resnet.train_step(
+    step = torch_models.train_step(
         net, torch_resnet.sgd(net, config.optimizer), config.loss.label_smoothing
     )
 

@@ -118,15 +118,24 @@ def adamw(
     )
 
 
-def train_step(module: nn.Module, optimizer: torch.optim.Optimizer) -> TorchStep:
-    """step(images uint8 [B, C, H, W], labels int64 [B]) -> loss; like dlx, scales to [0, 1]."""
+def train_step(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    label_smoothing: float = 0.0,
+    clip_global_norm: float = 0.0,
+) -> TorchStep:
+    """step(images uint8 [B, C, H, W], labels int64 [B]) -> loss of a classifier, images scaled
+    to [0, 1] as dlx's classification task does; the learning-rate schedule is left out (a
+    scalar a step). The step of every PyTorch classifier twin (MLP, CNN, ResNet, ViT)."""
     module.train()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         logits = module(images.float().div_(255.0))
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         loss.backward()
+        if clip_global_norm:
+            nn.utils.clip_grad_norm_(module.parameters(), clip_global_norm)
         optimizer.step()
         return loss
 

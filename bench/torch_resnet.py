@@ -13,7 +13,7 @@ tests/test_resnet.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -220,11 +220,8 @@ def load_dlx(
 
 
 # ------------------------------------------------------------------------------------------------
-# Training step
+# Optimizer (the step is bench/torch_models.py's `train_step`)
 # ------------------------------------------------------------------------------------------------
-TorchStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 def sgd(net: nn.Module, optimizer: Mapping[str, Any]) -> torch.optim.SGD:
     """SGD with (Nesterov) momentum as configured; kernels decay, BN parameters and biases (the
     1-D tensors) do not. PyTorch's decay is coupled (added to the gradient, so it passes through
@@ -241,20 +238,3 @@ def sgd(net: nn.Module, optimizer: Mapping[str, Any]) -> torch.optim.SGD:
         momentum=optimizer["momentum"],
         nesterov=optimizer["nesterov"],
     )
-
-
-def train_step(
-    net: nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float
-) -> TorchStep:
-    """step(images uint8 [B, C, H, W], labels int64 [B]) -> loss; scales to [0, 1] like dlx."""
-    net.train()
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        logits = net(images.float().div_(255.0))
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return step

@@ -5,7 +5,7 @@ other side of bench/vit.py.
 
     net = ViT.from_fields(config.model, (28, 28, 1))   # a dlx vit config group or its fields
     load_dlx(net, params)                              # a dlx model's params (numpy or jax)
-    step = train_step(net, adamw(net, config.optimizer), config.loss.label_smoothing)
+    step = torch_models.train_step(net, adamw(net, config.optimizer), 0.1)  # bench/torch_models.py
     loss = step(images_uint8_nchw, labels)
     maps = net.attention_maps(images)                  # [blocks, B, heads, tokens, tokens]
 
@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class DropPath(nn.Module):
@@ -268,26 +267,3 @@ def adamw(net: nn.Module, optimizer: Mapping[str, Any], fused: bool = False) -> 
         eps=optimizer["eps"],
         fused=fused or None,
     )
-
-
-def train_step(
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    label_smoothing: float = 0.0,
-    clip_global_norm: float = 0.0,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """step(images uint8 [B, C, H, W], labels int64 [B]) -> loss, images scaled to [0, 1] as
-    dlx's classification task does; the learning-rate schedule is left out (a scalar a step)."""
-    net.train()
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        logits = net(images.float().div_(255.0))
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        loss.backward()
-        if clip_global_norm:
-            nn.utils.clip_grad_norm_(net.parameters(), clip_global_norm)
-        optimizer.step()
-        return loss
-
-    return step

@@ -88,7 +88,7 @@ def torch_side(model: bench_run.DlxModel):
     optimizer = config.optimizer
     if optimizer.name != "adamw" or optimizer.frozen or optimizer.lr_multipliers:
         raise SystemExit("the PyTorch side implements AdamW without frozen params or multipliers")
-    step = torch_vit.train_step(
+    step = torch_models.train_step(
         net,
         torch_vit.adamw(net, optimizer),
         config.loss.label_smoothing,
