@@ -312,12 +312,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(bench_run.TORCH_THREADS)
-    started, other_load = time.perf_counter(), bench_run.OtherLoad()
-    results: dict[str, Any] = {
-        "machine": bench_run.machine_info(),
-        "command": " ".join(sys.argv),
-        "load_average_at_start": os.getloadavg(),
-    }
+    results, started, other_load = bench_run.start_results()
     peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     for section in ("dcgan", "unet"):
         if section in args.only:

@@ -158,6 +158,18 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_results() -> tuple[dict[str, Any], float, OtherLoad]:
+    """What every bench starts with: its results (the machine, the command, the load average),
+    the start time, and the probe of other processes' CPU use during the run."""
+    started, other_load = time.perf_counter(), OtherLoad()
+    results = {
+        "machine": machine_info(),
+        "command": " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),
+    }
+    return results, started, other_load
+
+
 class OtherLoad:
     """Share of the machine's CPU time other processes used since this object was made (this
     process and its `WORKER_PIDS` are not "other")."""
@@ -569,8 +581,7 @@ def main(argv: list[str] | None = None) -> dict:
             "retried (up to 3x), so this run may take longer",
             flush=True,
         )
-    started, other_load = time.perf_counter(), OtherLoad()
-    results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
+    results, started, other_load = start_results()
     peak_gflops = measure_peak(results) if "peak" in args.only else None
     for name, get_config in MODELS.items():
         with_pipeline = "pipeline" in args.only and name in PIPELINE_MODELS

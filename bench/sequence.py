@@ -478,12 +478,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         serve_side(*args.worker.split(":"), args.gpt_dtype)
         return None
     torch.set_num_threads(bench_run.TORCH_THREADS)
-    started, other_load = time.perf_counter(), bench_run.OtherLoad()
-    results: dict[str, Any] = {
-        "machine": bench_run.machine_info(),
-        "command": " ".join(sys.argv),
-        "load_average_at_start": os.getloadavg(),
-    }
+    results, started, other_load = bench_run.start_results()
     peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     for cell in LAYERS:
         if cell in args.only:

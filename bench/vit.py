@@ -204,14 +204,13 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.torch_threads)
-    started, other_load = time.perf_counter(), bench_run.OtherLoad()
-    results: dict[str, Any] = {
-        "machine": bench_run.machine_info(),
-        "command": " ".join(sys.argv),
-        "load_average_at_start": os.getloadavg(),
-        "cpus_allowed": len(os.sched_getaffinity(0)),
-        "torch_threads": args.torch_threads,
-    }
+    results, started, other_load = bench_run.start_results()
+    results.update(
+        {
+            "cpus_allowed": len(os.sched_getaffinity(0)),
+            "torch_threads": args.torch_threads,
+        }
+    )
     peak_gflops = bench_run.measure_peak(results) if "peak" in args.only else None
     if "vit" in args.only:
         results["vit"], sides = compare_train_step(args, peak_gflops)
