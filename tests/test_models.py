@@ -333,3 +333,22 @@ def test_mlp_summary_matches_the_model():
         ["10", "2,570"],
     ]
     assert lines[-1] == "total parameters: 269,322"
+
+
+@pytest.mark.parametrize(
+    "spec, family",
+    [("configs/fashion_resnet.py:test", "resnet"), ("configs/fashion_vit.py:test", "vit")],
+)
+def test_vision_tasks_count_the_model_flops_that_progress_turns_into_mfu(spec, family):
+    import importlib
+
+    from dlx import data
+    from dlx.tasks import classification
+    from helpers import load_config
+
+    config = load_config(spec)
+    task = classification.Task(config, data.info(config.data.name))
+    module = importlib.import_module(f"dlx.models.{family}")
+    forward = getattr(module, "forward_flops", None) or module.forward_flops_per_example
+    expected = 3.0 * forward(task.model, (28, 28, 1))
+    assert task.train_flops_per_example() == pytest.approx(expected) and expected > 1e5

@@ -197,3 +197,8 @@ def forward_flops(model: Model, input_shape: tuple[int, int, int]) -> int:
 
     jax.eval_shape(run)
     return total
+
+
+def train_flops_per_example(model: Model, input_shape: tuple[int, int, int]) -> float:
+    """Forward + backward: 3 x the forward (input and kernel gradients each cost a forward)."""
+    return 3.0 * forward_flops(model, input_shape)

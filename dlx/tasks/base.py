@@ -327,13 +327,19 @@ class SupervisedTask(Task):
         return int(x.shape[1]) if is_tokens else None
 
     def train_flops_per_example(self) -> float | None:
-        """From the model family's count per token (`train_flops_per_token(model, seq_len)`,
-        see dlx/models/transformer.py), for token inputs."""
-        count = getattr(
-            importlib.import_module(type(self.model).__module__), "train_flops_per_token", None
-        )
+        """From the model family's count: per token for token inputs
+        (`train_flops_per_token(model, seq_len)`, dlx/models/transformer.py), per image for image
+        inputs (`train_flops_per_example(model, (H, W, C))`, dlx/models/vit.py, resnet.py)."""
+        family = importlib.import_module(type(self.model).__module__)
+        per_token = getattr(family, "train_flops_per_token", None)
         tokens = self.tokens_per_example()
-        return tokens * count(self.model, tokens) if count and tokens else None
+        if per_token and tokens:
+            return tokens * per_token(self.model, tokens)
+        per_image = getattr(family, "train_flops_per_example", None)
+        image = self.data_info.features.get("image")
+        if per_image and image is not None and None not in image.shape:
+            return float(per_image(self.model, tuple(image.shape)))
+        return None
 
     def num_params(self, state: ModelState) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
