@@ -118,7 +118,7 @@ def _head_bias(key, shape, dtype=jnp.float32):
     return bias.at[4].set(-4.6)  # sigmoid(-4.6) ~ 0.01
 
 
-def grid_centres(size: int) -> jax.Array:
+def cell_corners(size: int) -> jax.Array:
     """The [G, G, 2] (x, y) pixel coordinates of the cells' top-left corners."""
     cells = jnp.arange(size // STRIDE, dtype=jnp.float32) * STRIDE
     return jnp.stack(jnp.meshgrid(cells, cells, indexing="xy"), axis=-1)
@@ -126,7 +126,7 @@ def grid_centres(size: int) -> jax.Array:
 
 def decode(raw: jax.Array) -> jax.Array:
     """Raw outputs [B, G, G, >= 4] -> boxes [B, G, G, 4] (x_min, y_min, x_max, y_max) in pixels."""
-    corner = grid_centres(raw.shape[1] * STRIDE)
+    corner = cell_corners(raw.shape[1] * STRIDE)
     centre = corner + (2 * jax.nn.sigmoid(raw[..., :2]) - 0.5) * STRIDE
     size = jnp.square(4 * jax.nn.sigmoid(raw[..., 2:4])) * STRIDE
     return jnp.concatenate([centre - size / 2, centre + size / 2], axis=-1)
