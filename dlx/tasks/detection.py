@@ -233,8 +233,7 @@ class Task(SupervisedTask):
     def summarize(self, values: dict) -> dict[str, float]:
         ap = self.average_precision(values)
         losses = self.combine(
-            {k: float(values[k].sum()) for k in ("box", "objectness", "class")}
-            | {"assigned": float(values["assigned"].sum())}
+            {k: float(values[k].sum()) for k in ("box", "objectness", "class", "assigned")}
         )
         return {
             "map50": float(ap["map50"]),
