@@ -148,7 +148,10 @@ def test_predict_prints_and_draws_boxes_for_image_files(detector_run, tmp_path):
 def test_predict_refuses_bad_files_in_one_line(detector_run, tmp_path):
     workdir, _ = detector_run
     refused(cli("predict", "--workdir", str(workdir)), "needs image files")
-    refused(cli("predict", "--workdir", str(workdir), str(tmp_path / "no.png")), "does not exist")
+    missing = tmp_path / "no.png"
+    line = refused(cli("predict", "--workdir", str(workdir), str(missing)), "does not exist")
+    assert str(missing) in line  # names the file
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    refused(cli("predict", "--workdir", str(workdir), str(text)), "is not an image")
+    line = refused(cli("predict", "--workdir", str(workdir), str(text)), "is not an image")
+    assert str(text) in line

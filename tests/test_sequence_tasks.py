@@ -98,4 +98,5 @@ def test_predict_on_image_files_is_refused_for_a_language_model(gpt_run, tmp_pat
     from PIL import Image
 
     Image.new("L", (28, 28)).save(image)
-    refused(cli("predict", "--workdir", str(gpt_run), str(image)), "has no image prediction")
+    line = refused(cli("predict", "--workdir", str(gpt_run), str(image)), "no image prediction")
+    assert "'language_model'" in line  # names the run's task
