@@ -25,6 +25,9 @@ it. The runner never learns what a task trains. It calls, in this order:
     task.warm_start(state, restored)          config.init_from: the items `warm_start_items`
                                               of another run's state, into a fresh state
     task.sample(state, options, out)          `launch.py sample` (optional)
+    task.predict_images(predict, images, names, notes, workdir, out)
+                                              `launch.py predict` on image files (optional;
+                                              `predict(batch)` is the run's jitted `predict`)
 
 `nonfinite_metrics` are the train metrics the runner's NaN guard watches; `best_metric_default`
 is the eval metric whose best checkpoint is kept; `resumable_keys` are the task's config keys a
