@@ -155,3 +155,30 @@ def test_predict_refuses_bad_files_in_one_line(detector_run, tmp_path):
     text.write_text("not an image")
     line = refused(cli("predict", "--workdir", str(workdir), str(text)), "is not an image")
     assert str(text) in line
+
+
+def test_the_detector_equals_its_pytorch_twin_on_the_same_weights():
+    import torch
+
+    from bench import torch_yolo
+
+    model = get_model("yolo", widths=(4, 8, 8, 16), blocks=(1, 1, 0, 1))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 1))
+    variables = nn_unbox(model.init(jax.random.PRNGKey(0), x))
+    # running statistics away from their initial (0, 1), so eval mode uses them for real
+    rng = np.random.default_rng(0)
+    variables["batch_stats"] = jax.tree.map(
+        lambda v: rng.uniform(0.5, 1.5, v.shape).astype(np.float32), variables["batch_stats"]
+    )
+    ours = np.asarray(model.apply(variables, x))
+    net = torch_yolo.Detector.from_dlx_model(model, in_channels=1).eval()
+    torch_yolo.load_dlx(net, variables)
+    with torch.no_grad():
+        theirs = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), atol=2e-5)
+
+
+def nn_unbox(variables):
+    import flax.linen as nn
+
+    return jax.tree.map(np.asarray, nn.meta.unbox(variables))
