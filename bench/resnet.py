@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -76,13 +75,7 @@ def torch_runner(model: bench_run.DlxModel) -> bench_run.StepRunner:
         net, torch_resnet.sgd(net, config.optimizer), config.loss.label_smoothing
     )
 
-    def run_steps(num_steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(num_steps):
-            step(images, labels)
-        return time.perf_counter() - start
-
-    return run_steps
+    return bench_run.classifier_steps(step, images, labels)
 
 
 def compare(section: str, args, peak_gflops: float | None) -> dict[str, Any]:

@@ -378,6 +378,18 @@ def analytic_forward_flops(config, image_shape: tuple[int, int, int]) -> int:
 # ------------------------------------------------------------------------------------------------
 # Sections
 # ------------------------------------------------------------------------------------------------
+def classifier_steps(step: Callable, images, labels) -> StepRunner:
+    """A StepRunner of a PyTorch classifier step (`torch_models.train_step`) on one batch."""
+
+    def run_steps(num_steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            step(images, labels)
+        return time.perf_counter() - start
+
+    return run_steps
+
+
 def torch_runner(config, numpy_batch: dict[str, np.ndarray], fused_adamw: bool) -> StepRunner:
     """`run_steps(n) -> seconds` for the PyTorch twin of `config`'s model on one fixed batch."""
     torch.manual_seed(0)
@@ -388,13 +400,7 @@ def torch_runner(config, numpy_batch: dict[str, np.ndarray], fused_adamw: bool) 
     )
     images, labels = torch_models.to_torch_batch(numpy_batch)
 
-    def run_steps(num_steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(num_steps):
-            step(images, labels)
-        return time.perf_counter() - start
-
-    return run_steps
+    return classifier_steps(step, images, labels)
 
 
 def compare_with_torch(name: str, model: DlxModel, args, peak_gflops: float | None) -> dict:

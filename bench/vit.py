@@ -97,12 +97,7 @@ def torch_side(model: bench_run.DlxModel):
     images, labels = torch_models.to_torch_batch(model.numpy_batch)
     assert task.num_classes == config.model.num_outputs
 
-    def run_steps(num_steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(num_steps):
-            step(images, labels)
-        return time.perf_counter() - start
-
+    run_steps = bench_run.classifier_steps(step, images, labels)
     return net, step, (images, labels), run_steps
 
 
