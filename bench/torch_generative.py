@@ -910,6 +910,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the config's seed (as --config.seed of launch.py)"
+    )
     parser.add_argument("--out", help="output folder (default: runs/torch_<model>)")
     args = parser.parse_args(argv)
     args.config = args.config or os.path.join(REPO, CONFIGS[args.model])
@@ -923,7 +926,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return train(load_config(args.config), args)
+    config = load_config(args.config)
+    if args.seed is not None:
+        config.seed = args.seed
+    return train(config, args)
 
 
 if __name__ == "__main__":
