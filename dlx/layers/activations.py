@@ -1,12 +1,16 @@
-"""Activation functions by name."""
+"""Activation functions by name, the hidden-layer outputs that per-layer statistics see, and a
+cheaper Dropout."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import tracers
 
 from dlx import registry
 
@@ -23,6 +27,7 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
     "leaky_relu": lambda x: jax.nn.leaky_relu(x, negative_slope=0.01),
+    "elu": jax.nn.elu,
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),
     "linear": lambda x: x,
     "gelu": jax.nn.gelu,
@@ -33,6 +38,41 @@ NAMES = tuple(_ACTIVATIONS)
 
 def get(name: str) -> Callable[[jax.Array], jax.Array]:
     return registry.lookup(_ACTIVATIONS, name, "activation")
+
+
+class LayerOutput(nn.Module):
+    """The identity, marking a hidden layer's output (after its activation) for per-layer
+    statistics (`recording_activations`). It has no variables: checkpoints do not change."""
+
+    reports_activations: ClassVar[bool] = True
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+@contextlib.contextmanager
+def recording_activations() -> Iterator[dict[str, jax.Array]]:
+    """Within it, the output of each module whose class sets `reports_activations` (the hidden
+    layers: `LayerOutput`, residual blocks) lands in the yielded dict under the module's path,
+    e.g. "hidden_0" or "stage_1/block_0". Outputs computed inside a lifted transform
+    (`nn.scan`, `nn.remat` ...) are left out: they cannot leave it."""
+    recorded: dict[str, jax.Array] = {}
+    level = tracers.current_trace()
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if (
+            context.method_name == "__call__"
+            and getattr(type(module), "reports_activations", False)
+            and isinstance(out, jax.Array)
+            and tracers.current_trace() == level
+        ):
+            recorded["/".join(module.scope.path)] = out
+        return out
+
+    with nn.intercept_methods(record):
+        yield recorded
 
 
 # ------------------------------------------------------------------------------------------------

@@ -254,6 +254,7 @@ class _Block(nn.Module):
     drop_rate: float = 0.0  # stochastic depth: probability of skipping the residual branch
 
     expansion = 1
+    reports_activations = True  # its output is a hidden layer's (dlx.layers.activations)
 
 
 # Module-level helpers of the blocks' compact methods (methods of a Module would show up as
@@ -319,6 +320,8 @@ class ConvBN(nn.Module):
     kernel: int
     strides: int = 1
     formulation: str = "auto"
+
+    reports_activations = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -294,7 +294,7 @@ class Model(nn.Module):
         pool_first = (
             self.pool == "max" and not self.batch_norm and self.activation in _COMMUTES_WITH_MAX
         )
-        for features in self.features:
+        for i, features in enumerate(self.features):
             conv = Conv(
                 features,
                 self.kernel_size,
@@ -305,6 +305,7 @@ class Model(nn.Module):
             )  # batch norm's offset makes a bias redundant
             if pool_first:
                 x = conv(x, max_pool=self.pool_size, activation=self.activation)
+                x = activations.LayerOutput(name=f"conv_{i}")(x)
                 continue
             x = conv(x)
             if self.batch_norm and self.activation == "relu":
@@ -315,12 +316,14 @@ class Model(nn.Module):
                 if self.batch_norm:
                     x = batch_norm(train)(x)
                 x = act(x)
+            x = activations.LayerOutput(name=f"conv_{i}")(x)
             if self.pool != "none":
                 x = pool(x)
         x = x.reshape(x.shape[0], -1)
-        for width in self.dense:
+        for i, width in enumerate(self.dense):
             x = dense(width, ("embed", "mlp"), self.kernel_init)(x)
             x = nn.with_logical_constraint(act(x), ("batch", "mlp"))
+            x = activations.LayerOutput(name=f"dense_{i}")(x)
             if self.dropout:
                 x = activations.Dropout(self.dropout, deterministic=not train)(x)
         # What the head reads, kept only when a caller asks for the collection (`penultimate`);

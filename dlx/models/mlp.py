@@ -36,11 +36,12 @@ class Model(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         act = activations.get(self.activation)
         x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
+        for i, width in enumerate(self.hidden):
             x = dense(width, ("embed", "mlp"), self.kernel_init)(x)
             if self.batch_norm:
                 x = batch_norm(train)(x)
             x = nn.with_logical_constraint(act(x), ("batch", "mlp"))
+            x = activations.LayerOutput(name=f"hidden_{i}")(x)
             if self.dropout:
                 x = activations.Dropout(self.dropout, deterministic=not train)(x)
         return dense(self.num_outputs, ("mlp", "classes"), "lecun_normal", name="head")(x)

@@ -63,18 +63,20 @@ def _split_microbatches(batch: dict, num: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def gradient_step(
-    state: ModelState,
+def compute_gradients(
+    params: Any,
+    model_state: Any,
     batch: dict,
     rng: jax.Array,
     loss_fn: LossFn,
     accum_steps: int = 1,
     param_specs: Any = None,
-) -> tuple[ModelState, dict]:
-    """One optimizer update; with ``accum_steps > 1`` the batch is cut into micro-batches whose
-    gradients are averaged (same update, a fraction of the activation memory). `param_specs`
-    (the params' logical PartitionSpecs) gathers the weights over ``fsdp`` where the loss uses
-    them (``dlx.parallel.gather_fsdp``): give it whenever the step may run on a mesh."""
+) -> tuple[Any, jax.Array, dict, Any]:
+    """(grads, loss, metrics, new model_state) of `loss_fn` on `batch` at `params`; with
+    ``accum_steps > 1`` the batch is cut into micro-batches whose gradients are averaged (same
+    gradient, a fraction of the activation memory). `param_specs` (the params' logical
+    PartitionSpecs) gathers the weights over ``fsdp`` where the loss uses them
+    (``dlx.parallel.gather_fsdp``): give it whenever the step may run on a mesh."""
 
     def gathered_loss(params, *args):
         if param_specs is not None:
@@ -83,28 +85,40 @@ def gradient_step(
 
     grad_fn = jax.value_and_grad(gathered_loss, has_aux=True)
     if accum_steps == 1:
-        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
-    else:
+        (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, rng)
+        return grads, loss, metrics, model_state
 
-        def micro(carry, xs):
-            grads_sum, model_state = carry
-            index, micro_batch = xs
-            (loss, (metrics, model_state)), grads = grad_fn(
-                state.params, model_state, micro_batch, jax.random.fold_in(rng, index)
-            )
-            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-            return (grads_sum, model_state), (loss, metrics)
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, model_state), (losses, metrics) = jax.lax.scan(
-            micro,
-            (zeros, state.model_state),
-            (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)),
+    def micro(carry, xs):
+        grads_sum, model_state = carry
+        index, micro_batch = xs
+        (loss, (metrics, model_state)), grads = grad_fn(
+            params, model_state, micro_batch, jax.random.fold_in(rng, index)
         )
-        grads = jax.tree.map(lambda g: g / accum_steps, grads)
-        loss = losses.mean()
-        metrics = jax.tree.map(jnp.mean, metrics)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        return (grads_sum, model_state), (loss, metrics)
 
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, model_state), (losses, metrics) = jax.lax.scan(
+        micro,
+        (zeros, model_state),
+        (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)),
+    )
+    grads = jax.tree.map(lambda g: g / accum_steps, grads)
+    return grads, losses.mean(), jax.tree.map(jnp.mean, metrics), model_state
+
+
+def gradient_step(
+    state: ModelState,
+    batch: dict,
+    rng: jax.Array,
+    loss_fn: LossFn,
+    accum_steps: int = 1,
+    param_specs: Any = None,
+) -> tuple[ModelState, dict]:
+    """One optimizer update from the gradients of `compute_gradients` (same arguments)."""
+    grads, loss, metrics, model_state = compute_gradients(
+        state.params, state.model_state, batch, rng, loss_fn, accum_steps, param_specs
+    )
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads)}

@@ -64,10 +64,11 @@ from dlx import data as data_lib
 from dlx import models, schema
 from dlx.data import RandomAccessSource
 from dlx.errors import ConfigError
+from dlx.layers import activations
 from dlx.metrics import BatchSums, Evaluator
 from dlx.models import get_model
 from dlx.optim import optimizer as optimizer_lib
-from dlx.optim.state import LossFn, ModelState, gradient_step
+from dlx.optim.state import LossFn, ModelState, compute_gradients, gradient_step
 
 
 def model_inputs(batch: dict) -> jax.Array:
@@ -289,13 +290,38 @@ class SupervisedTask(Task):
 
     loss_fn: LossFn
 
+    def step_loss(self, step: jax.Array) -> LossFn:
+        """The loss the train step at `step` differentiates; a task whose loss changes over
+        training (a KL weight's warm-up) returns that step's."""
+        return self.loss_fn
+
     def train_step(
         self, state: ModelState, batch: dict, rng: jax.Array, step: jax.Array
     ) -> tuple[ModelState, dict]:
         state, metrics = gradient_step(
-            state, batch, rng, self.loss_fn, self.config.grad_accum_steps, self.param_specs
+            state, batch, rng, self.step_loss(step), self.config.grad_accum_steps, self.param_specs
         )
         return state, {**metrics, "learning_rate": self.schedule(step)}
+
+    def layer_stats(self, state: Any, batch: dict, rng: jax.Array, step: jax.Array) -> dict:
+        """What the train step at `step` does, layer by layer: the hidden layers' outputs (those
+        the model marks, `dlx.layers.activations.LayerOutput`) and, per parameter, its value,
+        its gradient and the optimizer's update of it (the step's own, same batch and rng)."""
+        loss_fn = self.step_loss(step)
+        model_state = getattr(state, "model_state", {})
+        with activations.recording_activations() as hidden:
+            loss_fn(state.params, model_state, batch, rng)
+        grads = compute_gradients(
+            state.params,
+            model_state,
+            batch,
+            rng,
+            loss_fn,
+            self.config.grad_accum_steps,
+            self.param_specs,
+        )[0]
+        updates, _ = self.tx.update(grads, state.opt_state, state.params)
+        return {"activation": hidden, "param": state.params, "grad": grads, "update": updates}
 
     def eval_step(self, state: ModelState, batch: dict) -> dict:
         raise NotImplementedError

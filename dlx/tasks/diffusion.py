@@ -35,8 +35,7 @@ import optax
 from dlx import runtime, schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
-from dlx.optim.state import global_norm
-from dlx.parallel import gather_fsdp
+from dlx.optim.state import compute_gradients, global_norm
 from dlx.schema import Float, Int, OneOf
 from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 from dlx.tasks.images import image_sample_options, pixels, save_samples, write_grid
@@ -185,17 +184,28 @@ class Task(SupervisedTask):
         )
         return jnp.mean(jnp.square(predicted - eps), axis=(1, 2, 3))
 
-    def train_step(self, state: DiffusionState, batch, rng, step):
-        noise_rng, dropout_rng = jax.random.split(rng)
-        x0 = self.to_model_space(batch)
+    def step_loss(self, step):
+        """The denoising loss of a batch; rng draws t, the noise and dropout."""
 
-        def loss_fn(params):
-            params = gather_fsdp(params, self.param_specs)
-            return self.denoising_loss(
-                params, x0, noise_rng, train=True, dropout_rng=dropout_rng
+        def loss_fn(params, model_state, batch, rng):
+            noise_rng, dropout_rng = jax.random.split(rng)
+            loss = self.denoising_loss(
+                params, self.to_model_space(batch), noise_rng, train=True, dropout_rng=dropout_rng
             ).mean()
+            return loss, ({}, model_state)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return loss_fn
+
+    def train_step(self, state: DiffusionState, batch, rng, step):
+        grads, loss, _, _ = compute_gradients(
+            state.params,
+            {},
+            batch,
+            rng,
+            self.step_loss(step),
+            self.config.grad_accum_steps,
+            self.param_specs,
+        )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = self.config.diffusion.ema_decay

@@ -32,7 +32,6 @@ import numpy as np
 from dlx import schema
 from dlx.errors import ConfigError
 from dlx.metrics.evaluators import PerExample
-from dlx.optim.state import gradient_step
 from dlx.schema import Int
 from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 from dlx.tasks.images import first_images, image_sample_options, pixels, save_samples, write_grid
@@ -91,7 +90,8 @@ class Task(SupervisedTask):
             return jnp.float32(1.0)
         return jnp.minimum(1.0, (step.astype(jnp.float32) + 1.0) / warmup)
 
-    def train_step(self, state, batch, rng, step):
+    def step_loss(self, step):
+        """Reconstruction plus the KL term at this step's warm-up weight."""
         beta = self.beta(step)
 
         def loss_fn(params, model_state, batch, rng):
@@ -102,10 +102,11 @@ class Task(SupervisedTask):
                 model_state,
             )
 
-        state, metrics = gradient_step(
-            state, batch, rng, loss_fn, self.config.grad_accum_steps, self.param_specs
-        )
-        return state, {**metrics, "kl_weight": beta, "learning_rate": self.schedule(step)}
+        return loss_fn
+
+    def train_step(self, state, batch, rng, step):
+        state, metrics = super().train_step(state, batch, rng, step)
+        return state, {**metrics, "kl_weight": self.beta(step)}
 
     def per_example(self, state, batch, rng) -> dict:
         images = pixels(batch)

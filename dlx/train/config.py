@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = frozenset(
         "keep_checkpoints",
         "progress_bar",
         "profile_steps",
+        "layer_stats_every_steps",
         "data.num_threads",
         "data.prefetch",
         "data.data_dir",
@@ -59,10 +60,10 @@ RESUMABLE_CHANGES = frozenset(
 # Keys of config.json files written before tasks declared their own groups, dropped on load when
 # the run's task does not declare them.
 LEGACY_KEYS = ("decoding", "data.tokenizer", "data.vocab_size", "data.seq_len")
-# Task keys added after runs were saved, whose defaults do what those runs did: filled in on load
-# where the run's task declares them and its config.json lacks them. A new task key must default
-# to the old behaviour, and be listed here.
-ADDED_KEYS = ("augment",)
+# Keys added after runs were saved, whose defaults do what those runs did: filled in on load
+# where the run's schema (runner and task) has them and its config.json lacks them. A new key
+# must default to the old behaviour, and be listed here.
+ADDED_KEYS = ("augment", "layer_stats_every_steps")
 
 
 def runner_config() -> ml_collections.ConfigDict:
@@ -100,6 +101,9 @@ def runner_config() -> ml_collections.ConfigDict:
     c.sharding_rules = DEFAULT_RULES
     c.progress_bar = True
     c.profile_steps = (0, 0)  # (first, last) train steps to trace with jax.profiler; (0, 0): none
+    # Every N train steps, per-layer statistics (activations, gradient and update norms) into
+    # metrics.jsonl (split "layers") and TensorBoard (with histograms); 0: none
+    c.layer_stats_every_steps = 0
     return c
 
 
@@ -142,6 +146,7 @@ RUNNER_RULES: dict[str, schema.Rule] = {
     ),
     "progress_bar": Bool(),
     "profile_steps": Fixed(_COUNT, _COUNT),
+    "layer_stats_every_steps": _COUNT,
 }
 
 
@@ -272,6 +277,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.profile_steps must be (first, last) with 0 < first <= last, "
             f"or (0, 0) for no trace; got {window}"
+        )
+    if config.layer_stats_every_steps and getattr(task, "layer_stats", None) is None:
+        raise ConfigError(
+            f"task '{config.task}' does not report per-layer statistics; set "
+            f"config.layer_stats_every_steps=0"
         )
     task.check_config(config)
 

@@ -26,7 +26,7 @@ from dlx import data as data_lib
 from dlx import registry, runtime
 from dlx.errors import ConfigError
 from dlx.train import config as config_lib
-from dlx.train import profiling, provenance, sharding
+from dlx.train import layer_stats, profiling, provenance, sharding
 from dlx.train import progress as progress_lib
 from dlx.train import workdir as workdir_lib
 from dlx.train.checkpoint import (
@@ -258,6 +258,24 @@ def compile_steps(run: Run):
     )
 
 
+def compile_layer_stats(run: Run):
+    """The jitted `(state, batch, step) -> (scalars, histogram samples)` of the task's per-layer
+    statistics of the train step at `step` (same batch and random key as that step)."""
+    _, step_key = _run_keys(run.config)
+
+    def stats(state, batch, step):
+        report = run.task.layer_stats(state, batch, jax.random.fold_in(step_key, step), step)
+        return layer_stats.summarize(report)
+
+    replicated = sharding.replicated(run.mesh)
+    return jax.jit(
+        stats,
+        in_shardings=(run.state_shardings, sharding.batch_sharding(run.mesh), replicated),
+        out_shardings=replicated,
+        compiler_options=runtime.compiler_options(),
+    )
+
+
 def run_eval(run: Run, state, evaluator=None) -> tuple[dict[str, float], Any]:
     """(metrics, the evaluator's merged accumulator) of `state` on config.data.eval_split."""
     evaluator = evaluator or run.task.evaluator()
@@ -429,6 +447,8 @@ def _train(
     else:
         state = init_state(run)
     train_step = compile_steps(run)
+    stats_every = cfg.layer_stats_every_steps
+    layer_stats_of = compile_layer_stats(run) if stats_every else None
     evaluator = run.task.evaluator()
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
     steps_per_epoch = run.steps_per_epoch
@@ -506,9 +526,16 @@ def _train(
                 if jax.process_count() > 1:  # one process: the jitted step places the numpy
                     batch = sharding.shard_batch(batch, run.mesh)  # batch itself, ~10x cheaper
                 trace.before_step(step + 1)
+                stats = None
                 with _tracing_context(run.mesh, cfg):
+                    if stats_every and (step + 1) % stats_every == 0:  # before: state is donated
+                        stats = layer_stats_of(state, batch, np.int32(step))
                     state, metrics = train_step(state, batch, np.int32(step))
                 step += 1
+                if stats is not None:
+                    scalars, samples = jax.device_get(stats)
+                    writer.write(step, "layers", scalars)
+                    writer.write_histograms(step, "layers", samples)
                 trace.after_step(step, metrics)
                 pending.append((step, metrics))
                 progress.update(1)

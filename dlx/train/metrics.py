@@ -11,6 +11,8 @@ import os
 import sys
 from collections import defaultdict
 
+import numpy as np
+
 from dlx.errors import UserError
 from dlx.train.workdir import write_atomically
 
@@ -59,6 +61,15 @@ class MetricWriter:
         for name, value in values.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
+
+    def write_histograms(self, step: int, split: str, samples: dict) -> None:
+        """TensorBoard histograms of value samples (numpy arrays), one per name."""
+        if not self.enabled:
+            return
+        for name, values in samples.items():
+            values = values[np.isfinite(values)]
+            if values.size:
+                self._tb.add_histogram(f"{split}/{name}", values, int(step))
 
     def close(self) -> None:
         if self._tb is None:
