@@ -25,6 +25,9 @@ it. The runner never learns what a task trains. It calls, in this order:
     task.warm_start(state, restored)          config.init_from: the items `warm_start_items`
                                               of another run's state, into a fresh state
     task.sample(state, options, out)          `launch.py sample` (optional)
+    task.layer_stats(state, batch, rng, step)  `config.layer_stats_every_steps` (optional):
+                                              {"activation", "param", "grad", "update"}
+                                              trees of that step (SupervisedTask has it)
     task.predict_images(predict, images, names, notes, workdir, out)
                                               `launch.py predict` on image files (optional;
                                               `predict(batch)` is the run's jitted `predict`)
