@@ -1,12 +1,23 @@
 """What every study shares: its runs are ordinary `launch.py` runs (resumable, reproducible from
 their workdir like any other), trained one after another in the study's own process (one start-up
-and one compilation cache for them all), and it reads them back from their metrics.jsonl."""
+and one compilation cache for them all), and it reads them back from their metrics.jsonl.
+
+The protocol a reviewer asks for (`tune_and_repeat`): each arm of a study gets its own learning
+rate, the best of a stated grid on a validation split held out of the training set (seed 0), and
+is then trained with that rate from several seeds and scored on the test split; tables give the
+mean and spread over seeds (`mean_spread`), figures a band (`plot_band`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -29,6 +40,156 @@ def launch_run(config: str, workdir: Path, overrides: dict, label: str) -> Path:
     print(f"[{label}] python {shlex.join(argv)}", flush=True)
     launch.main(argv)
     return workdir
+
+
+DIVERGED = "diverged.txt"  # written in a run's workdir when its loss became NaN/Inf
+
+
+def launch_or_diverge(config: str, workdir: Path, overrides: dict, label: str) -> bool:
+    """`launch_run`, where a loss that becomes NaN/Inf is a result (a learning rate too high,
+    an exploding network), not an error: returns False for such a run, also on a re-run."""
+    if (workdir / DIVERGED).exists():
+        return False
+    try:
+        launch_run(config, workdir, overrides, label)
+    except SystemExit as e:
+        if e.code != 1:
+            raise
+        (workdir / DIVERGED).write_text("the loss became NaN/Inf; see the run's log\n")
+        print(f"[{label}] diverged", flush=True)
+        return False
+    return True
+
+
+def final_eval(workdir: Path) -> dict[str, float]:
+    """The last eval of a finished run (summary.json), {} for a run that diverged."""
+    summary = workdir / "summary.json"
+    if (workdir / DIVERGED).exists() or not summary.exists():
+        return {}
+    return json.loads(summary.read_text())["final_eval"]
+
+
+@dataclasses.dataclass
+class Protocol:
+    """How a study trains its arms: `config` with `base` overrides; the learning-rate sweep
+    trains on `train_split` and scores `metric` on `validation_split` (seed 0); the repeats train
+    on `train_split` with seeds `seeds` and are scored on `test_split`."""
+
+    config: str
+    out: Path
+    base: dict
+    seeds: Sequence[int] = (0, 1, 2)
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    train_split: str = "train[:90%]"
+    validation_split: str = "train[90%:]"
+    test_split: str = "test"
+
+
+@dataclasses.dataclass
+class Arm:
+    """One arm's result: its chosen learning rate, the sweep's validation scores (None: the run
+    diverged) and the workdirs of its seeds."""
+
+    name: str
+    learning_rate: float
+    sweep: dict[float, float | None]
+    runs: list[Path]
+
+    def final(self, metric: str) -> list[float]:
+        """`metric` of each seed's final eval (NaN for a run that diverged)."""
+        return [final_eval(run).get(metric, math.nan) for run in self.runs]
+
+
+def tune_and_repeat(
+    protocol: Protocol, name: str, overrides: dict, learning_rates: Sequence[float]
+) -> Arm:
+    """Trains arm `name` (its `overrides` on top of the protocol's): one run per learning rate
+    on the validation split, then every seed at the best rate on the test split. A single
+    learning rate skips the sweep. Workdirs: out/name/lr_<rate>, out/name/seed_<seed>."""
+    arm_dir = protocol.out / name
+    settings = {**protocol.base, **overrides, "data.train_split": protocol.train_split}
+    sweep: dict[float, float | None] = {}
+    if len(learning_rates) > 1:
+        for rate in learning_rates:
+            workdir = arm_dir / f"lr_{rate:g}"
+            run = {
+                **settings,
+                "optimizer.learning_rate": rate,
+                "seed": protocol.seeds[0],
+                "data.eval_split": protocol.validation_split,
+            }
+            ok = launch_or_diverge(protocol.config, workdir, run, f"{name} lr={rate:g}")
+            sweep[rate] = final_eval(workdir).get(protocol.metric) if ok else None
+        scored = {rate: score for rate, score in sweep.items() if score is not None}
+        if scored:
+            pick = max if protocol.higher_is_better else min
+            best = pick(scored, key=scored.get)
+        else:  # every rate diverged: report the smallest
+            best = min(learning_rates)
+    else:
+        best = learning_rates[0]
+    runs = []
+    for seed in protocol.seeds:
+        workdir = arm_dir / f"seed_{seed}"
+        run = {
+            **settings,
+            "optimizer.learning_rate": best,
+            "seed": seed,
+            "data.eval_split": protocol.test_split,
+        }
+        launch_or_diverge(protocol.config, workdir, run, f"{name} seed={seed}")
+        runs.append(workdir)
+    return Arm(name, best, sweep, runs)
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) over the finite values; (NaN, NaN) if none."""
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if not finite.size:
+        return math.nan, math.nan
+    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+
+
+def format_mean_spread(values: Sequence[float], percent: bool = False, digits: int = 2) -> str:
+    """ "88.41 ± 0.12%" over the runs, with "(k of n diverged)" where some did."""
+    mean, spread = mean_spread(values)
+    failed = sum(not math.isfinite(v) for v in values)
+    if math.isnan(mean):
+        return "diverged"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{mean * scale:.{digits}f} ± {spread * scale:.{digits}f}{unit}"
+    return text + (f" ({failed} of {len(values)} diverged)" if failed else "")
+
+
+def series(workdir: Path, split: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of `metric` in a run's `split` records."""
+    records = [r for r in read_run_metrics(workdir) if r["split"] == split and metric in r]
+    return np.array([r["step"] for r in records]), np.array([r[metric] for r in records])
+
+
+def read_run_metrics(workdir: Path) -> list[dict]:
+    from dlx.train.metrics import read_metrics
+
+    return read_metrics(str(workdir / "metrics.jsonl"))
+
+
+def plot_band(ax, runs: Sequence[Path], split: str, metric: str, label: str, **style) -> None:
+    """The mean over `runs` of a metric against step, with a band of one standard deviation
+    (runs that stopped early contribute up to their last step)."""
+    curves = [series(run, split, metric) for run in runs]
+    curves = [c for c in curves if len(c[0])]
+    if not curves:
+        return
+    steps = max((c[0] for c in curves), key=len)
+    stacked = np.full((len(curves), len(steps)), np.nan)
+    for i, (_, v) in enumerate(curves):
+        stacked[i, : len(v)] = v[: len(steps)]
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(stacked, axis=0)
+        spread = np.nanstd(stacked, axis=0)
+    (line,) = ax.plot(steps, mean, label=label, **style)
+    ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2, lw=0)
 
 
 def training_seconds(records: list[dict]) -> dict[int, float]:
