@@ -95,6 +95,16 @@ class Arm:
     learning_rate: float
     sweep: dict[float, float | None]
     runs: list[Path]
+    sweep_runs: list[Path] = dataclasses.field(default_factory=list)
+
+    def wall_seconds(self) -> float:
+        """Training wall time of every finished run of this arm (sweep and seeds)."""
+        total = 0.0
+        for run in [*self.sweep_runs, *self.runs]:
+            summary = run / "summary.json"
+            if summary.exists():
+                total += json.loads(summary.read_text()).get("wall_time_s", 0.0)
+        return total
 
     def final(self, metric: str) -> list[float]:
         """`metric` of each seed's final eval (NaN for a run that diverged)."""
@@ -110,9 +120,11 @@ def tune_and_repeat(
     arm_dir = protocol.out / name
     settings = {**protocol.base, **overrides, "data.train_split": protocol.train_split}
     sweep: dict[float, float | None] = {}
+    sweep_runs: list[Path] = []
     if len(learning_rates) > 1:
         for rate in learning_rates:
             workdir = arm_dir / f"lr_{rate:g}"
+            sweep_runs.append(workdir)
             run = {
                 **settings,
                 "optimizer.learning_rate": rate,
@@ -140,7 +152,7 @@ def tune_and_repeat(
         }
         launch_or_diverge(protocol.config, workdir, run, f"{name} seed={seed}")
         runs.append(workdir)
-    return Arm(name, best, sweep, runs)
+    return Arm(name, best, sweep, runs, sweep_runs)
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:

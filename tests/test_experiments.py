@@ -5,35 +5,40 @@ test_sequence_tasks.py, whose tests read its runs.)"""
 from __future__ import annotations
 
 import contextlib
+import json
+
+import numpy as np
 
 from experiments import optimizers
 from helpers import REPO
 
 
-def test_optimizer_study_writes_report(tmp_path):
-    out = tmp_path / "study"
+def test_optimizer_study_tunes_each_rate_repeats_seeds_and_reports(tmp_path):
+    out, report_dir = tmp_path / "runs", tmp_path / "report"
     with contextlib.chdir(REPO):
         optimizers.main(
-            [
-                "--config",
-                "configs/digits_mlp.py",
-                "--train_steps",
-                "30",
-                "--warmup_steps",
-                "5",
-                "--only",
-                "sgd",
-                "adadelta",
-                "adam",
-                "--out",
-                str(out),
-            ]
+            ["--quick", "--only", "sgd", "adam", "--out", str(out), "--report_dir", str(report_dir)]
         )
-    report = (out / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "%" in line]
-    assert [row.split("|")[1].strip() for row in rows] and len(rows) == 3
-    assert {row.split("|")[1].strip() for row in rows} == {"sgd", "adadelta", "adam"}
-    assert "python experiments/optimizers.py" in report
-    assert (out / "loss_curves.png").stat().st_size > 10_000
-    for name in ("sgd", "adadelta", "adam"):
-        assert (out / name / "summary.json").is_file()
+    report = (report_dir / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "±" in line]
+    assert [row.split("|")[1].strip() for row in rows] in (["sgd", "adam"], ["adam", "sgd"])
+    for name in ("sgd", "adam"):
+        grid = optimizers.learning_rates(name, quick=True)
+        assert len(grid) == 2
+        validation_scores = []
+        for rate in grid:  # the sweep scores the held-out validation split, seed 0
+            config = json.loads((out / name / f"lr_{rate:g}" / "config.json").read_text())
+            assert config["data"]["eval_split"] == "train[90%:]" and config["seed"] == 0
+            assert config["optimizer"]["learning_rate"] == rate
+            summary = json.loads((out / name / f"lr_{rate:g}" / "summary.json").read_text())
+            validation_scores.append(summary["final_eval"]["accuracy"])
+        chosen = grid[int(np.argmax(validation_scores))]
+        for seed in (0, 1):  # then every seed at the chosen rate, on the test split
+            config = json.loads((out / name / f"seed_{seed}" / "config.json").read_text())
+            assert config["seed"] == seed and config["data"]["eval_split"] == "test"
+            assert config["optimizer"]["learning_rate"] == chosen
+        row = next(r for r in rows if r.split("|")[1].strip() == name)
+        assert f"| {chosen:g} |" in row
+    assert "## What we expected / what we measured" in report
+    assert "python experiments/optimizers.py --quick" in report
+    assert (report_dir / "loss_curves.png").stat().st_size > 10_000
