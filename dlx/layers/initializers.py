@@ -1,4 +1,6 @@
-"""Weight initializers by name (fan-in/fan-out scaled variance rules)."""
+"""Weight initializers by name: the fan-in/fan-out scaled variance rules, and fixed-scale normals
+("normal": N(0, 1), "normal_0.01": N(0, 0.01^2)) that ignore the layer's size, the textbook
+counter-examples of the initialisation lesson (experiments/initialisation.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ _INITIALIZERS = {
     "lecun_uniform": init.lecun_uniform(),
     "lecun_normal": init.lecun_normal(),
     "zeros": init.zeros,
+    "normal": init.normal(1.0),
+    "normal_0.01": init.normal(0.01),
 }
 NAMES = tuple(_INITIALIZERS)
 
