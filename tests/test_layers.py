@@ -100,6 +100,8 @@ INIT_FORMULAS = {
     "lecun_uniform": (1 / FAN_IN, math.sqrt(3 / FAN_IN)),
     "lecun_normal": (1 / FAN_IN, None),
     "zeros": (0.0, 0.0),
+    "normal": (1.0, None),
+    "normal_0.01": (1e-4, None),
 }
 
 

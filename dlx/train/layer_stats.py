@@ -26,8 +26,22 @@ def _key(entry) -> str:
     return str(entry)
 
 
+def _scale(x: jax.Array) -> jax.Array:
+    """max |x| (1 where x is all zeros): statistics of x / scale cannot underflow in float32,
+    so a gradient that has vanished to 1e-25 reads 1e-25, not 0."""
+    top = jnp.max(jnp.abs(x))
+    return jnp.where(top > 0, top, 1.0)
+
+
 def _norm(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+    x = x.astype(jnp.float32)
+    scale = _scale(x)
+    return scale * jnp.sqrt(jnp.sum(jnp.square(x / scale)))
+
+
+def _std(x: jax.Array) -> jax.Array:
+    scale = _scale(x)
+    return scale * jnp.std(x / scale)
 
 
 def _sample(x: jax.Array) -> jax.Array:
@@ -47,7 +61,7 @@ def summarize(report: dict[str, Any]) -> tuple[dict[str, jax.Array], dict[str, j
         x = x.astype(jnp.float32)
         units = x.reshape(-1, x.shape[-1])
         scalars[f"activation/{name}/mean"] = x.mean()
-        scalars[f"activation/{name}/std"] = x.std()
+        scalars[f"activation/{name}/std"] = _std(x)
         scalars[f"activation/{name}/zero_fraction"] = jnp.mean(x == 0)
         scalars[f"activation/{name}/dead_fraction"] = jnp.mean(jnp.all(units == 0, axis=0))
         samples[f"activation/{name}"] = _sample(x)
