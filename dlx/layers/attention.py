@@ -16,6 +16,11 @@ Implementations (`implementation=`):
 "einsum" runs causal self-attention of length >= 64 (without other masks) in 4 blocks of
 queries, each over the keys up to its end: 10/16 of the score matrix (measurements in
 BENCHMARKS.md, "Tuning notes").
+
+Attention maps: with the "intermediates" collection mutable (`apply(..., mutable=
+["intermediates"])`), `MultiHeadAttention` sows its probabilities as "attention_weights"
+([B, heads, T, S], `attention_weights`). They are computed apart from the layer's output, only
+then, so the layer's numbers and parameters are the same with or without them.
 """
 
 from __future__ import annotations
@@ -164,6 +169,23 @@ def dot_product_attention(
     return _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng)
 
 
+def attention_weights(
+    query: jax.Array, key: jax.Array, mask: jax.Array | None = None, *, causal: bool = False
+) -> jax.Array:
+    """[B, heads, T, S] float32: the probabilities `dot_product_attention` gives each key (same
+    masks and grouped heads; before dropout). Every row sums to 1; a query whose keys are all
+    masked spreads evenly over them."""
+    groups = query.shape[2] // key.shape[2]
+    key = jnp.repeat(key, groups, axis=2) if groups > 1 else key
+    logits = jnp.einsum("bthd,bshd->bhts", query, key, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(query.shape[-1])
+    if causal:
+        mask = combine_masks(mask, causal_mask(query.shape[1], key.shape[1]))
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with output projection.
 
@@ -178,6 +200,9 @@ class MultiHeadAttention(nn.Module):
     [B, max_len, embed]; later calls write their chunk at cache_index and attend causally over
     everything cached so far. Cross-attention keeps no cache: it projects the memory's keys
     and values on every call (cheap next to the decoder for short inputs).
+
+    With the "intermediates" collection mutable it sows its probabilities as
+    "attention_weights" [B, heads, T, S] (`attention_weights`); otherwise nothing is computed.
     """
 
     num_heads: int
@@ -243,6 +268,12 @@ class MultiHeadAttention(nn.Module):
             key, value, mask = self._update_cache(key, value, mask, causal)
             causal = False
 
+        if self.is_mutable_collection("intermediates"):
+            self.sow(
+                "intermediates",
+                "attention_weights",
+                attention_weights(query, key, mask, causal=causal),
+            )
         rate = self.dropout if train else 0.0
         out = dot_product_attention(
             query,

@@ -16,6 +16,11 @@ leaves all have the batch on axis 0), `decode(memory, targets_in, decode=...)`, 
 decode=True a `cache` collection: "index" (a scalar: how many target positions it holds),
 "carry_<l>" [B, H] per decoder layer and, with input feeding, "feed" [B, H]. Until the first
 consumed chunk the carries come from the memory's bridged encoder states.
+
+Attention maps: with the "intermediates" collection mutable (`apply(..., mutable=
+["intermediates"])`), the decoder sows its attention probabilities as
+intermediates/decoder/attention_weights [B, T, S] (target step t over source position s); they
+are the weights the contexts were made of, so the numbers and parameters do not change.
 """
 
 from __future__ import annotations
@@ -44,12 +49,16 @@ def _param(
     return module.param(name, nn.with_logical_partitioning(init, axes), shape)
 
 
-def _attend(scores: jax.Array, memory: Memory) -> jax.Array:
-    """Softmax over the source positions (padding excluded) of scores [B, ..., S] -> context."""
+def _attention_weights(scores: jax.Array, memory: Memory) -> jax.Array:
+    """Softmax over the source positions (padding excluded) of scores [B, ..., S]."""
     mask = memory["mask"].reshape(
         memory["mask"].shape[:1] + (1,) * (scores.ndim - 2) + memory["mask"].shape[1:]
     )
-    weights = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
+    return jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
+
+
+def _context(weights: jax.Array, memory: Memory) -> jax.Array:
+    """The weighted sum of the encoder states: weights [B, ..., S] -> context [B, ..., He]."""
     return jnp.einsum("b...s,bsd->b...d", weights, memory["values"])
 
 
@@ -154,7 +163,9 @@ class Decoder(nn.Module):
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x, final = layer(x, None, carries[i])
             finals.append(final)
-        context = _attend(jnp.einsum("bth,bsh->bts", x, memory["keys"]), memory)
+        weights = _attention_weights(jnp.einsum("bth,bsh->bts", x, memory["keys"]), memory)
+        self._sow_weights(weights)
+        context = _context(weights, memory)
         return jnp.tanh(jnp.concatenate([context, x], -1) @ combine[0] + combine[1]), finals
 
     def _stepwise(self, memory, y, weights, combine, query, carries, feed, train):
@@ -174,15 +185,19 @@ class Decoder(nn.Module):
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.dropout, shape)
             keep = keep.astype(y.dtype) / (1 - self.dropout)
 
-        def bahdanau_context(state):
+        record = self.is_mutable_collection("intermediates")
+
+        def bahdanau_weights(state):
             kernel, bias, score = query
             energy = jnp.tanh(memory["keys"] + (state @ kernel + bias)[:, None, :])
-            return _attend(energy @ score, memory)
+            return _attention_weights(energy @ score, memory)
 
         def step(state, inputs):
             carries, feed = state
             projected_t, keep_t = inputs
-            context = bahdanau_context(carries[-1]) if query is not None else None
+            if query is not None:
+                probs = bahdanau_weights(carries[-1])
+                context = _context(probs, memory)
             fed = context if query is not None else feed
             h, _ = rnn.cell_step("gru", first, carries[0], projected_t + fed @ fed_kernel)
             new = [h]
@@ -193,18 +208,26 @@ class Decoder(nn.Module):
                 )
                 new.append(h)
             if query is not None:
-                return (new, feed), (h, context)
-            context = _attend(jnp.einsum("bh,bsh->bs", h, memory["keys"]), memory)
+                return (new, feed), ((h, context), probs if record else None)
+            probs = _attention_weights(jnp.einsum("bh,bsh->bs", h, memory["keys"]), memory)
+            context = _context(probs, memory)
             attentional = jnp.tanh(jnp.concatenate([context, h], -1) @ combine[0] + combine[1])
-            return (new, attentional), attentional
+            return (new, attentional), (attentional, probs if record else None)
 
-        (carries, feed), out = lax.scan(
+        (carries, feed), (out, probs) = lax.scan(
             step, (carries, feed), (projected, keep), unroll=self.unroll
         )
+        if record:
+            self._sow_weights(jnp.swapaxes(probs, 0, 1))
         if query is not None:  # Bahdanau: a_t needs no feedback, so it is formed for all steps
             h, context = out
             out = jnp.tanh(jnp.concatenate([context, h], -1) @ combine[0] + combine[1])
         return jnp.swapaxes(out, 0, 1), carries, feed
+
+    def _sow_weights(self, weights: jax.Array) -> None:
+        """[B, T, S] attention probabilities, kept only when "intermediates" is mutable."""
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "attention_weights", weights)
 
 
 FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.check_config)
