@@ -1,0 +1,522 @@
+"""Study: what attention looks at. Grapheme-to-phoneme alignments of the G2P Transformer
+(cross-attention of each decoder layer) and of the GRU encoder-decoder (Bahdanau attention) on
+test words, rows the phonemes each model emits, columns the word's letters; and the heads of a
+character-level GPT on a Shakespeare passage.
+
+    python experiments/attention_maps.py [--transformer_steps 1000] [--gru_steps 1200] \
+        [--gpt_steps 1000] [--out runs/experiments/attention_maps] \
+        [--report_dir experiments/results/attention_maps]
+    python experiments/attention_maps.py --transformer_workdir runs/g2p_transformer \
+        --gru_workdir runs/g2p_gru --gpt_workdir runs/gpt_small     # already-trained runs
+
+Without a `--*_workdir`, each model is trained here as an ordinary `launch.py` run of its `:small`
+config, cut to the given step budget (the full `:small` schedules take 30, 12 and 12 minutes on 2
+cores; this study's budget is 30 minutes in all), with its one eval at the end on the G2P test
+split (greedy decoding) or the Shakespeare validation split. The maps come from the models
+themselves: with the "intermediates" collection mutable, dlx's attention layers sow their
+probabilities (`dlx/layers/attention.py`, `dlx/models/seq2seq.py`). A G2P map is the model's
+greedy pronunciation fed back teacher-forced, so row t is the attention while emitting phoneme t.
+
+Alignment score: over the first `--score_words` test words, the fraction of consecutive emitted
+phonemes whose most-attended letter does not move backwards (monotone), next to the same
+fraction after shuffling each word's most-attended letters (chance at the same letters). GPT
+heads: over windows of the validation text, each head's mean attention distance and its mass on
+the previous character, on itself and on the first position of the window.
+`--quick` is the test suite's version (the `:test` configs, 6 steps, a few words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments import common  # noqa: E402
+
+MODELS = {  # name: (config, what the report calls it)
+    "transformer": ("configs/cmudict_transformer.py:small", "G2P Transformer"),
+    "gru": ("configs/cmudict_gru_attention.py:small", "GRU + Bahdanau attention"),
+    "gpt": ("configs/shakespeare_gpt.py:small", "character GPT"),
+}
+QUICK_CONFIGS = {
+    "transformer": "configs/cmudict_transformer.py:test",
+    "gru": "configs/cmudict_gru_attention.py:test",
+    "gpt": "configs/shakespeare_gpt.py:test",
+}
+FIGURE_WORD_LENGTHS = (5, 9)  # letters of the words drawn (the first test words of this range)
+PASSAGE_CHARS = 64  # the GPT figure's passage (at most the model's context)
+GPT_WINDOWS = 32  # validation windows the head statistics average over
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention maps out of the models
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class G2PMaps:
+    """Cross-attention of `words` [N]: maps [N, layers, heads, T, S] (a GRU has one layer and
+    one head), row t the weights while emitting `phonemes[i][t]` (then eos), columns the
+    letters (then padding, weight 0)."""
+
+    words: list[str]
+    phonemes: list[list[str]]
+    references: list[str]
+    maps: np.ndarray
+
+    def subset(self, rows: slice) -> G2PMaps:
+        return G2PMaps(
+            self.words[rows], self.phonemes[rows], self.references[rows], self.maps[rows]
+        )
+
+    def word_map(self, i: int, layer: int, head: int | None = None) -> np.ndarray:
+        """[phonemes, letters] of word i: one head, or (None) the mean over heads."""
+        m = self.maps[i, layer]
+        m = m.mean(0) if head is None else m[head]
+        return m[: len(self.phonemes[i]), : len(self.words[i])]
+
+
+def sown(intermediates: dict, *path: str) -> np.ndarray:
+    node = intermediates
+    for key in path:
+        node = node[key]
+    return np.asarray(node["attention_weights"][0])
+
+
+def g2p_attention(bundle, rows: dict) -> G2PMaps:
+    """Greedy pronunciations of `rows` (a G2P source's rows) and the attention that made them."""
+    import jax
+
+    from dlx.models import transformer
+    from dlx.tasks import decoding
+
+    task, model = bundle.task, bundle.task.model
+    letters, phones = task.input_vocab, task.target_vocab
+    variables = {"params": jax.device_get(bundle.state.params)}
+    inputs = np.asarray(rows["inputs"])
+    max_len = rows["targets"].shape[1] - 1
+    predicted = np.asarray(
+        decoding.greedy_decode(
+            model,
+            variables,
+            inputs,
+            bos_id=phones.bos_id,
+            eos_id=phones.eos_id,
+            max_len=max_len,
+        )
+    )
+    targets_in = np.concatenate([np.full((len(inputs), 1), phones.bos_id), predicted[:, :-1]], 1)
+    forward = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))
+    intermediates = forward(variables, inputs, targets_in.astype(np.int32))[1]["intermediates"]
+    if isinstance(model, transformer.Model):
+        layers = model.decoder_layers
+        maps = np.stack(
+            [sown(intermediates, "decoder", f"h_{i}", "cross_attn") for i in range(layers)], 1
+        )
+    else:
+        maps = sown(intermediates, "decoder")[:, None, None]
+    return G2PMaps(
+        words=[letters.decode(w, join="") for w in inputs],
+        phonemes=[phones.decode(p).split() for p in predicted],
+        references=[phones.decode(t) for t in rows["targets"]],
+        maps=maps,
+    )
+
+
+def monotone_fraction(maps: G2PMaps, layer: int, head: int | None, seed: int = 0) -> dict:
+    """Consecutive emitted phonemes whose most-attended letter does not move backwards: the
+    fraction over all such pairs, and the same after shuffling each word's argmax letters."""
+    rng = np.random.default_rng(seed)
+    monotone = shuffled = pairs = 0
+    for i in range(len(maps.words)):
+        if len(maps.phonemes[i]) < 2:
+            continue
+        peaks = maps.word_map(i, layer, head).argmax(-1)
+        monotone += int((np.diff(peaks) >= 0).sum())
+        shuffled += int((np.diff(rng.permutation(peaks)) >= 0).sum())
+        pairs += len(peaks) - 1
+    return {
+        "monotone": monotone / max(pairs, 1),
+        "chance": shuffled / max(pairs, 1),
+        "pairs": pairs,
+    }
+
+
+def gpt_attention(bundle, tokens: np.ndarray) -> np.ndarray:
+    """[N, layers, heads, T, T]: every block's causal attention on token windows [N, T]."""
+    import jax
+
+    model = bundle.task.model
+    variables = {"params": jax.device_get(bundle.state.params)}
+    forward = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))
+    intermediates = forward(variables, np.asarray(tokens, np.int32))[1]["intermediates"]
+    return np.stack(
+        [sown(intermediates, f"h_{i}", "attn") for i in range(model.num_layers)], axis=1
+    )
+
+
+def head_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per [layer, head], averaged over windows and query positions 1..T-1: the mean distance
+    sum_j p_ij (i - j), and the mass on the previous position, on itself and on position 0."""
+    length = maps.shape[-1]
+    queries = np.arange(1, length)
+    rows = maps[..., 1:, :]  # [N, L, H, T-1, T]
+    distance = (rows * (queries[:, None] - np.arange(length)[None, :])).sum(-1)
+    return {
+        "distance": distance.mean((0, 3)),
+        "previous": rows[..., np.arange(length - 1), queries - 1].mean((0, 3)),
+        "self": rows[..., np.arange(length - 1), queries].mean((0, 3)),
+        "first": rows[..., 0].mean((0, 3)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs and data
+# ---------------------------------------------------------------------------------------------
+def train(name: str, args) -> Path:
+    """The run's workdir: the one given, or a fresh (resumable) run of the model's config."""
+    given = getattr(args, f"{name}_workdir")
+    if given:
+        return Path(given)
+    steps = getattr(args, f"{name}_steps")
+    config = QUICK_CONFIGS[name] if args.quick else MODELS[name][0]
+    overrides = {
+        "train_steps": steps,
+        "num_epochs": 0.0,
+        "eval_every_epochs": 0.0,
+        "eval_every_steps": steps,
+        "checkpoint_every_epochs": 0.0,
+        "checkpoint_every_steps": steps,
+        "progress_bar": False,
+    }
+    if name != "gpt":
+        overrides["data.eval_split"] = "test[:64]" if args.quick else "test"
+        if args.quick:  # a slice of the train split: its words are encoded when the run starts
+            overrides.update({"data.train_split": "train[:2%]", "data.eval_batch_size": 64})
+    elif args.quick:
+        overrides.update({"data.eval_split": "validation[:1]", "data.eval_batch_size": 512})
+        overrides["decoding.num_samples"] = 0
+    workdir = Path(args.out) / name
+    return common.launch_run(config, workdir, overrides, name)
+
+
+def figure_rows(source, count: int, score_words: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the figure's words, indices of the scored words) in the test split."""
+    lengths = (np.asarray(source.read_rows(np.arange(len(source)))["inputs"]) != 0).sum(1)
+    low, high = FIGURE_WORD_LENGTHS
+    shown = np.flatnonzero((lengths >= low) & (lengths <= high))[:count]
+    return shown, np.arange(min(score_words, len(source)))
+
+
+def passage_and_windows(task, length: int) -> tuple[np.ndarray, list[str]]:
+    """[1 + GPT_WINDOWS, length] token windows of the eval split: first the figure's passage (from
+    a line start halfway into its first 20,000 tokens), then windows spread over the split; and
+    the passage's tokens as text."""
+    stream = task.stream(task.config.data.eval_split)
+    start = min(10_000, len(stream) // 2)
+    newline = task.tokenizer.encode("\n")
+    if len(newline) == 1:
+        after = np.flatnonzero(stream[start : start + 2_000] == newline[0])
+        start += int(after[0]) + 1 if after.size else 0
+    starts = [start, *np.linspace(0, len(stream) - length - 1, GPT_WINDOWS).astype(int)]
+    windows = np.stack([stream[s : s + length] for s in starts])
+    return windows, [task.tokenizer.decode(windows[0, i : i + 1]) for i in range(length)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label_map(ax, weights: np.ndarray, rows: list[str], columns: list[str], title: str):
+    ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=6)
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=7)
+
+
+def g2p_figure(maps: G2PMaps, title: str, path: Path) -> None:
+    """One row per word; columns: each layer's head-averaged map, then each head of the last
+    layer (a single map for the GRU)."""
+    plt = _plt()
+    count, layers, heads = maps.maps.shape[:3]
+    panels = [(layer, None, f"layer {layer}, mean of heads") for layer in range(layers)]
+    if heads > 1:
+        panels += [(layers - 1, h, f"layer {layers - 1}, head {h}") for h in range(heads)]
+    if len(panels) == 1:
+        panels = [(0, None, "attention")]
+    fig, axes = plt.subplots(
+        count, len(panels), figsize=(2.1 * len(panels) + 0.5, 2.3 * count), squeeze=False
+    )
+    for i in range(count):
+        for j, (layer, head, label) in enumerate(panels):
+            ax = axes[i, j]
+            _label_map(
+                ax,
+                maps.word_map(i, layer, head),
+                maps.phonemes[i],
+                list(maps.words[i]),
+                f"{label}" if i else f"{label}\n",
+            )
+            if j == 0:
+                ok = "" if " ".join(maps.phonemes[i]) == maps.references[i] else " (wrong)"
+                ax.set_ylabel(f"{maps.words[i]}{ok}", fontsize=8)
+    fig.suptitle(f"{title}: rows the emitted phonemes, columns the letters", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _visible(char: str) -> str:
+    return {"\n": "⏎", " ": "␣"}.get(char, char)
+
+
+def gpt_figure(maps: np.ndarray, tokens: list[str], path: Path) -> None:
+    """Every head of the first and of the last block on the passage [layers, heads, T, T]."""
+    plt = _plt()
+    layers, heads = maps.shape[:2]
+    shown = sorted({0, layers - 1})
+    chars = [_visible(c) for c in tokens]
+    fig, axes = plt.subplots(
+        len(shown), heads, figsize=(3.4 * heads, 3.5 * len(shown)), squeeze=False
+    )
+    for row, layer in enumerate(shown):
+        for head in range(heads):
+            _label_map(
+                axes[row, head], maps[layer, head], chars, chars, f"layer {layer}, head {head}"
+            )
+            axes[row, head].tick_params(labelsize=4)
+    fig.suptitle("character GPT: rows the query characters, columns the keys (causal)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+def run_summary(workdir: Path) -> tuple[dict, dict]:
+    return (
+        json.loads((workdir / "config.json").read_text()),
+        json.loads((workdir / "summary.json").read_text()),
+    )
+
+
+def g2p_section(name: str, workdir: Path, scored: G2PMaps, figure: str) -> tuple:
+    """Report lines and the scores of one G2P model."""
+    config, summary = run_summary(workdir)
+    final = summary["final_eval"]
+    layers, heads = scored.maps.shape[1:3]
+    scores = {layer: monotone_fraction(scored, layer, None) for layer in range(layers)}
+    head_scores = {
+        (layer, h): monotone_fraction(scored, layer, h)
+        for layer in range(layers)
+        for h in range(heads)
+        if heads > 1
+    }
+    lines = [
+        f"### {MODELS[name][1]}",
+        "",
+        f"`{workdir}`: model `{config['model']['name']}`, {summary['steps']} steps of batch "
+        f"{config['data']['batch_size']} ({summary.get('num_params', 0):,} parameters), "
+        f"{summary['wall_time_s'] / 60:.1f} min. On `{config['data']['eval_split']}` "
+        f"({'greedy' if config['decoding']['beam_size'] == 1 else 'beam'} decoding): phoneme "
+        f"error rate {final['phoneme_error_rate']:.1%}, word error rate "
+        f"{final['word_error_rate']:.1%}.",
+        "",
+        "| attention | monotone fraction | chance (shuffled peaks) |",
+        "|---|---|---|",
+    ]
+    for layer, s in scores.items():
+        label = f"decoder layer {layer}, mean of heads" if heads > 1 else "attention"
+        lines.append(f"| {label} | {s['monotone']:.1%} | {s['chance']:.1%} |")
+    if head_scores:
+        best = max(head_scores, key=lambda k: head_scores[k]["monotone"])
+        s = head_scores[best]
+        lines.append(
+            f"| best single head: layer {best[0]}, head {best[1]} | {s['monotone']:.1%} | "
+            f"{s['chance']:.1%} |"
+        )
+    pairs = next(iter(scores.values()))["pairs"]
+    lines += [
+        "",
+        f"Over {len(scored.words)} test words ({pairs} consecutive phoneme pairs).",
+        "",
+        f"![{MODELS[name][1]} attention]({figure})",
+        "",
+    ]
+    return lines, scores, head_scores
+
+
+def gpt_section(workdir: Path, stats: dict, figure: str) -> list[str]:
+    config, summary = run_summary(workdir)
+    final = summary["final_eval"]
+    layers, heads = stats["distance"].shape
+    lines = [
+        f"### {MODELS['gpt'][1]}",
+        "",
+        f"`{workdir}`: {config['model']['num_layers']} layers, {config['model']['embed_dim']} "
+        f"wide, context {config['data']['seq_len']}, {summary['steps']} steps of batch "
+        f"{config['data']['batch_size']}, {summary['wall_time_s'] / 60:.1f} min. On "
+        f"`{config['data']['eval_split']}`: loss {final['loss']:.3f} nats/char, "
+        f"{final['bits_per_char']:.3f} bits/char.",
+        "",
+        f"Per head, over {GPT_WINDOWS} windows of the validation text (queries 1..T-1):",
+        "",
+        "| layer | head | mean distance (chars) | on previous char | on itself | on position 0 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer in range(layers):
+        for head in range(heads):
+            lines.append(
+                f"| {layer} | {head} | {stats['distance'][layer, head]:.1f} | "
+                f"{stats['previous'][layer, head]:.1%} | {stats['self'][layer, head]:.1%} | "
+                f"{stats['first'][layer, head]:.1%} |"
+            )
+    return lines + ["", f"![GPT heads]({figure})", ""]
+
+
+def findings(g2p_scores: dict, gpt_stats: dict | None) -> list[str]:
+    lines = [
+        "## What we expected / what we measured",
+        "",
+        "Expected: G2P attention close to monotone (English spelling is read left to right; "
+        "Bahdanau's alignments are the textbook picture), the Transformer's cross-attention "
+        "monotone in some layers and diffuse in others; GPT heads in the first block local (the "
+        "previous character), later blocks reaching further back.",
+        "",
+        "Measured:",
+        "",
+    ]
+    for name, (scores, head_scores) in g2p_scores.items():
+        best_layer = max(scores, key=lambda k: scores[k]["monotone"])
+        s = scores[best_layer]
+        where = f"decoder layer {best_layer} (mean of heads)" if head_scores else "its attention"
+        verdict = (
+            "well above"
+            if s["monotone"] - s["chance"] > 0.1
+            else ("above" if s["monotone"] > s["chance"] else "not above")
+        )
+        line = (
+            f"- {MODELS[name][1]}: {where} is monotone for {s['monotone']:.1%} of consecutive "
+            f"phonemes, {verdict} the {s['chance']:.1%} of shuffled peaks"
+        )
+        if head_scores:
+            worst = min(scores, key=lambda k: scores[k]["monotone"])
+            line += f"; its least monotone layer is {worst} ({scores[worst]['monotone']:.1%})"
+        lines.append(line + ".")
+    if gpt_stats is not None:
+        distance = gpt_stats["distance"]
+        previous = gpt_stats["previous"]
+        layer, head = np.unravel_index(previous.argmax(), previous.shape)
+        first, last = distance[0].mean(), distance[-1].mean()
+        lines.append(
+            f"- GPT: the head most on the previous character is layer {layer}, head {head} "
+            f"({previous[layer, head]:.1%} of its weight); the mean attention distance is "
+            f"{first:.1f} characters in the first block and {last:.1f} in the last "
+            + ("(later blocks reach further back)." if last > first else "(not further back).")
+        )
+    return lines + [""]
+
+
+@dataclasses.dataclass
+class Results:
+    """What `main` made: the report, each G2P model's maps (the figure's words, then the scored
+    ones) and the GPT's [windows, layers, heads, T, T] (the passage first)."""
+
+    report: Path
+    g2p: dict[str, G2PMaps]
+    gpt: np.ndarray
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in MODELS:
+        parser.add_argument(f"--{name}_workdir", default="", help="an already-trained run")
+    parser.add_argument("--transformer_steps", type=int, default=1000)
+    parser.add_argument("--gru_steps", type=int, default=1200)
+    parser.add_argument("--gpt_steps", type=int, default=1000)
+    parser.add_argument("--words", type=int, default=4, help="test words in each figure")
+    parser.add_argument("--score_words", type=int, default=1000, help="test words scored")
+    parser.add_argument("--out", default="runs/experiments/attention_maps")
+    parser.add_argument("--report_dir", default="experiments/results/attention_maps")
+    parser.add_argument(
+        "--quick", action="store_true", help="the :test configs, 6 steps, a few words"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:  # the :test configs' own budget, so their train steps compile alike
+        args.transformer_steps = args.gru_steps = args.gpt_steps = 6
+        args.words, args.score_words = 2, 64
+    from dlx import inference
+
+    start = time.perf_counter()
+    workdirs = {name: train(name, args) for name in MODELS}
+    training = time.perf_counter() - start
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    lines_g2p, g2p_scores, g2p_maps = [], {}, {}
+    for name in ("transformer", "gru"):
+        bundle = inference.load(str(workdirs[name]))
+        source = bundle.task.source("test", train=False)
+        shown, scored = figure_rows(source, args.words, args.score_words)
+        both = g2p_attention(bundle, source.read_rows(np.concatenate([shown, scored])))
+        maps, scored_maps = both.subset(slice(len(shown))), both.subset(slice(len(shown), None))
+        figure = f"g2p_{name}.png"
+        g2p_figure(maps, MODELS[name][1], out / figure)
+        lines, scores, head_scores = g2p_section(name, workdirs[name], scored_maps, figure)
+        lines_g2p += lines
+        g2p_scores[name] = (scores, head_scores)
+        g2p_maps[name] = both
+
+    bundle = inference.load(str(workdirs["gpt"]))
+    length = min(PASSAGE_CHARS, bundle.task.model.max_len)
+    windows, passage = passage_and_windows(bundle.task, length)
+    gpt_maps = gpt_attention(bundle, windows)
+    gpt_figure(gpt_maps[0], passage, out / "gpt_heads.png")
+    stats = head_statistics(gpt_maps[1:])
+    seconds = time.perf_counter() - start
+
+    given = sys.argv[1:] if argv is None else argv
+    lines = [
+        "# Attention maps: G2P alignments and a character GPT's heads",
+        "",
+        f"One run per model, seed 0 (a descriptive study: the scores below are over words and "
+        f"windows, not over seeds). Training {training / 60:.1f} min, whole study "
+        f"{seconds / 60:.1f} min on this machine. The maps are the models' own attention "
+        f"probabilities (eval mode), sown by dlx's attention layers. G2P rows: the phonemes the "
+        f"model emits greedily for the word (fed back teacher-forced), then eos is left out; "
+        f"words marked (wrong) differ from the primary pronunciation. The monotone fraction "
+        f"counts consecutive phonemes whose most-attended letter does not move backwards; "
+        f"chance shuffles each word's most-attended letters.",
+        "",
+        *lines_g2p,
+        *gpt_section(workdirs["gpt"], stats, "gpt_heads.png"),
+        *findings(g2p_scores, stats),
+    ]
+    command = shlex.join(["python", "experiments/attention_maps.py", *given])
+    path = common.write_report(out, lines, f"{args.out}/<transformer|gru|gpt>", command)
+    print(f"Report: {path}")
+    return Results(path, g2p_maps, gpt_maps)
+
+
+if __name__ == "__main__":
+    from dlx.runtime import reexec_with_malloc_policy
+
+    reexec_with_malloc_policy()  # as launch.py does: the runs train in this process
+    main()
