@@ -232,15 +232,31 @@ def init_state(run: Run, restored: dict | None = None) -> Any:
     return state if restored is None else run.task.warm_start(state, restored)
 
 
+class _WithKey:
+    """A jitted `f(*args, key)` called as `f(*args)` with the run's key (also `.lower`)."""
+
+    def __init__(self, compiled, key: jax.Array):
+        self.compiled, self.key = compiled, key
+
+    def __call__(self, *args):
+        return self.compiled(*args, self.key)
+
+    def lower(self, *args):
+        return self.compiled.lower(*args, self.key)
+
+
 def compile_steps(run: Run):
     """The jitted train step `(state, batch, step) -> (state, metrics)`: the task's step with
-    this step's random key, and the NaN guard on the metrics the task names."""
+    this step's random key, and the NaN guard on the metrics the task names. The run's key is an
+    argument of the compiled program, not a constant in it, so runs that differ only in their
+    seed share one compilation (through the persistent cache, where one is set)."""
     batch_sharding = sharding.batch_sharding(run.mesh)
+    replicated = sharding.replicated(run.mesh)
     skip_nonfinite = run.config.nan_policy == "skip"
     _, step_key = _run_keys(run.config)
     watched = run.task.nonfinite_metrics
 
-    def train_step(state, batch, step):
+    def train_step(state, batch, step, step_key):
         new_state, metrics = run.task.train_step(
             state, batch, jax.random.fold_in(step_key, step), step
         )
@@ -249,13 +265,14 @@ def compile_steps(run: Run):
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return new_state, {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
-    return jax.jit(
+    compiled = jax.jit(
         train_step,
-        in_shardings=(run.state_shardings, batch_sharding, sharding.replicated(run.mesh)),
+        in_shardings=(run.state_shardings, batch_sharding, replicated, replicated),
         out_shardings=(run.state_shardings, None),
         donate_argnums=0,
         compiler_options=runtime.compiler_options(),
     )
+    return _WithKey(compiled, step_key)
 
 
 def compile_layer_stats(run: Run):
@@ -263,17 +280,23 @@ def compile_layer_stats(run: Run):
     statistics of the train step at `step` (same batch and random key as that step)."""
     _, step_key = _run_keys(run.config)
 
-    def stats(state, batch, step):
+    def stats(state, batch, step, step_key):
         report = run.task.layer_stats(state, batch, jax.random.fold_in(step_key, step), step)
         return layer_stats.summarize(report)
 
     replicated = sharding.replicated(run.mesh)
-    return jax.jit(
+    compiled = jax.jit(
         stats,
-        in_shardings=(run.state_shardings, sharding.batch_sharding(run.mesh), replicated),
+        in_shardings=(
+            run.state_shardings,
+            sharding.batch_sharding(run.mesh),
+            replicated,
+            replicated,
+        ),
         out_shardings=replicated,
         compiler_options=runtime.compiler_options(),
     )
+    return _WithKey(compiled, step_key)
 
 
 def run_eval(run: Run, state, evaluator=None) -> tuple[dict[str, float], Any]:
