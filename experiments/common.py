@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def use_compilation_cache(out: Path) -> None:
+    """Keeps compiled programs in out/.jax_cache unless a cache is configured already (the test
+    suite sets its own): a study's runs repeat the same programs (its seeds share the train
+    step, every run of a model the eval step), and on these CPUs a compile takes seconds."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path(out) / ".jax_cache"))
+
+
 def launch_run(config: str, workdir: Path, overrides: dict, label: str) -> Path:
     """Runs (or resumes, or finds finished) `launch.py --config config --workdir workdir` with
     `--config.key=value` for each override, in this process; exits as launch.py does if the run

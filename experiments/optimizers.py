@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             [0, 1],
         )
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    common.use_compilation_cache(Path(args.out))
     arms = {name: run_arm(name, args) for name in args.only}
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "experiments/optimizers.py", *given])
