@@ -17,7 +17,7 @@ reported as diverged. The statistics at initialisation are those of each seed's 
 step (its initial state and first batch, computed here as `layer_stats_every_steps=1` would log
 them); the runs log them every epoch, and the first of those is "after one epoch".
 Re-running skips finished runs and rewrites the report, figures and results.json. `--quick` is
-the test suite's version (digits, 6 hidden layers, 40 steps, two seeds, three ReLU arms, one
+the test suite's version (digits, 6 hidden layers, 40 steps, one seed, three ReLU arms, one
 rate).
 """
 
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="digits, 6 hidden layers, 40 steps, seeds 0 1, ReLU with zeros, N(0, 0.01²) "
+        help="digits, 6 hidden layers, 40 steps, seed 0, ReLU with zeros, N(0, 0.01²) "
         "and He, one rate",
     )
     args = parser.parse_args(argv)
@@ -445,11 +445,12 @@ def main(argv: list[str] | None = None) -> None:
             6,
             40,
             5,
-            [0, 1],
+            [0],
         )
         args.grid = list(QUICK_GRID)
         if args.only == list(ARMS):
             args.only = list(QUICK_ARMS)
+    common.use_compilation_cache(Path(args.out))
     from dlx.train import config as config_lib
 
     batch_size = args.batch_size or config_lib.load(args.config).data.batch_size

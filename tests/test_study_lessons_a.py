@@ -47,6 +47,10 @@ def test_activations_study(tmp_path):
     trained = _table(report, "| activation | learning-rate grid")
     assert sorted(row[0] for row in trained) == sorted(activations.QUICK_ACTIVATIONS)
     assert all("%" in row[3] for row in trained)  # test accuracy, mean ± spread
+    # ReLU's rate is the better of its two on the validation split; the step has one, no sweep
+    sweep = results["arms"]["relu"]["sweep"]
+    assert len(sweep) == 2 and results["arms"]["step"]["sweep"] == {}
+    assert results["arms"]["relu"]["learning_rate"] == float(max(sweep, key=sweep.get))
     _has_figures(report_dir, ["functions.png", "curves.png", "dead_units.png"])
     assert "python experiments/activations.py --quick" in report
 
@@ -58,7 +62,7 @@ def test_activations_study(tmp_path):
     assert results["functions"]["tanh"]["zero_derivative_share"] == 0.0
     # so the step network's hidden layers never get a gradient, the ReLU network's do
     arms = results["arms"]
-    assert arms["step"]["hidden_grad_norm_max"] == [0.0, 0.0]
+    assert arms["step"]["hidden_grad_norm_max"] == [0.0]
     assert all(norm > 0 for norm in arms["relu"]["hidden_grad_norm_max"])
 
 
@@ -97,7 +101,7 @@ def test_receptive_fields_study(tmp_path):
         low, high = row["clipped"]
         for when in ("init", "trained"):
             # no gradient reaches the input outside the theoretical field
-            assert row[f"{when}_outside"] == [0.0, 0.0], name
+            assert row[f"{when}_outside"] == [0.0], name
             assert all(side <= high - low + 1 for side in row[f"{when}_side"]), name
     # a ResNet whose blocks start as their shortcuts sees through its 3x3 stem alone at init
     for name in names[2:]:
