@@ -8,6 +8,7 @@ character-level GPT on a Shakespeare passage.
         [--report_dir experiments/results/attention_maps]
     python experiments/attention_maps.py --transformer_workdir runs/g2p_transformer \
         --gru_workdir runs/g2p_gru --gpt_workdir runs/gpt_small     # already-trained runs
+    python experiments/attention_maps.py --untrained    # the same maps of the initial models
 
 Without a `--*_workdir`, each model is trained here as an ordinary `launch.py` run of its `:small`
 config, cut to the given step budget (the full `:small` schedules take 30, 12 and 12 minutes on 2
@@ -22,7 +23,12 @@ phonemes whose most-attended letter does not move backwards (monotone), next to 
 fraction after shuffling each word's most-attended letters (chance at the same letters). GPT
 heads: over windows of the validation text, each head's mean attention distance and its mass on
 the previous character, on itself and on the first position of the window.
-`--quick` is the test suite's version (the `:test` configs, 6 steps, a few words).
+
+`--untrained` takes the maps of the models as the runner initialises them (`dlx.train.loop`'s
+`prepare_run` and `init_state`, seed 0) and trains nothing: what the scores read before any
+learning. `--quick` is the test suite's version: `--untrained` on the `:test` configs, a few
+words, the parameters drawn with numpy over the runner's layout (no init to compile); it
+exercises the extraction, the scores, the figures and the report, not what training learns.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ QUICK_CONFIGS = {
 FIGURE_WORD_LENGTHS = (5, 9)  # letters of the words drawn (the first test words of this range)
 PASSAGE_CHARS = 64  # the GPT figure's passage (at most the model's context)
 GPT_WINDOWS = 32  # validation windows the head statistics average over
+QUICK_PARAM_STD = 0.2  # --quick: the spread of its random parameters
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +193,6 @@ def train(name: str, args) -> Path:
     if given:
         return Path(given)
     steps = getattr(args, f"{name}_steps")
-    config = QUICK_CONFIGS[name] if args.quick else MODELS[name][0]
     overrides = {
         "train_steps": steps,
         "num_epochs": 0.0,
@@ -197,14 +203,43 @@ def train(name: str, args) -> Path:
         "progress_bar": False,
     }
     if name != "gpt":
-        overrides["data.eval_split"] = "test[:64]" if args.quick else "test"
-        if args.quick:  # a slice of the train split: its words are encoded when the run starts
-            overrides.update({"data.train_split": "train[:2%]", "data.eval_batch_size": 64})
-    elif args.quick:
-        overrides.update({"data.eval_split": "validation[:1]", "data.eval_batch_size": 512})
-        overrides["decoding.num_samples"] = 0
+        overrides["data.eval_split"] = "test"
     workdir = Path(args.out) / name
-    return common.launch_run(config, workdir, overrides, name)
+    return common.launch_run(MODELS[name][0], workdir, overrides, name)
+
+
+def initialised(name: str, args) -> tuple:
+    """(an `inference.Bundle` of `name`'s model at step 0, no workdir; how its parameters were
+    made): as the runner initialises them (its seed), or with `--quick` drawn from
+    N(0, QUICK_PARAM_STD^2) with numpy over the runner's parameter layout."""
+    import jax
+    import jax.numpy as jnp
+
+    from dlx import inference
+    from dlx.train import config as config_lib
+    from dlx.train import loop
+
+    config = config_lib.load(QUICK_CONFIGS[name] if args.quick else MODELS[name][0])
+    config.progress_bar = False
+    if args.quick and name != "gpt":  # the runner encodes the train split's words (seconds)
+        config.data.train_split = "train[:1%]"
+    run = loop.prepare_run(config)
+    if not args.quick:
+        how = f"as the runner initialises it (seed {config.seed})"
+        return inference.Bundle(config, run.task, loop.init_state(run), 0, run, ""), how
+    # The runner's init is one program per model that takes seconds to compile here; --quick
+    # checks what is done with the maps, which any parameters of the right layout exercise.
+    rng = np.random.default_rng(config.seed)
+    params = jax.tree.map(
+        lambda leaf: jnp.asarray(rng.normal(0.0, QUICK_PARAM_STD, leaf.shape), leaf.dtype),
+        run.abstract_state.params,
+    )
+    how = (
+        f"with random parameters on the runner's layout (each drawn from "
+        f"N(0, {QUICK_PARAM_STD}^2) with numpy, seed {config.seed}; `--quick` compiles no init)"
+    )
+    state = run.abstract_state.replace(params=params)
+    return inference.Bundle(config, run.task, state, 0, run, ""), how
 
 
 def figure_rows(source, count: int, score_words: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,17 +345,38 @@ def gpt_figure(maps: np.ndarray, tokens: list[str], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def run_summary(workdir: Path) -> tuple[dict, dict]:
-    return (
-        json.loads((workdir / "config.json").read_text()),
-        json.loads((workdir / "summary.json").read_text()),
-    )
+@dataclasses.dataclass
+class Origin:
+    """Where a model's maps come from: its config (as a dict) and, for a trained run, its
+    workdir and summary.json (None: initialised, untrained)."""
+
+    config: dict
+    workdir: Path | None = None
+    summary: dict | None = None
+    num_params: int = 0
+    how: str = ""  # untrained: how its parameters were made
+
+    @classmethod
+    def trained(cls, workdir: Path) -> Origin:
+        summary = json.loads((workdir / "summary.json").read_text())
+        config = json.loads((workdir / "config.json").read_text())
+        return cls(config, workdir, summary, summary.get("num_params", 0))
+
+    @classmethod
+    def untrained(cls, bundle, how: str) -> Origin:
+        config = bundle.config.to_dict()
+        return cls(config, num_params=bundle.task.num_params(bundle.state), how=how)
+
+    def untrained_line(self, spec: str) -> str:
+        return (
+            f"`{spec}` {self.how}, {self.num_params:,} parameters, untrained (`--untrained`): "
+            f"no training, no eval."
+        )
 
 
-def g2p_section(name: str, workdir: Path, scored: G2PMaps, figure: str) -> tuple:
+def g2p_section(name: str, origin: Origin, spec: str, scored: G2PMaps, figure: str) -> tuple:
     """Report lines and the scores of one G2P model."""
-    config, summary = run_summary(workdir)
-    final = summary["final_eval"]
+    config, summary = origin.config, origin.summary
     layers, heads = scored.maps.shape[1:3]
     scores = {layer: monotone_fraction(scored, layer, None) for layer in range(layers)}
     head_scores = {
@@ -329,15 +385,22 @@ def g2p_section(name: str, workdir: Path, scored: G2PMaps, figure: str) -> tuple
         for h in range(heads)
         if heads > 1
     }
+    if summary is None:
+        described = origin.untrained_line(spec)
+    else:
+        final = summary["final_eval"]
+        described = (
+            f"`{origin.workdir}`: model `{config['model']['name']}`, {summary['steps']} steps of "
+            f"batch {config['data']['batch_size']} ({origin.num_params:,} parameters), "
+            f"{summary['wall_time_s'] / 60:.1f} min. On `{config['data']['eval_split']}` "
+            f"({'greedy' if config['decoding']['beam_size'] == 1 else 'beam'} decoding): "
+            f"phoneme error rate {final['phoneme_error_rate']:.1%}, word error rate "
+            f"{final['word_error_rate']:.1%}."
+        )
     lines = [
         f"### {MODELS[name][1]}",
         "",
-        f"`{workdir}`: model `{config['model']['name']}`, {summary['steps']} steps of batch "
-        f"{config['data']['batch_size']} ({summary.get('num_params', 0):,} parameters), "
-        f"{summary['wall_time_s'] / 60:.1f} min. On `{config['data']['eval_split']}` "
-        f"({'greedy' if config['decoding']['beam_size'] == 1 else 'beam'} decoding): phoneme "
-        f"error rate {final['phoneme_error_rate']:.1%}, word error rate "
-        f"{final['word_error_rate']:.1%}.",
+        described,
         "",
         "| attention | monotone fraction | chance (shuffled peaks) |",
         "|---|---|---|",
@@ -363,18 +426,27 @@ def g2p_section(name: str, workdir: Path, scored: G2PMaps, figure: str) -> tuple
     return lines, scores, head_scores
 
 
-def gpt_section(workdir: Path, stats: dict, figure: str) -> list[str]:
-    config, summary = run_summary(workdir)
-    final = summary["final_eval"]
+def gpt_section(origin: Origin, spec: str, stats: dict, figure: str) -> list[str]:
+    config, summary = origin.config, origin.summary
     layers, heads = stats["distance"].shape
+    shape = (
+        f"{config['model']['num_layers']} layers, {config['model']['embed_dim']} wide, context "
+        f"{config['data']['seq_len']}"
+    )
+    if summary is None:
+        described = f"{origin.untrained_line(spec)} {shape}."
+    else:
+        final = summary["final_eval"]
+        described = (
+            f"`{origin.workdir}`: {shape}, {summary['steps']} steps of batch "
+            f"{config['data']['batch_size']}, {summary['wall_time_s'] / 60:.1f} min. On "
+            f"`{config['data']['eval_split']}`: loss {final['loss']:.3f} nats/char, "
+            f"{final['bits_per_char']:.3f} bits/char."
+        )
     lines = [
         f"### {MODELS['gpt'][1]}",
         "",
-        f"`{workdir}`: {config['model']['num_layers']} layers, {config['model']['embed_dim']} "
-        f"wide, context {config['data']['seq_len']}, {summary['steps']} steps of batch "
-        f"{config['data']['batch_size']}, {summary['wall_time_s'] / 60:.1f} min. On "
-        f"`{config['data']['eval_split']}`: loss {final['loss']:.3f} nats/char, "
-        f"{final['bits_per_char']:.3f} bits/char.",
+        described,
         "",
         f"Per head, over {GPT_WINDOWS} windows of the validation text (queries 1..T-1):",
         "",
@@ -391,7 +463,7 @@ def gpt_section(workdir: Path, stats: dict, figure: str) -> list[str]:
     return lines + ["", f"![GPT heads]({figure})", ""]
 
 
-def findings(g2p_scores: dict, gpt_stats: dict | None) -> list[str]:
+def findings(g2p_scores: dict, gpt_stats: dict | None, trained: bool = True) -> list[str]:
     lines = [
         "## What we expected / what we measured",
         "",
@@ -400,7 +472,10 @@ def findings(g2p_scores: dict, gpt_stats: dict | None) -> list[str]:
         "monotone in some layers and diffuse in others; GPT heads in the first block local (the "
         "previous character), later blocks reaching further back.",
         "",
-        "Measured:",
+        "Measured:"
+        if trained
+        else "Measured on untrained models (`--untrained`: what the "
+        "scores read before any learning, not the trained models the expectation is about):",
         "",
     ]
     for name, (scores, head_scores) in g2p_scores.items():
@@ -429,7 +504,11 @@ def findings(g2p_scores: dict, gpt_stats: dict | None) -> list[str]:
             f"- GPT: the head most on the previous character is layer {layer}, head {head} "
             f"({previous[layer, head]:.1%} of its weight); the mean attention distance is "
             f"{first:.1f} characters in the first block and {last:.1f} in the last "
-            + ("(later blocks reach further back)." if last > first else "(not further back).")
+            + (
+                "(later blocks reach further back)."
+                if round(last, 1) > round(first, 1)  # as printed: equal reads as not further
+                else "(not further back)."
+            )
         )
     return lines + [""]
 
@@ -456,35 +535,50 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--out", default="runs/experiments/attention_maps")
     parser.add_argument("--report_dir", default="experiments/results/attention_maps")
     parser.add_argument(
-        "--quick", action="store_true", help="the :test configs, 6 steps, a few words"
+        "--untrained", action="store_true", help="the maps of the initialised models, no training"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--untrained on the :test configs, random parameters, a few words",
     )
     args = parser.parse_args(argv)
-    if args.quick:  # the :test configs' own budget, so their train steps compile alike
-        args.transformer_steps = args.gru_steps = args.gpt_steps = 6
-        args.words, args.score_words = 2, 64
+    if args.quick:
+        args.untrained, args.words, args.score_words = True, 2, 64
+    if args.untrained and any(getattr(args, f"{name}_workdir") for name in MODELS):
+        parser.error("--untrained trains nothing and reads no run: leave out the --*_workdir")
     from dlx import inference
 
+    common.use_compilation_cache(Path(args.out))
     start = time.perf_counter()
-    workdirs = {name: train(name, args) for name in MODELS}
+    workdirs = {} if args.untrained else {name: train(name, args) for name in MODELS}
     training = time.perf_counter() - start
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
+    specs = {name: QUICK_CONFIGS[name] if args.quick else MODELS[name][0] for name in MODELS}
+
+    def model(name: str) -> tuple:
+        """(the loaded or initialised model, what the report says of it)"""
+        if args.untrained:
+            bundle, how = initialised(name, args)
+            return bundle, Origin.untrained(bundle, how)
+        return inference.load(str(workdirs[name])), Origin.trained(workdirs[name])
 
     lines_g2p, g2p_scores, g2p_maps = [], {}, {}
     for name in ("transformer", "gru"):
-        bundle = inference.load(str(workdirs[name]))
+        bundle, origin = model(name)
         source = bundle.task.source("test", train=False)
         shown, scored = figure_rows(source, args.words, args.score_words)
         both = g2p_attention(bundle, source.read_rows(np.concatenate([shown, scored])))
         maps, scored_maps = both.subset(slice(len(shown))), both.subset(slice(len(shown), None))
         figure = f"g2p_{name}.png"
         g2p_figure(maps, MODELS[name][1], out / figure)
-        lines, scores, head_scores = g2p_section(name, workdirs[name], scored_maps, figure)
+        lines, scores, head_scores = g2p_section(name, origin, specs[name], scored_maps, figure)
         lines_g2p += lines
         g2p_scores[name] = (scores, head_scores)
         g2p_maps[name] = both
 
-    bundle = inference.load(str(workdirs["gpt"]))
+    bundle, origin = model("gpt")
     length = min(PASSAGE_CHARS, bundle.task.model.max_len)
     windows, passage = passage_and_windows(bundle.task, length)
     gpt_maps = gpt_attention(bundle, windows)
@@ -493,12 +587,16 @@ def main(argv: list[str] | None = None) -> Results:
     seconds = time.perf_counter() - start
 
     given = sys.argv[1:] if argv is None else argv
+    runs = (
+        "Untrained models (`--untrained`), seed 0"
+        if args.untrained
+        else f"One run per model, seed 0; training {training / 60:.1f} min"
+    )
     lines = [
         "# Attention maps: G2P alignments and a character GPT's heads",
         "",
-        f"One run per model, seed 0 (a descriptive study: the scores below are over words and "
-        f"windows, not over seeds). Training {training / 60:.1f} min, whole study "
-        f"{seconds / 60:.1f} min on this machine. The maps are the models' own attention "
+        f"{runs} (a descriptive study: the scores below are over words and windows, not over "
+        f"seeds). Whole study {seconds / 60:.1f} min on this machine. The maps are the models' own attention "
         f"probabilities (eval mode), sown by dlx's attention layers. G2P rows: the phonemes the "
         f"model emits greedily for the word (fed back teacher-forced), then eos is left out; "
         f"words marked (wrong) differ from the primary pronunciation. The monotone fraction "
@@ -506,11 +604,16 @@ def main(argv: list[str] | None = None) -> Results:
         f"chance shuffles each word's most-attended letters.",
         "",
         *lines_g2p,
-        *gpt_section(workdirs["gpt"], stats, "gpt_heads.png"),
-        *findings(g2p_scores, stats),
+        *gpt_section(origin, specs["gpt"], stats, "gpt_heads.png"),
+        *findings(g2p_scores, stats, trained=not args.untrained),
     ]
     command = shlex.join(["python", "experiments/attention_maps.py", *given])
-    path = common.write_report(out, lines, f"{args.out}/<transformer|gru|gpt>", command)
+    runs_at = (
+        "none (--untrained trains nothing)"
+        if args.untrained
+        else f"{args.out}/<transformer|gru|gpt>"
+    )
+    path = common.write_report(out, lines, runs_at, command)
     print(f"Report: {path}")
     return Results(path, g2p_maps, gpt_maps)
 

@@ -22,12 +22,18 @@ from helpers import REPO, load_config, train_losses
 # --- sown attention probabilities ---------------------------------------------------------------
 
 
+def numpy_variables(model, *args) -> dict:
+    """`model.init`'s variables, laid out by tracing it and drawn with numpy: these tests are about
+    the maps, and JAX's initialisers compile once per parameter shape (most of their time)."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape), s.dtype), shapes)
+
+
 def test_sown_weights_are_the_probabilities_attention_uses():
     """Grouped heads, a padding mask and the causal mask together: the weights make the output."""
-    q, k, v = (
-        jax.random.normal(jax.random.PRNGKey(i), (2, 6, heads, 8))
-        for i, heads in enumerate((4, 2, 2))
-    )
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 6, heads, 8)), jnp.float32) for heads in (4, 2, 2))
     mask = attention.padding_mask(jnp.array([[5, 6, 7, 8, 9, 3], [5, 6, 7, 0, 0, 0]]))
     weights = attention.attention_weights(q, k, mask, causal=True)
     assert weights.shape == (2, 4, 6, 6)
@@ -47,7 +53,7 @@ def test_transformer_sows_attention_only_when_asked_and_computes_the_same(kind):
     )
     tokens = jnp.array([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]])
     args = (tokens, tokens) if kind == "encoder_decoder" else (tokens,)
-    variables = model.init(jax.random.PRNGKey(0), *args)
+    variables = numpy_variables(model, *args)
     assert set(variables) == {"params"}  # init stores no maps
     plain = model.apply(variables, *args)
     logits, state = model.apply(variables, *args, mutable=["intermediates"])
@@ -64,7 +70,7 @@ def test_gru_attention_sows_one_map_over_the_real_letters(score):
     model = seq2seq.Model(vocab_size=12, embed_dim=8, hidden_dim=16, attention=score)
     inputs = jnp.array([[3, 4, 5, 6, 0, 0], [7, 8, 9, 0, 0, 0]])
     targets_in = jnp.array([[1, 5, 6, 7], [1, 9, 9, 2]])
-    variables = model.init(jax.random.PRNGKey(0), inputs, targets_in)
+    variables = numpy_variables(model, inputs, targets_in)
     plain = model.apply(variables, inputs, targets_in)
     logits, state = model.apply(variables, inputs, targets_in, mutable=["intermediates"])
     np.testing.assert_array_equal(logits, plain)
@@ -109,26 +115,96 @@ def test_positions_study_quick(tmp_path):
     assert "python experiments/positions.py --quick" in text
     for figure in ("similarity.png", "length_generalisation.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 10_000
+    for row in rows:  # the sweep: a validation loss per rate
+        assert all(f"{rate:g} (" in row.split("|")[2] for rate in positions.QUICK_GRID), row
     for name in positions.QUICK_POSITIONS:
-        for seed in (0, 1):
-            run = tmp_path / "runs" / name / f"seed_{seed}"
-            scored = json.loads((run / "plots" / "position_accuracy.json").read_text())
-            assert scored["split"] == "test" and scored["positions"] == list(range(2, 16))
-            summary = json.loads((run / "summary.json").read_text())["final_eval"]
-            assert 0.0 <= summary["accuracy_long"] <= 1.0
-            losses = list(train_losses(run).values())
-            assert losses[-1] < losses[0] - 0.05  # the task plug-in trains
+        run = tmp_path / "runs" / name / "seed_0"  # --quick: one seed
+        scored = json.loads((run / "plots" / "position_accuracy.json").read_text())
+        assert scored["split"] == "test" and scored["positions"] == list(range(2, 16))
+        summary = json.loads((run / "summary.json").read_text())["final_eval"]
+        assert 0.0 <= summary["accuracy_long"] <= 1.0
+        losses = list(train_losses(run).values())
+        assert losses[-1] < losses[0] - 0.05  # the task plug-in trains
 
 
 # --- study 7: attention maps ----------------------------------------------------------------------
 
 
+def test_alignment_score_and_head_statistics_on_maps_of_known_shape():
+    """A diagonal alignment is monotone, a reversed one is not; a previous-character head and a
+    first-position head read as such."""
+    words, length = [f"w{i}rd5" for i in range(8)], 5
+
+    def g2p_maps(alignment: np.ndarray) -> attention_maps.G2PMaps:
+        padded = np.zeros((len(words), 1, 2, length + 1, length + 2))  # eos row, padding columns
+        padded[:, :, :, :length, :length] = alignment
+        padded[:, :, :, length, 0] = 1.0
+        phonemes = [["P"] * length for _ in words]
+        return attention_maps.G2PMaps(words, phonemes, ["P P P P P"] * len(words), padded)
+
+    diagonal = attention_maps.monotone_fraction(g2p_maps(np.eye(length)), 0, None)
+    assert diagonal["monotone"] == 1.0 and diagonal["pairs"] == len(words) * (length - 1)
+    assert diagonal["chance"] < 0.8  # shuffled peaks move backwards
+    reversed_ = attention_maps.monotone_fraction(g2p_maps(np.eye(length)[::-1]), 0, 1)
+    assert reversed_["monotone"] == 0.0
+
+    previous = np.eye(6, k=-1)
+    previous[0, 0] = 1.0
+    first = np.zeros((6, 6))
+    first[:, 0] = 1.0
+    stats = attention_maps.head_statistics(np.stack([previous, first])[None, None])
+    np.testing.assert_allclose(stats["previous"], [[1.0, 0.2]])
+    np.testing.assert_allclose(stats["distance"], [[1.0, 3.0]])  # mean of 1..5 for the second
+    np.testing.assert_allclose(stats["first"], [[0.2, 1.0]])
+    np.testing.assert_allclose(stats["self"], [[0.0, 0.0]])
+
+
+def test_attention_maps_report_of_trained_runs(tmp_path):
+    """What the report says of trained runs (their config.json and summary.json), which the
+    --quick study, training nothing, does not write."""
+    from dlx.train import config as config_lib
+
+    workdirs = {}
+    for name, final in (
+        ("transformer", {"phoneme_error_rate": 0.07, "word_error_rate": 0.25}),
+        ("gpt", {"loss": 1.5, "bits_per_char": 2.164}),
+    ):
+        workdirs[name] = tmp_path / name
+        workdirs[name].mkdir()
+        config = config_lib.load(attention_maps.MODELS[name][0])
+        (workdirs[name] / "config.json").write_text(config_lib.to_json(config))
+        summary = {"final_eval": final, "steps": 1000, "wall_time_s": 600.0, "num_params": 12345}
+        (workdirs[name] / "summary.json").write_text(json.dumps(summary))
+    words = ["abc", "abcd"]
+    maps = np.zeros((2, 1, 1, 4, 4))
+    maps[:, 0, 0] = np.eye(4)
+    scored = attention_maps.G2PMaps(words, [["A", "B", "C"]] * 2, ["A B C"] * 2, maps)
+    origin = attention_maps.Origin.trained(workdirs["transformer"])
+    lines, scores, _ = attention_maps.g2p_section("transformer", origin, "", scored, "t.png")
+    text = "\n".join(lines)
+    assert "1000 steps" in text and "12,345 parameters" in text and "10.0 min" in text
+    assert "phoneme error rate 7.0%, word error rate 25.0%" in text
+    assert "| attention | 100.0% |" in text and scores[0]["pairs"] == 4
+
+    stats = {k: np.full((2, 2), 0.5) for k in ("distance", "previous", "self", "first")}
+    origin = attention_maps.Origin.trained(workdirs["gpt"])
+    text = "\n".join(attention_maps.gpt_section(origin, "", stats, "g.png"))
+    assert "1000 steps" in text and "1.500 nats/char, 2.164 bits/char" in text
+    assert "| 1 | 1 | 0.5 | 50.0% | 50.0% | 50.0% |" in text
+    findings = "\n".join(attention_maps.findings({"transformer": (scores, {})}, stats))
+    assert "monotone for 100.0% of consecutive phonemes" in findings
+    assert "untrained" not in findings
+
+
 def test_attention_maps_study_quick(tmp_path):
+    """--quick: the maps of the three models with random parameters (no training)."""
     runs, out = tmp_path / "runs", tmp_path / "report"
     with contextlib.chdir(REPO):
         results = attention_maps.main(["--quick", "--out", str(runs), "--report_dir", str(out)])
     text = results.report.read_text()
     assert "monotone fraction" in text and "| 0 | 0 |" in text  # the G2P and GPT tables
+    assert "with random parameters on the runner's layout" in text
+    assert "Measured on untrained" in text
     assert "python experiments/attention_maps.py --quick" in text
     for figure in ("g2p_transformer.png", "g2p_gru.png", "gpt_heads.png"):
         assert (out / figure).stat().st_size > 10_000
