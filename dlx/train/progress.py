@@ -13,6 +13,7 @@ so the number is against what this machine reaches, not a datasheet.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from typing import Any, TextIO
@@ -46,8 +47,13 @@ class Throughput:
 
 def measure_matmul_peak(dtype: str = "float32", device=None) -> float:
     """FLOP/s of one square matmul on `device` (best of 3 after a warm-up): 2048^2 on CPU,
-    8192^2 on accelerators (large enough to reach their tensor units' rate)."""
-    device = device or jax.local_devices()[0]
+    8192^2 on accelerators (large enough to reach their tensor units' rate). Measured once per
+    process, dtype and device: a study's runs in one process share it (~2 s each on 2 cores)."""
+    return _matmul_peak(dtype, device or jax.local_devices()[0])
+
+
+@functools.cache
+def _matmul_peak(dtype: str, device) -> float:
     n = 2048 if device.platform == "cpu" else 8192
     a = jax.device_put(jnp.ones((n, n), dtype), device)
     matmul = jax.jit(lambda x: x @ x)
