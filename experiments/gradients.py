@@ -18,7 +18,8 @@ Three parts, every run an ordinary `launch.py` run trained in this process (`exp
   recurrent layer (`configs/shakespeare_{lstm,gru}.py:small` with `model.num_layers=1`; the RNN
   is the LSTM config with `model.cell=rnn`), at initialisation and after a short training.
 
-`--quick` runs everything tiny (digits, `:test` Shakespeare models, seeds 0 and 1) for the tests.
+`--quick` runs everything tiny for the tests (digits, `:test` Shakespeare models, one seed, fewer
+arms; see `QUICK`).
 Re-running skips finished runs and rewrites the report and figures in --report_dir.
 """
 
@@ -50,6 +51,7 @@ DEPTH_ARMS = {
         "model.norm": "layer",
     },
 }
+EXPLODE_ARMS = {"sgd": False, "sgd_clip": True}  # with gradient clipping?
 CELLS = ("rnn", "lstm", "gru")
 PARTS = ("depth", "explode", "sequence")
 INIT_STATS_FILE = "init_layer_stats.json"  # the first train step's per-layer statistics
@@ -61,16 +63,19 @@ class Settings:
     """Everything the study's size depends on: the full study or --quick."""
 
     mlp_config: str
+    depth_arms: tuple[str, ...]  # of DEPTH_ARMS
     depth: int
     width: int
     depth_steps: int
     depth_rates: tuple[float, ...]
     explode_steps: int
     explode_rates: tuple[float, ...]  # the sweep; its largest is the "too large" rate
+    explode_tuned: tuple[str, ...]  # the arms of part 2 tuned on that sweep (of EXPLODE_ARMS)
     clip: float
     seeds: tuple[int, ...]
     stats_every: int
     eval_every: int
+    cells: tuple[str, ...]  # of CELLS
     rnn_config: str  # with {cell}
     rnn_steps: int
     rnn_rate: float
@@ -82,16 +87,19 @@ class Settings:
 
 FULL = Settings(
     mlp_config="configs/fashion_mlp.py",
+    depth_arms=tuple(DEPTH_ARMS),
     depth=20,
     width=128,
     depth_steps=600,
     depth_rates=(0.01, 0.03, 0.1, 0.3),
     explode_steps=400,
     explode_rates=(0.03, 0.1, 0.3, 1.0),
+    explode_tuned=tuple(EXPLODE_ARMS),
     clip=1.0,
     seeds=(0, 1, 2),
     stats_every=50,
     eval_every=200,
+    cells=CELLS,
     rnn_config="configs/shakespeare_{cell}.py:small",
     rnn_steps=150,
     rnn_rate=2e-3,
@@ -100,18 +108,26 @@ FULL = Settings(
     windows=16,
     positions=8,
 )
+# The tests' variant: each distinct program (a model, an optimizer, a learning rate, a seed's
+# initialisation) costs seconds of compilation, so it keeps the fewest runs that still take every
+# code path: two depth arms at one rate, one arm swept over two rates (part 2's plain SGD, whose
+# too-large rate diverges within steps), one seed, and the simple RNN (the LSTM config with
+# model.cell=rnn) next to the GRU (its own config).
 QUICK = Settings(
     mlp_config="configs/digits_mlp.py",
-    depth=10,
-    width=64,
-    depth_steps=10,
+    depth_arms=("sigmoid", "residual_layernorm"),
+    depth=8,
+    width=32,
+    depth_steps=5,
     depth_rates=(0.1,),
     explode_steps=10,
-    explode_rates=(0.1, 3.0),
+    explode_rates=(0.1, 10.0),  # plain SGD at 10 is NaN by step 4 from seeds 0-2
+    explode_tuned=("sgd",),
     clip=1.0,
-    seeds=(0, 1),
+    seeds=(0,),
     stats_every=1,
-    eval_every=10,
+    eval_every=5,
+    cells=("rnn", "gru"),
     rnn_config="configs/shakespeare_{cell}.py:test",
     rnn_steps=6,
     rnn_rate=2e-3,
@@ -161,8 +177,8 @@ def run_depth(settings: Settings, out: Path) -> dict[str, common.Arm]:
         },
     )
     arms = {
-        name: common.tune_and_repeat(protocol, name, overrides, settings.depth_rates)
-        for name, overrides in DEPTH_ARMS.items()
+        name: common.tune_and_repeat(protocol, name, DEPTH_ARMS[name], settings.depth_rates)
+        for name in settings.depth_arms
     }
     for arm in arms.values():
         for run in arm.runs:
@@ -171,8 +187,8 @@ def run_depth(settings: Settings, out: Path) -> dict[str, common.Arm]:
 
 
 def run_explode(settings: Settings, out: Path) -> tuple[dict[str, common.Arm], dict]:
-    """Plain SGD at a constant rate, no warmup: each arm tuned on the grid, and both at the
-    grid's largest rate from every seed."""
+    """Plain SGD at a constant rate, no warmup: each arm of `settings.explode_tuned` tuned on the
+    grid, and both arms at the grid's largest rate from every seed."""
     protocol = mlp_protocol(
         settings,
         out,
@@ -187,9 +203,10 @@ def run_explode(settings: Settings, out: Path) -> tuple[dict[str, common.Arm], d
         },
     )
     tuned, too_large = {}, {}
-    for name, clip in (("sgd", 0.0), ("sgd_clip", settings.clip)):
-        overrides = {"optimizer.clip_global_norm": clip}
-        tuned[name] = common.tune_and_repeat(protocol, name, overrides, settings.explode_rates)
+    for name, clipped in EXPLODE_ARMS.items():
+        overrides = {"optimizer.clip_global_norm": settings.clip if clipped else 0.0}
+        if name in settings.explode_tuned:
+            tuned[name] = common.tune_and_repeat(protocol, name, overrides, settings.explode_rates)
         too_large[name] = common.tune_and_repeat(
             protocol, f"{name}_at_{max(settings.explode_rates):g}", overrides,
             [max(settings.explode_rates)],
@@ -219,7 +236,7 @@ def run_sequence(settings: Settings, out: Path) -> dict[str, common.Arm]:
         test_split=eval_split,
     )
     arms = {}
-    for cell in CELLS:
+    for cell in settings.cells:
         config = settings.rnn_config.format(cell="lstm" if cell == "rnn" else cell)
         cell_protocol = dataclasses.replace(protocol, config=config)
         overrides = {"model.cell": cell} if cell == "rnn" else {}
@@ -604,7 +621,8 @@ def report_explode(
         f"constant rate, no warmup, {settings.explode_steps} steps; `sgd_clip` rescales the "
         f"gradient to global norm ≤ {settings.clip:g} (`optimizer.clip_global_norm`). A run "
         f"whose loss becomes NaN/Inf stops and is reported as diverged. "
-        f"{protocol_sentence(rates, settings.seeds)}",
+        f"{protocol_sentence(rates, settings.seeds)}"
+        + ("" if len(tuned) == len(EXPLODE_ARMS) else f" Tuned here: {', '.join(tuned)} only."),
         "",
         f"| arm |{header} chosen rate | test accuracy |",
         f"|---|{rule}---|---|",
@@ -678,7 +696,7 @@ def report_sequence(
         f"{data['batch_size']}; AdamW at {settings.rnn_rate:g} with the config's clipping "
         f"(global norm {config['optimizer']['clip_global_norm']:g}), warmup "
         f"{max(1, settings.rnn_steps // 10)} steps then cosine decay, {settings.rnn_steps} steps "
-        f"(one stated rate for all three, not tuned), seeds {', '.join(map(str, settings.seeds))}. "
+        f"(one stated rate for every cell, not tuned), seeds {', '.join(map(str, settings.seeds))}. "
         f"On {settings.windows} windows spread over `{settings.rnn_splits[1]}`, the gradient of "
         f"the cross-entropy at each of the last {settings.positions} positions t with respect to "
         f"the input embedding at t − k (the model with its embedding output as the variable, "
@@ -690,7 +708,7 @@ def report_sequence(
         + f" | ‖g(k={far})‖ / ‖g(k=1)‖ |",
         "|---|---|---|" + "---|" * (len(distances) + 1),
     ]
-    facts = {"far": far, "reach": {}, "per_step": {}}
+    facts = {"far": far, "reach": {}, "per_step": {}, "cells": tuple(arms)}
     for cell, results in measured.items():
         for state in ("init", "trained"):
             curves = np.array([r[state] for r in results])
@@ -752,7 +770,7 @@ def conclude_depth(facts: dict) -> list[str]:
     level = [n for n in others if 0.1 <= ratio[n] <= 10]
     accuracy = {n: common.mean_spread(v)[0] for n, v in facts["accuracy"].items()}
     ranked = sorted(accuracy, key=lambda n: -accuracy[n] if math.isfinite(accuracy[n]) else 1)
-    expected_order = ["residual_layernorm", "relu_he", "sigmoid"]
+    expected_order = [n for n in ("residual_layernorm", "relu_he", "sigmoid") if n in accuracy]
     lines = [
         "**Depth.** Expected: the sigmoid net's gradient shrinks layer by layer toward the input "
         "(σ′ ≤ 1/4 at every layer), so its first layer's gradient is orders of magnitude below its "
@@ -829,7 +847,7 @@ def conclude_explode(facts: dict) -> list[str]:
 
 
 def conclude_sequence(facts: dict) -> list[str]:
-    far, reach, per_step = facts["far"], facts["reach"], facts["per_step"]
+    far, reach, per_step, cells = facts["far"], facts["reach"], facts["per_step"], facts["cells"]
     lines = [
         "**Through time.** Expected: a simple RNN's gradient is a product of one Jacobian "
         "(W_hhᵀ diag(1 − h²)) per step, so it decays geometrically with the distance k and "
@@ -838,11 +856,11 @@ def conclude_sequence(facts: dict) -> list[str]:
         "",
     ]
     for state, when in (("init", "At initialisation"), ("trained", "After training")):
-        order = sorted(CELLS, key=lambda c: reach[(c, state)])
+        order = sorted(cells, key=lambda c: reach[(c, state)])
         lines.append(
             f"{when}, ‖g(k={far})‖ / ‖g(k=1)‖ is "
             + ", ".join(
-                f"{c} {reach[(c, state)]:.1e} (×{per_step[(c, state)]:.3f} per step)" for c in CELLS
+                f"{c} {reach[(c, state)]:.1e} (×{per_step[(c, state)]:.3f} per step)" for c in cells
             )
             + f": the {order[0]}'s gradient fades fastest"
             + (
@@ -878,6 +896,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    common.use_compilation_cache(out)
 
     sections, conclusions = [], []
     if "depth" in args.parts:
