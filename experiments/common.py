@@ -165,6 +165,31 @@ def tune_and_repeat(
     return Arm(name, best, sweep, runs, sweep_runs)
 
 
+def first_step_layer_stats(workdir: Path) -> dict[str, float]:
+    """The per-layer statistics of a run's first train step (its seed's initial state, its first
+    batch), recomputed from its config.json: what the run logs at step 1 with
+    `layer_stats_every_steps=1`."""
+    import jax
+
+    from dlx import data as data_lib
+    from dlx.train import config as config_lib
+    from dlx.train import loop
+
+    config = config_lib.from_json(str(workdir / "config.json"))
+    run = loop.prepare_run(config, str(workdir), data_spec=loop.read_data_spec(str(workdir)))
+    batch = next(
+        data_lib.train_iterator(
+            run.task.source(config.data.train_split, train=True),
+            global_batch_size=config.data.batch_size,
+            seed=config.seed,
+        )
+    )
+    with loop._tracing_context(run.mesh, config):
+        state = loop.init_state(run)
+        scalars, _ = loop.compile_layer_stats(run)(state, batch, np.int32(0))
+    return {k: float(v) for k, v in jax.device_get(scalars).items()}
+
+
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     """(mean, sample standard deviation) over the finite values; (NaN, NaN) if none."""
     finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)

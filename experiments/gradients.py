@@ -269,31 +269,9 @@ def init_layer_stats(workdir: Path) -> dict[str, float]:
     if config["layer_stats_every_steps"] == 1 and records and records[0]["step"] == 1:
         stats = {k: v for k, v in records[0].items() if k not in ("step", "split")}
     else:
-        stats = first_step_layer_stats(workdir)
+        stats = common.first_step_layer_stats(workdir)
     cached.write_text(json.dumps(stats))
     return stats
-
-
-def first_step_layer_stats(workdir: Path) -> dict[str, float]:
-    """The runner's per-layer statistics of a run's first train step, recomputed from its
-    config: its seed's initial state and first batch."""
-    import jax
-
-    from dlx import data as data_lib
-    from dlx.train import loop
-
-    config, run = _prepare(workdir)
-    batch = next(
-        data_lib.train_iterator(
-            run.task.source(config.data.train_split, train=True),
-            global_batch_size=config.data.batch_size,
-            seed=config.seed,
-        )
-    )
-    with loop._tracing_context(run.mesh, config):
-        state = loop.init_state(run)
-        scalars, _ = loop.compile_layer_stats(run)(state, batch, np.int32(0))
-    return {k: float(v) for k, v in jax.device_get(scalars).items()}
 
 
 def logits_from_embeddings(model, params, tokens, embedded):

@@ -95,30 +95,6 @@ def protocol(args, epoch_steps: int) -> common.Protocol:
 # ------------------------------------------------------------------------------------------------
 # Per-layer statistics
 # ------------------------------------------------------------------------------------------------
-def initial_stats(workdir: Path) -> dict[str, float]:
-    """The per-layer statistics of a run's first train step (its initial state, its first
-    batch): what the run would log at step 1 with `layer_stats_every_steps=1`."""
-    import jax
-
-    from dlx import data as data_lib
-    from dlx.train import config as config_lib
-    from dlx.train import loop
-
-    config = config_lib.from_json(str(workdir / "config.json"))
-    run = loop.prepare_run(config)
-    batch = next(
-        data_lib.train_iterator(
-            run.task.source(config.data.train_split, train=True),
-            global_batch_size=config.data.batch_size,
-            seed=config.seed,
-        )
-    )
-    with loop._tracing_context(run.mesh, config):
-        state = loop.init_state(run)
-        scalars, _ = loop.compile_layer_stats(run)(state, batch, np.int32(0))
-    return {k: float(v) for k, v in jax.device_get(scalars).items()}
-
-
 def epoch_stats(workdir: Path, step: int) -> dict[str, float]:
     """The statistics the run logged at `step` ({} if it never got there: it diverged)."""
     for record in common.read_run_metrics(workdir):
@@ -147,7 +123,7 @@ def arm_results(arm: common.Arm, depth: int, epoch_steps: int) -> dict:
         "test_accuracy": arm.final("accuracy"),
         "test_loss": arm.final("loss"),
         "diverged": [(run / common.DIVERGED).exists() for run in arm.runs],
-        "at_init": [profile(initial_stats(run), depth) for run in arm.runs],
+        "at_init": [profile(common.first_step_layer_stats(run), depth) for run in arm.runs],
         "after_epoch": [profile(epoch_stats(run, epoch_steps), depth) for run in arm.runs],
     }
 

@@ -190,7 +190,7 @@ def test_sigmoid_gradient_vanishes_toward_the_input_and_residual_norm_does_not(s
 def test_first_step_statistics_are_recomputed_as_the_run_logged_them(study):
     run = study / "runs" / "depth" / "sigmoid" / "seed_0"
     logged = gradients.init_layer_stats(run)  # quick runs log every step: their step-1 record
-    recomputed = gradients.first_step_layer_stats(run)  # what the full study computes
+    recomputed = common.first_step_layer_stats(run)  # what the full study computes
     grads = [key for key in logged if key.startswith("grad_norm/")]
     assert len(grads) == 2 * (gradients.QUICK.depth + 1)
     for key in grads:
