@@ -27,6 +27,7 @@ EXPECTED = {
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0),
     "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
     "softmax": lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True),
     "linear": lambda x: x,
     "gelu": _gelu,
