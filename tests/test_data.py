@@ -311,3 +311,17 @@ def test_read_rows_from_a_plain_sequence_of_records():
     batch = read_rows(records, np.array([4, 0]))
     assert batch["x"].dtype == np.float32 and batch["y"].dtype == np.int32
     assert batch["y"].tolist() == [[4, 4], [0, 0]]
+
+
+def test_the_king_james_bible_is_read_whole_from_the_bible_program(tmp_path):
+    command = builders.bible_command()
+    assert command, 'run "make data" (installs bible-kjv)'
+    books = builders.read_kjv(command)
+    assert list(books)[:2] == ["Ge", "Exo"] and list(books)[-1] == "Rev"
+    assert books["Ge"].startswith("In the beginning God created the heaven and the earth.\n")
+    assert sum(text.count("\n") for text in books.values()) == 31_102
+    fake = tmp_path / "bible"
+    fake.write_text("#!/bin/sh\necho 'Ge1:1 In the beginning'\n")
+    fake.chmod(0o755)
+    with pytest.raises(data.DataError, match="not the King James Bible's 66"):
+        builders.read_kjv(str(fake))

@@ -5,7 +5,7 @@
     batches = train_iterator(train, global_batch_size=128, seed=0)
 
 Names: dlx's offline data sets (`OFFLINE_BUILDERS`: fashion_mnist, mnist5k, digits, diabetes,
-shakespeare, cmudict, fashion_mnist_detection made from the first two, and the graphs
+shakespeare, kjv_bible, cmudict, fashion_mnist_detection made from the first two, and the graphs
 karate_club, les_miserables, drosophila_connectome of `dlx.data.graphs`) are built from files
 on this machine; every other name goes to the TFDS
 catalog (which downloads, so it needs internet). `fashion_mnist` is built from the local IDX files
