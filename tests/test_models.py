@@ -80,6 +80,7 @@ MODELS_TESTED_ELSEWHERE = {
     "vit": "test_vit.py",
     "yolo": "test_detection.py",
     "gcn": "test_graphs.py",
+    "word2vec": "test_word2vec.py",
 }
 
 
