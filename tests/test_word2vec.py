@@ -119,3 +119,29 @@ def test_word2vec_trains_and_writes_vectors_a_query_can_read(tmp_path):
 def test_bad_word2vec_configs_are_one_error_line(tmp_path, override, expected):
     workdir = str(tmp_path / "w")
     refused(cli("--config", "configs/word2vec.py:test", "--workdir", workdir, override), expected)
+
+
+def test_word_vectors_start_from_a_vector_file_and_stay_when_frozen(tmp_path):
+    from dlx import word_vectors
+
+    start = word_vectors.WordVectors(["The", "king", "qwxzzy"], np.arange(48).reshape(3, 16) / 48)
+    start.save(tmp_path / "start.npz")
+    overrides = {
+        "word2vec.init_vectors": str(tmp_path / "start.npz"),
+        "optimizer.frozen": "input_embedding",
+        "train_steps": 4,
+        "eval_every_steps": 4,
+    }
+    train("configs/word2vec.py:test", tmp_path / "run", overrides)
+    trained = word_vectors.WordVectors.load(tmp_path / "run/vectors.npz")
+    np.testing.assert_array_equal(trained.vectors[trained.row("the")], start.vectors[0])
+    np.testing.assert_array_equal(trained.vectors[trained.row("king")], start.vectors[1])
+    other = trained.vectors[trained.row("and")]
+    assert 0 < np.abs(other).max() <= 0.5 / 16  # word2vec's own random start
+
+    wrong = {"word2vec.init_vectors": str(tmp_path / "start.npz"), "model.features": 8}
+    result = cli(
+        "--config", "configs/word2vec.py:test", "--workdir", str(tmp_path / "w"),
+        *(f"--config.{k}={v}" for k, v in wrong.items()),
+    )  # fmt: skip
+    refused(result, "set config.model.features=16")

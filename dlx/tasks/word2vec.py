@@ -14,6 +14,12 @@ group `word2vec`:
     word2vec.extra_corpora  ("kjv_bible",)
     word2vec.eval_pairs     8192   fixed validation pairs scored at each eval
     word2vec.restrict_vocab 30000  the analogy evaluation's candidate words (most frequent)
+    word2vec.init_vectors   ""     start the word vectors from these ("glove": GloVe 6B 50d,
+                                   or a .npz of `dlx.word_vectors`): each vocabulary word found
+                                   there (in any case) takes its vector, the others keep
+                                   their random start; model.features must equal their
+                                   dimension. `optimizer.frozen="input_embedding"` then keeps
+                                   them fixed, else they are fine-tuned
 
 The loss per example is -log sigmoid(s_true) - sum over noise words of log sigmoid(-s_noise),
 averaged over the batch. An epoch is the expected number of examples one pass over the
@@ -40,7 +46,7 @@ from dlx import word_vectors as word_vectors_lib
 from dlx.data import GeneratedSource
 from dlx.data import text as text_lib
 from dlx.data import words as words_lib
-from dlx.errors import UserError
+from dlx.errors import ConfigError, UserError
 from dlx.tasks import losses
 from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
 
@@ -64,6 +70,7 @@ class Task(SupervisedTask):
             extra_corpora=schema.Seq(schema.Str(nonempty=True)),
             eval_pairs=schema.Int(low=1),
             restrict_vocab=schema.Int(low=1),
+            init_vectors=schema.Str(),
         ),
     }
 
@@ -80,6 +87,7 @@ class Task(SupervisedTask):
                 extra_corpora=("kjv_bible",),
                 eval_pairs=8192,
                 restrict_vocab=30_000,
+                init_vectors="",
             )
         )
         return config
@@ -93,6 +101,32 @@ class Task(SupervisedTask):
             self.vocabulary, self._documents(config.data.eval_split)
         )
         super().__init__(config, data_info, data_dir, workdir)
+        self.initial_vectors = self._initial_vectors()
+
+    def _initial_vectors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """([V, D] vectors, [V] found) from config.word2vec.init_vectors, checked before any
+        run starts."""
+        spec = self.config.word2vec.init_vectors
+        if not spec:
+            return None
+        source = word_vectors_lib.load_vectors(spec, self.data_dir)
+        features = self.model.features
+        if source.vectors.shape[1] != features:
+            raise ConfigError(
+                f"config.word2vec.init_vectors='{spec}' holds {source.vectors.shape[1]}-"
+                f"dimensional vectors, but config.model.features={features}; set "
+                f"config.model.features={source.vectors.shape[1]}"
+            )
+        vectors = np.zeros((len(self.vocabulary.words), features), np.float32)
+        found = np.zeros(len(self.vocabulary.words), bool)
+        lowercase: dict[str, int] = {}
+        for row, word in enumerate(source.words):
+            lowercase.setdefault(word.lower(), row)
+        for i, word in enumerate(self.vocabulary.words):
+            row = source.index.get(word, lowercase.get(word))
+            if row is not None:
+                vectors[i], found[i] = source.vectors[row], True
+        return vectors, found
 
     def _documents(self, split: str) -> list[list[str]]:
         names = (self.config.data.name, *self.config.word2vec.extra_corpora)
@@ -147,7 +181,14 @@ class Task(SupervisedTask):
         targets = jnp.zeros(
             (batch["negatives"].shape[0], batch["negatives"].shape[1] + 1), jnp.int32
         )
-        return self.model.init({"params": rng}, self.model_input(batch), targets)
+        variables = self.model.init({"params": rng}, self.model_input(batch), targets)
+        if self.initial_vectors is None:
+            return variables
+        vectors, found = self.initial_vectors
+        boxed = variables["params"]["input_embedding"]
+        start = jnp.where(found[:, None], vectors, boxed.unbox())
+        params = {**variables["params"], "input_embedding": boxed.replace_boxed(start)}
+        return {**variables, "params": params}
 
     def loss_fn(self, params, model_state, batch, rng):
         nll = negative_sampling_loss(self._scores(params, batch))
