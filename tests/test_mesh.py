@@ -36,6 +36,9 @@ FAMILIES = {
     "gru-attention-seq2seq": ("configs/cmudict_gru_attention.py:test", {}),
     "conv-vae": ("configs/fashion_vae.py:test", {"model.kind": "conv"}),
     "dcgan": ("configs/fashion_dcgan.py:test", {}),
+    "gcn": ("configs/graph_gcn.py:connectome", {"model.dropout": 0.0}),
+    "gat": ("configs/graph_gcn.py:connectome_gat", {"model.dropout": 0.0}),
+    "word2vec": ("configs/word2vec.py:test", {}),
 }
 
 
