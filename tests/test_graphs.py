@@ -199,6 +199,8 @@ def test_labelled_nodes_are_drawn_per_class_and_the_rest_are_scored(tmp_path):
         ("--config.data.eval_split=test", "set config.data.eval_split='graph'"),
         ("--config.graph.features=degree", "config.graph.features"),
         ("--config.model.conv=chebyshev", "model.conv"),
+        ("--config.graph.label=community", "set config.model.num_outputs=4"),
+        ("--config.graph.labelled_nodes=" + str(tuple(range(34))).replace(" ", ""), "none is left"),
     ],
 )
 def test_bad_graph_configs_are_one_error_line(tmp_path, override, expected):

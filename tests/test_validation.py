@@ -253,6 +253,8 @@ def run_launch(monkeypatch, capsys):
         ("--config.model.dropout=inf", "config.model.dropout=inf is not allowed"),
         ("--config.mesh.model=0", "config.mesh.model=0 is not allowed"),
         ("--config.keep_checkpoints=abc", "--config.keep_checkpoints=abc"),  # absl refuses it
+        # fewer outputs than classes: the labels beyond them would score as zero, silently
+        ("--config.model.num_outputs=5", "set config.model.num_outputs=10"),
     ],
 )
 def test_launch_refuses_bad_values_with_exit_code_2_and_writes_nothing(

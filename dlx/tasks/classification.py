@@ -60,6 +60,7 @@ class Task(SupervisedTask):
         if self.augment.enabled:
             _check_images_for_augmentation(config, data_info, self.augment)
         super().__init__(config, data_info, data_dir, workdir)
+        check_outputs_cover_classes(config, self.model, data_info.num_classes, "labels")
 
     def source(self, split: str, *, train: bool):
         source = super().source(split, train=train)
@@ -164,6 +165,17 @@ class Task(SupervisedTask):
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, "confusion_matrix.png"), dpi=120)
         plt.close(fig)
+
+
+def check_outputs_cover_classes(config, model, num_classes: int | None, what: str) -> None:
+    """ConfigError when the model has fewer outputs than the data has classes: a label beyond
+    the outputs would have an all-zero one-hot target and count for nothing, silently."""
+    outputs = getattr(model, "num_outputs", None)
+    if outputs is not None and num_classes and outputs < num_classes:
+        raise ConfigError(
+            f"config.model.num_outputs={outputs}, but '{config.data.name}' has {num_classes} "
+            f"classes of {what}; set config.model.num_outputs={num_classes}"
+        )
 
 
 def _check_images_for_augmentation(config, data_info, augment: augment_lib.Augment) -> None:

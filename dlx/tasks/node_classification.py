@@ -46,6 +46,7 @@ from dlx.errors import ConfigError
 from dlx.optim.state import ModelState
 from dlx.tasks import losses
 from dlx.tasks.base import SUPERVISED_RULES, SupervisedTask, is_main_process, supervised_config
+from dlx.tasks.classification import check_outputs_cover_classes
 
 FEATURES = ("identity", "adjacency")
 GRAPH_COLUMNS = ("node", "neighbors", "edge_weights")
@@ -101,7 +102,13 @@ class Task(SupervisedTask):
         columns = self._graph_columns()
         self.num_nodes = len(columns["node"])
         self.labels = columns[config.graph.label]
+        check_outputs_cover_classes(config, self.model, self.num_classes, config.graph.label)
         self.labelled = self._labelled_mask()
+        if self.labelled.all():
+            raise ConfigError(
+                f"every node of '{config.data.name}' is labelled, none is left to score; "
+                "label fewer (config.graph.labelled_nodes / labelled_per_class)"
+            )
         self.columns = self._padded(columns)
 
     def _graph_columns(self) -> dict[str, np.ndarray]:
