@@ -198,7 +198,8 @@ def test_blocks_match_pytorch(block_classes, fields, train, formulation):
         name_t = reference.dlx_to_torch_name(tuple(k.key for k in path))
         expected = torch_params[name_t].grad.numpy()
         expected = expected.transpose(2, 3, 1, 0) if expected.ndim == 4 else expected
-        np.testing.assert_allclose(grad, expected, atol=2e-5, err_msg=name_t)
+        # float32 sums over the batch, gradients up to ~20: a few ulps of relative error
+        np.testing.assert_allclose(grad, expected, atol=2e-5, rtol=4e-6, err_msg=name_t)
     buffers = dict(net.named_buffers())
     old_stats = variables["batch_stats"]
     for path, value in jax.tree_util.tree_flatten_with_path(stats)[0]:
@@ -331,8 +332,10 @@ def test_batch_statistics_are_global_over_a_sharded_batch():
         got = jax.jit(step)(variables, x_sharded)
     logits = got[1][0]
     assert len(logits.sharding.device_set) == 8 and not logits.sharding.is_fully_replicated
+    # the sharded sums add in another order: errors scale with the largest values (~5), so an
+    # element near 0 carries an absolute error of a few 1e-6 to 1e-5
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
-        np.testing.assert_allclose(b, a, atol=1e-5, rtol=2e-4)
+        np.testing.assert_allclose(b, a, atol=4e-5, rtol=2e-4)
     # the stem's running mean, worked out in numpy: the global batch's, not one device's rows
     kernel, old = variables["params"]["stem"]["conv"]["kernel"], variables["batch_stats"]
     padded = np.pad(np.asarray(x)[..., 0], ((0, 0), (1, 1), (1, 1)))
