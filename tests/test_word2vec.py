@@ -118,7 +118,9 @@ def test_word2vec_trains_and_writes_vectors_a_query_can_read(tmp_path):
 )
 def test_bad_word2vec_configs_are_one_error_line(tmp_path, override, expected):
     workdir = str(tmp_path / "w")
-    refused(cli("--config", "configs/word2vec.py:test", "--workdir", workdir, override), expected)
+    result = cli("--config", "configs/word2vec.py:test", "--workdir", workdir, override)
+    assert refused(result, expected).startswith("error: ")
+    assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_word_vectors_start_from_a_vector_file_and_stay_when_frozen(tmp_path):
