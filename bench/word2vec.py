@@ -11,7 +11,7 @@ vocabulary per second of training (one epoch = each such token once: gensim pass
 dlx draws the epoch's expected number of pairs at random positions), compilation and vocabulary
 building excluded; dlx's includes drawing the pairs on the host. Quality: analogy accuracy and
 similarity correlations of both sets of vectors by `dlx.word_vectors` (gensim's rules). Writes
-bench/results_word2vec_<mode>.json.
+bench/results_word2vec_<mode>_<epochs>ep.json.
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
         / gensim_result["words_per_second"],
     }
     print(json.dumps(result, indent=1))
-    with open(os.path.join(BENCH_DIR, f"results_word2vec_{args.mode}.json"), "w") as f:
+    with open(
+        os.path.join(BENCH_DIR, f"results_word2vec_{args.mode}_{args.epochs}ep.json"), "w"
+    ) as f:
         json.dump(result, f, indent=1)
     return result
 

@@ -116,6 +116,22 @@ class WordVectors:
         query = self.unit[rows[1]] - self.unit[rows[0]] + self.unit[rows[2]]
         return self.nearest(query, k, exclude=rows)
 
+    def table_for(self, vocabulary: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """([len(vocabulary), D] float32, [len(vocabulary)] bool): the vector of each vocabulary
+        word found here (exact case first, then any case) and whether it was; rows not found
+        are zero. The starting table of any word-level embedding (`found` says which rows to
+        keep from a fresh initialisation)."""
+        table = np.zeros((len(vocabulary), self.vectors.shape[1]), np.float32)
+        found = np.zeros(len(vocabulary), bool)
+        lowercase: dict[str, int] = {}
+        for row, word in enumerate(self.words):
+            lowercase.setdefault(word.lower(), row)
+        for i, word in enumerate(vocabulary):
+            row = self.index.get(word, lowercase.get(word.lower()))
+            if row is not None:
+                table[i], found[i] = self.vectors[row], True
+        return table, found
+
     def save(self, path: str | os.PathLike) -> None:
         np.savez(path, words=np.array(self.words), vectors=self.vectors)
 

@@ -13,7 +13,7 @@ import pytest
 from dlx.data import graphs as graph_data
 from dlx.layers import graph as graph_layers
 from dlx.tasks import node_classification
-from tests.helpers import cli, refused
+from helpers import cli, refused
 
 
 def random_graph(num_nodes=7, isolated=(6,), seed=0):

@@ -11,7 +11,7 @@ import pytest
 
 from dlx.data import words
 from dlx.tasks.word2vec import negative_sampling_loss
-from tests.helpers import cli, refused, train
+from helpers import cli, refused, train
 
 
 def test_negative_sampling_loss_by_hand():

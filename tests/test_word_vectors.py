@@ -82,6 +82,14 @@ def test_neighbours_and_analogy_queries_exclude_the_question_words():
     assert vectors.neighbors("A", 1)[0][0] == "c"  # a query word falls back to lowercase
 
 
+def test_embedding_table_for_a_vocabulary_takes_the_exact_case_first():
+    source = wv.WordVectors(["The", "the", "King"], np.array([[1.0, 0], [2, 0], [3, 0]]))
+    table, found = source.table_for(["the", "THE", "king", "absent"])
+    np.testing.assert_array_equal(table[:, 0], [2, 1, 3, 0])
+    np.testing.assert_array_equal(found, [True, True, True, False])
+    assert table.dtype == np.float32
+
+
 def test_word_vector_files_round_trip(tmp_path):
     vectors = tiny_vectors(0)
     vectors.save(tmp_path / "v.npz")

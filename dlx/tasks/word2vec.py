@@ -117,16 +117,7 @@ class Task(SupervisedTask):
                 f"dimensional vectors, but config.model.features={features}; set "
                 f"config.model.features={source.vectors.shape[1]}"
             )
-        vectors = np.zeros((len(self.vocabulary.words), features), np.float32)
-        found = np.zeros(len(self.vocabulary.words), bool)
-        lowercase: dict[str, int] = {}
-        for row, word in enumerate(source.words):
-            lowercase.setdefault(word.lower(), row)
-        for i, word in enumerate(self.vocabulary.words):
-            row = source.index.get(word, lowercase.get(word))
-            if row is not None:
-                vectors[i], found[i] = source.vectors[row], True
-        return vectors, found
+        return source.table_for(self.vocabulary.words)
 
     def _documents(self, split: str) -> list[list[str]]:
         names = (self.config.data.name, *self.config.word2vec.extra_corpora)
