@@ -170,7 +170,7 @@ def test_command_scores_a_generator_and_the_floor_and_writes_json(features_dir, 
     saved = json.loads((tmp_path / "gan" / sq.RESULT_FILE).read_text())
     assert saved == scored == json.loads(out.getvalue())
     assert saved["num_samples"] == saved["num_reference"] == 64 and saved["generator_step"] == 6
-    assert saved["k"] == 3 and saved["reference"] == "mnist5k test"
+    assert saved["k"] == 3 and saved["reference"] == "mnist5k test[:1000]"  # the run's eval split
     floor = sq.main(["--features", features_dir, "--floor", "--num_samples", "64"], io.StringIO())
     assert json.loads((Path(features_dir) / sq.FLOOR_FILE).read_text()) == floor
     for result in (saved, floor):
