@@ -1,5 +1,5 @@
-"""The feed-forward blocks of Transformers: GPT-2's GELU MLP and Llama's SwiGLU, by name
-(`make_mlp`). Projections name their input and output axes ("embed", "mlp")."""
+"""The feed-forward blocks of Transformers: GPT-2's GELU MLP (tanh GELU, or BERT's exact erf
+GELU as "gelu_exact") and Llama's SwiGLU, by name (`make_mlp`). Projections name their input and output axes ("embed", "mlp")."""
 
 from __future__ import annotations
 
@@ -47,14 +47,14 @@ class SwiGLU(nn.Module):
         )(h)
 
 
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "gelu_exact", "swiglu")
 
 
 def make_mlp(
     kind: str, hidden: int, use_bias: bool, out_stddev: float, name: str | None = None
 ) -> nn.Module:
-    if kind == "gelu":
-        return GeluMLP(hidden, use_bias, out_stddev=out_stddev, name=name)
+    if kind in ("gelu", "gelu_exact"):  # tanh approximation (GPT-2) or erf (BERT, ViT)
+        return GeluMLP(hidden, use_bias, kind == "gelu", out_stddev, name=name)
     if kind == "swiglu":
         return SwiGLU(hidden, use_bias, out_stddev, name=name)
     raise ConfigError(f"unknown mlp '{kind}'; choose from {MLPS}")

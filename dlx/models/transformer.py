@@ -8,7 +8,10 @@ One `Model` (config name "transformer"), chosen by `kind`:
   tie_embeddings=False.
 - "encoder": bidirectional with a padding mask (token id 0 is padding). `num_outputs > 0` gives
   sequence classification (mean over real tokens after the final norm, then "classifier");
-  otherwise per-token vocab logits.
+  otherwise per-token vocab logits. BERT-style by config: norm_position="post" (post-LN blocks,
+  a LayerNorm on the embeddings, no final norm), type_vocab_size=2 (segment embeddings, the
+  `token_types` argument), mlp="gelu_exact" (erf GELU), norm_eps=1e-12; `hidden(tokens)` gives
+  the last hidden states (dlx/hub/bert.py imports BERT checkpoints onto this).
 - "encoder_decoder": encoder + decoder with causal self-attention and cross-attention; pre-LN
   (more stable than the paper's post-LN). `__call__(inputs, targets_in)`, `encode(inputs)`,
   `decode(memory, targets_in, decode=...)`; target embedding shared with the source one unless
@@ -18,6 +21,8 @@ Decoding with a KV cache follows the contract in dlx/tasks/decoding.py.
 Parameter names (stable; hub importers map onto them). Decoder and encoder kinds:
   wte/embedding                    [vocab, embed]            token embedding
   wpe/embedding                    [max_len, embed]          position="learned" only
+  wtt/embedding                    [type_vocab, embed]       type_vocab_size > 0 only
+  ln_embed/{scale,bias}            [embed]                   norm_position="post" only
   h_{i}/ln_1/{scale,bias}          [embed]                   (bias only with norm="layer", bias)
   h_{i}/attn/qkv/{kernel,bias}     [embed, 3, heads, head_dim], [3, heads, head_dim]
       or, with num_kv_heads < num_heads:
@@ -27,7 +32,7 @@ Parameter names (stable; hub importers map onto them). Decoder and encoder kinds
   h_{i}/ln_2/{scale,bias}
   h_{i}/mlp/fc, h_{i}/mlp/proj     [embed, mlp], [mlp, embed] (mlp="gelu")
   h_{i}/mlp/gate, up, down         [embed, mlp] x2, [mlp, embed] (mlp="swiglu")
-  ln_f/{scale,bias}
+  ln_f/{scale,bias}                                          norm_position="pre" only
   lm_head/kernel                   [embed, vocab]            tie_embeddings=False only
   classifier/{kernel,bias}         [embed, num_outputs]      encoder with num_outputs > 0
 GPT-2 maps 1:1: c_attn weight [E, 3E] -> qkv/kernel reshaped [E, 3, H, E/H] (Conv1D weights
@@ -62,6 +67,7 @@ from dlx.layers.positional import LearnedPositions, sinusoidal
 from dlx.schema import Float, Int, OneOf
 
 KINDS = ("decoder", "encoder", "encoder_decoder")
+NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 DTYPES = ("float32", "bfloat16")
 
@@ -82,10 +88,12 @@ class BlockSpec:
     rope_base: float | None
     out_stddev: float
     implementation: str
+    post_norm: bool = False
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(ln_1(x)) [+ cross_attn(ln_cross(x), memory)] + mlp(ln_2(x))."""
+    """Pre-norm block: x + attn(ln_1(x)) [+ cross_attn(ln_cross(x), memory)] + mlp(ln_2(x)).
+    Post-norm (BERT, the original Transformer): ln_2(y + mlp(y)) with y = ln_1(x + attn(x))."""
 
     spec: BlockSpec
     cross: bool = False
@@ -119,17 +127,26 @@ class Block(nn.Module):
                 name=name,
             )
 
-        h = make_norm(s.norm, s.norm_eps, s.bias, name="ln_1")(x)
-        h = attention(s.rope_base, "attn")(
-            h, mask=mask, causal=causal, positions=positions, train=train, decode=decode
+        ln_1 = make_norm(s.norm, s.norm_eps, s.bias, name="ln_1")
+        ln_2 = make_norm(s.norm, s.norm_eps, s.bias, name="ln_2")
+        mlp = make_mlp(s.mlp, s.mlp_dim, s.bias, s.out_stddev, name="mlp")
+        self_attention = attention(s.rope_base, "attn")
+        if s.post_norm:
+            h = self_attention(
+                x, mask=mask, causal=causal, positions=positions, train=train, decode=decode
+            )
+            x = ln_1(x + drop(h))
+            x = ln_2(x + drop(mlp(x)))
+            return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        h = self_attention(
+            ln_1(x), mask=mask, causal=causal, positions=positions, train=train, decode=decode
         )
         x = x + drop(h)
         if self.cross:
             h = make_norm(s.norm, s.norm_eps, s.bias, name="ln_cross")(x)
             h = attention(None, "cross_attn")(h, memory, mask=memory_mask, train=train)
             x = x + drop(h)
-        h = make_norm(s.norm, s.norm_eps, s.bias, name="ln_2")(x)
-        x = x + drop(make_mlp(s.mlp, s.mlp_dim, s.bias, s.out_stddev, name="mlp")(h))
+        x = x + drop(mlp(ln_2(x)))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -184,6 +201,8 @@ FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.che
     dropout=Float(0, 1, high_open=True),
     norm=OneOf(*NORMS),
     norm_eps=Float(low=0, low_open=True),
+    norm_position=OneOf(*NORM_POSITIONS),
+    type_vocab_size=Int(low=0),
     mlp=OneOf(*MLPS),
     position=OneOf(*POSITIONS),
     rope_base=Float(low=0, low_open=True),
@@ -207,7 +226,9 @@ class Model(nn.Module):
     dropout: float = 0.0
     norm: str = "layer"  # "layer" | "rms"
     norm_eps: float = 1e-5
-    mlp: str = "gelu"  # "gelu" (tanh approximation) | "swiglu"
+    norm_position: str = "pre"  # "pre" (GPT-2, Llama) | "post" (BERT): see Block
+    type_vocab_size: int = 0  # >0: token-type (segment) embeddings "wtt", as BERT's
+    mlp: str = "gelu"  # "gelu" (tanh approximation) | "gelu_exact" (erf) | "swiglu"
     position: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_base: float = 10000.0
     tie_embeddings: bool = True
@@ -223,6 +244,7 @@ class Model(nn.Module):
         for field, value, choices in [
             ("kind", self.kind, KINDS),
             ("norm", self.norm, NORMS),
+            ("norm_position", self.norm_position, NORM_POSITIONS),
             ("mlp", self.mlp, MLPS),
             ("position", self.position, POSITIONS),
             ("attention", self.attention, IMPLEMENTATIONS),
@@ -239,6 +261,11 @@ class Model(nn.Module):
             raise ConfigError(
                 f"transformer: num_heads {self.num_heads} is not a multiple of "
                 f"num_kv_heads {self.num_kv_heads}"
+            )
+        if self.norm_position == "post" and self.kind == "encoder_decoder":
+            raise ConfigError(
+                "transformer: norm_position='post' is for the encoder and decoder kinds; the "
+                "encoder_decoder kind is pre-norm"
             )
         if self.position == "rope" and (self.embed_dim // self.num_heads) % 2:
             raise ConfigError("transformer: rotary positions need an even head dimension")
@@ -282,10 +309,15 @@ class Model(nn.Module):
             self.rope_base if self.position == "rope" else None,
             INIT_STDDEV / math.sqrt(2 * residual_writes),
             self.attention,
+            post_norm=self.norm_position == "post",
         )
         self.wte = _embedding(self.vocab_size, self.embed_dim)
         if self.position == "learned":
             self.wpe = LearnedPositions(self.max_len, self.embed_dim)
+        if self.type_vocab_size:
+            self.wtt = _embedding(self.type_vocab_size, self.embed_dim)
+        if self.norm_position == "post":
+            self.ln_embed = make_norm(self.norm, self.norm_eps, self.bias)
         self.drop = Dropout(self.dropout)
         if self.kind == "encoder_decoder":
             self.encoder = Stack(spec, self.num_layers)
@@ -294,7 +326,12 @@ class Model(nn.Module):
                 self.target_wte = _embedding(self.target_vocab_size, self.embed_dim)
         else:
             self.h = [Block(spec) for _ in range(self.num_layers)]
-            self.ln_f = make_norm(self.norm, self.norm_eps, self.bias)
+            # post-norm blocks end in a norm already
+            self.ln_f = (
+                make_norm(self.norm, self.norm_eps, self.bias)
+                if self.norm_position == "pre"
+                else _identity
+            )
         if self.kind == "encoder" and self.num_outputs:
             self.classifier = Projection(self.num_outputs, ("embed",), ("classes",))
         elif not self.tie_embeddings:
@@ -304,7 +341,12 @@ class Model(nn.Module):
 
     # ---- pieces ----
     def _embed(
-        self, table: nn.Embed, tokens: jax.Array, positions: jax.Array, train: bool
+        self,
+        table: nn.Embed,
+        tokens: jax.Array,
+        positions: jax.Array,
+        train: bool,
+        token_types: jax.Array | None = None,
     ) -> jax.Array:
         if self.position == "learned" and tokens.shape[1] > self.max_len:
             raise ValueError(
@@ -316,6 +358,12 @@ class Model(nn.Module):
             x = x + self.wpe(positions)
         elif self.position == "sinusoidal":  # the paper scales embeddings to the PE's size
             x = x * math.sqrt(self.embed_dim) + sinusoidal(positions, self.embed_dim)
+        if self.type_vocab_size:  # BERT: segment A (type 0) unless told otherwise
+            x = x + self.wtt(jnp.zeros_like(tokens) if token_types is None else token_types)
+        elif token_types is not None:
+            raise ValueError("token_types given but the model has type_vocab_size=0")
+        if self.norm_position == "post":
+            x = self.ln_embed(x)
         x = self.drop(x.astype(self.dtype), deterministic=not train)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -340,6 +388,7 @@ class Model(nn.Module):
         tokens: jax.Array,
         targets_in: jax.Array | None = None,
         *,
+        token_types: jax.Array | None = None,
         train: bool = False,
         decode: bool = False,
     ) -> jax.Array:
@@ -352,9 +401,9 @@ class Model(nn.Module):
         if targets_in is not None:
             raise ValueError(f"a {self.kind} transformer takes one token array")
         if self.kind == "encoder":
-            return self._encoder_outputs(tokens, train)
+            return self._encoder_outputs(tokens, train, token_types)
         positions = self.decode_position(tokens.shape[1], decode)
-        x = self._embed(self.wte, tokens, positions, train)
+        x = self._embed(self.wte, tokens, positions, train, token_types)
         x = _run_blocks(
             self.h,
             self.ln_f,
@@ -367,18 +416,30 @@ class Model(nn.Module):
         )
         return self._logits(x, self.wte)
 
-    def _encoder_outputs(self, tokens: jax.Array, train: bool) -> jax.Array:
+    def hidden(
+        self, tokens: jax.Array, *, token_types: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
+        """Encoder and decoder kinds: the last hidden states [B, T, embed] (after the final norm
+        of pre-norm models), before any output head. The encoder masks padding (id 0)."""
+        if self.kind == "encoder_decoder":
+            raise ValueError("hidden() is for the encoder and decoder kinds; use encode()")
         positions = jnp.arange(tokens.shape[1])[None]
-        x = self._embed(self.wte, tokens, positions, train)
-        x = _run_blocks(
+        x = self._embed(self.wte, tokens, positions, train, token_types)
+        encoder = self.kind == "encoder"
+        return _run_blocks(
             self.h,
             self.ln_f,
             x,
-            mask=padding_mask(tokens, PAD_ID),
-            causal=False,
+            mask=padding_mask(tokens, PAD_ID) if encoder else None,
+            causal=not encoder,
             positions=positions,
             train=train,
         )
+
+    def _encoder_outputs(
+        self, tokens: jax.Array, train: bool, token_types: jax.Array | None
+    ) -> jax.Array:
+        x = self.hidden(tokens, token_types=token_types, train=train)
         if not self.num_outputs:
             return self._logits(x, self.wte)
         real = (tokens != PAD_ID)[..., None].astype(x.dtype)
@@ -417,6 +478,10 @@ class Model(nn.Module):
             decode=decode,
         )
         return self._logits(x, table)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
 
 
 def _embedding(vocab: int, features: int) -> nn.Embed:
