@@ -11,8 +11,9 @@ works (real text of mixed lengths). Each call embeds all of them, tokenisation i
 - `torch`: `SentenceTransformer(same folder).encode(batch_size=32)` (also batches by length),
   torch with bench/run.py's thread count, under no_grad.
 Sides alternate in rounds (bench/generative.py's `timed_rounds`, busy rounds retried); the
-embeddings of both are checked equal first. FLOPs: the encoder's matmuls and attention over each
-batch's padded length (`transformer.forward_flops_per_token` without an output head). Writes
+embeddings of both are checked equal first. FLOPs: the encoder's matmuls and attention of each
+sentence's real tokens (`transformer.forward_flops_per_token` without an output head), so "% of
+peak" is useful work; padding is not counted. Writes
 bench/results_minilm.json.
 """
 
@@ -61,17 +62,16 @@ def shakespeare_sentences(count: int) -> list[str]:
     return chosen[:count]
 
 
-def encoder_flops(encoder: bert.BertEncoder, sentences: list[str], batch: int) -> float:
-    """Forward FLOPs of one call: each length-sorted batch at its padded width and full rows."""
+def encoder_flops(encoder: bert.BertEncoder, sentences: list[str]) -> float:
+    """Useful forward FLOPs of one call: each sentence's tokens, attending over its own length
+    (padding, which both sides compute some of, not counted)."""
     model = encoder.model
     ids, _ = encoder.tokenize(sentences)
-    lengths = np.sort((ids != 0).sum(1))[::-1]
     total = 0.0
-    for start in range(0, len(lengths), batch):
-        width = -(-int(lengths[start]) // bert.LENGTH_BUCKET) * bert.LENGTH_BUCKET
-        per_token = transformer.forward_flops_per_token(model, width)
+    for length in (ids != 0).sum(1):
+        per_token = transformer.forward_flops_per_token(model, int(length))
         per_token -= 2 * model.embed_dim * model.vocab_size  # hidden states: no output head
-        total += per_token * width * batch
+        total += per_token * int(length)
     return total
 
 
@@ -109,7 +109,7 @@ def compare(args) -> dict[str, Any]:
         "batch": args.batch,
         "tokens": tokens,
         "max_abs_difference": max_difference,
-        **generative.with_throughput(result, encoder_flops(encoder, sentences, args.batch), None),
+        **generative.with_throughput(result, encoder_flops(encoder, sentences), None),
     }
 
 
