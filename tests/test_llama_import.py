@@ -110,6 +110,21 @@ def test_chat_answers_a_simple_instruction(smollm):
         smollm.generate(np.ones(4, np.int32), smollm.model.max_len)
 
 
+def test_export_to_safetensors_loads_in_transformers_and_back(smollm, hf, tmp_path):
+    out = llama.export_llama(
+        smollm.model, smollm.params, tmp_path / "hf", tokenizer=smollm.tokenizer,
+        chat_template=smollm.chat_template, eos_id=smollm.eos_id,
+    )  # fmt: skip
+    exported = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    for name, tensor in hf[0].state_dict().items():  # the GGUF loader's tensors, one for one
+        assert torch.equal(exported.state_dict()[name], tensor), name
+    model, params = llama.load_llama(out)
+    assert model == smollm.model
+    jax.tree.map(np.testing.assert_array_equal, params, smollm.params)
+    reread = transformers.AutoTokenizer.from_pretrained(out)
+    assert reread(MIXED)["input_ids"] == smollm.encode(MIXED).tolist()
+
+
 def _tiny_gguf(path, arch="llama", drop=None, wrong_shape=None):
     """A 1-layer llama GGUF of random float32 tensors (gguf's writer), optionally damaged."""
     e, m, v, heads, kv = 8, 16, 6, 2, 1

