@@ -1,7 +1,13 @@
-"""Cached greedy generation, dlx vs Hugging Face transformers, on the same GPT-2 weights.
+"""Cached greedy generation, dlx vs Hugging Face transformers, on the same weights: a random
+GPT-2, or SmolLM2-135M-Instruct imported from its GGUF file.
 
     .venv/bin/python bench/generation.py                 # GPT-2 small (124M): ~2 min idle
     .venv/bin/python bench/generation.py --layers 2 --embed 128 --heads 2 --vocab 1000  # quick
+    .venv/bin/python bench/generation.py --model smollm2 # -> results_generation_smollm2.json
+
+With `--model smollm2` dlx loads the .gguf through dlx.hub.llama and transformers through its
+own GGUF loader (`from_pretrained(gguf_file=...)`), and the prompt is the chat-template prompt
+of "What is the capital of France?" (the --layers ... --prompt options are then unused).
 
 A random-init `transformers.GPT2LMHeadModel` (GPT-2 small's config unless told otherwise) is
 saved with save_pretrained and loaded into dlx through dlx.hub.gpt2, so both run the same
@@ -38,7 +44,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from dlx import runtime  # noqa: E402
-from dlx.hub import gpt2  # noqa: E402
+from dlx.hub import gpt2, llama  # noqa: E402
 from dlx.tasks import decoding  # noqa: E402
 
 TORCH_THREADS = 2
@@ -56,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     parser.add_argument("--new", type=int, default=128, help="generated tokens")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the median is kept")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results_generation.json"))
+    parser.add_argument("--model", choices=("gpt2", "smollm2"), default="gpt2")
+    parser.add_argument("--out", default=None, help="default bench/results_generation[_MODEL].json")
     args = parser.parse_args(argv)
+    suffix = "" if args.model == "gpt2" else f"_{args.model}"
+    args.out = args.out or str(REPO / "bench" / f"results_generation{suffix}.json")
     if min(args.rounds, args.prompt, args.new, args.batch) < 1:
         parser.error("--rounds, --prompt, --new and --batch must be >= 1")
     return args
@@ -87,13 +96,31 @@ def timed(fn) -> tuple[float, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as directory:
-        hf = build_checkpoint(args, directory)
+    if args.model == "smollm2":
         start = time.perf_counter()
-        model, params = gpt2.load_gpt2(directory)
+        lm = llama.load_gguf("smollm2")
         load_s = time.perf_counter() - start
+        model, params = lm.model, lm.params
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(lm.path.parent), gguf_file=lm.path.name, dtype=torch.float32
+        ).eval()
+        prompt = lm.encode(lm.chat_prompt("What is the capital of France?"))[None]
+        prompt = np.repeat(prompt, args.batch, axis=0)
+        args.layers, args.embed, args.heads, args.vocab = (
+            model.num_layers,
+            model.embed_dim,
+            model.num_heads,
+            model.vocab_size,
+        )
+        args.prompt = prompt.shape[1]
+    else:
+        with tempfile.TemporaryDirectory() as directory:
+            hf = build_checkpoint(args, directory)
+            start = time.perf_counter()
+            model, params = gpt2.load_gpt2(directory)
+            load_s = time.perf_counter() - start
+        prompt = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.prompt))
     variables = {"params": params}
-    prompt = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.prompt))
     prompt_jax = jnp.asarray(prompt, jnp.int32)
     prompt_torch = torch.tensor(prompt, dtype=torch.long)
     rng = jax.random.key(0)
@@ -154,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "command": " ".join(["bench/generation.py", *(sys.argv[1:] if argv is None else argv)]),
         "model": {
+            "name": args.model,
             "layers": args.layers,
             "embed": args.embed,
             "heads": args.heads,
@@ -174,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         "greedy_tokens_identical": same_tokens,
     }
     print(
-        f"GPT-2 {args.layers}x{args.embed}, {args.heads} heads, vocab {args.vocab}; "
+        f"{args.model} {args.layers}x{args.embed}, {args.heads} heads, vocab {args.vocab}; "
         f"batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, "
         f"median of {args.rounds}"
     )
