@@ -288,6 +288,39 @@ def test_tfds_and_in_memory_sources_give_the_same_batches(sklearn_data_dir):
         assert all(np.array_equal(x[k], y[k]) for k in x)
 
 
+def test_decoded_columns_are_cached_beside_the_data_and_rebuilt_when_it_changes(
+    tmp_path, monkeypatch
+):
+    data_dir = str(tmp_path / "tfds")
+    builder = data.prepare("digits", data_dir)
+    decoded = []
+    real_load = data.load_into_memory
+    monkeypatch.setattr(data, "load_into_memory", lambda src: decoded.append(1) or real_load(src))
+
+    def fresh(split="train"):
+        data._in_memory_splits.clear()
+        return data.source("digits", split, data_dir, in_memory=True)
+
+    first = fresh()
+    cache = next(p for p in os.scandir(builder.data_path) if p.name.startswith("dlx-columns-train"))
+    second = fresh()
+    assert len(decoded) == 1  # the second process-fresh read came from the cache
+    for key in first.columns:
+        np.testing.assert_array_equal(first.columns[key], second.columns[key])
+        assert first.columns[key].dtype == second.columns[key].dtype
+    fresh("train[:100]")  # a slice is its own entry
+    assert len(decoded) == 2 and len(fresh("train[:100]")) == 100 and len(decoded) == 2
+
+    record = next(p for p in os.scandir(builder.data_path) if p.name.startswith("digits-train."))
+    os.utime(record.path, ns=(0, 0))  # the data set changed: decode again
+    fresh()
+    assert len(decoded) == 3
+    with open(cache.path, "wb") as f:  # a damaged cache: decode again, never fail
+        f.write(b"not an npz")
+    np.testing.assert_array_equal(fresh().columns["label"], first.columns["label"])
+    assert len(decoded) == 4
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_batches_cover_every_example_once(process_count):
     source = numbered_source(45)

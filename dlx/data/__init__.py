@@ -17,9 +17,15 @@ fly: `WholeBatchSource` and `GeneratedSource` in `dlx.data.sources`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import os
+import re
 import socket
+import tempfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -177,6 +183,50 @@ def _split_num_bytes(builder: tfds.core.DatasetBuilder, split: str) -> int:
 
 
 _in_memory_splits: dict[tuple[str, str], ArraySource] = {}
+COLUMN_CACHE_VERSION = 1
+
+
+def _column_cache(builder: tfds.core.DatasetBuilder, split: str) -> tuple[Path, str]:
+    """(path, fingerprint) of the decoded-columns cache of `split`: an .npz beside the TFDS files,
+    valid while the split's record files keep their names, sizes and modification times."""
+    data_path = Path(os.fspath(builder.data_path))
+    bases = {part.split("[", 1)[0].strip() for part in split.split("+")}
+    records = sorted(
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in data_path.iterdir()
+        if any(p.name.startswith(f"{builder.name}-{base}.") for base in bases)
+    )
+    fingerprint = hashlib.sha256(
+        "\n".join([str(COLUMN_CACHE_VERSION), split, *records]).encode()
+    ).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", split)
+    return data_path / f"dlx-columns-{slug}.npz", fingerprint
+
+
+def _load_columns(builder: tfds.core.DatasetBuilder, split: str) -> ArraySource:
+    """The split decoded into memory. Decoding TFDS records one by one is slow (CMUdict's
+    125k words: ~9 s), so the columns are kept in an .npz beside the data set after the first
+    load; a changed data set, an unreadable cache or a read-only data directory only means
+    decoding again."""
+    path, fingerprint = _column_cache(builder, split)
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if str(cached["__fingerprint__"]) == fingerprint:
+                return ArraySource({k: cached[k] for k in cached.files if k != "__fingerprint__"})
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass
+    loaded = load_into_memory(builder.as_data_source(split=split))
+    if all(column.dtype.kind != "O" for column in loaded.columns.values()):
+        try:  # written whole, then renamed: a reader never sees half a file
+            handle, staging = tempfile.mkstemp(prefix=".dlx-columns-", dir=path.parent)
+            with os.fdopen(handle, "wb") as f:
+                np.savez(f, __fingerprint__=np.array(fingerprint), **loaded.columns)
+            os.chmod(staging, 0o644)  # as readable as the data set (mkstemp makes it 0600)
+            os.replace(staging, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+    return loaded
 
 
 def source(
@@ -193,7 +243,7 @@ def source(
         return NumpyRecords(builder.as_data_source(split=split))
     key = (os.fspath(builder.data_path), split)
     if key not in _in_memory_splits:
-        split_source = load_into_memory(builder.as_data_source(split=split))
+        split_source = _load_columns(builder, split)
         for column in split_source.columns.values():
             column.setflags(write=False)
         _in_memory_splits[key] = split_source
