@@ -33,6 +33,9 @@ MODES = {
     "predict": "run the latest checkpoint of --workdir on image files given after the flags: "
     "top-5 classes of a classifier, boxes of a detector (printed and drawn); images of another "
     "size or colour are converted to the run's",
+    "pipeline": "TASK --model M TEXT...: feature-extraction or text-generation with imported "
+    "weights (minilm, smollm2, a hub folder or .gguf) or a dlx language-model workdir; one JSON "
+    "line per text",
 }
 DEFAULT_CONFIG = "configs/default.py"
 DEFAULT_WORKDIR = "runs/default"
@@ -360,6 +363,15 @@ def main(argv: list[str]) -> None:
         mode, args = args[0], args[1:]
         if mode not in MODES:
             _fail(f"unknown mode '{mode}'; use one of {', '.join(MODES)} (--help lists them)")
+    if mode == "pipeline":  # its own arguments (no config): dlx/pipelines.py
+        from dlx.errors import UserError
+        from dlx.pipelines import main as pipeline_main
+
+        try:
+            pipeline_main(args)
+        except UserError as e:
+            _fail(str(e))
+        return
     config_spec, args = _config_argument(args)
     if any(arg in HELP_FLAGS for arg in args):
         _help(mode, config_spec, [arg for arg in args if arg not in HELP_FLAGS])
