@@ -65,6 +65,26 @@ def test_sample_mode_streams_text_from_the_checkpoint(gpt_run):
     assert cli(*command).stdout == result.stdout  # same seed, same text
 
 
+def test_text_generation_pipeline_continues_from_a_language_model_workdir(gpt_run):
+    import json
+
+    result = cli(
+        "pipeline", "text-generation", "--model", str(gpt_run), "ROMEO:", "JULIET:",
+        "--max_new_tokens", "12",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["prompt"] for line in lines] == ["ROMEO:", "JULIET:"]
+    assert all(len(line["generated_text"]) == 12 for line in lines)  # char level: 12 characters
+    again = cli("pipeline", "text-generation", "--model", str(gpt_run), "ROMEO:",
+                "--max_new_tokens", "12")  # fmt: skip
+    assert json.loads(again.stdout)["generated_text"] == lines[0]["generated_text"]  # greedy
+    refused(
+        cli("pipeline", "text-generation", "--model", str(gpt_run), "--chat", "hi"),
+        "no chat template",
+    )
+
+
 @pytest.mark.parametrize("flag", ["--temperature=-1", "--top_p=0", "--top_k=-3"])
 def test_sample_mode_rejects_bad_settings(gpt_run, flag):
     result = cli("sample", "--workdir", str(gpt_run), flag)
