@@ -319,16 +319,6 @@ def tensor_specs(model: Model) -> list[TensorSpec]:
     return specs
 
 
-def _flat_shapes(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat_shapes(value, (*prefix, key)))
-        else:
-            out[(*prefix, key)] = tuple(value.shape)
-    return out
-
-
 def _full_shapes(specs: Sequence[TensorSpec]) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Each dlx parameter's shape, the slotted ones with their slots stacked."""
     shapes: dict[tuple[str, ...], tuple[int, ...]] = {}
@@ -344,10 +334,7 @@ def _full_shapes(specs: Sequence[TensorSpec]) -> dict[tuple[str, ...], tuple[int
 
 
 def _check_specs_match_model(model: Model, specs: Sequence[TensorSpec]) -> None:
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    actual = _flat_shapes(
-        nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens))["params"]
-    )
+    actual = safetensors.model_param_shapes(model)
     if _full_shapes(specs) != actual:
         differing = sorted(set(_full_shapes(specs).items()) ^ set(actual.items()))[:4]
         raise RuntimeError(
@@ -555,10 +542,10 @@ def load_bert(
             if s.slot is not None:
                 slots.setdefault((*s.path, str(s.slot_axis)), {})[s.slot] = array
                 continue
-            _put(params, s.path, jnp.asarray(array, dtype))
+            safetensors.put(params, s.path, jnp.asarray(array, dtype))
     for key, parts in slots.items():
         *path, axis = key
-        _put(
+        safetensors.put(
             params,
             tuple(path),
             jnp.asarray(np.stack([parts[i] for i in sorted(parts)], int(axis)), dtype),
@@ -581,12 +568,6 @@ def load_bert(
     return BertEncoder(model, params, tokenizer, directory)
 
 
-def _put(tree: dict, path: tuple[str, ...], value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
@@ -607,7 +588,7 @@ def export_bert(
         params = params["params"]
     specs = tensor_specs(model)
     _check_specs_match_model(model, specs)
-    given = _flat_shapes(params)
+    given = safetensors.flat_shapes(params)
     if given != _full_shapes(specs):
         differing = sorted(set(given.items()) ^ set(_full_shapes(specs).items()))[:4]
         raise ConfigError(

@@ -292,27 +292,10 @@ def tensor_specs(model: Model) -> list[TensorSpec]:
     return specs
 
 
-def _flat_shapes(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat_shapes(value, (*prefix, key)))
-        else:
-            out[(*prefix, key)] = tuple(value.shape)
-    return out
-
-
-def _expected_param_shapes(model: Model) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """The model's own parameter tree, by abstract evaluation (no compile, no memory)."""
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), tokens)
-    return _flat_shapes(nn.meta.unbox(variables)["params"])
-
-
 def _check_specs_match_model(model: Model, specs: list[TensorSpec]) -> None:
     # Guards the mapping above against a change of dlx's parameter names.
     mapped = {spec.path: spec.dlx_shape for spec in specs}
-    actual = _expected_param_shapes(model)
+    actual = safetensors.model_param_shapes(model)
     if mapped != actual:
         differing = sorted(set(mapped.items()) ^ set(actual.items()))[:4]
         raise RuntimeError(
@@ -454,7 +437,7 @@ def export_gpt2(
         params = params["params"]
     specs = tensor_specs(model)
     _check_specs_match_model(model, specs)
-    given = _flat_shapes(params)
+    given = safetensors.flat_shapes(params)
     wanted = {spec.path: spec.dlx_shape for spec in specs}
     if given != wanted:
         differing = sorted(set(given.items()) ^ set(wanted.items()))[:4]

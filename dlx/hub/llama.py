@@ -601,13 +601,7 @@ def load_llama(directory: str | os.PathLike, *, dtype: Any = jnp.float32) -> tup
             if slot is not None:
                 kv_parts.setdefault(path, {})[slot] = array
                 continue
-            node = params
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = jnp.asarray(array, dtype)
+            safetensors.put(params, path, jnp.asarray(array, dtype))
     for path, parts in kv_parts.items():
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(np.stack([parts[0], parts[1]], axis=1), dtype)
+        safetensors.put(params, path, jnp.asarray(np.stack([parts[0], parts[1]], axis=1), dtype))
     return model, params

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
@@ -92,3 +96,34 @@ class Reader:
         if path not in self.handles:
             self.handles[path] = self.stack.enter_context(safe_open(path, framework="np"))
         return self.handles[path].get_tensor(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter trees, shared by the family importers
+# ---------------------------------------------------------------------------------------------
+
+
+def flat_shapes(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict:
+    """{path tuple: shape} of every leaf of a nested dict of arrays."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flat_shapes(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = tuple(value.shape)
+    return out
+
+
+def model_param_shapes(model: nn.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """A token model's own parameter shapes, by abstract evaluation (no compile, no memory)."""
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return flat_shapes(
+        nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens))["params"]
+    )
+
+
+def put(tree: dict, path: Sequence[str], value: Any) -> None:
+    """tree[path[0]][path[1]]... = value, creating the dicts on the way."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
