@@ -456,16 +456,15 @@ class BertEncoder:
 
 def _strip_prefix(names: Sequence[str], where: Path) -> dict[str, str]:
     """BERT name (without "bert.") -> stored name; buffers dropped."""
-    prefixed = {
-        n.startswith(PREFIX) for n in names if n.startswith(("bert.", "embeddings.", "encoder."))
-    }
-    if len(prefixed) > 1:
-        raise DataError(f"bert: {where} mixes names with and without the '{PREFIX}' prefix")
-    return {
-        (n[len(PREFIX) :] if n.startswith(PREFIX) else n): n
-        for n in names
-        if not n.endswith(SKIPPED)
-    }
+    encoder_names = ("bert.", "embeddings.", "encoder.")
+    return safetensors.strip_prefix(
+        names,
+        PREFIX,
+        body=lambda n: n.startswith(encoder_names),
+        skipped=SKIPPED,
+        what="bert",
+        where=where,
+    )
 
 
 def _check_sizes(

@@ -311,15 +311,14 @@ def _check_specs_match_model(model: Model, specs: list[TensorSpec]) -> None:
 
 def _strip_prefix(names: list[str], where: Path) -> dict[str, str]:
     """GPT-2 name (without "transformer.") -> stored name; buffers dropped."""
-    body = [n for n in names if n != LM_HEAD]
-    prefixed = {n.startswith(PREFIX) for n in body}
-    if len(prefixed) > 1:
-        raise DataError(f"gpt2: {where} mixes names with and without the '{PREFIX}' prefix")
-    return {
-        (n[len(PREFIX) :] if n.startswith(PREFIX) else n): n
-        for n in names
-        if not n.endswith(BUFFER_SUFFIXES)
-    }
+    return safetensors.strip_prefix(
+        names,
+        PREFIX,
+        body=lambda n: n != LM_HEAD,
+        skipped=BUFFER_SUFFIXES,
+        what="gpt2",
+        where=where,
+    )
 
 
 def _check_sizes_against_weights(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +127,24 @@ def put(tree: dict, path: Sequence[str], value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
+
+
+def strip_prefix(
+    names: Sequence[str],
+    prefix: str,
+    *,
+    body: Callable[[str], bool],
+    skipped: tuple[str, ...],
+    what: str,
+    where: Path,
+) -> dict[str, str]:
+    """{name without `prefix`: stored name} of a checkpoint whose model class may prefix its
+    tensor names (GPT2LMHeadModel's "transformer.", BertForX's "bert."); names ending in a
+    `skipped` suffix (buffers) are dropped. Among the `body` names, all or none may carry it."""
+    if len({n.startswith(prefix) for n in names if body(n)}) > 1:
+        raise DataError(f"{what}: {where} mixes names with and without the '{prefix}' prefix")
+    return {
+        (n[len(prefix) :] if n.startswith(prefix) else n): n
+        for n in names
+        if not n.endswith(skipped)
+    }
