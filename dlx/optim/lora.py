@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021): low-rank adapters on a model's dense layers, kept as their own pytree
+r"""LoRA (Hu et al. 2021): low-rank adapters on a model's dense layers, kept as their own pytree
 next to the frozen base parameters.
 
 A targeted layer computes y = x W + b + scale * dropout(x) A B, with A [in, rank], B [rank, out],
@@ -8,7 +8,7 @@ model). The adapters are added by intercepting the `__call__` of dlx's `Projecti
 `nn.Dense` (whatever model holds them), so no model is edited to carry them; `merge` folds them
 into the kernels for export or fast inference (W + scale * A B, the same function).
 
-    lora = LoRA(rank=8, alpha=16, dropout=0.05, targets=r"h_\\d+/attn/(query|proj)")
+    lora = LoRA(rank=8, alpha=16, dropout=0.05, targets=r"h_\d+/attn/(query|proj)")
     shapes = lora.shapes(model, variables, tokens)          # {layer path: (in, out shape)}
     adapters = lora.init(shapes, jax.random.key(0))         # {"h_0/attn/query": {"a", "b"}}
     with lora.applied(adapters, rng=key, train=True):
