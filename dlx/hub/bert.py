@@ -47,7 +47,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -582,17 +581,9 @@ def export_bert(
     """config.json and model.safetensors (float32, BertModel names, no pooler) for a dlx
     encoder with BERT's architecture, plus tokenizer.json when given. Returns the directory."""
     config = bert_config(model)
-    params = nn.meta.unbox(params)
-    if "params" in params and "wte" not in params:
-        params = params["params"]
     specs = tensor_specs(model)
     _check_specs_match_model(model, specs)
-    given = safetensors.flat_shapes(params)
-    if given != _full_shapes(specs):
-        differing = sorted(set(given.items()) ^ set(_full_shapes(specs).items()))[:4]
-        raise ConfigError(
-            f"bert export: params do not fit the model; first differences: {differing}"
-        )
+    params = safetensors.params_for_export(params, _full_shapes(specs), "bert")
     tensors = {}
     for s in specs:
         leaf = params

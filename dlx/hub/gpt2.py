@@ -38,7 +38,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -431,19 +430,10 @@ def export_gpt2(
     for a dlx decoder with GPT-2's architecture. `params` is the "params" collection (or a
     variables dict holding it), boxed or not. Returns the directory."""
     config = gpt2_config(model, extra_config)
-    params = nn.meta.unbox(params)
-    if "params" in params and "wte" not in params:
-        params = params["params"]
     specs = tensor_specs(model)
     _check_specs_match_model(model, specs)
-    given = safetensors.flat_shapes(params)
     wanted = {spec.path: spec.dlx_shape for spec in specs}
-    if given != wanted:
-        differing = sorted(set(given.items()) ^ set(wanted.items()))[:4]
-        raise ConfigError(
-            f"gpt2 export: params do not fit the model; first differences "
-            f"(path, shape): {differing}"
-        )
+    params = safetensors.params_for_export(params, wanted, "gpt2")
 
     tensors = {}
     for spec in specs:

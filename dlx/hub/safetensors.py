@@ -148,3 +148,21 @@ def strip_prefix(
         for n in names
         if not n.endswith(skipped)
     }
+
+
+def params_for_export(params: Mapping[str, Any], wanted: Mapping, what: str) -> Mapping[str, Any]:
+    """The unboxed "params" tree of `params` (a variables dict or the params themselves),
+    checked to have exactly the `wanted` {path: shape}; ConfigError naming the differences."""
+    from dlx.errors import ConfigError
+
+    params = nn.meta.unbox(params)
+    if "params" in params and "wte" not in params:
+        params = params["params"]
+    given = flat_shapes(params)
+    if given != dict(wanted):
+        differing = sorted(set(given.items()) ^ set(dict(wanted).items()))[:4]
+        raise ConfigError(
+            f"{what} export: params do not fit the model; first differences (path, shape): "
+            f"{differing}"
+        )
+    return params
