@@ -9,15 +9,22 @@ dlx workdir.
     python launch.py pipeline feature-extraction --model minilm "A sentence." "Another."
     python launch.py pipeline text-generation --model smollm2 --chat "Write a haiku."
 
+    classify = dlx.pipeline("sentiment-analysis", model="runs/rt_minilm")
+    classify(["A triumph."])                   # [{"label": "fresh", "score": 0.97}]
+    ner = dlx.pipeline("ner", model="runs/wnut16_minilm")
+    ner(["Empire State Building tonight"])     # [[{"entity_group": "facility", "word": ...,
+                                               #    "start": 0, "end": 21, "score": ...}]]
+
 `model` is "minilm" (all-MiniLM-L6-v2), "smollm2" (SmolLM2-135M-Instruct), a BERT folder
 (config.json with model_type "bert"), a Llama safetensors folder (model_type "llama"), a .gguf
-file, or the workdir of a dlx `language_model` run (text-generation). Batched: a list of texts
-is encoded together (feature extraction batches them by length, 32 at a time). Texts longer
-than the model takes: feature extraction cuts each at the encoder's limit (256 tokens for
-MiniLM) and warns naming which; text generation refuses a prompt that leaves no room for the
-new tokens. An empty text, a model that cannot do the task, or a path that is not a model is one
-ConfigError / DataError line. Sentiment analysis and NER follow with the fine-tuning tasks
-(issue 23).
+file, or a dlx workdir: of a `language_model` run (text-generation), a `text_classification`
+run (sentiment-analysis: the label and probability of the most probable class), or a
+`token_classification` run (ner: entity groups with character spans, words split at
+whitespace). Batched: a list of texts is encoded together (32 at a time). Texts longer than the
+model takes: feature extraction, sentiment analysis and NER cut each at the run's (or the
+encoder's) limit and warn naming which texts (NER finds no entity in the words cut off); text
+generation refuses a prompt that leaves no room for the new tokens. An empty text, a model that
+cannot do the task, or a path that is not a model is one ConfigError / DataError line.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ import numpy as np
 
 from dlx.errors import ConfigError, DataError
 
-TASKS = ("feature-extraction", "text-generation")
-LATER = ("sentiment-analysis", "ner")
+TASKS = ("feature-extraction", "text-generation", "sentiment-analysis", "ner")
+WORKDIR_TASKS = {"sentiment-analysis": "text_classification", "ner": "token_classification"}
 
 
 def _texts(inputs: str | Sequence[str]) -> list[str]:
@@ -153,6 +160,52 @@ class TextGeneration:
         return out
 
 
+def _warn_truncated(truncated: Sequence[bool], limit: int) -> None:
+    cut = [i for i, was in enumerate(truncated) if was]
+    if cut:
+        warnings.warn(
+            f"text(s) {cut[:5]} longer than {limit} tokens were cut to fit the model",
+            stacklevel=3,
+        )
+
+
+class FineTuned:
+    """sentiment-analysis and ner: a dlx workdir of the matching fine-tuning task."""
+
+    def __init__(self, pipeline_task: str, model: str):
+        wanted = WORKDIR_TASKS[pipeline_task]
+        if _kind(model) != "workdir":
+            raise ConfigError(
+                f"{pipeline_task} needs the workdir of a dlx {wanted} run (a classifier head "
+                f"trained on labels); {model!r} is a pretrained checkpoint without one: fine-tune "
+                f"it first (configs/rotten_tomatoes_minilm.py, configs/wnut16_minilm.py)"
+            )
+        try:
+            trained_task = json.loads((Path(model) / "config.json").read_text()).get("task")
+        except (OSError, json.JSONDecodeError, AttributeError) as error:
+            raise DataError(f"{model}/config.json is not readable JSON ({error})") from error
+        if trained_task != wanted:
+            raise ConfigError(
+                f"{model} is a '{trained_task}' run; the {pipeline_task} pipeline needs a "
+                f"'{wanted}' run"
+            )
+        from dlx import inference
+
+        self.pipeline_task = pipeline_task
+        self.bundle = inference.load(model)
+
+    def __call__(self, inputs: str | Sequence[str], batch_size: int = 32) -> list:
+        texts = _texts(inputs)
+        task = self.bundle.task
+        if self.pipeline_task == "sentiment-analysis":
+            _, truncated = task.encode_texts(texts)
+            _warn_truncated(truncated, task.config.data.max_length)
+            return task.classify(self.bundle, texts, batch_size)
+        ids, starts = task.encode_words([text.split() for text in texts])
+        _warn_truncated([bool((first < 0).any()) for first in starts], task.config.data.max_length)
+        return task.recognize(self.bundle, texts, batch_size)
+
+
 def _llama_folder(model: str):
     from dlx.hub import llama
 
@@ -172,9 +225,12 @@ def _llama_folder(model: str):
     return llama.CausalLM(model_, params, tokenizer, template, eos, directory)
 
 
-def pipeline(task: str, model: str, data_dir=None) -> FeatureExtraction | TextGeneration:
-    if task in LATER:
-        raise ConfigError(f"the {task} pipeline is not built yet (issue 23); use one of {TASKS}")
+def pipeline(
+    task: str, model: str, data_dir=None
+) -> FeatureExtraction | TextGeneration | FineTuned:
+    model = str(model)
+    if task in WORKDIR_TASKS:
+        return FineTuned(task, model)
     if task == "feature-extraction":
         return FeatureExtraction(model, data_dir)
     if task == "text-generation":
@@ -191,7 +247,7 @@ def main(argv: list[str], out=None) -> Any:
     """`launch.py pipeline TASK --model M TEXT...`: prints JSON lines, one per text."""
     out = out or sys.stdout
     parser = _Parser(prog="launch.py pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("task", choices=(*TASKS, *LATER))
+    parser.add_argument("task", choices=TASKS)
     parser.add_argument("texts", nargs="*")
     parser.add_argument("--model", required=True)
     parser.add_argument("--max_new_tokens", type=int, default=64)
@@ -210,6 +266,12 @@ def main(argv: list[str], out=None) -> Any:
                 json.dumps({"text": text, "embedding": [round(float(x), 6) for x in vector]}) + "\n"
             )
         return vectors
+    if isinstance(runner, FineTuned):
+        results = runner(args.texts)
+        key = "entities" if args.task == "ner" else "prediction"
+        for text, result in zip(args.texts, results, strict=True):
+            out.write(json.dumps({"text": text, key: result}, ensure_ascii=False) + "\n")
+        return results
     results = runner(
         args.texts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         chat=args.chat, seed=args.seed,

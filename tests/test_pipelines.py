@@ -77,7 +77,7 @@ def test_cli_prints_one_json_line_per_text(extract):
         (("feature-extraction", "--model", "minilm"), "got no texts"),
         (("text-generation", "--model", "minilm", "hi"), "needs a decoder"),
         (("feature-extraction", "--model", "runs/nowhere", "hi"), "is not 'minilm'"),
-        (("sentiment-analysis", "--model", "minilm", "hi"), "not built yet"),
+        (("sentiment-analysis", "--model", "minilm", "hi"), "fine-tune it first"),
         (("translation", "--model", "minilm", "hi"), "invalid choice"),
         (("feature-extraction", "hi"), "--model"),
     ],

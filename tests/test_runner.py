@@ -198,7 +198,8 @@ def test_init_from_starts_from_the_source_weights_then_resumes_its_own(
 @pytest.mark.parametrize(
     "init_from, override, expected",
     [
-        ("missing", {}, "holds no finished checkpoint"),
+        ("missing", {}, "does not exist"),
+        ("unfinished", {}, "holds no finished checkpoint"),
         ("source", {"model.hidden": (32, 64)}, "needs the same model config"),
     ],
 )
@@ -206,6 +207,9 @@ def test_bad_init_from_is_one_clear_error_and_writes_nothing(
     source_run, tmp_path, init_from, override, expected
 ):
     path = source_run if init_from == "source" else tmp_path / "nothing_here"
+    if init_from == "unfinished":  # a run that never saved a checkpoint
+        path.mkdir()
+        (path / "config.json").write_text((source_run / "config.json").read_text())
     workdir = tmp_path / "finetune"
     with pytest.raises(ConfigError, match="init_from") as refused:
         train(DIGITS, workdir, {"init_from": str(path), **override})

@@ -7,8 +7,9 @@ One `Model` (config name "transformer"), chosen by `kind`:
   mlp="swiglu", position="rope", num_kv_heads < num_heads (GQA), bias=False,
   tie_embeddings=False.
 - "encoder": bidirectional with a padding mask (token id 0 is padding). `num_outputs > 0` gives
-  sequence classification (mean over real tokens after the final norm, then "classifier");
-  otherwise per-token vocab logits. BERT-style by config: norm_position="post" (post-LN blocks,
+  a classifier head: by `pooling`, one row per sequence from the mean over real tokens ("mean")
+  or the first token's state ("cls", BERT's [CLS]), or one row per token ("none": token
+  classification, [B, T, num_outputs]); otherwise per-token vocab logits. BERT-style by config: norm_position="post" (post-LN blocks,
   a LayerNorm on the embeddings, no final norm), type_vocab_size=2 (segment embeddings, the
   `token_types` argument), mlp="gelu_exact" (erf GELU), norm_eps=1e-12; `hidden(tokens)` gives
   the last hidden states (dlx/hub/bert.py imports BERT checkpoints onto this).
@@ -70,6 +71,10 @@ KINDS = ("decoder", "encoder", "encoder_decoder")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 DTYPES = ("float32", "bfloat16")
+POOLINGS = ("mean", "cls", "none")
+# What config.model may set on top of a pretrained checkpoint's architecture (dlx.hub): the
+# weights do not fix these.
+PRETRAINED_OVERRIDES = ("dropout", "num_outputs", "pooling", "attention", "dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +212,7 @@ FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.che
     position=OneOf(*POSITIONS),
     rope_base=Float(low=0, low_open=True),
     num_outputs=Int(low=0),
+    pooling=OneOf(*POOLINGS),
     target_vocab_size=Int(low=0),
     num_decoder_layers=Int(low=0),
     attention=OneOf(*IMPLEMENTATIONS),
@@ -233,7 +239,8 @@ class Model(nn.Module):
     rope_base: float = 10000.0
     tie_embeddings: bool = True
     bias: bool = True
-    num_outputs: int = 0  # encoder: >0 gives a sequence-classification head
+    num_outputs: int = 0  # encoder: >0 gives a classification head (see `pooling`)
+    pooling: str = "mean"  # encoder head: "mean" | "cls" (per sequence) | "none" (per token)
     target_vocab_size: int = 0  # encoder_decoder: 0 shares the source vocabulary
     num_decoder_layers: int = 0  # encoder_decoder: 0 = num_layers
     attention: str = "auto"  # see dlx/layers/attention.py
@@ -249,6 +256,7 @@ class Model(nn.Module):
             ("position", self.position, POSITIONS),
             ("attention", self.attention, IMPLEMENTATIONS),
             ("dtype", self.dtype, DTYPES),
+            ("pooling", self.pooling, POOLINGS),
         ]:
             if value not in choices:
                 raise ConfigError(f"transformer: unknown {field} '{value}'; choose from {choices}")
@@ -442,6 +450,10 @@ class Model(nn.Module):
         x = self.hidden(tokens, token_types=token_types, train=train)
         if not self.num_outputs:
             return self._logits(x, self.wte)
+        if self.pooling == "none":
+            return self.classifier(x).astype(jnp.float32)
+        if self.pooling == "cls":
+            return self.classifier(x[:, 0]).astype(jnp.float32)
         real = (tokens != PAD_ID)[..., None].astype(x.dtype)
         pooled = (x * real).sum(1) / jnp.maximum(real.sum(1), 1.0)
         return self.classifier(pooled).astype(jnp.float32)
@@ -521,9 +533,9 @@ def forward_flops_per_token(model: Model, seq_len: int, source_len: int | None =
     if model.kind == "decoder":
         return model.num_layers * layer(seq_len) + 2 * d * model.vocab_size
     if model.kind == "encoder":
-        head = (
-            2 * d * model.num_outputs / seq_len if model.num_outputs else 2 * d * model.vocab_size
-        )
+        per_token_head = model.pooling == "none" or not model.num_outputs
+        outputs = model.num_outputs or model.vocab_size
+        head = 2 * d * outputs / (1 if per_token_head else seq_len)
         return model.num_layers * layer(seq_len) + head
     source = seq_len if source_len is None else source_len
     cross_per_target = 2 * (d * q_width + q_width * d) + scores * source

@@ -24,6 +24,14 @@ it. The runner never learns what a task trains. It calls, in this order:
     task.write_run_files(workdir)             tokenizers, model summaries ...
     task.warm_start(state, restored)          config.init_from: the items `warm_start_items`
                                               of another run's state, into a fresh state
+    task.pretrained_items(source)             config.init_from naming a pretrained checkpoint
+                                              (not a dlx workdir): {item: partial tree} of
+                                              its weights, which `warm_start` puts in; leaves
+                                              it lacks (a new head) stay as initialised
+    task.checkpointed(state)                  what a checkpoint holds of the state (default:
+                                              all of it); with `checkpoints_whole_state()`
+                                              False, a resume rebuilds the rest as a fresh run
+                                              starts, `restore_checkpointed(fresh, saved)`
     task.sample(state, options, out)          `launch.py sample` (optional)
     task.layer_stats(state, batch, rng, step)  `config.layer_stats_every_steps` (optional):
                                               {"activation", "param", "grad", "update"}
@@ -67,10 +75,13 @@ from dlx import data as data_lib
 from dlx import models, schema
 from dlx.data import RandomAccessSource
 from dlx.errors import ConfigError
+from dlx.hub import is_dlx_workdir
 from dlx.layers import activations
 from dlx.metrics import BatchSums, Evaluator
 from dlx.models import get_model
 from dlx.optim import optimizer as optimizer_lib
+from dlx.optim import rules
+from dlx.optim.lora import LoRA
 from dlx.optim.state import LossFn, ModelState, compute_gradients, gradient_step
 
 
@@ -177,21 +188,57 @@ class Task:
         return None
 
     def warm_start(self, state: Any, restored: dict) -> Any:
-        """A fresh state with the `warm_start_items` of another run (config.init_from)."""
-        return state.replace(**restored)
+        """A fresh state with the `warm_start_items` of another run (config.init_from), or the
+        weights of a pretrained checkpoint (`pretrained_items`), leaf by leaf."""
+        return state.replace(**{k: merge_leaves(getattr(state, k), v) for k, v in restored.items()})
+
+    def pretrained_items(self, source: str) -> dict:
+        """{item: partial tree} of the pretrained checkpoint `source` (config.init_from)."""
+        raise ConfigError(
+            f"config.init_from='{source}' is not a dlx workdir, and task "
+            f"'{self.config.task}' starts only from another dlx run's checkpoint"
+        )
+
+    def checkpointed(self, state: Any) -> Any:
+        """What a checkpoint holds of `state` (or of a tree of its shapes or shardings)."""
+        return state
+
+    def checkpoints_whole_state(self) -> bool:
+        return True
+
+    def restore_checkpointed(self, fresh: Any, saved: Any) -> Any:
+        """The state from a checkpoint's `saved` part and the rest of a fresh run's state."""
+        return saved
 
     def num_params(self, state: Any) -> int:
         """Trained parameters in `state` (abstract or real), for the run summary."""
         return 0
 
+    def trainable_params(self, state: Any) -> int:
+        """Of those, the ones the optimizer moves."""
+        return self.num_params(state)
+
+
+def merge_leaves(tree: Any, partial: Any) -> Any:
+    """`tree` with the leaves `partial` has at the same dict paths replaced, each cast to the
+    dtype and laid out with the sharding of the leaf it replaces."""
+    if isinstance(tree, dict) and isinstance(partial, dict):
+        return {k: merge_leaves(v, partial[k]) if k in partial else v for k, v in tree.items()}
+    if isinstance(tree, jax.Array) and not isinstance(partial, jax.ShapeDtypeStruct):
+        return jax.device_put(jnp.asarray(partial, tree.dtype), tree.sharding)
+    return partial
+
 
 def supervised_config() -> ml_collections.ConfigDict:
-    """The config keys of every `SupervisedTask`: one optimizer, loss terms, accumulation."""
+    """The config keys of every `SupervisedTask`: one optimizer, loss terms, accumulation, LoRA
+    adapters (`lora.rank` 0: none) and whether checkpoints hold frozen parameters."""
     return ml_collections.ConfigDict(
         dict(
             optimizer=optimizer_lib.default_config(),
             loss=ml_collections.ConfigDict(dict(l1=0.0, l2=0.0, label_smoothing=0.0)),
             grad_accum_steps=1,
+            lora=ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="")),
+            checkpoint_frozen=True,
         )
     )
 
@@ -205,6 +252,14 @@ SUPERVISED_RULES: dict[str, schema.Rule] = {
         label_smoothing=schema.Float(0, 1, high_open=True),
     ),
     "grad_accum_steps": schema.Int(low=1),
+    **schema.under(
+        "lora",
+        rank=schema.Int(low=0),
+        alpha=schema.Float(low=0, low_open=True),
+        dropout=schema.Float(0, 1, high_open=True),
+        targets=schema.Str(),
+    ),
+    "checkpoint_frozen": schema.Bool(),
 }
 
 
@@ -222,6 +277,9 @@ class SupervisedTask(Task):
     nonfinite_metrics = ("loss", "grad_norm")
     warm_start_items = ("params", "model_state")
     config_rules = SUPERVISED_RULES
+    # Whether every path of the task (loss, eval, sampling) applies the model through
+    # `apply_fn` / `model_params`, so that LoRA adapters (config.lora) reach it.
+    supports_lora = False
 
     @staticmethod
     def config_defaults() -> ml_collections.ConfigDict:
@@ -231,6 +289,13 @@ class SupervisedTask(Task):
     def check_config(config) -> None:
         models.check_config(config.model)
         optimizer_lib.check_config(config.optimizer)
+        if config.lora.rank:
+            if not config.lora.targets:
+                raise ConfigError(
+                    "config.lora.rank > 0 needs config.lora.targets, a regex of the layers "
+                    "to adapt (e.g. r'h_\\d+/attn/(qkv|proj)')"
+                )
+            LoRA(**config.lora)
         if config.optimizer.weight_decay > 0 and config.loss.l2 > 0:
             raise ConfigError(
                 "optimizer.weight_decay and loss.l2 are both set: that decays "
@@ -246,6 +311,13 @@ class SupervisedTask(Task):
     def __init__(self, config, data_info, data_dir: str | None = None, workdir: str | None = None):
         super().__init__(config, data_info, data_dir, workdir)
         self.model = get_model(config.model.name, **self.model_kwargs())
+        self.lora = LoRA(**config.lora) if config.lora.rank else None
+        if self.lora is not None and not self.supports_lora:
+            raise ConfigError(
+                f"task '{config.task}' does not take LoRA adapters (config.lora.rank="
+                f"{config.lora.rank}); they fit text_classification, token_classification, "
+                f"language_model, classification and regression"
+            )
 
     def check_for_mesh(self, data_parallel_size: int) -> None:
         micro = self.config.data.batch_size // self.config.grad_accum_steps
@@ -255,17 +327,83 @@ class SupervisedTask(Task):
                 f"divisible by the data-parallel size {data_parallel_size}"
             )
 
+    @functools.cached_property
+    def pretrained(self):
+        """The pretrained checkpoint config.init_from names (None for a dlx workdir or none)."""
+        return _pretrained(self.config, self.data_dir)
+
     def model_kwargs(self) -> dict:
-        return {k: v for k, v in self.config.model.items() if k != "name"}
+        """config.model's fields; starting from a pretrained checkpoint, its architecture with
+        the fields config.model may change (dropout, the head ...) taken from config.model."""
+        kwargs = {k: v for k, v in self.config.model.items() if k != "name"}
+        if self.pretrained is None:
+            return kwargs
+        return pretrained_model_kwargs(self.config, self.pretrained, kwargs)
 
     def model_input(self, batch: dict) -> jax.Array:
         return model_inputs(batch)
 
     def init(self, rng: jax.Array, batch: dict) -> Any:
-        """The model's boxed variables."""
+        """The model's boxed variables; with LoRA, params are {"model": the model's, "lora":
+        the adapters}."""
         params_rng, dropout_rng = jax.random.split(rng)
-        return self.model.init(
-            {"params": params_rng, "dropout": dropout_rng}, self.model_input(batch), train=False
+        x = self.model_input(batch)
+        variables = self.model.init({"params": params_rng, "dropout": dropout_rng}, x, train=False)
+        if self.lora is None:
+            return variables
+        shapes = self.lora.shapes(self.model, variables, x, train=False)
+        adapters = self.lora.init(shapes, jax.random.fold_in(rng, 1))
+        return {**variables, "params": {"model": variables["params"], "lora": adapters}}
+
+    def apply_fn(self, variables: dict, *args, rngs: dict | None = None, **kwargs) -> Any:
+        """`model.apply`, with the LoRA adapters added when the task has them."""
+        if self.lora is None:
+            return self.model.apply(variables, *args, rngs=rngs, **kwargs)
+        params = variables["params"]
+        rng = (rngs or {}).get("dropout")
+        train = bool(kwargs.get("train")) and rng is not None
+        with self.lora.applied(params["lora"], rng=rng, train=train):
+            return self.model.apply(
+                {**variables, "params": params["model"]}, *args, rngs=rngs, **kwargs
+            )
+
+    def model_params(self, params: Any) -> Any:
+        """The model's own params: LoRA adapters merged in (W + scale A B) when there are any,
+        as an export or a plain `model.apply` wants them."""
+        if self.lora is None:
+            return params
+        return self.lora.merge(params["model"], params["lora"])
+
+    def pretrained_items(self, source: str) -> dict:
+        if self.pretrained is None:
+            return super().pretrained_items(source)
+        params = self.pretrained.params
+        return {"params": params if self.lora is None else {"model": params}}
+
+    def _trainable(self, params: Any) -> Any:
+        """The params the optimizer moves (all but `optimizer.frozen`), as a partial tree."""
+        frozen = rules.regex_mask(params, self.config.optimizer.frozen)
+        return _select(params, frozen, keep=False)
+
+    def checkpoints_whole_state(self) -> bool:
+        return self.config.checkpoint_frozen or not self.config.optimizer.frozen
+
+    def checkpointed(self, state: Any) -> Any:
+        if self.checkpoints_whole_state():
+            return state
+        return {
+            "params": self._trainable(state.params),
+            "opt_state": state.opt_state,
+            "model_state": state.model_state,
+        }
+
+    def restore_checkpointed(self, fresh: Any, saved: Any) -> Any:
+        if self.checkpoints_whole_state():
+            return saved
+        return fresh.replace(
+            params=merge_leaves(fresh.params, saved["params"]),
+            opt_state=saved["opt_state"],
+            model_state=saved["model_state"],
         )
 
     @functools.cached_property
@@ -278,7 +416,7 @@ class SupervisedTask(Task):
 
     def init_state(self, rng: jax.Array, batch: dict) -> ModelState:
         return ModelState.create(
-            apply_fn=self.model.apply, variables=self.init(rng, batch), tx=self.tx
+            apply_fn=self.apply_fn, variables=self.init(rng, batch), tx=self.tx
         )
 
     @functools.cached_property
@@ -302,9 +440,29 @@ class SupervisedTask(Task):
         self, state: ModelState, batch: dict, rng: jax.Array, step: jax.Array
     ) -> tuple[ModelState, dict]:
         state, metrics = gradient_step(
-            state, batch, rng, self.step_loss(step), self.config.grad_accum_steps, self.param_specs
+            state,
+            batch,
+            rng,
+            self._frozen_stopped(self.step_loss(step)),
+            self.config.grad_accum_steps,
+            self.param_specs,
         )
         return state, {**metrics, "learning_rate": self.schedule(step)}
+
+    def _frozen_stopped(self, loss_fn: LossFn) -> LossFn:
+        """`loss_fn` with no gradient into `optimizer.frozen` params: the optimizer ignores
+        those, and the backward pass then skips them (a frozen encoder costs its forward only)
+        and the gradient norm counts what trains."""
+        frozen = self.config.optimizer.frozen
+        if not frozen:
+            return loss_fn
+
+        def stopped(params, *args):
+            mask = rules.regex_mask(params, frozen)
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, mask)
+            return loss_fn(params, *args)
+
+        return stopped
 
     def layer_stats(self, state: Any, batch: dict, rng: jax.Array, step: jax.Array) -> dict:
         """What the train step at `step` does, layer by layer: the hidden layers' outputs (those
@@ -375,3 +533,51 @@ class SupervisedTask(Task):
 
     def num_params(self, state: ModelState) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+    def trainable_params(self, state: ModelState) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self._trainable(state.params)))
+
+
+def _select(tree: Any, mask: Any, *, keep: bool) -> Any:
+    """The nested-dict `tree` with only the leaves whose `mask` is `keep` (empty dicts go)."""
+    if isinstance(tree, dict):
+        picked = {k: _select(v, mask[k], keep=keep) for k, v in tree.items()}
+        return {k: v for k, v in picked.items() if not (isinstance(v, dict) and not v)}
+    return tree if mask == keep else {}
+
+
+def _pretrained(config, data_dir: str | None):
+    """The pretrained checkpoint config.init_from names (None for a dlx workdir or nothing)."""
+    if not config.init_from or is_dlx_workdir(config.init_from):
+        return None
+    from dlx.hub import load_pretrained
+
+    try:
+        return load_pretrained(config.init_from, data_dir)
+    except ConfigError as error:
+        raise ConfigError(f"config.init_from: {error}") from None
+
+
+def pretrained_model_kwargs(config, pretrained, requested: dict) -> dict:
+    """The checkpoint's architecture, with config.model's values for the fields a checkpoint's
+    weights do not fix (`PRETRAINED_OVERRIDES` of the model family); a config.model value
+    that contradicts the checkpoint is a ConfigError."""
+    family = importlib.import_module(f"dlx.models.{config.model.name}")
+    overridable = getattr(family, "PRETRAINED_OVERRIDES", None)
+    if overridable is None:
+        raise ConfigError(
+            f"config.init_from='{config.init_from}' is a {pretrained.family} checkpoint, which "
+            f"builds a 'transformer'; config.model.name is '{config.model.name}'"
+        )
+    kwargs = dict(pretrained.model_fields)
+    for key, value in requested.items():
+        if key in overridable:
+            kwargs[key] = value
+        elif kwargs.get(key) != value:
+            raise ConfigError(
+                f"config.model.{key}={value!r}, but the checkpoint config.init_from="
+                f"'{config.init_from}' has {key}={kwargs.get(key)!r}; leave it out (the "
+                f"architecture comes from the checkpoint; config.model may set "
+                f"{', '.join(overridable)})"
+            )
+    return kwargs

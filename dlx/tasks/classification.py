@@ -46,6 +46,7 @@ from dlx.tasks.base import (
 
 
 class Task(SupervisedTask):
+    supports_lora = True
     best_metric_default = ("accuracy", "max")
     config_rules = {**SUPERVISED_RULES, **schema.under("augment", **augment_lib.RULES)}
 
@@ -74,7 +75,7 @@ class Task(SupervisedTask):
 
     def loss_fn(self, params, model_state, batch, rng):
         logits, model_state = apply_model(
-            self.model.apply, params, model_state, model_inputs(batch), train=True, rng=rng
+            self.apply_fn, params, model_state, model_inputs(batch), train=True, rng=rng
         )
         labels, smoothing = batch["label"], self.config.loss.label_smoothing
         cross_entropy = losses.cross_entropy(logits, labels, smoothing)

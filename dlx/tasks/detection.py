@@ -178,7 +178,7 @@ class Task(SupervisedTask):
 
     def loss_fn(self, params, model_state, batch, rng):
         raw, model_state = apply_model(
-            self.model.apply, params, model_state, self.model_input(batch), train=True, rng=rng
+            self.apply_fn, params, model_state, self.model_input(batch), train=True, rng=rng
         )
         sums = jax.tree.map(jnp.sum, self.loss_terms(raw, batch))
         metrics = self.combine(sums)

@@ -24,7 +24,7 @@ import optax
 
 from dlx import schema
 from dlx.data.text import WindowSource, read_texts
-from dlx.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from dlx.data.tokenizers import BpeTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 from dlx.errors import ConfigError
 from dlx.schema import Float, Int, OneOf, Str
 from dlx.tasks import decoding, losses
@@ -41,6 +41,7 @@ DOCUMENT_SEPARATOR = "\n\n"  # between the texts of a split when they become one
 
 
 class Task(SupervisedTask):
+    supports_lora = True
     best_metric_default = ("loss", "min")
     resumable_keys = frozenset(
         f"decoding.{key}"
@@ -63,7 +64,10 @@ class Task(SupervisedTask):
     config_rules = {
         **SUPERVISED_RULES,
         **schema.under(
-            "data", tokenizer=OneOf("char", "bpe"), vocab_size=Int(low=0), seq_len=Int(low=0)
+            "data",
+            tokenizer=OneOf("char", "bpe", "pretrained"),
+            vocab_size=Int(low=0),
+            seq_len=Int(low=0),
         ),
         **schema.under(
             "decoding",
@@ -85,6 +89,11 @@ class Task(SupervisedTask):
             )
         if config.data.tokenizer == "bpe" and config.data.vocab_size <= 0:
             raise ConfigError("config.data.tokenizer='bpe' needs config.data.vocab_size > 0")
+        if config.data.tokenizer == "pretrained" and not config.init_from:
+            raise ConfigError(
+                "config.data.tokenizer='pretrained' takes the tokenizer of the checkpoint "
+                "config.init_from names; set config.init_from (e.g. 'smollm2')"
+            )
         max_len = config.model.get("max_len")
         if max_len is not None and max_len < config.data.seq_len:
             raise ConfigError(
@@ -92,19 +101,33 @@ class Task(SupervisedTask):
                 f"(config.data.seq_len={config.data.seq_len})"
             )
 
-    def __init__(self, config, data_info, data_dir=None, workdir=None):
-        self.tokenizer = self._load_or_train_tokenizer(config, data_dir, workdir)
-        super().__init__(config, data_info, data_dir, workdir)
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        return self._load_or_train_tokenizer(self.config, self.data_dir, self.workdir)
 
-    @staticmethod
-    def _load_or_train_tokenizer(config, data_dir, workdir) -> Tokenizer:
-        """The workdir's saved tokenizer, else that of the run in config.init_from (its weights
-        only make sense with its ids), else one trained on the train split."""
+    def _load_or_train_tokenizer(self, config, data_dir, workdir) -> Tokenizer:
+        """The workdir's saved tokenizer, else that of the run or checkpoint in
+        config.init_from (its weights only make sense with its ids), else one trained on the
+        train split."""
+        if config.data.tokenizer == "pretrained" and not (
+            workdir and os.path.exists(os.path.join(workdir, TOKENIZER_FILE))
+        ):
+            tokenizer = getattr(self.pretrained, "tokenizer", None)
+            if tokenizer is None or not hasattr(tokenizer, "get_vocab_size"):
+                raise ConfigError(
+                    f"config.data.tokenizer='pretrained', but config.init_from="
+                    f"'{config.init_from}' is no checkpoint with a BPE tokenizer (a .gguf file "
+                    f"or a Llama folder with tokenizer.json)"
+                )
+            return BpeTokenizer(tokenizer)
         for run_dir in (workdir, config.get("init_from")):
             saved = os.path.join(run_dir, TOKENIZER_FILE) if run_dir else None
             if saved and os.path.exists(saved):
                 tokenizer = load_tokenizer(saved)
-                if tokenizer.kind != config.data.tokenizer:
+                if (
+                    config.data.tokenizer != "pretrained"
+                    and tokenizer.kind != config.data.tokenizer
+                ):
                     raise ConfigError(
                         f"{saved} is a '{tokenizer.kind}' tokenizer but the config "
                         f"asks for '{config.data.tokenizer}'; set "
@@ -166,7 +189,7 @@ class Task(SupervisedTask):
     def loss_fn(self, params, model_state, batch, rng):
         tokens = batch["tokens"]
         logits, model_state = apply_model(
-            self.model.apply, params, model_state, tokens[:, :-1], train=True, rng=rng
+            self.apply_fn, params, model_state, tokens[:, :-1], train=True, rng=rng
         )
         targets = tokens[:, 1:]
         cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
@@ -255,7 +278,7 @@ class Task(SupervisedTask):
         prompt = np.tile(np.asarray(prompt_ids, np.int32)[None], (num_samples, 1))
         yield from decoding.stream(
             self.model,
-            {"params": params},
+            {"params": self.model_params(params)},
             prompt,
             rng,
             max_new_tokens,

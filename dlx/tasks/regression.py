@@ -9,6 +9,7 @@ from dlx.tasks.base import SupervisedTask, apply_model, model_inputs
 
 
 class Task(SupervisedTask):
+    supports_lora = True
     best_metric_default = ("rmse", "min")
 
     def _predict(self, apply_fn, params, model_state, batch, *, train, rng=None):
@@ -19,7 +20,7 @@ class Task(SupervisedTask):
 
     def loss_fn(self, params, model_state, batch, rng):
         prediction, model_state = self._predict(
-            self.model.apply, params, model_state, batch, train=True, rng=rng
+            self.apply_fn, params, model_state, batch, train=True, rng=rng
         )
         mse = jnp.mean(losses.squared_error(prediction, batch["target"]))
         loss = losses.with_penalty(mse, params, self.config.loss)

@@ -128,7 +128,7 @@ class Task(SupervisedTask):
         )
 
     def loss_fn(self, params, model_state, batch, rng):
-        logits = self._logits(self.model.apply, params, model_state, batch, train=True, rng=rng)
+        logits = self._logits(self.apply_fn, params, model_state, batch, train=True, rng=rng)
         targets = batch["targets"][:, 1:]
         mask = (targets != self.target_vocab.pad_id).astype(jnp.float32)
         per_token = losses.cross_entropy(logits, targets, self.config.loss.label_smoothing)

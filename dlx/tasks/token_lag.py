@@ -158,7 +158,7 @@ class Task(SupervisedTask):
     def loss_fn(self, params, model_state, batch, rng):
         tokens = batch["tokens"]
         logits, model_state = apply_model(
-            self.model.apply, params, model_state, tokens, train=True, rng=rng
+            self.apply_fn, params, model_state, tokens, train=True, rng=rng
         )
         logits, targets = self._logits_and_targets(logits, tokens)
         cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()

@@ -541,6 +541,28 @@ def warm_start_step(workdir: str, abstract_state: Any, items: tuple[str, ...]) -
     return step
 
 
+def check_pretrained_items(source: str, items: dict, abstract_state: Any) -> list[str]:
+    """ConfigError unless every leaf of `items` (a task's `pretrained_items`: {item: partial
+    tree}) is a leaf of `abstract_state` with the same shape; returns the state's leaves of
+    those items that the checkpoint leaves at their fresh initialisation (a new head)."""
+    where = f"config.init_from='{source}'"
+    given = _named_leaves(items)
+    wanted = _named_leaves({k: _item(abstract_state, k) for k in items})
+    extra = sorted(given.keys() - wanted.keys())
+    if extra:
+        raise ConfigError(
+            f"{where} holds weights this model does not have: {extra[:3]}; set config.model to "
+            f"the checkpoint's architecture (or leave those fields out)"
+        )
+    for name, leaf in given.items():
+        if tuple(leaf.shape) != tuple(wanted[name].shape):
+            raise ConfigError(
+                f"{where}: '{name}' is {list(leaf.shape)} there but "
+                f"{list(wanted[name].shape)} in this model"
+            )
+    return sorted(wanted.keys() - given.keys())
+
+
 def restore_items(
     workdir: str, step: int, abstract_state: Any, shardings: Any, items: tuple[str, ...]
 ) -> dict:

@@ -25,12 +25,14 @@ import optax
 from dlx import data as data_lib
 from dlx import registry, runtime
 from dlx.errors import ConfigError
+from dlx.hub import is_dlx_workdir
 from dlx.train import config as config_lib
 from dlx.train import layer_stats, profiling, provenance, sharding
 from dlx.train import progress as progress_lib
 from dlx.train import workdir as workdir_lib
 from dlx.train.checkpoint import (
     Checkpointer,
+    check_pretrained_items,
     finished_step,
     restore_items,
     usable_step,
@@ -232,6 +234,57 @@ def init_state(run: Run, restored: dict | None = None) -> Any:
     return state if restored is None else run.task.warm_start(state, restored)
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """Where config.init_from's weights come from: another run's checkpoint `step`, or
+    (`step` None) a pretrained checkpoint the task reads (`Task.pretrained_items`)."""
+
+    source: str
+    step: int | None
+
+
+def check_warm_start(run: Run) -> WarmStart:
+    """config.init_from, checked against this run's state before anything is written."""
+    source = run.config.init_from
+    if is_dlx_workdir(source):
+        return WarmStart(
+            source, warm_start_step(source, run.abstract_state, run.task.warm_start_items)
+        )
+    check_pretrained_items(source, run.task.pretrained_items(source), run.abstract_state)
+    return WarmStart(source, None)
+
+
+def starting_state(run: Run, warm_start: WarmStart | None) -> Any:
+    """The state a fresh run starts from: initialised from config.seed, then config.init_from's
+    weights put in."""
+    if warm_start is None:
+        return init_state(run)
+    if warm_start.step is None:
+        return init_state(run, run.task.pretrained_items(warm_start.source))
+    items = run.task.warm_start_items
+    restored = restore_items(
+        warm_start.source, warm_start.step, run.abstract_state, run.state_shardings, items
+    )
+    return init_state(run, restored)
+
+
+def restore_state(run: Run, checkpointer: Checkpointer, step: int, with_data: bool = True):
+    """(state, data state) of checkpoint `step`. A task that checkpoints part of its state
+    (`Task.checkpointed`, e.g. without frozen pretrained weights) gets the rest from the state a
+    fresh run starts from (the seed and config.init_from), which is the same at every resume."""
+    task = run.task
+    saved, data_state = checkpointer.restore(
+        task.checkpointed(run.abstract_state),
+        task.checkpointed(run.state_shardings),
+        step=step,
+        with_data=with_data,
+    )
+    if task.checkpoints_whole_state():
+        return saved, data_state
+    warm_start = check_warm_start(run) if run.config.init_from else None
+    return task.restore_checkpointed(starting_state(run, warm_start), saved), data_state
+
+
 class _WithKey:
     """A jitted `f(*args, key)` called as `f(*args)` with the run's key (also `.lower`)."""
 
@@ -409,25 +462,19 @@ def train_and_evaluate(
     # One order of initialisation: the workdir's checkpoint, else config.init_from, else scratch.
     warm_start = None
     if config.init_from and finished_step(os.path.join(workdir, "checkpoints")) is None:
-        warm_start = _warm_start(config, run)  # checked before anything is written
+        warm_start = check_warm_start(run)  # checked before anything is written
     with workdir_lib.locked(workdir):  # one run at a time; the lock of a killed run is stale
         return _train(config, workdir, run, warm_start)
 
 
-def _warm_start(config, run: Run) -> tuple[str, int]:
-    return config.init_from, warm_start_step(
-        config.init_from, run.abstract_state, run.task.warm_start_items
-    )
-
-
 def _train(
-    config: ml_collections.ConfigDict, workdir: str, run: Run, warm_start: tuple[str, int] | None
+    config: ml_collections.ConfigDict, workdir: str, run: Run, warm_start: WarmStart | None
 ) -> dict:
     checkpoints = os.path.join(workdir, "checkpoints")
     # The newest intact checkpoint: damaged ones are moved aside, unfinished ones deleted.
     start_step = usable_step(checkpoints, resuming_workdir=workdir) or 0
     if not start_step and config.init_from and warm_start is None:  # it held unfinished ones only
-        warm_start = _warm_start(config, run)
+        warm_start = check_warm_start(run)
     _write_config(config, workdir)
     if jax.process_index() == 0:
         write_data_spec(run, workdir)
@@ -452,23 +499,19 @@ def _train(
     )
 
     if start_step:
-        state, data_state = checkpointer.restore(
-            run.abstract_state, run.state_shardings, step=start_step
-        )
+        state, data_state = restore_state(run, checkpointer, start_step)
         train_iter.set_state(data_state)
         log(f"Resumed from {workdir}/checkpoints at step {start_step}.")
-    elif warm_start:
-        source, source_step = warm_start
-        items = run.task.warm_start_items
-        state = init_state(
-            run, restore_items(source, source_step, run.abstract_state, run.state_shardings, items)
-        )
-        log(
-            f"Initialised from {source}/checkpoints at step {source_step} ({', '.join(items)}; "
-            f"the rest of the state, the step and the data start afresh)."
-        )
     else:
-        state = init_state(run)
+        state = starting_state(run, warm_start)
+        if warm_start and warm_start.step is not None:
+            log(
+                f"Initialised from {warm_start.source}/checkpoints at step {warm_start.step} "
+                f"({', '.join(run.task.warm_start_items)}; the rest of the state, the step and "
+                f"the data start afresh)."
+            )
+        elif warm_start:
+            log(f"Initialised from the pretrained checkpoint {warm_start.source}.")
     train_step = compile_steps(run)
     stats_every = cfg.layer_stats_every_steps
     layer_stats_of = compile_layer_stats(run) if stats_every else None
@@ -582,7 +625,10 @@ def _train(
                     t_window = time.time()  # eval time is not training throughput
                 if do_checkpoint or stopped:
                     checkpointer.save(
-                        step, state, train_iter.get_state(), eval_metrics if do_eval else None
+                        step,
+                        run.task.checkpointed(state),
+                        train_iter.get_state(),
+                        eval_metrics if do_eval else None,
                     )
     finally:  # also on NaN or errors: let in-flight checkpoint saves finish
         trace.close()
@@ -605,6 +651,7 @@ def _train(
         "epochs": step / steps_per_epoch,
         "wall_time_s": wall,
         "num_params": run.task.num_params(run.abstract_state),
+        "trainable_params": run.task.trainable_params(run.abstract_state),
         "train_steps_per_sec": timed_steps / timed_seconds if timed_seconds else None,
         "resumed_from_step": start_step,
         "device_count": run.mesh.devices.size,
@@ -665,9 +712,7 @@ def restore_latest(run: Run, workdir: str):
         step = checkpointer.latest_step()  # the newest intact one
         if step is None:
             raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
-        state, _ = checkpointer.restore(
-            run.abstract_state, run.state_shardings, step=step, with_data=False
-        )
+        state, _ = restore_state(run, checkpointer, step, with_data=False)
     finally:
         checkpointer.close()
     return state, step
