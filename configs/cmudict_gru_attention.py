@@ -25,5 +25,6 @@ def get_config(arg: str | None = None):
     if arg == "small":
         config.model.update(embed_dim=64, hidden_dim=128, dropout=0.0)  # as transformer :small
     elif arg == "test":
+        config.data.length_buckets = ()  # one compiled train step, not one per bucket
         config.model.update(embed_dim=16, hidden_dim=32, dropout=0.0)
     return config

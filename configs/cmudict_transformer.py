@@ -53,6 +53,7 @@ def get_config(arg: str | None = None):
         config.eval_every_epochs = 2.0
         config.checkpoint_every_epochs = 1.0
     elif arg == "test":
+        config.data.length_buckets = ()  # one compiled train step, not one per bucket
         config.model.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64, dropout=0.0)
         config.num_epochs = 0.0
         config.train_steps = 6

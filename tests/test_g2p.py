@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from dlx.tasks.base import SupervisedTask
-from dlx.tasks.seq2seq import bucket_index, bucket_shapes, closest_edit_distances, edit_distances
+from dlx.tasks.seq2seq import (
+    TRAIN_LENGTH_BUCKETS,
+    bucket_index,
+    bucket_shapes,
+    closest_edit_distances,
+    edit_distances,
+)
 from dlx.train import loop
 from helpers import eval_records, load_config, train
 
@@ -92,6 +98,7 @@ def test_length_buckets_cover_every_real_id():
     shapes = bucket_shapes(32, 32)
     assert shapes == [(8, 9), (16, 17), (24, 25), (32, 32)]  # decoder reads targets[:, :-1]
     assert bucket_shapes(10, 12) == [(8, 9), (10, 12)]
+    assert bucket_shapes(32, 32, ()) == [(32, 32)]  # data.length_buckets=(): full width only
     inputs, targets = np.zeros((3, 32), np.int32), np.zeros((3, 32), np.int32)
     inputs[:, :5], targets[:, :7] = 3, 4
     picks = {}
@@ -127,6 +134,7 @@ def test_bucketed_sharded_train_step_equals_the_full_width_step(long_word_row):
     from dlx.train import loop, sharding
 
     config = get_config("test")
+    config.data.length_buckets = TRAIN_LENGTH_BUCKETS  # `:test` trains at full width
     config.data.batch_size = 16
     config.mesh.data = 8
     run = loop.prepare_run(config)

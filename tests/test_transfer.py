@@ -193,3 +193,33 @@ def test_entity_scores_equal_seqeval_on_random_and_malformed_tag_sequences():
         ("b", 2, 3),
         ("a", 3, 4),
     ]
+
+
+def test_lora_on_a_language_model_trains_the_adapters_alone_and_samples_through_them(tmp_path):
+    overrides = {
+        "lora.rank": 4,
+        "lora.targets": r"h_\d+/attn/(qkv|proj)",
+        "optimizer.frozen": "model/.*",
+        "checkpoint_frozen": False,
+    }
+    summary = train("configs/shakespeare_gpt.py:test", tmp_path, overrides)
+    run = loop.prepare_run(load_config("configs/shakespeare_gpt.py:test", overrides), str(tmp_path))
+    state, _ = loop.restore_latest(run, str(tmp_path))
+    adapters = state.params["lora"]
+    assert summary["trainable_params"] == sum(x.size for x in jax.tree.leaves(adapters))
+    assert any(np.abs(np.asarray(a["b"])).max() > 0 for a in adapters.values())  # B moved from 0
+    merged = run.task.model_params(state.params)
+    tokens = np.ones((1, 8), np.int32)
+    np.testing.assert_allclose(
+        run.task.model.apply({"params": merged}, tokens),
+        state.apply_fn({"params": state.params}, tokens),
+        atol=1e-5,
+    )
+    assert (tmp_path / "samples" / "step_0000006.txt").read_text().count("=== sample") == 2
+
+
+def test_a_task_that_cannot_take_lora_says_so(tmp_path):
+    config = load_config("configs/fashion_vae.py:test", {"lora.rank": 4, "lora.targets": ".*"})
+    with pytest.raises(ConfigError, match="does not take LoRA adapters"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
