@@ -7,7 +7,7 @@ states is new). Variants:
   :lora     LoRA adapters (rank 8, alpha 16) on every attention and MLP projection, the
             encoder frozen (checkpoints hold the adapters and the head only), AdamW 1e-3
   :frozen   the encoder frozen, the head alone trained: logistic regression on the frozen
-            mean-pooled features (Adam 3e-3, 4 epochs; the backward pass stops at the head)
+            mean-pooled features (Adam 1e-2, 3 epochs; the backward pass stops at the head)
   :test     two steps on a few hundred snippets (also `:lora,test`, `:frozen,test`)
 
     python launch.py --config configs/rotten_tomatoes_minilm.py --workdir runs/rt_minilm
@@ -49,11 +49,10 @@ def get_config(arg: str | None = None):
     elif variant == "frozen":
         config.optimizer.frozen = r"(?!classifier/).*"
         config.optimizer.name = "adam"
-        config.optimizer.learning_rate = 3e-3
+        config.optimizer.learning_rate = 1e-2
         config.optimizer.weight_decay = 0.0
         config.optimizer.schedule = "constant"
         config.optimizer.warmup_steps = 0
-        config.num_epochs = 4.0
         config.checkpoint_frozen = False
     elif variant:
         raise ValueError(f"unknown variant '{variant}' of rotten_tomatoes_minilm; use lora, frozen")

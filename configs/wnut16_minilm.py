@@ -23,11 +23,11 @@ def get_config(arg: str | None = None):
     config.init_from = "minilm"
     config.model = dict(name="transformer", pooling="none")
     config.optimizer.name = "adamw"
-    config.optimizer.learning_rate = 1e-4
+    config.optimizer.learning_rate = 2e-4
     config.optimizer.weight_decay = 0.01
     config.optimizer.schedule = "linear"
-    config.optimizer.warmup_steps = 120  # 10% of the 10 epochs' 1,198 steps
-    config.num_epochs = 10.0
+    config.optimizer.warmup_steps = 72  # 10% of the 6 epochs' 719 steps
+    config.num_epochs = 6.0
     config.eval_every_epochs = 2.0
     config.checkpoint_every_epochs = 2.0
     config.keep_checkpoints = 1
