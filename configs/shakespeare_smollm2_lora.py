@@ -3,11 +3,11 @@ installs, dequantised to float32) on Shakespeare, in a budget of these 2-core ma
 adapters on every attention and MLP projection of the 30 layers (the 135 M base weights frozen
 and left out of the checkpoints), windows of 128 of the checkpoint's own BPE tokens, 150 steps
 of 8 windows. Eval is on the first validation play (`validation[:1]`, ~30k tokens) with samples
-from a Shakespearean prompt. The model before fine-tuning is the same config with
-`--config.train_steps=1 --config.optimizer.learning_rate=0` (LoRA's B starts at zero: the run is
-then the base model). Variants: none.
+from a Shakespearean prompt. Variant `:base` is the model before fine-tuning: one step at
+learning rate 0 (LoRA's B starts at zero, so the run evaluates and samples the base model).
 
     python launch.py --config configs/shakespeare_smollm2_lora.py --workdir runs/smollm2_lora
+    python launch.py --config configs/shakespeare_smollm2_lora.py:base --workdir runs/smollm2_base
 """
 
 from dlx.train.config import base_config
@@ -16,8 +16,8 @@ PROJECTIONS = r"h_\d+/(attn/(query|kv|proj)|mlp/(gate|up|down))"
 
 
 def get_config(arg: str | None = None):
-    if arg:
-        raise ValueError(f"unknown variant '{arg}' of shakespeare_smollm2_lora; it has none")
+    if arg not in (None, "", "base"):
+        raise ValueError(f"unknown variant '{arg}' of shakespeare_smollm2_lora; use base")
     config = base_config("language_model")
     config.init_from = "smollm2"
     config.data.name = "shakespeare"
@@ -47,4 +47,9 @@ def get_config(arg: str | None = None):
     config.decoding.update(
         prompt="ROMEO:\n", num_samples=2, max_new_tokens=60, temperature=0.8, top_k=40
     )
+    if arg == "base":
+        config.optimizer.update(learning_rate=0.0, schedule="constant", warmup_steps=0)
+        config.train_steps = 1
+        config.eval_every_steps = 1
+        config.checkpoint_every_steps = 1
     return config
