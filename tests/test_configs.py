@@ -9,7 +9,7 @@ import json
 import pytest
 
 from dlx.train import config as config_lib
-from helpers import REPO
+from helpers import REPO, load_config
 
 CONFIG_FILES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if not p.stem.startswith("_"))
 VARIANTS = (None, "small", "test", "demo")
@@ -89,3 +89,34 @@ def test_a_config_json_from_before_task_groups_still_loads(tmp_path):
     config = config_lib.from_json(str(path))
     config_lib.validate(config)
     assert "decoding" not in config and "tokenizer" not in config.data
+
+
+@pytest.mark.parametrize(
+    "spec", ["fashion_cnn.py:test", "cmudict_transformer.py:small", "shakespeare_gpt.py:test"]
+)
+def test_a_config_json_older_than_the_added_keys_loads_with_their_defaults(spec, tmp_path):
+    """A run saved before a key existed (config_lib.ADDED_KEYS) resumes: the key comes in with
+    the default of its task's schema, which is what that run did."""
+    config = load_config(f"configs/{spec}")
+    values = json.loads(config.to_json())
+    defaults = json.loads(config_lib.base_config(config.task).to_json())
+    removed = []
+    for path in config_lib.ADDED_KEYS:
+        *groups, key = path.split(".")
+        node = values
+        for group in groups:
+            node = node.get(group, {})
+        if key in node:
+            del node[key]
+            removed.append(path)
+    assert "lora" in removed and "checkpoint_frozen" in removed
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(values))
+    restored = config_lib.from_json(str(saved))
+    config_lib.validate(restored)
+    restored_values = json.loads(restored.to_json())
+    for path in removed:
+        value, default = restored_values, defaults
+        for part in path.split("."):
+            value, default = value[part], default[part]
+        assert value == default, path

@@ -63,7 +63,13 @@ LEGACY_KEYS = ("decoding", "data.tokenizer", "data.vocab_size", "data.seq_len")
 # Keys added after runs were saved, whose defaults do what those runs did: filled in on load
 # where the run's schema (runner and task) has them and its config.json lacks them. A new key
 # must default to the old behaviour, and be listed here.
-ADDED_KEYS = ("augment", "layer_stats_every_steps", "data.length_buckets")
+ADDED_KEYS = (
+    "augment",
+    "layer_stats_every_steps",
+    "data.length_buckets",
+    "lora",
+    "checkpoint_frozen",
+)
 
 
 def runner_config() -> ml_collections.ConfigDict:
