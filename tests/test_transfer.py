@@ -174,6 +174,11 @@ def test_sentiment_pipeline_reads_a_trained_workdir(sentiment_run):
         classify([""])
     with pytest.raises(ConfigError, match="ner"):
         dlx.pipeline("ner", model=sentiment_run)
+    result = cli("pipeline", "sentiment-analysis", "--model", str(sentiment_run), "Great.", "Bad.")
+    assert result.code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["text"] for line in lines] == ["Great.", "Bad."]
+    assert all(line["prediction"]["label"] in ("rotten", "fresh") for line in lines)
 
 
 def test_entity_scores_equal_seqeval_on_random_and_malformed_tag_sequences():
