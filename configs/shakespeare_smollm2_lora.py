@@ -2,7 +2,7 @@
 installs, dequantised to float32) on Shakespeare, in a budget of these 2-core machines: rank-8
 adapters on every attention and MLP projection of the 30 layers (the 135 M base weights frozen
 and left out of the checkpoints), windows of 128 of the checkpoint's own BPE tokens, 150 steps
-of 8 windows. Eval is on the first validation play (`validation[:1]`, ~30k tokens) with samples
+of 8 windows. Eval is on the first validation play (`validation[:1]`, Macbeth) with samples
 from a Shakespearean prompt. Variant `:base` is the model before fine-tuning: one step at
 learning rate 0 (LoRA's B starts at zero, so the run evaluates and samples the base model).
 
