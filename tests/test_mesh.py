@@ -107,19 +107,10 @@ def _one_device(family: str):
     return _train(spec, overrides, (1, 1, 1))
 
 
-@pytest.fixture
-def full_width_seq2seq(monkeypatch):
-    """Seq2seq steps at full width only: the length-bucket switch compiles four copies of the
-    step, and its sharded equality has its own test (test_sequence_tasks.py)."""
-    from dlx.tasks import seq2seq
-
-    monkeypatch.setattr(seq2seq, "bucket_shapes", lambda inputs, targets: [(inputs, targets)])
-
-
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_trains_the_same_on_a_data_fsdp_model_mesh_as_on_one_device(
-    family, full_width_seq2seq
-):
+def test_every_family_trains_the_same_on_a_data_fsdp_model_mesh_as_on_one_device(family):
+    """(The seq2seq `:test` configs train at full width, `data.length_buckets=()`; the bucketed
+    step's sharded equality has its own test in test_g2p.py.)"""
     spec, overrides = FAMILIES[family]
     _assert_same_training(_train(spec, overrides, ALL_AXES_SHARDED), _one_device(family))
 

@@ -101,7 +101,7 @@ def test_a_config_that_contradicts_the_checkpoint_is_refused_before_anything_is_
         "--config", SENTIMENT + ":test", "--workdir", str(tmp_path / "run"),
         "--config.init_from", str(tmp_path / "no-such-folder"),
     )  # fmt: skip
-    refused(result, "is not a pretrained checkpoint")
+    refused(result, "does not exist")
     assert not (tmp_path / "run").exists()
 
 
