@@ -206,6 +206,8 @@ def test_lora_on_a_language_model_trains_the_adapters_alone_and_samples_through_
         "lora.targets": r"h_\d+/attn/(qkv|proj)",
         "optimizer.frozen": "model/.*",
         "checkpoint_frozen": False,
+        "eval_every_steps": 6,  # one eval (and one set of samples), at the end
+        "checkpoint_every_steps": 6,
     }
     summary = train("configs/shakespeare_gpt.py:test", tmp_path, overrides)
     run = loop.prepare_run(load_config("configs/shakespeare_gpt.py:test", overrides), str(tmp_path))
