@@ -92,13 +92,7 @@ class FeatureExtraction:
         """[N, E] sentence embeddings: the mean of the token states, unit length."""
         texts = _texts(inputs)
         _, _, truncated = self.encoder.tokenizer.encode(texts)
-        cut = [i for i, was in enumerate(truncated) if was]
-        if cut:
-            warnings.warn(
-                f"text(s) {cut[:5]} longer than {self.encoder.tokenizer.max_length} tokens were "
-                "cut to fit the encoder",
-                stacklevel=2,
-            )
+        _warn_truncated(truncated, self.encoder.tokenizer.max_length)
         return self.encoder.sentence_embeddings(texts, batch_size)
 
 
