@@ -139,6 +139,8 @@ def test_model_is_found_by_name_and_bad_fields_fail_clearly():
         _model(num_kv_heads=3)
     with pytest.raises(ConfigError, match="dtype 'float16'.*bfloat16"):
         _model(dtype="float16")
+    with pytest.raises(ConfigError, match="float64.*JAX_ENABLE_X64"):
+        _model(dtype="float64")  # would silently compute in float32
     with pytest.raises(ValueError, match="max_len"):
         _model().init(jax.random.key(0), jnp.ones((1, T + 1), jnp.int32))
 
@@ -354,6 +356,26 @@ def test_bfloat16_compute_keeps_float32_params_logits_and_gradients(fields):
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference)):
         assert g.dtype == jnp.float32
         assert float(jnp.abs(g - r).max()) <= 0.05 * float(jnp.abs(r).max()) + 1e-6
+
+
+@pytest.mark.parametrize(
+    "fields", [LLAMA, dict(kind="encoder", num_outputs=3)], ids=["llama", "bert"]
+)
+def test_float64_compute_is_float64_throughout(fields):
+    """A numerical reference: in float64 every sum, norm, softmax and logit stays float64 (none is
+    cut back to float32), so it agrees with float32 to float32's rounding and not bit for bit."""
+    f32 = _model(**fields)
+    args = _args(f32)
+    variables = _variables(f32, *args, std=0.05)
+    logits = jax.jit(f32.apply)(variables, *args)
+    with jax.enable_x64(True):
+        f64 = _model(**fields, dtype="float64")
+        logits64 = jax.jit(f64.apply)(
+            jax.tree.map(lambda x: x.astype(jnp.float64), variables), *args
+        )
+        assert logits64.dtype == jnp.float64
+        diff = float(jnp.abs(logits64 - logits).max())
+    assert 0 < diff < 1e-4 * max(1.0, float(jnp.abs(logits).max()))
 
 
 # ---- sharding ----

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from dlx.layers.activations import random_bits
-from dlx.layers.linear import INIT_STDDEV, Projection
+from dlx.layers.linear import INIT_STDDEV, Projection, accumulation_dtype
 from dlx.layers.positional import rotary
 
 IMPLEMENTATIONS = ("auto", "einsum", "jax")
@@ -78,7 +78,7 @@ def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
     q = q.reshape(batch, kv_heads, groups * q_len, head_dim) / math.sqrt(head_dim)
     k = key.transpose(0, 2, 1, 3)
     v = value.transpose(0, 2, 1, 3)
-    logits = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=accumulation_dtype(q.dtype))
     if mask is not None:
         mask = jnp.asarray(mask)
         mask_batch, mask_heads = mask.shape[:2]
@@ -87,14 +87,14 @@ def _einsum_attention(query, key, value, mask, dropout_rate, dropout_rng):
             mask = mask if groups == 1 else jnp.tile(mask, (1, 1, groups, 1))
         else:
             mask = mask.reshape(mask_batch, kv_heads, groups * q_len, -1)
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0:  # the fused Threefry mask: ~7x faster than jax.random.bernoulli here
         keep = 1.0 - dropout_rate
         threshold = jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
         probs = jnp.where(random_bits(dropout_rng, probs.shape) < threshold, probs / keep, 0.0)
     out = jnp.einsum(
-        "bkqs,bksh->bkqh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+        "bkqs,bksh->bkqh", probs.astype(v.dtype), v, preferred_element_type=logits.dtype
     ).astype(v.dtype)
     out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
@@ -177,12 +177,14 @@ def attention_weights(
     masked spreads evenly over them."""
     groups = query.shape[2] // key.shape[2]
     key = jnp.repeat(key, groups, axis=2) if groups > 1 else key
-    logits = jnp.einsum("bthd,bshd->bhts", query, key, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+        "bthd,bshd->bhts", query, key, preferred_element_type=accumulation_dtype(query.dtype)
+    )
     logits = logits / math.sqrt(query.shape[-1])
     if causal:
         mask = combine_masks(mask, causal_mask(query.shape[1], key.shape[1]))
     if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     return jax.nn.softmax(logits, axis=-1)
 
 

@@ -12,6 +12,12 @@ import jax.numpy as jnp
 from dlx.layers import initializers
 
 
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """The dtype sums and statistics of `dtype` values are taken in: float32 for bfloat16 and
+    float32, float64 for float64 (a model run in float64 as a numerical reference stays so)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def dense(
     features: int,
     names: tuple[str, str],
@@ -82,13 +88,13 @@ class Projection(nn.Module):
             (*in_shape, *features),
         )
         batch_dims = x.ndim - num_in
-        # Computes in x's dtype (the kernel is cast to it), accumulating in float32: on CPUs
-        # with AMX, bf16 dots run several times faster with a float32 result than without.
+        # Computes in x's dtype (the kernel is cast to it), accumulating in at least float32: on
+        # CPUs with AMX, bf16 dots run several times faster with a float32 result than without.
         y = jax.lax.dot_general(
             x,
             kernel.astype(x.dtype),
             ((tuple(range(batch_dims, x.ndim)), tuple(range(num_in))), ((), ())),
-            preferred_element_type=jnp.float32,
+            preferred_element_type=accumulation_dtype(x.dtype),
         )
         if self.use_bias:
             bias = self.param(

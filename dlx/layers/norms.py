@@ -1,7 +1,7 @@
 """Normalisation layers of Transformers: LayerNorm and RMSNorm, by name (`make_norm`).
 
 Norm parameters are named ("norm",), which the sharding rules leave replicated (they are tiny).
-Statistics are computed in float32 whatever the input dtype, and the variance is the two-pass
+Statistics are computed in at least float32 whatever the input dtype, and the variance is the two-pass
 E[(x - mean)^2] (as PyTorch computes it), not E[x^2] - mean^2.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from dlx.errors import ConfigError
+from dlx.layers.linear import accumulation_dtype
 
 
 class LayerNorm(nn.Module):
@@ -23,7 +23,7 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
-        h = x.astype(jnp.float32)
+        h = x.astype(accumulation_dtype(x.dtype))
         mean = h.mean(-1, keepdims=True)
         centred = h - mean
         h = centred * jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + self.epsilon)
@@ -44,7 +44,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.astype(jnp.float32)
+        h = x.astype(accumulation_dtype(x.dtype))
         h = h * jax.lax.rsqrt((h * h).mean(-1, keepdims=True) + self.epsilon)
         h = h * self.param(
             "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],)

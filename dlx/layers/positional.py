@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlx.layers.linear import INIT_STDDEV
+from dlx.layers.linear import INIT_STDDEV, accumulation_dtype
 
 
 def sinusoidal(positions: jax.Array, features: int, base: float = 10000.0) -> jax.Array:
@@ -55,10 +55,11 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}")
     half = head_dim // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
+    dtype = accumulation_dtype(x.dtype)
+    inv_freq = base ** (-jnp.arange(half, dtype=dtype) / half)
+    angles = positions.astype(dtype)[..., None] * inv_freq  # [B, T, half]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x.astype(dtype), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 from dlx.errors import ConfigError
 from dlx.layers.activations import Dropout
 from dlx.layers.attention import IMPLEMENTATIONS, PAD_ID, MultiHeadAttention, padding_mask
-from dlx.layers.linear import INIT_STDDEV, Projection
+from dlx.layers.linear import INIT_STDDEV, Projection, accumulation_dtype
 from dlx.layers.mlp import MLPS, make_mlp
 from dlx.layers.norms import NORMS, make_norm
 from dlx.layers.positional import LearnedPositions, sinusoidal
@@ -70,7 +70,7 @@ from dlx.schema import Float, Int, OneOf
 KINDS = ("decoder", "encoder", "encoder_decoder")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float64")
 POOLINGS = ("mean", "cls", "none")
 # What config.model may set on top of a pretrained checkpoint's architecture (dlx.hub): the
 # weights do not fix these.
@@ -245,7 +245,8 @@ class Model(nn.Module):
     num_decoder_layers: int = 0  # encoder_decoder: 0 = num_layers
     attention: str = "auto"  # see dlx/layers/attention.py
     dtype: str = "float32"  # activations and matmuls: "float32" | "bfloat16" (params, norm
-    # statistics, softmax and logits stay float32)
+    # statistics, softmax and logits stay float32) | "float64" (a numerical reference; needs
+    # jax_enable_x64 and float64 params)
 
     def __post_init__(self):
         for field, value, choices in [
@@ -277,6 +278,11 @@ class Model(nn.Module):
             )
         if self.position == "rope" and (self.embed_dim // self.num_heads) % 2:
             raise ConfigError("transformer: rotary positions need an even head dimension")
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ConfigError(
+                "transformer: dtype 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (or run "
+                "under `with jax.enable_x64(True):`)"
+            )
         super().__post_init__()
 
     # ---- derived sizes ----
@@ -381,11 +387,12 @@ class Model(nn.Module):
                 x,
                 table.embedding.astype(x.dtype),
                 (((x.ndim - 1,), (1,)), ((), ())),
-                preferred_element_type=jnp.float32,
+                preferred_element_type=accumulation_dtype(x.dtype),
             )
         else:
             logits = self.lm_head(x)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = logits.astype(accumulation_dtype(x.dtype))
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
     def _target_table(self) -> nn.Embed:
         return self.target_wte if self.target_vocab_size else self.wte
@@ -451,12 +458,12 @@ class Model(nn.Module):
         if not self.num_outputs:
             return self._logits(x, self.wte)
         if self.pooling == "none":
-            return self.classifier(x).astype(jnp.float32)
+            return self.classifier(x).astype(accumulation_dtype(x.dtype))
         if self.pooling == "cls":
-            return self.classifier(x[:, 0]).astype(jnp.float32)
+            return self.classifier(x[:, 0]).astype(accumulation_dtype(x.dtype))
         real = (tokens != PAD_ID)[..., None].astype(x.dtype)
         pooled = (x * real).sum(1) / jnp.maximum(real.sum(1), 1.0)
-        return self.classifier(pooled).astype(jnp.float32)
+        return self.classifier(pooled).astype(accumulation_dtype(x.dtype))
 
     def encode(self, inputs: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         """encoder_decoder: {"encoded": [B, S, embed], "mask": [B, S] (True at real tokens)}."""
