@@ -5,7 +5,9 @@ scales and biases, random crops (2 pixels), flips and random erasing.
 
 Budget (<= 2 h on 2 cores): 40 epochs are 18,750 steps of 128; the step took 236-290 ms on the
 project's 2-core AMD host (bench/resnet.py), so 75-90 min of training, plus ~6 s per epoch's
-evaluation of the 10,000 test images.
+evaluation of the 10,000 test images. Measured 2026-12-06: 94.22% test accuracy (goal 95.0%),
+0.25 s a step, 5,950 s with a test suite sharing the cores for 25 min; train accuracy under
+augmentation 95.1% at the end.
 
 Variants: `:resnet20` (the default), `:resnet56` (3x the step), `:resnet18` (ImageNet-style
 blocks and widths with the 3x3 stem, 11.2 M parameters, 15x the FLOPs), `:test` tiny.
