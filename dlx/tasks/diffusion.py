@@ -150,8 +150,8 @@ class Task(SupervisedTask):
         height, width, _ = self.image_shape
         top = (x.shape[1] - height) // 2
         left = (x.shape[2] - width) // 2
-        x = x[:, top : top + height, left : left + width]
-        return np.clip((np.asarray(x) + 1.0) / 2.0, 0.0, 1.0)
+        x = np.asarray(x)[:, top : top + height, left : left + width]  # on the host: no compile
+        return np.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
     def model_input(self, batch: dict) -> jax.Array:
         return self.to_model_space(batch)
@@ -319,6 +319,7 @@ class Task(SupervisedTask):
         if not is_main_process():
             return
         write_grid(workdir, "samples", images, columns=8)
+        predictions = np.asarray(predictions)  # indexed on the host, not by eager device slices
         columns = np.linspace(0, predictions.shape[0] - 1, TRAJECTORY_COLUMNS).round().astype(int)
         rows = [self.to_images(predictions[c, :TRAJECTORY_ROWS]) for c in columns]
         trajectory = np.stack(rows, axis=1).reshape(-1, *self.image_shape)  # row-major
