@@ -1,8 +1,8 @@
 """Normalisation layers of Transformers: LayerNorm and RMSNorm, by name (`make_norm`).
 
 Norm parameters are named ("norm",), which the sharding rules leave replicated (they are tiny).
-Statistics are computed in at least float32 whatever the input dtype, and the variance is the two-pass
-E[(x - mean)^2] (as PyTorch computes it), not E[x^2] - mean^2.
+Statistics are computed in at least float32 whatever the input dtype, and the variance is the
+two-pass E[(x - mean)^2] (as PyTorch computes it), not E[x^2] - mean^2.
 """
 
 from __future__ import annotations
