@@ -5,7 +5,7 @@ objectness, class cross-entropy; NMS on device; COCO-style AP at eval).
 
 Budget: 30 epochs are 11,250 steps of 64; 60 steps took 32 s with compilation while a DDPM
 trained on the same 2 cores. Measured 2026-12-06: 3.7 steps/s alone (~55 min for the
-steps); AP@0.5 0.860 (goal 0.90) at epoch 25 of a 30-epoch run that the session's end cut off,
+steps, 3,524 s in all); AP@0.5 0.858 (goal 0.90) after 30 epochs,
 its peak 0.876 at epoch 10 while AP@[.5:.95] kept rising (0.586 -> 0.710).
 
 Variants: `:test` tiny (a few steps).
