@@ -23,6 +23,11 @@ from dlx.train.metrics import read_metrics  # noqa: E402
 from experiments import common  # noqa: E402
 
 MODELS = ("gpt", "lstm", "gru")
+# What each variant's eval split holds (the works in record order).
+VALIDATION_WORKS = {
+    "validation": "Macbeth, King Richard II, the Sonnets and Twelfth Night",
+    "validation[:1]": "Macbeth",
+}
 SAMPLE_CHARS = 400  # of each model's last sample shown in the report
 
 
@@ -93,8 +98,8 @@ def report(workdirs: dict[str, Path], args, command: str) -> Path:
         "",
         f"Windows of {data['seq_len']} characters, global batch {data['batch_size']}, "
         f"{config['train_steps']} steps, AdamW with warmup and cosine decay "
-        f"(`configs/_shakespeare.py`); validation = Macbeth, King Richard II, Twelfth Night and "
-        f"the Sonnets, scored in non-overlapping windows.",
+        f"(`configs/_shakespeare.py`); validation = {VALIDATION_WORKS[data['eval_split']]}, "
+        f"scored in non-overlapping windows.",
         "",
         "| model | parameters | steps | final val loss (nats/char) | bits/char | best val loss "
         "| training time (s) | steps/s |",

@@ -12,7 +12,7 @@ import pytest
 from dlx.data.text import read_texts
 from dlx.data.tokenizers import BpeTokenizer, load_tokenizer
 from dlx.tasks.language_model import DOCUMENT_SEPARATOR
-from helpers import cli, eval_records, train, train_losses
+from helpers import cli, eval_records, load_config, train, train_losses
 
 VOCAB_SIZE = 300
 GPT_TEST = "configs/shakespeare_gpt.py:test"
@@ -29,7 +29,7 @@ def bpe_run(tmp_path_factory):
 def test_bpe_run_saves_its_tokenizer_and_reports_bits_per_character(bpe_run):
     tokenizer = load_tokenizer(bpe_run / "tokenizer.json")
     assert isinstance(tokenizer, BpeTokenizer) and tokenizer.vocab_size == VOCAB_SIZE
-    text = DOCUMENT_SEPARATOR.join(read_texts("shakespeare", "validation"))
+    text = DOCUMENT_SEPARATOR.join(read_texts("shakespeare", load_config(GPT_TEST).data.eval_split))
     chars_per_token = len(text) / len(tokenizer.encode(text))
     assert 1.2 < chars_per_token < 3.0  # merges learned: tokens span several characters
     final = eval_records(bpe_run)[-1]
