@@ -26,6 +26,23 @@ def read_metrics(path: str) -> list[dict]:
     return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch.
+
+    tensorboardX imports torch when it is installed (only to accept torch tensors, which dlx
+    never passes): 1.2-2.3 s at the start of every run on a machine that has torch.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     def __init__(self, workdir: str, *, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
@@ -39,9 +56,7 @@ class MetricWriter:
             (r["step"], r["split"]): r for r in read_metrics(self.path) if r["step"] <= resume_step
         }
         write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in latest.values()))
-        from tensorboardX import SummaryWriter
-
-        self._tb = SummaryWriter(
+        self._tb = _summary_writer_class()(
             os.path.join(workdir, "tensorboard"),
             purge_step=resume_step + 1 if resume_step else None,
         )
