@@ -73,9 +73,9 @@ def test_unet_predicts_noise_of_the_input_shape_with_named_parameters():
         image_shape=(16, 16, 1),
     )
     x = jnp.ones((2, 16, 16, 1))
-    variables = model.init(jax.random.key(0), x, jnp.array([0, 5]))
+    variables = jax.jit(model.init)(jax.random.key(0), x, jnp.array([0, 5]))
     _assert_named(variables)
-    out = model.apply(variables, x, jnp.array([3, 7]))
+    out = jax.jit(model.apply)(variables, x, jnp.array([3, 7]))
     assert out.shape == x.shape
     # the output conv starts at zero: an untrained model predicts no noise
     assert float(jnp.abs(out).max()) == 0.0
