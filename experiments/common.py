@@ -121,6 +121,23 @@ class Arm:
         return [final_eval(run).get(metric, math.nan) for run in self.runs]
 
 
+def set_aside_if_trained_at_another_rate(workdir: Path, rate: float) -> None:
+    """A seed run from before the sweep chose another rate (a grid widened since) is renamed to
+    <workdir>_lr_<its rate>, kept but out of the study, so the seed trains again at `rate`."""
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        return
+    trained_at = json.loads(config_file.read_text())["optimizer"]["learning_rate"]
+    if trained_at != rate:
+        aside = workdir.with_name(f"{workdir.name}_lr_{trained_at:g}")
+        while aside.exists():
+            aside = aside.with_name(aside.name + "_")
+        print(
+            f"{workdir} trained at {trained_at:g}, the sweep now chose {rate:g}: moved to {aside}"
+        )
+        workdir.rename(aside)
+
+
 def tune_and_repeat(
     protocol: Protocol, name: str, overrides: dict, learning_rates: Sequence[float]
 ) -> Arm:
@@ -154,6 +171,7 @@ def tune_and_repeat(
     runs = []
     for seed in protocol.seeds:
         workdir = arm_dir / f"seed_{seed}"
+        set_aside_if_trained_at_another_rate(workdir, best)
         run = {
             **settings,
             "optimizer.learning_rate": best,

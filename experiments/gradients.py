@@ -91,9 +91,9 @@ FULL = Settings(
     depth=20,
     width=128,
     depth_steps=600,
-    depth_rates=(0.01, 0.03, 0.1, 0.3),
+    depth_rates=(0.003, 0.01, 0.03, 0.1, 0.3),
     explode_steps=400,
-    explode_rates=(0.03, 0.1, 0.3, 1.0),
+    explode_rates=(0.01, 0.03, 0.1, 0.3, 1.0),
     explode_tuned=tuple(EXPLODE_ARMS),
     clip=1.0,
     seeds=(0, 1, 2),
@@ -396,6 +396,16 @@ def format_geometric(values: Sequence[float]) -> str:
     return "—" if math.isnan(mean) else f"{mean:.1e} ×/÷ {factor:.2g}"
 
 
+def format_distance(values: np.ndarray) -> str:
+    """A gradient norm at one distance over seeds; exact zeros are float32 underflow (the norm
+    fell below its smallest normal number, 1.2e-38, which XLA:CPU flushes to zero)."""
+    zeros = int((values == 0).sum())
+    if zeros == len(values):
+        return "0 (underflow)"
+    text = format_geometric(values)
+    return text + (f" ({zeros} of {len(values)} underflow)" if zeros else "")
+
+
 def log_band(ax, x, curves, label: str, **style) -> None:
     """The geometric mean of `curves` (one row per run, NaN where a run has no value) with a
     band of one standard deviation of log10: for quantities plotted on a log axis."""
@@ -686,16 +696,20 @@ def report_sequence(
         + f" | ‖g(k={far})‖ / ‖g(k=1)‖ |",
         "|---|---|---|" + "---|" * (len(distances) + 1),
     ]
-    facts = {"far": far, "reach": {}, "per_step": {}, "cells": tuple(arms)}
+    facts = {"far": far, "reach": {}, "per_step": {}, "underflow": {}, "cells": tuple(arms)}
     for cell, results in measured.items():
         for state in ("init", "trained"):
             curves = np.array([r[state] for r in results])
             reach = curves[:, far] / curves[:, 1]
-            facts["reach"][(cell, state)] = geometric(reach)[0]
-            # the mean decay per step: a log-linear fit over k = 1 .. far
-            logs = np.log10(np.maximum(curves[:, 1:], 1e-30)).mean(0)
-            slope = np.polyfit(np.arange(1, far + 1), logs, 1)[0]
+            facts["reach"][(cell, state)] = geometric(reach)[0] if reach.all() else 0.0
+            # The mean decay per step: a log-linear fit over k = 1 .. the last distance at which
+            # no seed's gradient has underflowed to 0.
+            finite = np.flatnonzero(~(curves[:, 1:] > 0).all(0))
+            last = far if not finite.size else int(finite[0])
+            ks = np.arange(1, last + 1)
+            slope = np.polyfit(ks, np.log10(curves[:, ks]).mean(0), 1)[0]
             facts["per_step"][(cell, state)] = 10**slope
+            facts["underflow"][(cell, state)] = None if last == far else last + 1
             lines.append(
                 f"| {cell} ({'init' if state == 'init' else 'trained'}) | "
                 f"{parameter_count(arms[cell].runs[0]) / 1e6:.2f} M | "
@@ -705,8 +719,8 @@ def report_sequence(
                     else "—"
                 )
                 + " | "
-                + " | ".join(format_geometric(curves[:, k]) for k in distances)
-                + f" | {format_geometric(reach)} |"
+                + " | ".join(format_distance(curves[:, k]) for k in distances)
+                + f" | {format_distance(reach)} |"
             )
     leak = max(
         r[f"{s}_future"] for rs in measured.values() for r in rs for s in ("init", "trained")
@@ -833,14 +847,22 @@ def conclude_sequence(facts: dict) -> list[str]:
         "over long distances, particularly once trained.",
         "",
     ]
+
+    def reached(cell: str, state: str) -> str:
+        underflow = facts["underflow"][(cell, state)]
+        if underflow is not None:
+            return f"below float32's range (0) from k = {underflow}"
+        return f"‖g(k={far})‖ / ‖g(k=1)‖ = {reach[(cell, state)]:.1e}"
+
+    # Ranked by the fitted decay per step: a gradient that underflowed to 0 has no ratio to rank.
     for state, when in (("init", "At initialisation"), ("trained", "After training")):
-        order = sorted(cells, key=lambda c: reach[(c, state)])
+        order = sorted(cells, key=lambda c: per_step[(c, state)])
         lines.append(
-            f"{when}, ‖g(k={far})‖ / ‖g(k=1)‖ is "
+            f"{when} the gradient shrinks per step of distance by "
             + ", ".join(
-                f"{c} {reach[(c, state)]:.1e} (×{per_step[(c, state)]:.3f} per step)" for c in cells
+                f"×{per_step[(c, state)]:.3f} for the {c} ({reached(c, state)})" for c in cells
             )
-            + f": the {order[0]}'s gradient fades fastest"
+            + f": the {order[0]}'s fades fastest"
             + (
                 ", as expected."
                 if order[0] == "rnn"

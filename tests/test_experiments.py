@@ -42,3 +42,22 @@ def test_optimizer_study_tunes_each_rate_repeats_seeds_and_reports(tmp_path):
     assert "## What we expected / what we measured" in report
     assert "python experiments/optimizers.py --quick" in report
     assert (report_dir / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_a_seed_run_trained_at_a_rate_the_sweep_no_longer_chooses_is_set_aside(tmp_path):
+    from experiments import common
+
+    def seed_run(name: str, rate: float):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps({"optimizer": {"learning_rate": rate}}))
+        return workdir
+
+    kept = seed_run("seed_1", 0.01)
+    common.set_aside_if_trained_at_another_rate(kept, 0.01)
+    assert kept.is_dir()
+    stale = seed_run("seed_0", 0.01)
+    common.set_aside_if_trained_at_another_rate(stale, 0.003)
+    assert not stale.exists()
+    assert json.loads((tmp_path / "seed_0_lr_0.01" / "config.json").read_text())
+    common.set_aside_if_trained_at_another_rate(tmp_path / "seed_2", 0.003)  # not trained yet

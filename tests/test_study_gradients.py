@@ -224,3 +224,27 @@ def test_recurrent_gradients_are_causal_and_fade_with_distance(study):
                 assert measured[f"{state}_future"] == 0.0
                 by_k = np.asarray(measured[state])
                 assert np.all(by_k > 0) and by_k[-1] < by_k[0] / 10
+
+
+def test_a_gradient_that_underflowed_to_zero_is_reported_and_ranked_by_its_decay():
+    """Far enough back a simple RNN's gradient falls below float32's range and reads 0: the
+    table says so, and the cells are ranked by their fitted decay per step, not by a 0 / x."""
+    assert gradients.format_distance(np.zeros(3)) == "0 (underflow)"
+    assert gradients.format_distance(np.array([0.0, 1e-3, 1e-3])).endswith("(1 of 3 underflow)")
+    facts = {
+        "far": 120,
+        "cells": ("rnn", "lstm"),
+        "reach": {
+            (c, s): r for s in ("init", "trained") for c, r in (("rnn", 0.0), ("lstm", 1e-9))
+        },
+        "per_step": {
+            (c, s): f for s in ("init", "trained") for c, f in (("rnn", 0.5), ("lstm", 0.8))
+        },
+        "underflow": {
+            (c, s): u for s in ("init", "trained") for c, u in (("rnn", 64), ("lstm", None))
+        },
+    }
+    text = "\n".join(gradients.conclude_sequence(facts))
+    assert "×0.500 for the rnn (below float32's range (0) from k = 64)" in text
+    assert "×0.800 for the lstm (‖g(k=120)‖ / ‖g(k=1)‖ = 1.0e-09)" in text
+    assert text.count("the rnn's fades fastest, as expected.") == 2

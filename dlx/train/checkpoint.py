@@ -71,7 +71,8 @@ def _whole_arrays_when_on_cpu() -> None:
         handler = ocp.type_handlers.ArrayHandler(
             array_metadata_store=array_metadata_store.Store(), use_replica_parallel=False
         )
-        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+        with _absl_warnings_silenced(True):  # Orbax warns of every override
+            ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 def _state_dir(workdir: str, step: int) -> epath.Path:
