@@ -120,18 +120,36 @@ class Arm:
         """`metric` of each seed's final eval (NaN for a run that diverged)."""
         return [final_eval(run).get(metric, math.nan) for run in self.runs]
 
+    def at_grid_edge(self) -> bool:
+        """Whether the sweep chose its smallest or largest rate (a wider grid might do better)."""
+        return bool(self.sweep) and self.learning_rate in (min(self.sweep), max(self.sweep))
+
+
+def grid_edge_note(arms: Sequence[Arm]) -> list[str]:
+    """The report's warning, if any arm's chosen rate sits at the edge of its grid."""
+    edge = sorted(arm.name for arm in arms if arm.at_grid_edge())
+    if not edge:
+        return []
+    return [
+        f"The chosen rate sits at the edge of its grid for {', '.join(edge)}: a wider grid could "
+        "still move those rows.",
+        "",
+    ]
+
 
 def set_aside_if_trained_at_another_rate(workdir: Path, rate: float) -> None:
-    """A seed run from before the sweep chose another rate (a grid widened since) is renamed to
-    <workdir>_lr_<its rate>, kept but out of the study, so the seed trains again at `rate`."""
+    """A seed run from before the sweep chose another rate (a grid widened since) moves to
+    superseded/<name>_lr_<its rate> next to it, kept but out of the study, so the seed trains
+    again at `rate`."""
     config_file = workdir / "config.json"
     if not config_file.is_file():
         return
     trained_at = json.loads(config_file.read_text())["optimizer"]["learning_rate"]
     if trained_at != rate:
-        aside = workdir.with_name(f"{workdir.name}_lr_{trained_at:g}")
+        aside = workdir.parent / "superseded" / f"{workdir.name}_lr_{trained_at:g}"
         while aside.exists():
             aside = aside.with_name(aside.name + "_")
+        aside.parent.mkdir(exist_ok=True)
         print(
             f"{workdir} trained at {trained_at:g}, the sweep now chose {rate:g}: moved to {aside}"
         )

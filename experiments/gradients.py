@@ -91,7 +91,7 @@ FULL = Settings(
     depth=20,
     width=128,
     depth_steps=600,
-    depth_rates=(0.003, 0.01, 0.03, 0.1, 0.3),
+    depth_rates=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
     explode_steps=400,
     explode_rates=(0.01, 0.03, 0.1, 0.3, 1.0),
     explode_tuned=tuple(EXPLODE_ARMS),
@@ -550,6 +550,7 @@ def report_depth(
         )
     lines += [
         "",
+        *common.grid_edge_note(arms.values()),
         "![per-layer gradient norms](depth_gradients.png)",
         "",
         "![training curves](depth_training.png)",
@@ -622,6 +623,7 @@ def report_explode(
         )
     lines += [
         "",
+        *common.grid_edge_note(tuned.values()),
         f"Both at the grid's largest rate, {big:g}, from every seed (test split):",
         "",
         "| arm | diverged | NaN by step | largest logged ‖g‖ | test accuracy |",
@@ -927,9 +929,10 @@ def main(argv: list[str] | None = None) -> None:
         *conclusions,
         "## Budget",
         "",
-        f"This invocation took {elapsed / 60:.1f} min of wall time; the finished runs' own "
-        f"training wall times add up to {runs_wall_time(out) / 60:.1f} min (the rest is start-up, "
-        f"runs that diverged, and the measurements), on {_machine()}.",
+        f"The study's finished runs trained for {runs_wall_time(out) / 60:.1f} min in all (their "
+        f"own wall times; start-up, runs that diverged and the measurements come on top), on "
+        f"{_machine()}. This invocation took {elapsed / 60:.1f} min (a re-run skips finished "
+        f"runs).",
         "",
     ]
     given = sys.argv[1:] if argv is None else argv

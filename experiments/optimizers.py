@@ -134,11 +134,6 @@ def findings(arms: dict[str, common.Arm], accuracy: dict[str, float], ranked: li
     spreads = {n: common.mean_spread(arms[n].final("accuracy"))[1] for n in arms}
     typical_spread = sorted(spreads.values())[len(spreads) // 2]
     adaptive = [n for n in ranked if n in ("adam", "adamw", "nadam", "rmsprop")]
-    edge = [
-        n
-        for n, arm in arms.items()
-        if arm.sweep and arm.learning_rate in (min(arm.sweep), max(arm.sweep))
-    ]
     gap_top = accuracy[ranked[0]] - accuracy[ranked[min(3, len(ranked) - 1)]]
     lines = [
         "## What we expected / what we measured",
@@ -158,13 +153,7 @@ def findings(arms: dict[str, common.Arm], accuracy: dict[str, float], ranked: li
             else "the ranking at the top is larger than the seed noise."
         ),
     ]
-    if edge:
-        lines += [
-            "",
-            f"The chosen rate sits at the edge of its grid for {', '.join(sorted(edge))}: a "
-            "wider grid could still move those rows.",
-        ]
-    return lines + [""]
+    return [*lines, "", *common.grid_edge_note(arms.values())]
 
 
 def main(argv: list[str] | None = None) -> None:

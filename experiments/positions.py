@@ -364,15 +364,7 @@ def report(arms: dict[str, common.Arm], args, command: str, seconds: float) -> P
         "",
     ]
     lines += findings(arms, chance, numbers, args.train_len)
-    edge = [
-        n for n, a in arms.items() if a.sweep and a.learning_rate in (min(a.sweep), max(a.sweep))
-    ]
-    if edge:
-        lines += [
-            f"The chosen rate sits at the edge of its grid for {', '.join(edge)}: a wider grid "
-            "could still move those rows.",
-            "",
-        ]
+    lines += common.grid_edge_note(arms.values())
     return common.write_report(out, lines, f"{args.out}/<position>/<lr_r|seed_s>", command)
 
 

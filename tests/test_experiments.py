@@ -59,5 +59,5 @@ def test_a_seed_run_trained_at_a_rate_the_sweep_no_longer_chooses_is_set_aside(t
     stale = seed_run("seed_0", 0.01)
     common.set_aside_if_trained_at_another_rate(stale, 0.003)
     assert not stale.exists()
-    assert json.loads((tmp_path / "seed_0_lr_0.01" / "config.json").read_text())
+    assert json.loads((tmp_path / "superseded" / "seed_0_lr_0.01" / "config.json").read_text())
     common.set_aside_if_trained_at_another_rate(tmp_path / "seed_2", 0.003)  # not trained yet
