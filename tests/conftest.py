@@ -26,24 +26,24 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlx-tests-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
-# The files that take longest, longest first (CPU seconds on the 2-core machine, 2026-12-06).
+# The files that take longest, longest first (seconds on the 2-core machine, 2026-12-07).
 # With `--dist loadfile` xdist hands out whole files in collection order, so a long file collected
 # last (test_transfer.py sorts late) keeps one worker busy after the other has finished; starting
 # the long ones first lets the workers end together. Only the order changes, never what runs.
 LONGEST_FIRST = (
-    "test_g2p.py",
-    "test_transfer.py",
-    "test_language_model.py",
-    "test_generative.py",
-    "test_diffusion.py",
-    "test_llama_import.py",
     "test_mesh.py",
-    "test_sequence_tasks.py",
+    "test_transfer.py",
+    "test_llama_import.py",
+    "test_g2p.py",
     "test_runner.py",
+    "test_generative.py",
     "test_study_lessons_a.py",
+    "test_diffusion.py",
+    "test_language_model.py",
     "test_study_gradients.py",
+    "test_models.py",
     "test_study_lessons_c.py",
-    "test_study_lessons_b.py",
+    "test_sequence_tasks.py",
     "test_detection.py",
 )
 
