@@ -32,5 +32,7 @@ def get_config(arg: str | None = None):
     if arg == "test":
         config.model.update(channels=(8, 16), attention_levels=(1,), time_dim=16, groups=4)
         config.diffusion.update(timesteps=20, sample_steps=5)
-        short_run(config, steps=4, eval_every=4, checkpoint_every=2)
+        config.data.eval_batch_size = 256
+        # the eval runs the U-Net once per image: 256 of them keep a 4-step test run short
+        short_run(config, steps=4, eval_every=4, checkpoint_every=2, eval_examples=256)
     return config
