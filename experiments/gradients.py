@@ -703,11 +703,11 @@ def report_sequence(
         for state in ("init", "trained"):
             curves = np.array([r[state] for r in results])
             reach = curves[:, far] / curves[:, 1]
-            facts["reach"][(cell, state)] = geometric(reach)[0] if reach.all() else 0.0
+            facts["reach"][(cell, state)] = geometric(reach)[0]  # read only without underflow
             # The mean decay per step: a log-linear fit over k = 1 .. the last distance at which
             # no seed's gradient has underflowed to 0.
-            finite = np.flatnonzero(~(curves[:, 1:] > 0).all(0))
-            last = far if not finite.size else int(finite[0])
+            underflowed = np.flatnonzero(~(curves[:, 1:] > 0).all(0))
+            last = far if not underflowed.size else int(underflowed[0])
             ks = np.arange(1, last + 1)
             slope = np.polyfit(ks, np.log10(curves[:, ks]).mean(0), 1)[0]
             facts["per_step"][(cell, state)] = 10**slope
