@@ -61,6 +61,7 @@ class Setup:
     reference_batch: int
     optimizer: str
     evals: int  # per run, evenly spaced over the budget: the points of the accuracy curves
+    grid_extensions: int = common.MAX_GRID_EXTENSIONS  # rates a sweep may add past its grid
 
 
 FULL = Setup(
@@ -90,6 +91,7 @@ QUICK = Setup(
     reference_batch=16,
     optimizer="momentum",
     evals=2,
+    grid_extensions=0,
 )
 
 
@@ -193,12 +195,27 @@ def within_one_step(rate: float, prediction: float, step: float) -> bool:
     return abs(math.log(rate / prediction)) <= math.log(step) + 1e-9
 
 
-def edge(rate: float, learning_rates: Sequence[float]) -> str:
-    if len(learning_rates) < 2:
+def edge(arm: common.Arm) -> str:
+    """Where in its sweep (the grid and any rates past its edge) an arm's best rate sits."""
+    if len(arm.sweep) < 2:
         return ""
-    if rate == max(learning_rates):
+    if arm.learning_rate == max(arm.sweep):
         return "top"
-    return "bottom" if rate == min(learning_rates) else ""
+    return "bottom" if arm.learning_rate == min(arm.sweep) else ""
+
+
+def swept_rates(results: dict[int, Result], setup: Setup) -> list[float]:
+    """The grid, and the rates a sweep trained past its edge (`common.tune_and_repeat`)."""
+    arms = [r.arm for r in results.values()]
+    return sorted({*setup.learning_rates, *common.swept_rates(arms)})
+
+
+def sweep_cell(arm: common.Arm, rate: float) -> float | None:
+    """The validation accuracy of `rate` in an arm's sweep: NaN where that rate diverged, None
+    where this arm did not train it."""
+    if rate not in arm.sweep:
+        return None
+    return math.nan if arm.sweep[rate] is None else arm.sweep[rate]
 
 
 def budget(setup: Setup) -> str:
@@ -216,19 +233,18 @@ def plot_heatmap(results: dict[int, Result], setup: Setup, path: Path) -> None:
     """Validation accuracy over (batch size, learning rate); the best cell of each row boxed."""
     import matplotlib.pyplot as plt
 
-    rates = list(setup.learning_rates)
-    grid = np.array(
-        [
-            [np.nan if r.arm.sweep.get(lr) is None else r.arm.sweep[lr] for lr in rates]
-            for r in results.values()
-        ]
-    )
+    rates = swept_rates(results, setup)
+    cells = [[sweep_cell(r.arm, lr) for lr in rates] for r in results.values()]
+    grid = np.array([[np.inf if c is None else c for c in row] for row in cells])
     fig, ax = plt.subplots(figsize=(1.0 * len(rates) + 2.5, 0.7 * len(results) + 1.8))
     finite = grid[np.isfinite(grid)]
     low = float(np.percentile(finite, 20)) if finite.size else 0.0
     high = float(finite.max()) if finite.size else 1.0
-    image = ax.imshow(np.nan_to_num(grid, nan=low), cmap="viridis", vmin=low, aspect="auto")
+    shown = np.ma.masked_invalid(np.where(np.isnan(grid), low, grid))  # untrained cells blank
+    image = ax.imshow(shown, cmap="viridis", vmin=low, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
+        if np.isinf(value):
+            continue
         text = "div" if np.isnan(value) else f"{value:.1%}"
         ax.text(
             j,
@@ -263,13 +279,8 @@ def plot_best_rate(results: dict[int, Result], setup: Setup, path: Path) -> None
     reference = setup.reference_batch
     anchor = results[reference].arm.learning_rate
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.axhspan(
-        min(setup.learning_rates),
-        max(setup.learning_rates),
-        color="grey",
-        alpha=0.1,
-        label="grid range",
-    )
+    rates = swept_rates(results, setup)
+    ax.axhspan(min(rates), max(rates), color="grey", alpha=0.1, label="rates swept")
     dense = np.geomspace(sizes.min(), sizes.max(), 50)
     ax.plot(
         dense,
@@ -279,7 +290,7 @@ def plot_best_rate(results: dict[int, Result], setup: Setup, path: Path) -> None
         label=f"linear rule through batch {reference}",
     )
     ax.plot(dense, anchor * np.sqrt(dense / reference), "k--", lw=1, label="square-root rule")
-    on_edge = np.array([bool(edge(b, setup.learning_rates)) for b in best])
+    on_edge = np.array([bool(edge(r.arm)) for r in results.values()])
     if (~on_edge).any():
         ax.plot(
             sizes[~on_edge], best[~on_edge], "o", color="C3", ms=8, label="best inside the grid"
@@ -292,12 +303,12 @@ def plot_best_rate(results: dict[int, Result], setup: Setup, path: Path) -> None
             mfc="none",
             color="C3",
             ms=8,
-            label="best at the grid's edge",
+            label="best at the edge of the rates swept",
         )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xticks(sizes, [str(int(b)) for b in sizes])
-    ax.set_yticks(setup.learning_rates, [f"{r:g}" for r in setup.learning_rates])
+    ax.set_yticks(rates, [f"{r:g}" for r in rates])
     ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("best peak learning rate (validation, seed 0)")
@@ -366,8 +377,8 @@ def findings(results: dict[int, Result], setup: Setup) -> list[str]:
         if b == reference:
             continue
         prediction = linear_prediction(results, reference, b)
-        where = edge(best[b], setup.learning_rates)
-        bound = {"top": " (at least: the grid's top)", "bottom": " (at most: the grid's bottom)"}
+        where = edge(results[b].arm)
+        bound = {"top": " (at least: the top rate swept)", "bottom": " (at most: the lowest)"}
         text = (
             f"batch {b} (best {best[b]:g}{bound.get(where, '')}, predicted {prediction:g}, "
             f"{best[b] / prediction:.2g}x)"
@@ -466,7 +477,7 @@ def write_report(
         validation = "-" if score is None else f"{score:.2%}"
         lines.append(
             f"| {b} | {result.steps} | {result.arm.learning_rate:g}"
-            f"{' (edge)' if edge(result.arm.learning_rate, setup.learning_rates) else ''} | "
+            f"{' (edge)' if edge(result.arm) else ''} | "
             f"{linear_prediction(results, setup.reference_batch, b):g} | "
             f"{validation} | "
             f"{pct(result.test)} | {common.format_mean_spread(seconds_each, digits=1)} | "
@@ -486,15 +497,16 @@ def write_report(
         "![test accuracy against steps and seconds](accuracy_curves.png)",
         "",
         f"The grid (accuracy on `{setup.validation_split}`, seed {setup.seeds[0]}; `diverged`: "
-        "the loss became NaN):",
+        "the loss became NaN; `-`: a rate past the grid's edge that this batch size's sweep did not "
+        "need):",
         "",
-        "| batch size | " + " | ".join(f"lr {r:g}" for r in setup.learning_rates) + " |",
-        "|---|" + "---|" * len(setup.learning_rates),
+        "| batch size | " + " | ".join(f"lr {r:g}" for r in swept_rates(results, setup)) + " |",
+        "|---|" + "---|" * len(swept_rates(results, setup)),
     ]
     for b, result in results.items():
         cells = [
-            "diverged" if result.arm.sweep.get(r) is None else f"{result.arm.sweep[r]:.2%}"
-            for r in setup.learning_rates
+            "-" if c is None else "diverged" if math.isnan(c) else f"{c:.2%}"
+            for c in (sweep_cell(result.arm, r) for r in swept_rates(results, setup))
         ]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     walls = [
@@ -503,8 +515,8 @@ def write_report(
         for run in [*result.arm.runs, *(protocol.out / result.arm.name).glob("lr_*")]
         if (run / "summary.json").exists()
     ]
+    lines += ["", *common.grid_edge_note(r.arm for r in results.values())]
     lines += [
-        "",
         "## What we expected, what we measured",
         "",
         "Expected: the best learning rate grows in proportion to the batch size (the linear "
@@ -571,6 +583,7 @@ def main(argv: list[str] | None = None) -> None:
         train_split=setup.train_split,
         validation_split=setup.validation_split,
         test_split=setup.test_split,
+        grid_extensions=setup.grid_extensions,
     )
     results = {}
     for b in setup.batch_sizes:

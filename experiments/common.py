@@ -14,7 +14,7 @@ import json
 import math
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,12 @@ def final_eval(workdir: Path) -> dict[str, float]:
     return json.loads(summary.read_text())["final_eval"]
 
 
+# How many rates a sweep may add past the edge of its grid while its best rate sits there: one
+# more factor of the grid's outer ratio each time, so a best rate at the edge is a finding
+# ("still rising at 10x"), not a guess of where the grid should have ended.
+MAX_GRID_EXTENSIONS = 2
+
+
 @dataclasses.dataclass
 class Protocol:
     """How a study trains its arms: `config` with `base` overrides; the learning-rate sweep
@@ -94,18 +100,22 @@ class Protocol:
     train_split: str = "train[:90%]"
     validation_split: str = "train[90%:]"
     test_split: str = "test"
+    # Rates a sweep may add past the edge of its grid while its best sits there (0: the grid
+    # alone, as the `--quick` variants do to stay a few seconds long).
+    grid_extensions: int = MAX_GRID_EXTENSIONS
 
 
 @dataclasses.dataclass
 class Arm:
     """One arm's result: its chosen learning rate, the sweep's validation scores (None: the run
-    diverged) and the workdirs of its seeds."""
+    diverged; the grid and any rates `extended` past its edge) and the workdirs of its seeds."""
 
     name: str
     learning_rate: float
     sweep: dict[float, float | None]
     runs: list[Path]
     sweep_runs: list[Path] = dataclasses.field(default_factory=list)
+    extended: tuple[float, ...] = ()
 
     def wall_seconds(self) -> float:
         """Training wall time of every finished run of this arm (sweep and seeds)."""
@@ -121,20 +131,39 @@ class Arm:
         return [final_eval(run).get(metric, math.nan) for run in self.runs]
 
     def at_grid_edge(self) -> bool:
-        """Whether the sweep chose its smallest or largest rate (a wider grid might do better)."""
+        """Whether the sweep chose the smallest or largest rate it trained (a wider sweep might
+        do better)."""
         return bool(self.sweep) and self.learning_rate in (min(self.sweep), max(self.sweep))
 
 
-def grid_edge_note(arms: Sequence[Arm]) -> list[str]:
-    """The report's warning, if any arm's chosen rate sits at the edge of its grid."""
+def swept_rates(arms: Iterable[Arm]) -> list[float]:
+    """Every rate some arm's sweep trained, ascending: the grid and the rates past its edge."""
+    return sorted({rate for arm in arms for rate in arm.sweep})
+
+
+def grid_edge_note(arms: Iterable[Arm]) -> list[str]:
+    """The report's sentences on the sweeps that went past their grid's edge, and on the arms
+    whose chosen rate is still the smallest or largest rate trained."""
+    arms = list(arms)
+    lines = []
+    extended = [arm for arm in arms if arm.extended]
+    if extended:
+        went = "; ".join(
+            f"{arm.name} to {', '.join(f'{r:g}' for r in arm.extended)}" for arm in extended
+        )
+        lines += [
+            f"Where an arm's best rate was the grid's smallest or largest, its sweep went on past "
+            f"that edge by the grid's outer ratio, up to {MAX_GRID_EXTENSIONS} rates: {went}.",
+            "",
+        ]
     edge = sorted(arm.name for arm in arms if arm.at_grid_edge())
-    if not edge:
-        return []
-    return [
-        f"The chosen rate sits at the edge of its grid for {', '.join(edge)}: a wider grid could "
-        "still move those rows.",
-        "",
-    ]
+    if edge:
+        lines += [
+            f"The chosen rate is still the smallest or largest rate trained for {', '.join(edge)}: "
+            "a wider sweep could still move those rows.",
+            "",
+        ]
+    return lines
 
 
 def set_aside_if_trained_at_another_rate(workdir: Path, rate: float) -> None:
@@ -160,30 +189,36 @@ def tune_and_repeat(
     protocol: Protocol, name: str, overrides: dict, learning_rates: Sequence[float]
 ) -> Arm:
     """Trains arm `name` (its `overrides` on top of the protocol's): one run per learning rate
-    on the validation split, then every seed at the best rate on the test split. A single
-    learning rate skips the sweep. Workdirs: out/name/lr_<rate>, out/name/seed_<seed>."""
+    on the validation split, then every seed at the best rate on the test split. Where the best
+    rate is the grid's smallest or largest, the sweep goes on past that edge by the grid's outer
+    ratio, up to protocol.grid_extensions more rates. A single learning rate skips the sweep.
+    Workdirs: out/name/lr_<rate>, out/name/seed_<seed>."""
     arm_dir = protocol.out / name
     settings = {**protocol.base, **overrides, "data.train_split": protocol.train_split}
     sweep: dict[float, float | None] = {}
     sweep_runs: list[Path] = []
+
+    def score(rate: float) -> None:
+        workdir = arm_dir / f"lr_{rate:g}"
+        sweep_runs.append(workdir)
+        run = {
+            **settings,
+            "optimizer.learning_rate": rate,
+            "seed": protocol.seeds[0],
+            "data.eval_split": protocol.validation_split,
+        }
+        ok = launch_or_diverge(protocol.config, workdir, run, f"{name} lr={rate:g}")
+        sweep[rate] = final_eval(workdir).get(protocol.metric) if ok else None
+
     if len(learning_rates) > 1:
         for rate in learning_rates:
-            workdir = arm_dir / f"lr_{rate:g}"
-            sweep_runs.append(workdir)
-            run = {
-                **settings,
-                "optimizer.learning_rate": rate,
-                "seed": protocol.seeds[0],
-                "data.eval_split": protocol.validation_split,
-            }
-            ok = launch_or_diverge(protocol.config, workdir, run, f"{name} lr={rate:g}")
-            sweep[rate] = final_eval(workdir).get(protocol.metric) if ok else None
-        scored = {rate: score for rate, score in sweep.items() if score is not None}
-        if scored:
-            pick = max if protocol.higher_is_better else min
-            best = pick(scored, key=scored.get)
-        else:  # every rate diverged: report the smallest
-            best = min(learning_rates)
+            score(rate)
+        for _ in range(protocol.grid_extensions):
+            beyond = rate_beyond_the_edge(sweep, protocol.higher_is_better)
+            if beyond is None:
+                break
+            score(beyond)
+        best = best_rate(sweep, protocol.higher_is_better)
     else:
         best = learning_rates[0]
     runs = []
@@ -198,7 +233,33 @@ def tune_and_repeat(
         }
         launch_or_diverge(protocol.config, workdir, run, f"{name} seed={seed}")
         runs.append(workdir)
-    return Arm(name, best, sweep, runs, sweep_runs)
+    extended = tuple(sorted(set(sweep) - set(learning_rates)))
+    return Arm(name, best, dict(sorted(sweep.items())), runs, sweep_runs, extended)
+
+
+def best_rate(sweep: dict[float, float | None], higher_is_better: bool) -> float:
+    """The rate of the best validation score; the smallest rate if every run diverged. Ties go
+    to the smaller rate."""
+    scored = {rate: s for rate, s in sorted(sweep.items()) if s is not None}
+    if not scored:
+        return min(sweep)
+    pick = max if higher_is_better else min
+    return pick(scored, key=scored.get)
+
+
+def rate_beyond_the_edge(sweep: dict[float, float | None], higher_is_better: bool) -> float | None:
+    """The next rate past the edge where the sweep's best rate sits (the outer ratio of the grid
+    once more, to 3 significant digits), or None if the best is inside the grid. A sweep where
+    every rate diverged goes on downwards."""
+    rates = sorted(sweep)
+    best = best_rate(sweep, higher_is_better)
+    if best == rates[-1]:
+        beyond = rates[-1] * rates[-1] / rates[-2]
+    elif best == rates[0]:
+        beyond = rates[0] * rates[0] / rates[1]
+    else:
+        return None
+    return float(f"{beyond:.3g}")
 
 
 def first_step_layer_stats(workdir: Path) -> dict[str, float]:

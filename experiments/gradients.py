@@ -83,6 +83,7 @@ class Settings:
     rnn_eval_batch_size: int
     windows: int  # evaluation windows the input gradients are averaged over
     positions: int  # loss positions t per window (the last ones)
+    grid_extensions: int = common.MAX_GRID_EXTENSIONS  # rates a sweep may add past its grid
 
 
 FULL = Settings(
@@ -135,6 +136,7 @@ QUICK = Settings(
     rnn_eval_batch_size=256,
     windows=4,
     positions=4,
+    grid_extensions=0,
 )
 
 
@@ -157,6 +159,7 @@ def mlp_protocol(settings: Settings, out: Path, part: str, base: dict) -> common
             "progress_bar": False,
             **base,
         },
+        grid_extensions=settings.grid_extensions,
     )
 
 
@@ -463,8 +466,10 @@ def sweep_columns(rates: Sequence[float]) -> tuple[str, str]:
 def sweep_cells(arm: common.Arm, rates: Sequence[float]) -> str:
     if len(rates) < 2:
         return ""
-    scores = [arm.sweep.get(rate) for rate in rates]
-    return "".join(" diverged |" if s is None else f" {s:.2%} |" for s in scores)
+    cells = ("-" if r not in arm.sweep else arm.sweep[r] for r in rates)
+    return "".join(
+        " diverged |" if s is None else f" {s} |" if s == "-" else f" {s:.2%} |" for s in cells
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -522,7 +527,7 @@ def report_depth(
     fig.savefig(report_dir / "depth_training.png", dpi=110)
     plt.close(fig)
 
-    rates = settings.depth_rates
+    rates = common.swept_rates(arms.values()) or settings.depth_rates
     header, rule = sweep_columns(rates)
     batch = json.loads((arms["sigmoid"].runs[0] / "config.json").read_text())["data"]["batch_size"]
     lines = [
@@ -601,7 +606,7 @@ def report_explode(
     fig.savefig(report_dir / "explode_gradients.png", dpi=110)
     plt.close(fig)
 
-    rates = settings.explode_rates
+    rates = common.swept_rates(tuned.values()) or settings.explode_rates
     header, rule = sweep_columns(rates)
     lines = [
         "## 2. Exploding updates and gradient clipping",

@@ -89,7 +89,13 @@ def protocol(args, epoch_steps: int) -> common.Protocol:
             checkpoint_every_epochs=0.0,
             checkpoint_every_steps=args.train_steps,
         )
-    return common.Protocol(args.config, Path(args.out), base, seeds=tuple(args.seeds))
+    return common.Protocol(
+        args.config,
+        Path(args.out),
+        base,
+        seeds=tuple(args.seeds),
+        grid_extensions=0 if args.quick else common.MAX_GRID_EXTENSIONS,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,7 +312,8 @@ def report(arms: dict[str, common.Arm], args, epoch_steps: int, command: str) ->
             f"{common.format_mean_spread(arm.final('accuracy'), percent=True)} | "
             f"{common.format_mean_spread(arm.final('loss'), digits=4)} |"
         )
-    lines += ["", "![training curves (mean ± std over seeds)](curves.png)", ""]
+    lines += ["", *common.grid_edge_note(arms.values())]
+    lines += ["![training curves (mean ± std over seeds)](curves.png)", ""]
     lines += findings(results, args.depth)
     return common.write_report(
         report_dir, lines, f"{args.out}/<activation>/<initialisation>/<lr_r|seed_s>", command

@@ -118,6 +118,7 @@ def protocol(args) -> common.Protocol:
         seeds=tuple(args.seeds),
         metric="loss",  # over the trained positions; accuracy saturates at 1.0 for most arms
         higher_is_better=False,
+        grid_extensions=0 if args.quick else common.MAX_GRID_EXTENSIONS,
     )
 
 

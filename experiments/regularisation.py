@@ -77,6 +77,7 @@ class Setup:
     seeds: tuple[int, ...]
     arms: tuple[str, ...]
     tune_each_arm: bool = True  # False: only the first arm sweeps the rates, the rest take its rate
+    grid_extensions: int = common.MAX_GRID_EXTENSIONS  # rates a sweep may add past its grid
 
 
 FULL = Setup(
@@ -107,6 +108,7 @@ QUICK = Setup(
     seeds=(0,),
     arms=QUICK_ARMS,
     tune_each_arm=False,
+    grid_extensions=0,
 )
 
 
@@ -540,23 +542,26 @@ def write_report(
         "",
     ]
     if len(setup.learning_rates) > 1:
+        arms = [result.arm for result in results.values()]
+        rates = common.swept_rates(arms)
         lines += [
             f"Learning-rate sweep (accuracy on `{setup.validation_split}`, seed {setup.seeds[0]}; "
-            "`diverged`: the loss became NaN):",
+            "`diverged`: the loss became NaN; `-`: not trained for this arm):",
             "",
-            "| arm | " + " | ".join(f"lr {r:g}" for r in setup.learning_rates) + " |",
-            "|---|" + "---|" * len(setup.learning_rates),
+            "| arm | " + " | ".join(f"lr {r:g}" for r in rates) + " |",
+            "|---|" + "---|" * len(rates),
         ]
         for name, result in results.items():
             cells = [
-                "-"  # trained at another arm's rate
-                if not result.arm.sweep
+                "-"  # trained at another arm's rate, or past the grid's edge for another arm
+                if rate not in result.arm.sweep
                 else "diverged"
                 if result.arm.sweep[rate] is None
                 else f"{result.arm.sweep[rate]:.2%}"
-                for rate in setup.learning_rates
+                for rate in rates
             ]
             lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+        lines += ["", *common.grid_edge_note(arms)]
     walls = [
         json.loads((run / "summary.json").read_text())["wall_time_s"]
         for result in results.values()
@@ -621,6 +626,7 @@ def main(argv: list[str] | None = None) -> None:
         train_split=setup.train_split,
         validation_split=setup.validation_split,
         test_split=setup.test_split,
+        grid_extensions=setup.grid_extensions,
     )
     results = {}
     for name in setup.arms:

@@ -5,6 +5,7 @@ test_sequence_tasks.py, whose tests read its runs.)"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -61,3 +62,54 @@ def test_a_seed_run_trained_at_a_rate_the_sweep_no_longer_chooses_is_set_aside(t
     assert not stale.exists()
     assert json.loads((tmp_path / "superseded" / "seed_0_lr_0.01" / "config.json").read_text())
     common.set_aside_if_trained_at_another_rate(tmp_path / "seed_2", 0.003)  # not trained yet
+
+
+def test_a_sweep_whose_best_rate_is_at_the_grids_edge_goes_on_past_it(tmp_path, monkeypatch):
+    """Validation accuracy peaks at rate 0.08 (outside the grid 0.01, 0.02): the sweep adds 0.04
+    and 0.08 (the grid's ratio, twice), stops there, and the seeds train at 0.08; a peak inside
+    the grid adds nothing; a loss (lower is better) falling towards small rates extends down."""
+    from experiments import common
+
+    def fake_training(peak: float, higher_is_better: bool):
+        def launch_or_diverge(config, workdir, run, label):
+            workdir.mkdir(parents=True, exist_ok=True)
+            distance = abs(np.log(run["optimizer.learning_rate"] / peak))
+            score = 0.9 - 0.1 * distance if higher_is_better else 0.1 + distance
+            summary = {"final_eval": {"accuracy" if higher_is_better else "loss": score}}
+            (workdir / "summary.json").write_text(json.dumps(summary))
+            (workdir / "config.json").write_text(
+                json.dumps({"optimizer": {"learning_rate": run["optimizer.learning_rate"]}})
+            )
+            return True
+
+        monkeypatch.setattr(common, "launch_or_diverge", launch_or_diverge)
+
+    protocol = common.Protocol("unused.py", tmp_path / "up", {}, seeds=(0, 1))
+    fake_training(peak=0.08, higher_is_better=True)
+    arm = common.tune_and_repeat(protocol, "arm", {}, [0.01, 0.02])
+    assert list(arm.sweep) == [0.01, 0.02, 0.04, 0.08] and arm.extended == (0.04, 0.08)
+    assert arm.learning_rate == 0.08 and arm.at_grid_edge()  # still rising after 2 more
+    for seed in (0, 1):
+        config = json.loads((tmp_path / "up" / "arm" / f"seed_{seed}" / "config.json").read_text())
+        assert config["optimizer"]["learning_rate"] == 0.08
+    note = " ".join(common.grid_edge_note([arm]))
+    assert "arm to 0.04, 0.08" in note and "still the smallest or largest" in note
+
+    fake_training(peak=0.015, higher_is_better=True)
+    inside = common.tune_and_repeat(
+        dataclasses.replace(protocol, out=tmp_path / "in"), "arm", {}, [0.01, 0.015, 0.02]
+    )
+    assert list(inside.sweep) == [0.01, 0.015, 0.02] and not inside.extended
+    assert common.grid_edge_note([inside]) == []
+
+    fake_training(peak=0.001, higher_is_better=False)
+    lower = dataclasses.replace(protocol, out=tmp_path / "down", higher_is_better=False)
+    down = common.tune_and_repeat(lower, "arm", {}, [0.01, 0.03])
+    assert down.extended == (0.00111, 0.00333) and down.learning_rate == 0.00111
+
+    no_extension = dataclasses.replace(protocol, out=tmp_path / "quick", grid_extensions=0)
+    fake_training(peak=0.08, higher_is_better=True)
+    assert list(common.tune_and_repeat(no_extension, "arm", {}, [0.01, 0.02]).sweep) == [
+        0.01,
+        0.02,
+    ]
