@@ -5,13 +5,16 @@ import os
 import shutil
 import tempfile
 
-# 8 fake devices; and LLVM's optimisation passes off: the suite's programs are tiny and compiled
-# once or twice each, so compiling them is most of its time (a study's quick test: 74 s of CPU
-# with the default level, 49 s without). XLA's own graph optimisations (fusion, layout) still
+# 8 fake devices; and the cheapest code generation: the suite's programs are tiny and compiled
+# once or twice each, so compiling them is most of its time. LLVM's optimisation passes off (a
+# study's quick test: 74 s of CPU with the default level, 49 s without), and fusions emitted by
+# XLA's classic emitters instead of the MLIR fusion emitters (four families of test_mesh.py:
+# 65 s of CPU with them, 35 s without). XLA's own graph optimisations (fusion, layout) still
 # run, and the numbers are those of the same programs: tests compare runs within the suite.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    + " --xla_cpu_use_fusion_emitters=false"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
