@@ -104,6 +104,19 @@ class Protocol:
     # alone, as the `--quick` variants do to stay a few seconds long).
     grid_extensions: int = MAX_GRID_EXTENSIONS
 
+    @classmethod
+    def from_args(cls, args, base: dict, **fields) -> Protocol:
+        """A study's protocol from its command line (--config, --out, --seeds; --quick sweeps
+        its grid alone)."""
+        return cls(
+            args.config,
+            Path(args.out),
+            base,
+            seeds=tuple(args.seeds),
+            grid_extensions=0 if args.quick else MAX_GRID_EXTENSIONS,
+            **fields,
+        )
+
 
 @dataclasses.dataclass
 class Arm:

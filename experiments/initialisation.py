@@ -89,13 +89,7 @@ def protocol(args, epoch_steps: int) -> common.Protocol:
             checkpoint_every_epochs=0.0,
             checkpoint_every_steps=args.train_steps,
         )
-    return common.Protocol(
-        args.config,
-        Path(args.out),
-        base,
-        seeds=tuple(args.seeds),
-        grid_extensions=0 if args.quick else common.MAX_GRID_EXTENSIONS,
-    )
+    return common.Protocol.from_args(args, base)
 
 
 # ------------------------------------------------------------------------------------------------

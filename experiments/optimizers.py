@@ -59,13 +59,7 @@ def protocol(args) -> common.Protocol:
             eval_every_epochs=0.0,
             eval_every_steps=max(1, args.train_steps // 4),
         )
-    return common.Protocol(
-        args.config,
-        Path(args.out),
-        base,
-        seeds=tuple(args.seeds),
-        grid_extensions=0 if args.quick else common.MAX_GRID_EXTENSIONS,
-    )
+    return common.Protocol.from_args(args, base)
 
 
 def run_arm(name: str, args) -> common.Arm:

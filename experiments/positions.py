@@ -111,14 +111,11 @@ def protocol(args) -> common.Protocol:
         "log_every_steps": max(1, args.steps // 30),
         "progress_bar": False,
     }
-    return common.Protocol(
-        args.config,
-        Path(args.out),
+    return common.Protocol.from_args(
+        args,
         base,
-        seeds=tuple(args.seeds),
         metric="loss",  # over the trained positions; accuracy saturates at 1.0 for most arms
         higher_is_better=False,
-        grid_extensions=0 if args.quick else common.MAX_GRID_EXTENSIONS,
     )
 
 
