@@ -39,6 +39,9 @@ FAMILIES = {
     "gcn": ("configs/graph_gcn.py:connectome", {"model.dropout": 0.0}),
     "gat": ("configs/graph_gcn.py:connectome_gat", {"model.dropout": 0.0}),
     "word2vec": ("configs/word2vec.py:test", {}),
+    "resnet": ("configs/fashion_resnet.py:test", {}),
+    "vit": ("configs/fashion_vit.py:test", {}),
+    "detector": ("configs/fashion_detection.py:test", {}),
 }
 
 
