@@ -298,6 +298,7 @@ def report(arms: dict[str, common.Arm], facts: dict, args, command: str) -> Path
         "",
         "![dead units over training (mean ± std over seeds)](dead_units.png)",
         "",
+        *common.grid_edge_note(arms.values()),
     ]
     lines += findings(results, facts, accuracy, layers)
     return common.write_report(report_dir, lines, f"{args.out}/<activation>/<lr_r|seed_s>", command)
