@@ -588,12 +588,7 @@ def write_report(
             ]
             lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
         lines += ["", *common.grid_edge_note(arms)]
-    walls = [
-        json.loads((run / "summary.json").read_text())["wall_time_s"]
-        for result in results.values()
-        for run in result.arm.runs
-        if (run / "summary.json").exists()
-    ]
+    trained = sum(result.arm.wall_seconds() for result in results.values())
     lines += [
         "",
         "## What we expected, what we measured",
@@ -608,9 +603,9 @@ def write_report(
         "",
         *findings(results, stop, setup.seeds[0]),
         "",
-        f"Wall time: this invocation {seconds / 60:.1f} min; the seeds' runs trained for "
-        f"{sum(walls) / 60:.1f} min in all (the sweeps not counted), on a 2-core CPU shared with "
-        "other work.",
+        f"Training time: {trained / 60:.1f} min for all the study's runs (sweeps and seeds, each "
+        f"run's own wall time); this invocation took {seconds / 60:.1f} min (finished runs are "
+        "skipped). Times grow when other work shares the cores.",
         "",
     ]
     return common.write_report(
