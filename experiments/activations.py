@@ -165,14 +165,6 @@ def arm_results(arm: common.Arm) -> dict:
     }
 
 
-def study_seconds(out: Path) -> float:
-    """Training wall time of every finished run under `out` (sweeps and seeds)."""
-    return sum(
-        json.loads(path.read_text()).get("wall_time_s", 0.0)
-        for path in out.glob("*/*/summary.json")
-    )
-
-
 def plot_training(arms: dict[str, common.Arm], layers: list[str], report_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -269,7 +261,7 @@ def report(arms: dict[str, common.Arm], facts: dict, args, command: str) -> Path
         f"{', '.join(map(str, args.seeds))} at that rate (mean ± sample std). Dead units: the "
         f"share of a layer's units that output exactly 0 for the whole batch, at the last "
         f"logged step (statistics every {args.stats_every} steps). Whole study: "
-        f"{study_seconds(Path(args.out)) / 60:.1f} min of training (the runs' wall time) on "
+        f"{common.training_minutes(arms.values()):.1f} min of training (the runs' wall time) on "
         f"this machine.",
         "",
         "| activation | learning-rate grid (validation accuracy) | chosen | test accuracy | "

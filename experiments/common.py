@@ -149,6 +149,12 @@ class Arm:
         return bool(self.sweep) and self.learning_rate in (min(self.sweep), max(self.sweep))
 
 
+def training_minutes(arms: Iterable[Arm]) -> float:
+    """The study's training time: every finished run's own wall time (sweeps and seeds), summed;
+    what a re-run that skips finished runs took is not the study's budget."""
+    return sum(arm.wall_seconds() for arm in arms) / 60
+
+
 def swept_rates(arms: Iterable[Arm]) -> list[float]:
     """Every rate some arm's sweep trained, ascending: the grid and the rates past its edge."""
     return sorted({rate for arm in arms for rate in arm.sweep})

@@ -137,14 +137,6 @@ def seed_mean(profiles: list[dict], key: str) -> np.ndarray:
         return np.nanmean(values, axis=0)
 
 
-def study_seconds(out: Path) -> float:
-    """Training wall time of every finished run under `out` (sweeps and seeds)."""
-    return sum(
-        json.loads(path.read_text()).get("wall_time_s", 0.0)
-        for path in out.glob("*/*/*/summary.json")
-    )
-
-
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +251,7 @@ def report(arms: dict[str, common.Arm], args, epoch_steps: int, command: str) ->
         f"{{{grid}}} on the validation split `train[90%:]` (seed {args.seeds[0]}): a small grid "
         f"per arm; the accuracy table is the test split over seeds "
         f"{', '.join(map(str, args.seeds))} at that rate (mean ± sample std). Whole study: "
-        f"{study_seconds(Path(args.out)) / 60:.1f} min of training (the runs' wall time) on "
+        f"{common.training_minutes(arms.values()):.1f} min of training (the runs' wall time) on "
         f"this machine.",
         "",
         "## Signal and gradient through the layers",

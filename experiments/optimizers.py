@@ -105,7 +105,7 @@ def report(arms: dict[str, common.Arm], args, command: str) -> Path:
         f"decay, no weight decay except AdamW's. Each optimizer's peak learning rate is the best "
         f"of its grid on the validation split `train[90%:]` (seed {args.seeds[0]}); the table is "
         f"the test split over seeds {seeds} at that rate (mean ± sample std). Whole study: "
-        f"{sum(arm.wall_seconds() for arm in arms.values()) / 60:.1f} min of training (the "
+        f"{common.training_minutes(arms.values()):.1f} min of training (the "
         f"runs' wall time) on this machine.",
         "",
         "| optimizer | learning-rate grid (validation accuracy) | chosen | test accuracy | "

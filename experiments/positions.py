@@ -28,7 +28,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -307,7 +306,7 @@ def findings(arms: dict[str, common.Arm], chance: float, numbers: dict, train_le
     return lines + [""]
 
 
-def report(arms: dict[str, common.Arm], args, command: str, seconds: float) -> Path:
+def report(arms: dict[str, common.Arm], args, command: str) -> Path:
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(arms.values())).runs[0]
@@ -336,8 +335,9 @@ def report(arms: dict[str, common.Arm], args, command: str, seconds: float) -> P
         f"over seeds {seeds} at that rate (mean ± sample std). Accuracy on positions < L of a "
         f"2L string equals the accuracy on strings of at most L (the decoder is causal). "
         f"Learned positions have {2 * args.train_len} rows; rows {args.train_len}.."
-        f"{2 * args.train_len - 1} are never trained. Whole study: {seconds / 60:.1f} min on "
-        f"this machine.",
+        f"{2 * args.train_len - 1} are never trained. Whole study: "
+        f"{common.training_minutes(arms.values()):.1f} min of training (the runs' wall time) on "
+        "this machine.",
         "",
         "| position | learning-rate grid (validation loss) | chosen | test accuracy, positions "
         "< L | test accuracy, positions L..2L-1 | whole 2L string |",
@@ -354,6 +354,7 @@ def report(arms: dict[str, common.Arm], args, command: str, seconds: float) -> P
             f"{common.format_mean_spread(arm.final('accuracy_long'), percent=True, digits=1)} | "
             f"{common.format_mean_spread(arm.final('accuracy_all'), percent=True, digits=1)} |"
         )
+    lines += sweep_beyond_l(arms, Path(args.out), args.seeds[0])
     lines += [
         "",
         "![similarity of positional encodings](similarity.png)",
@@ -364,6 +365,34 @@ def report(arms: dict[str, common.Arm], args, command: str, seconds: float) -> P
     lines += findings(arms, chance, numbers, args.train_len)
     lines += common.grid_edge_note(arms.values())
     return common.write_report(out, lines, f"{args.out}/<position>/<lr_r|seed_s>", command)
+
+
+def sweep_beyond_l(arms: dict[str, common.Arm], out: Path, seed: int) -> list[str]:
+    """The accuracy beyond L of every sweep run: the sweep chooses by the loss on positions < L,
+    which keeps falling with the rate once an encoding solves the task, so this table shows how
+    much the length generalisation depends on the rate the sweep could not tell apart."""
+    rates = common.swept_rates(arms.values())
+    if len(rates) < 2:
+        return []
+    lines = [
+        "",
+        f"Accuracy on positions L..2L-1 at every rate of the sweep (seed {seed}, the validation "
+        "strings; `-`: not trained): the sweep chooses by the loss on positions < L, which keeps "
+        "falling as the rate grows once an encoding solves the task, while the accuracy beyond L "
+        "moves with the rate.",
+        "",
+        "| position | " + " | ".join(f"lr {r:g}" for r in rates) + " |",
+        "|---|" + "---|" * len(rates),
+    ]
+    for name, arm in arms.items():
+        cells = []
+        for rate in rates:
+            beyond = common.final_eval(out / name / f"lr_{rate:g}").get("accuracy_long")
+            cells.append(
+                "-" if rate not in arm.sweep else "diverged" if beyond is None else f"{beyond:.1%}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -391,15 +420,13 @@ def main(argv: list[str] | None = None) -> Path:
     args.only = args.only or list(POSITIONS)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     common.use_compilation_cache(Path(args.out))
-    start = time.perf_counter()
     arms = {
         name: common.tune_and_repeat(protocol(args), name, {"model.position": name}, grid)
         for name in args.only
     }
-    seconds = time.perf_counter() - start
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "experiments/positions.py", *given])
-    path = report(arms, args, command, seconds)
+    path = report(arms, args, command)
     print(f"Report: {path}")
     return path
 

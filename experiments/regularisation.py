@@ -588,7 +588,6 @@ def write_report(
             ]
             lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
         lines += ["", *common.grid_edge_note(arms)]
-    trained = sum(result.arm.wall_seconds() for result in results.values())
     lines += [
         "",
         "## What we expected, what we measured",
@@ -603,7 +602,7 @@ def write_report(
         "",
         *findings(results, stop, setup.seeds[0]),
         "",
-        f"Training time: {trained / 60:.1f} min for all the study's runs (sweeps and seeds, each "
+        f"Training time: {common.training_minutes(r.arm for r in results.values()):.1f} min for all the study's runs (sweeps and seeds, each "
         f"run's own wall time); this invocation took {seconds / 60:.1f} min (finished runs are "
         "skipped). Times grow when other work shares the cores.",
         "",
