@@ -509,12 +509,6 @@ def write_report(
             for c in (sweep_cell(result.arm, r) for r in swept_rates(results, setup))
         ]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    walls = [
-        json.loads((run / "summary.json").read_text())["wall_time_s"]
-        for result in results.values()
-        for run in [*result.arm.runs, *(protocol.out / result.arm.name).glob("lr_*")]
-        if (run / "summary.json").exists()
-    ]
     lines += ["", *common.grid_edge_note(r.arm for r in results.values())]
     lines += [
         "## What we expected, what we measured",
@@ -529,8 +523,10 @@ def write_report(
         "",
         *findings(results, setup),
         "",
-        f"Wall time: this invocation {seconds / 60:.1f} min; the runs (grid and seeds) trained for "
-        f"{sum(walls) / 60:.1f} min in all, on a 2-core CPU shared with other work.",
+        f"Training time: {common.training_minutes(r.arm for r in results.values()):.1f} min for "
+        f"all the study's runs (grid and seeds, each run's own wall time); this invocation took "
+        f"{seconds / 60:.1f} min (finished runs are skipped). The seconds and ms/step above "
+        "compare batch sizes only if nothing else shared the cores while the runs trained.",
         "",
     ]
     return common.write_report(

@@ -109,8 +109,12 @@ def test_positions_study_quick(tmp_path):
             ["--quick", "--out", str(tmp_path / "runs"), "--report_dir", str(tmp_path / "report")]
         )
     text = report.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "±" in line]
     assert [row.split("|")[1].strip() for row in rows] == list(positions.QUICK_POSITIONS)
+    header = "| position | " + " | ".join(f"lr {rate:g}" for rate in positions.QUICK_GRID) + " |"
+    beyond = text.split(header)[1].splitlines()[2:]  # every swept rate's accuracy beyond L
+    for name, line in zip(positions.QUICK_POSITIONS, beyond):
+        assert line.startswith(f"| {name} |") and line.count("%") == len(positions.QUICK_GRID)
     assert "largest on the diagonal (at every position)" in text
     assert "python experiments/positions.py --quick" in text
     for figure in ("similarity.png", "length_generalisation.png"):
