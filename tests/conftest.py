@@ -38,16 +38,16 @@ LONGEST_FIRST = (
     "test_transfer.py",
     "test_llama_import.py",
     "test_g2p.py",
-    "test_runner.py",
     "test_generative.py",
-    "test_study_lessons_a.py",
-    "test_diffusion.py",
+    "test_runner.py",
     "test_language_model.py",
-    "test_study_gradients.py",
-    "test_models.py",
-    "test_study_lessons_c.py",
-    "test_sequence_tasks.py",
+    "test_diffusion.py",
+    "test_study_lessons_a.py",
     "test_detection.py",
+    "test_study_gradients.py",
+    "test_launch.py",
+    "test_sequence_tasks.py",
+    "test_transformer.py",
 )
 
 
