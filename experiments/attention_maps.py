@@ -3,17 +3,20 @@
 test words, rows the phonemes each model emits, columns the word's letters; and the heads of a
 character-level GPT on a Shakespeare passage.
 
-    python experiments/attention_maps.py [--transformer_steps 1000] [--gru_steps 1200] \
-        [--gpt_steps 1000] [--out runs/experiments/attention_maps] \
+    python experiments/attention_maps.py [--seeds 0 1 2] [--transformer_steps 300] \
+        [--gru_steps 600] [--gpt_steps 400] [--out runs/experiments/attention_maps] \
         [--report_dir experiments/results/attention_maps]
     python experiments/attention_maps.py --transformer_workdir runs/g2p_transformer \
         --gru_workdir runs/g2p_gru --gpt_workdir runs/gpt_small     # already-trained runs
     python experiments/attention_maps.py --untrained    # the same maps of the initial models
 
-Without a `--*_workdir`, each model is trained here as an ordinary `launch.py` run of its `:small`
-config, cut to the given step budget (the full `:small` schedules take 30, 12 and 12 minutes on 2
-cores; this study's budget is 30 minutes in all), with its one eval at the end on the G2P test
-split (greedy decoding) or the Shakespeare validation split. The maps come from the models
+Without a `--*_workdir`, each model is trained here from each of `--seeds` as an ordinary
+`launch.py` run of its `:small` config (out/<model>/seed_<seed>), cut to the given step budget
+(the full `:small` schedules take 30, 12 and 12 minutes on 2 cores; this study's budget is 30
+minutes in all, three seeds included), with its one eval at the end on the G2P test split
+(greedy decoding) or the Shakespeare validation split. Tables give the mean ± std over the seeds;
+the figures and the GPT's per-head table are the first seed's (heads have no identity across
+seeds: the per-block table compares them). The maps come from the models
 themselves: with the "intermediates" collection mutable, dlx's attention layers sow their
 probabilities (`dlx/layers/attention.py`, `dlx/models/seq2seq.py`). A G2P map is the model's
 greedy pronunciation fed back teacher-forced, so row t is the attention while emitting phoneme t.
@@ -187,11 +190,12 @@ def head_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Runs and data
 # ---------------------------------------------------------------------------------------------
-def train(name: str, args) -> Path:
-    """The run's workdir: the one given, or a fresh (resumable) run of the model's config."""
+def train(name: str, args) -> list[Path]:
+    """The model's workdirs: the one given, or a fresh (resumable) run of its config for each
+    of `args.seeds` (out/<name>/seed_<seed>)."""
     given = getattr(args, f"{name}_workdir")
     if given:
-        return Path(given)
+        return [Path(given)]
     steps = getattr(args, f"{name}_steps")
     overrides = {
         "train_steps": steps,
@@ -200,12 +204,21 @@ def train(name: str, args) -> Path:
         "eval_every_steps": steps,
         "checkpoint_every_epochs": 0.0,
         "checkpoint_every_steps": steps,
+        # a third of the cut budget (the Transformer's :small warms up over 500 steps of 20,000)
+        "optimizer.warmup_steps": max(1, steps // 3),
         "progress_bar": False,
     }
     if name != "gpt":
         overrides["data.eval_split"] = "test"
-    workdir = Path(args.out) / name
-    return common.launch_run(MODELS[name][0], workdir, overrides, name)
+    return [
+        common.launch_run(
+            MODELS[name][0],
+            Path(args.out) / name / f"seed_{seed}",
+            {**overrides, "seed": seed},
+            f"{name} seed={seed}",
+        )
+        for seed in args.seeds
+    ]
 
 
 def initialised(name: str, args) -> tuple:
@@ -374,9 +387,23 @@ class Origin:
         )
 
 
-def g2p_section(name: str, origin: Origin, spec: str, scored: G2PMaps, figure: str) -> tuple:
-    """Report lines and the scores of one G2P model."""
-    config, summary = origin.config, origin.summary
+def pct(values) -> str:
+    return common.format_mean_spread(list(values), percent=True, digits=1)
+
+
+def trained_runs(origins: list[Origin]) -> str:
+    """ "`w0`, `w1`: ... N steps of batch B (P parameters), M min a run" of trained runs."""
+    config, summary = origins[0].config, origins[0].summary
+    minutes = common.mean_spread([o.summary["wall_time_s"] / 60 for o in origins])[0]
+    return (
+        f"{', '.join(f'`{o.workdir}`' for o in origins)}: model `{config['model']['name']}`, "
+        f"{summary['steps']} steps of batch {config['data']['batch_size']} "
+        f"({origins[0].num_params:,} parameters), {minutes:.1f} min a run"
+    )
+
+
+def g2p_scores(scored: G2PMaps) -> tuple[dict, dict]:
+    """(monotone fraction per decoder layer, mean of heads; per (layer, head) where several)."""
     layers, heads = scored.maps.shape[1:3]
     scores = {layer: monotone_fraction(scored, layer, None) for layer in range(layers)}
     head_scores = {
@@ -385,40 +412,57 @@ def g2p_section(name: str, origin: Origin, spec: str, scored: G2PMaps, figure: s
         for h in range(heads)
         if heads > 1
     }
-    if summary is None:
-        described = origin.untrained_line(spec)
+    return scores, head_scores
+
+
+def g2p_section(
+    name: str, origins: list[Origin], spec: str, scored: list[G2PMaps], figure: str
+) -> tuple:
+    """Report lines and the scores of one G2P model, one entry per run (seed) in `origins` and
+    `scored`: (lines, [scores per layer], [scores per head])."""
+    per_run = [g2p_scores(maps) for maps in scored]
+    scores, head_scores = [r[0] for r in per_run], [r[1] for r in per_run]
+    config = origins[0].config
+    if origins[0].summary is None:
+        described = origins[0].untrained_line(spec)
     else:
-        final = summary["final_eval"]
+        finals = [o.summary["final_eval"] for o in origins]
         described = (
-            f"`{origin.workdir}`: model `{config['model']['name']}`, {summary['steps']} steps of "
-            f"batch {config['data']['batch_size']} ({origin.num_params:,} parameters), "
-            f"{summary['wall_time_s'] / 60:.1f} min. On `{config['data']['eval_split']}` "
+            f"{trained_runs(origins)}. On `{config['data']['eval_split']}` "
             f"({'greedy' if config['decoding']['beam_size'] == 1 else 'beam'} decoding): "
-            f"phoneme error rate {final['phoneme_error_rate']:.1%}, word error rate "
-            f"{final['word_error_rate']:.1%}."
+            f"phoneme error rate {pct(f['phoneme_error_rate'] for f in finals)}, word error rate "
+            f"{pct(f['word_error_rate'] for f in finals)}."
         )
+    several = len(scored) > 1
     lines = [
         f"### {MODELS[name][1]}",
         "",
         described,
         "",
-        "| attention | monotone fraction | chance (shuffled peaks) |",
+        f"| attention | monotone fraction{' (mean ± std over runs)' if several else ''} | "
+        "chance (shuffled peaks) |",
         "|---|---|---|",
     ]
-    for layer, s in scores.items():
+    heads = scored[0].maps.shape[2]
+    for layer in scores[0]:
         label = f"decoder layer {layer}, mean of heads" if heads > 1 else "attention"
-        lines.append(f"| {label} | {s['monotone']:.1%} | {s['chance']:.1%} |")
-    if head_scores:
-        best = max(head_scores, key=lambda k: head_scores[k]["monotone"])
-        s = head_scores[best]
         lines.append(
-            f"| best single head: layer {best[0]}, head {best[1]} | {s['monotone']:.1%} | "
-            f"{s['chance']:.1%} |"
+            f"| {label} | {pct(s[layer]['monotone'] for s in scores)} | "
+            f"{pct(s[layer]['chance'] for s in scores)} |"
         )
-    pairs = next(iter(scores.values()))["pairs"]
+    if head_scores[0]:
+        best = [max(h, key=lambda k: h[k]["monotone"]) for h in head_scores]
+        where = ", ".join(f"layer {layer} head {head}" for layer, head in best)
+        lines.append(
+            f"| best single head ({where}) | "
+            f"{pct(h[b]['monotone'] for h, b in zip(head_scores, best))} | "
+            f"{pct(h[b]['chance'] for h, b in zip(head_scores, best))} |"
+        )
+    pairs = next(iter(scores[0].values()))["pairs"]
     lines += [
         "",
-        f"Over {len(scored.words)} test words ({pairs} consecutive phoneme pairs).",
+        f"Over {len(scored[0].words)} test words ({pairs} consecutive phoneme pairs"
+        f"{' in the first run' if several else ''}); the figure is the first run's.",
         "",
         f"![{MODELS[name][1]} attention]({figure})",
         "",
@@ -426,29 +470,33 @@ def g2p_section(name: str, origin: Origin, spec: str, scored: G2PMaps, figure: s
     return lines, scores, head_scores
 
 
-def gpt_section(origin: Origin, spec: str, stats: dict, figure: str) -> list[str]:
-    config, summary = origin.config, origin.summary
-    layers, heads = stats["distance"].shape
+def gpt_section(origins: list[Origin], spec: str, stats: list[dict], figure: str) -> list[str]:
+    """The GPT's lines: every head of the first run (heads have no identity across seeds), then
+    per block over every run (seed)."""
+    config, summary = origins[0].config, origins[0].summary
+    layers, heads = stats[0]["distance"].shape
     shape = (
         f"{config['model']['num_layers']} layers, {config['model']['embed_dim']} wide, context "
         f"{config['data']['seq_len']}"
     )
     if summary is None:
-        described = f"{origin.untrained_line(spec)} {shape}."
+        described = f"{origins[0].untrained_line(spec)} {shape}."
     else:
-        final = summary["final_eval"]
+        finals = [o.summary["final_eval"] for o in origins]
+        loss = common.format_mean_spread([f["loss"] for f in finals], digits=3)
+        bits = common.format_mean_spread([f["bits_per_char"] for f in finals], digits=3)
         described = (
-            f"`{origin.workdir}`: {shape}, {summary['steps']} steps of batch "
-            f"{config['data']['batch_size']}, {summary['wall_time_s'] / 60:.1f} min. On "
-            f"`{config['data']['eval_split']}`: loss {final['loss']:.3f} nats/char, "
-            f"{final['bits_per_char']:.3f} bits/char."
+            f"{trained_runs(origins)}; {shape}. On `{config['data']['eval_split']}`: loss "
+            f"{loss} nats/char, {bits} bits/char."
         )
+    first = stats[0]
     lines = [
         f"### {MODELS['gpt'][1]}",
         "",
         described,
         "",
-        f"Per head, over {GPT_WINDOWS} windows of the validation text (queries 1..T-1):",
+        f"Per head of the first run, over {GPT_WINDOWS} windows of the validation text "
+        "(queries 1..T-1):",
         "",
         "| layer | head | mean distance (chars) | on previous char | on itself | on position 0 |",
         "|---|---|---|---|---|---|",
@@ -456,14 +504,30 @@ def gpt_section(origin: Origin, spec: str, stats: dict, figure: str) -> list[str
     for layer in range(layers):
         for head in range(heads):
             lines.append(
-                f"| {layer} | {head} | {stats['distance'][layer, head]:.1f} | "
-                f"{stats['previous'][layer, head]:.1%} | {stats['self'][layer, head]:.1%} | "
-                f"{stats['first'][layer, head]:.1%} |"
+                f"| {layer} | {head} | {first['distance'][layer, head]:.1f} | "
+                f"{first['previous'][layer, head]:.1%} | {first['self'][layer, head]:.1%} | "
+                f"{first['first'][layer, head]:.1%} |"
             )
+    lines += [
+        "",
+        f"Per block, over {len(stats)} run{'s' if len(stats) > 1 else ''} (mean ± std):",
+        "",
+        "| layer | mean distance, mean of heads (chars) | most-previous head's weight on the "
+        "previous char |",
+        "|---|---|---|",
+    ]
+    for layer in range(layers):
+        distance = [s["distance"][layer].mean() for s in stats]
+        previous = [s["previous"][layer].max() for s in stats]
+        lines.append(
+            f"| {layer} | {common.format_mean_spread(distance, digits=1)} | {pct(previous)} |"
+        )
     return lines + ["", f"![GPT heads]({figure})", ""]
 
 
-def findings(g2p_scores: dict, gpt_stats: dict | None, trained: bool = True) -> list[str]:
+def findings(g2p_scores: dict, gpt_stats: list[dict] | None, trained: bool = True) -> list[str]:
+    """The expected/measured section: `g2p_scores` {model: ([scores per layer], [scores per
+    head]), one entry per run}, `gpt_stats` one `head_statistics` per run."""
     lines = [
         "## What we expected / what we measured",
         "",
@@ -479,36 +543,43 @@ def findings(g2p_scores: dict, gpt_stats: dict | None, trained: bool = True) -> 
         "",
     ]
     for name, (scores, head_scores) in g2p_scores.items():
-        best_layer = max(scores, key=lambda k: scores[k]["monotone"])
-        s = scores[best_layer]
-        where = f"decoder layer {best_layer} (mean of heads)" if head_scores else "its attention"
-        verdict = (
-            "well above"
-            if s["monotone"] - s["chance"] > 0.1
-            else ("above" if s["monotone"] > s["chance"] else "not above")
-        )
+        mean = {
+            layer: {k: np.mean([s[layer][k] for s in scores]) for k in ("monotone", "chance")}
+            for layer in scores[0]
+        }
+        best_layer = max(mean, key=lambda k: mean[k]["monotone"])
+        where = f"decoder layer {best_layer} (mean of heads)" if head_scores[0] else "its attention"
+        gap = mean[best_layer]["monotone"] - mean[best_layer]["chance"]
+        verdict = "well above" if gap > 0.1 else ("above" if gap > 0 else "not above")
         line = (
-            f"- {MODELS[name][1]}: {where} is monotone for {s['monotone']:.1%} of consecutive "
-            f"phonemes, {verdict} the {s['chance']:.1%} of shuffled peaks"
+            f"- {MODELS[name][1]}: {where} is monotone for "
+            f"{pct(s[best_layer]['monotone'] for s in scores)} of consecutive phonemes, "
+            f"{verdict} the {pct(s[best_layer]['chance'] for s in scores)} of shuffled peaks"
         )
-        if head_scores:
-            worst = min(scores, key=lambda k: scores[k]["monotone"])
-            line += f"; its least monotone layer is {worst} ({scores[worst]['monotone']:.1%})"
-        lines.append(line + ".")
-    if gpt_stats is not None:
-        distance = gpt_stats["distance"]
-        previous = gpt_stats["previous"]
-        layer, head = np.unravel_index(previous.argmax(), previous.shape)
-        first, last = distance[0].mean(), distance[-1].mean()
-        lines.append(
-            f"- GPT: the head most on the previous character is layer {layer}, head {head} "
-            f"({previous[layer, head]:.1%} of its weight); the mean attention distance is "
-            f"{first:.1f} characters in the first block and {last:.1f} in the last "
-            + (
-                "(later blocks reach further back)."
-                if round(last, 1) > round(first, 1)  # as printed: equal reads as not further
-                else "(not further back)."
+        if head_scores[0]:
+            worst = min(mean, key=lambda k: mean[k]["monotone"])
+            line += (
+                f"; its least monotone layer is {worst} "
+                f"({pct(s[worst]['monotone'] for s in scores)})"
             )
+        lines.append(line + ".")
+    if gpt_stats:
+        previous = [s["previous"].max() for s in gpt_stats]
+        first = [s["distance"][0].mean() for s in gpt_stats]
+        last = [s["distance"][-1].mean() for s in gpt_stats]
+        further = round(float(np.mean(last)), 1) > round(float(np.mean(first)), 1)
+        layers = sorted(
+            {
+                int(np.unravel_index(s["previous"].argmax(), s["previous"].shape)[0])
+                for s in gpt_stats
+            }
+        )
+        lines.append(
+            f"- GPT: the head most on the previous character puts {pct(previous)} of its weight "
+            f"there (in layer {', '.join(map(str, layers))}); the mean attention distance is "
+            f"{common.format_mean_spread(first, digits=1)} characters in the first block and "
+            f"{common.format_mean_spread(last, digits=1)} in the last "
+            + ("(later blocks reach further back)." if further else "(not further back).")
         )
     return lines + [""]
 
@@ -527,9 +598,10 @@ def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in MODELS:
         parser.add_argument(f"--{name}_workdir", default="", help="an already-trained run")
-    parser.add_argument("--transformer_steps", type=int, default=1000)
-    parser.add_argument("--gru_steps", type=int, default=1200)
-    parser.add_argument("--gpt_steps", type=int, default=1000)
+    parser.add_argument("--transformer_steps", type=int, default=300)
+    parser.add_argument("--gru_steps", type=int, default=600)
+    parser.add_argument("--gpt_steps", type=int, default=400)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="runs per model")
     parser.add_argument("--words", type=int, default=4, help="test words in each figure")
     parser.add_argument("--score_words", type=int, default=1000, help="test words scored")
     parser.add_argument("--out", default="runs/experiments/attention_maps")
@@ -545,6 +617,8 @@ def main(argv: list[str] | None = None) -> Results:
     args = parser.parse_args(argv)
     if args.quick:
         args.untrained, args.words, args.score_words = True, 2, 64
+    if args.untrained:
+        args.seeds = [0]  # the runner's initialisation of each model, seed 0
     if args.untrained and any(getattr(args, f"{name}_workdir") for name in MODELS):
         parser.error("--untrained trains nothing and reads no run: leave out the --*_workdir")
     from dlx import inference
@@ -557,46 +631,54 @@ def main(argv: list[str] | None = None) -> Results:
     out.mkdir(parents=True, exist_ok=True)
     specs = {name: QUICK_CONFIGS[name] if args.quick else MODELS[name][0] for name in MODELS}
 
-    def model(name: str) -> tuple:
-        """(the loaded or initialised model, what the report says of it)"""
+    def models(name: str) -> list[tuple]:
+        """[(the loaded or initialised model, what the report says of it)], one per run"""
         if args.untrained:
             bundle, how = initialised(name, args)
-            return bundle, Origin.untrained(bundle, how)
-        return inference.load(str(workdirs[name])), Origin.trained(workdirs[name])
+            return [(bundle, Origin.untrained(bundle, how))]
+        return [(inference.load(str(w)), Origin.trained(w)) for w in workdirs[name]]
 
     lines_g2p, g2p_scores, g2p_maps = [], {}, {}
     for name in ("transformer", "gru"):
-        bundle, origin = model(name)
-        source = bundle.task.source("test", train=False)
-        shown, scored = figure_rows(source, args.words, args.score_words)
-        both = g2p_attention(bundle, source.read_rows(np.concatenate([shown, scored])))
-        maps, scored_maps = both.subset(slice(len(shown))), both.subset(slice(len(shown), None))
-        figure = f"g2p_{name}.png"
-        g2p_figure(maps, MODELS[name][1], out / figure)
-        lines, scores, head_scores = g2p_section(name, origin, specs[name], scored_maps, figure)
+        origins, scored_runs = [], []
+        for bundle, origin in models(name):
+            source = bundle.task.source("test", train=False)
+            shown, scored = figure_rows(source, args.words, args.score_words)
+            both = g2p_attention(bundle, source.read_rows(np.concatenate([shown, scored])))
+            if not origins:  # the figure and the returned maps: the first run's
+                g2p_figure(both.subset(slice(len(shown))), MODELS[name][1], out / f"g2p_{name}.png")
+                g2p_maps[name] = both
+            origins.append(origin)
+            scored_runs.append(both.subset(slice(len(shown), None)))
+        lines, scores, head_scores = g2p_section(
+            name, origins, specs[name], scored_runs, f"g2p_{name}.png"
+        )
         lines_g2p += lines
         g2p_scores[name] = (scores, head_scores)
-        g2p_maps[name] = both
 
-    bundle, origin = model("gpt")
-    length = min(PASSAGE_CHARS, bundle.task.model.max_len)
-    windows, passage = passage_and_windows(bundle.task, length)
-    gpt_maps = gpt_attention(bundle, windows)
-    gpt_figure(gpt_maps[0], passage, out / "gpt_heads.png")
-    stats = head_statistics(gpt_maps[1:])
+    gpt_origins, stats = [], []
+    for bundle, origin in models("gpt"):
+        length = min(PASSAGE_CHARS, bundle.task.model.max_len)
+        windows, passage = passage_and_windows(bundle.task, length)
+        maps = gpt_attention(bundle, windows)
+        if not gpt_origins:
+            gpt_figure(maps[0], passage, out / "gpt_heads.png")
+            gpt_maps = maps
+        gpt_origins.append(origin)
+        stats.append(head_statistics(maps[1:]))
     seconds = time.perf_counter() - start
 
     given = sys.argv[1:] if argv is None else argv
     runs = (
         "Untrained models (`--untrained`), seed 0"
         if args.untrained
-        else f"One run per model, seed 0; training {training / 60:.1f} min"
+        else f"Runs per model: seeds {', '.join(map(str, args.seeds))} (tables: mean ± std over "
+        f"them); training {training / 60:.1f} min"
     )
     lines = [
         "# Attention maps: G2P alignments and a character GPT's heads",
         "",
-        f"{runs} (a descriptive study: the scores below are over words and windows, not over "
-        f"seeds). Whole study {seconds / 60:.1f} min on this machine. The maps are the models' own attention "
+        f"{runs}. Whole study {seconds / 60:.1f} min on this machine. The maps are the models' own attention "
         f"probabilities (eval mode), sown by dlx's attention layers. G2P rows: the phonemes the "
         f"model emits greedily for the word (fed back teacher-forced), then eos is left out; "
         f"words marked (wrong) differ from the primary pronunciation. The monotone fraction "
@@ -604,14 +686,14 @@ def main(argv: list[str] | None = None) -> Results:
         f"chance shuffles each word's most-attended letters.",
         "",
         *lines_g2p,
-        *gpt_section(origin, specs["gpt"], stats, "gpt_heads.png"),
+        *gpt_section(gpt_origins, specs["gpt"], stats, "gpt_heads.png"),
         *findings(g2p_scores, stats, trained=not args.untrained),
     ]
     command = shlex.join(["python", "experiments/attention_maps.py", *given])
     runs_at = (
         "none (--untrained trains nothing)"
         if args.untrained
-        else f"{args.out}/<transformer|gru|gpt>"
+        else f"{args.out}/<transformer|gru|gpt>/seed_<seed>"
     )
     path = common.write_report(out, lines, runs_at, command)
     print(f"Report: {path}")

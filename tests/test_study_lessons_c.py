@@ -164,39 +164,61 @@ def test_alignment_score_and_head_statistics_on_maps_of_known_shape():
 
 
 def test_attention_maps_report_of_trained_runs(tmp_path):
-    """What the report says of trained runs (their config.json and summary.json), which the
-    --quick study, training nothing, does not write."""
+    """What the report says of trained runs, two seeds (their config.json and summary.json),
+    which the --quick study, training nothing, does not write: the mean ± std over the seeds."""
     from dlx.train import config as config_lib
 
     workdirs = {}
-    for name, final in (
-        ("transformer", {"phoneme_error_rate": 0.07, "word_error_rate": 0.25}),
-        ("gpt", {"loss": 1.5, "bits_per_char": 2.164}),
+    for name, finals in (
+        (
+            "transformer",
+            [
+                {"phoneme_error_rate": 0.07, "word_error_rate": 0.25},
+                {"phoneme_error_rate": 0.09, "word_error_rate": 0.35},
+            ],
+        ),
+        ("gpt", [{"loss": 1.5, "bits_per_char": 2.164}, {"loss": 1.7, "bits_per_char": 2.453}]),
     ):
-        workdirs[name] = tmp_path / name
-        workdirs[name].mkdir()
-        config = config_lib.load(attention_maps.MODELS[name][0])
-        (workdirs[name] / "config.json").write_text(config_lib.to_json(config))
-        summary = {"final_eval": final, "steps": 1000, "wall_time_s": 600.0, "num_params": 12345}
-        (workdirs[name] / "summary.json").write_text(json.dumps(summary))
+        for seed, final in enumerate(finals):
+            workdir = tmp_path / name / f"seed_{seed}"
+            workdir.mkdir(parents=True)
+            config = config_lib.load(attention_maps.MODELS[name][0])
+            (workdir / "config.json").write_text(config_lib.to_json(config))
+            summary = {
+                "final_eval": final,
+                "steps": 1000,
+                "wall_time_s": 600.0 + 120 * seed,
+                "num_params": 12345,
+            }
+            (workdir / "summary.json").write_text(json.dumps(summary))
+            workdirs.setdefault(name, []).append(workdir)
     words = ["abc", "abcd"]
-    maps = np.zeros((2, 1, 1, 4, 4))
-    maps[:, 0, 0] = np.eye(4)
-    scored = attention_maps.G2PMaps(words, [["A", "B", "C"]] * 2, ["A B C"] * 2, maps)
-    origin = attention_maps.Origin.trained(workdirs["transformer"])
-    lines, scores, _ = attention_maps.g2p_section("transformer", origin, "", scored, "t.png")
+    diagonal, backwards = np.zeros((2, 1, 1, 4, 4)), np.zeros((2, 1, 1, 4, 4))
+    diagonal[:, 0, 0] = np.eye(4)
+    backwards[:, 0, 0, :3, :3] = np.eye(3)[::-1]  # every phoneme a letter further back
+    scored = [
+        attention_maps.G2PMaps(words, [["A", "B", "C"]] * 2, ["A B C"] * 2, maps)
+        for maps in (diagonal, backwards)
+    ]
+    origins = [attention_maps.Origin.trained(w) for w in workdirs["transformer"]]
+    lines, scores, heads = attention_maps.g2p_section("transformer", origins, "", scored, "t.png")
     text = "\n".join(lines)
-    assert "1000 steps" in text and "12,345 parameters" in text and "10.0 min" in text
-    assert "phoneme error rate 7.0%, word error rate 25.0%" in text
-    assert "| attention | 100.0% |" in text and scores[0]["pairs"] == 4
+    assert "1000 steps" in text and "12,345 parameters" in text and "11.0 min a run" in text
+    assert "phoneme error rate 8.0 ± 1.4%, word error rate 30.0 ± 7.1%" in text
+    assert "| attention | 50.0 ± 70.7% |" in text and scores[0][0]["pairs"] == 4
 
-    stats = {k: np.full((2, 2), 0.5) for k in ("distance", "previous", "self", "first")}
-    origin = attention_maps.Origin.trained(workdirs["gpt"])
-    text = "\n".join(attention_maps.gpt_section(origin, "", stats, "g.png"))
-    assert "1000 steps" in text and "1.500 nats/char, 2.164 bits/char" in text
-    assert "| 1 | 1 | 0.5 | 50.0% | 50.0% | 50.0% |" in text
-    findings = "\n".join(attention_maps.findings({"transformer": (scores, {})}, stats))
-    assert "monotone for 100.0% of consecutive phonemes" in findings
+    stats = [
+        {k: np.full((2, 2), value) for k in ("distance", "previous", "self", "first")}
+        for value in (0.5, 0.7)
+    ]
+    origins = [attention_maps.Origin.trained(w) for w in workdirs["gpt"]]
+    text = "\n".join(attention_maps.gpt_section(origins, "", stats, "g.png"))
+    assert "1000 steps" in text and "1.600 ± 0.141 nats/char, 2.308 ± 0.204 bits/char" in text
+    assert "| 1 | 1 | 0.5 | 50.0% | 50.0% | 50.0% |" in text  # the first seed's heads
+    assert "| 1 | 0.6 ± 0.1 | 60.0 ± 14.1% |" in text  # each block over the seeds
+    findings = "\n".join(attention_maps.findings({"transformer": (scores, heads)}, stats))
+    assert "monotone for 50.0 ± 70.7% of consecutive phonemes" in findings
+    assert "0.6 ± 0.1 characters in the first block" in findings
     assert "untrained" not in findings
 
 
