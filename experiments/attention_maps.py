@@ -4,7 +4,7 @@ test words, rows the phonemes each model emits, columns the word's letters; and 
 character-level GPT on a Shakespeare passage.
 
     python experiments/attention_maps.py [--seeds 0 1 2] [--transformer_steps 300] \
-        [--gru_steps 600] [--gpt_steps 400] [--out runs/experiments/attention_maps] \
+        [--gru_steps 600] [--gpt_steps 800] [--out runs/experiments/attention_maps] \
         [--report_dir experiments/results/attention_maps]
     python experiments/attention_maps.py --transformer_workdir runs/g2p_transformer \
         --gru_workdir runs/g2p_gru --gpt_workdir runs/gpt_small     # already-trained runs
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> Results:
         parser.add_argument(f"--{name}_workdir", default="", help="an already-trained run")
     parser.add_argument("--transformer_steps", type=int, default=300)
     parser.add_argument("--gru_steps", type=int, default=600)
-    parser.add_argument("--gpt_steps", type=int, default=400)
+    parser.add_argument("--gpt_steps", type=int, default=800)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="runs per model")
     parser.add_argument("--words", type=int, default=4, help="test words in each figure")
     parser.add_argument("--score_words", type=int, default=1000, help="test words scored")
@@ -626,7 +626,11 @@ def main(argv: list[str] | None = None) -> Results:
     common.use_compilation_cache(Path(args.out))
     start = time.perf_counter()
     workdirs = {} if args.untrained else {name: train(name, args) for name in MODELS}
-    training = time.perf_counter() - start
+    training = sum(  # each run's own wall time: a re-run skips finished runs
+        json.loads((w / "summary.json").read_text())["wall_time_s"]
+        for runs in workdirs.values()
+        for w in runs
+    )
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = {name: QUICK_CONFIGS[name] if args.quick else MODELS[name][0] for name in MODELS}
@@ -673,12 +677,12 @@ def main(argv: list[str] | None = None) -> Results:
         "Untrained models (`--untrained`), seed 0"
         if args.untrained
         else f"Runs per model: seeds {', '.join(map(str, args.seeds))} (tables: mean ± std over "
-        f"them); training {training / 60:.1f} min"
+        f"them); the runs trained for {training / 60:.1f} min in all (each run's own wall time)"
     )
     lines = [
         "# Attention maps: G2P alignments and a character GPT's heads",
         "",
-        f"{runs}. Whole study {seconds / 60:.1f} min on this machine. The maps are the models' own attention "
+        f"{runs}; this invocation took {seconds / 60:.1f} min. The maps are the models' own attention "
         f"probabilities (eval mode), sown by dlx's attention layers. G2P rows: the phonemes the "
         f"model emits greedily for the word (fed back teacher-forced), then eos is left out; "
         f"words marked (wrong) differ from the primary pronunciation. The monotone fraction "
