@@ -16,7 +16,8 @@ divided by the number of assigned cells:
 
 so objectness learns to rank boxes by how well they fit, which is what AP rewards.
 
-Prediction: score = sigmoid(objectness) * the top class probability, class-aware greedy NMS on
+Prediction: each cell's box is a candidate under its `detection.classes_per_box` likeliest
+classes, scored sigmoid(objectness) * that class's probability; class-aware greedy NMS on
 device (`dlx.layers.boxes.non_max_suppression`), at most `detection.max_detections` per image.
 Eval: COCO-style AP@0.5 and AP@[.5:.95] per class and their means (`dlx.metrics.detection`),
 the loss terms on the test split, and figures: test canvases with predicted (red) and true
@@ -64,6 +65,11 @@ class Task(SupervisedTask):
         config.detection = ml_collections.ConfigDict(
             dict(
                 box_weight=5.0,
+                # A cell whose class is uncertain offers its box under its k likeliest classes,
+                # each scored objectness * that class's probability (YOLOv5's multi-label
+                # evaluation; 1 is the top class only): AP ranks each class's candidates apart,
+                # so the true class's lower-scored box still counts.
+                classes_per_box=1,
                 nms_iou=0.6,  # same-class boxes overlapping more are duplicates
                 score_threshold=0.001,  # COCO evaluation keeps low scores: AP ranks them
                 max_detections=100,
@@ -77,6 +83,7 @@ class Task(SupervisedTask):
         **schema.under(
             "detection",
             box_weight=Float(low=0),
+            classes_per_box=Int(low=1),
             nms_iou=Float(0, 1),
             score_threshold=Float(0, 1, high_open=True),
             max_detections=Int(low=1),
@@ -91,6 +98,12 @@ class Task(SupervisedTask):
             raise ConfigError(
                 f"the detection task trains the 'yolo' model, not config.model.name="
                 f"'{config.model.get('name')}'"
+            )
+        num_classes = config.model.get("num_classes", 20)
+        if config.detection.classes_per_box > num_classes:
+            raise ConfigError(
+                f"detection.classes_per_box={config.detection.classes_per_box} is more than the "
+                f"model's {num_classes} classes (config.model.num_classes); use 1..{num_classes}"
             )
 
     def __init__(self, config, data_info, data_dir=None, workdir=None):
@@ -193,8 +206,11 @@ class Task(SupervisedTask):
         d = self.config.detection
         batch = raw.shape[0]
         class_probs = jax.nn.softmax(raw[..., yolo.BOX_FIELDS :])
-        scores = jax.nn.sigmoid(raw[..., 4]) * class_probs.max(-1)
-        boxes = yolo.decode(raw).reshape(batch, -1, 4)
+        # Each cell's box is a candidate for each of its `classes_per_box` likeliest classes.
+        top_probs, top_classes = jax.lax.top_k(class_probs, d.classes_per_box)
+        scores = jax.nn.sigmoid(raw[..., 4])[..., None] * top_probs
+        boxes = jnp.broadcast_to(yolo.decode(raw)[..., None, :], (*scores.shape, 4))
+        boxes = boxes.reshape(batch, -1, 4)
         nms = jax.vmap(
             lambda b, s, c: box_ops.non_max_suppression(
                 b,
@@ -206,7 +222,7 @@ class Task(SupervisedTask):
             )
         )
         boxes, scores, labels = nms(
-            boxes, scores.reshape(batch, -1), class_probs.argmax(-1).reshape(batch, -1)
+            boxes, scores.reshape(batch, -1), top_classes.reshape(batch, -1)
         )
         return {"boxes": boxes, "scores": scores, "labels": labels}
 

@@ -69,6 +69,7 @@ ADDED_KEYS = (
     "data.length_buckets",
     "lora",
     "checkpoint_frozen",
+    "detection.classes_per_box",
 )
 
 
