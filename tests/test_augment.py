@@ -237,6 +237,10 @@ def test_augmentation_of_inputs_that_are_not_images_or_too_small_is_refused(tmp_
         ConfigError, match="augment.flip=True augments images, but data set 'diabetes' has no"
     ):
         loop.prepare_run(config)
+    config = load_config("configs/digits_mlp.py", {"augment.eval_flip": True})
+    config.data.name = "diabetes"
+    with pytest.raises(ConfigError, match="augment.eval_flip=True augments images"):
+        loop.prepare_run(config)
     result = cli(
         "--config",
         "configs/digits_mlp.py",
@@ -278,6 +282,30 @@ def test_the_loss_of_a_mixed_batch_weighs_both_smoothed_labels_accuracy_the_domi
     np.testing.assert_allclose(loss, -(targets * log_p).sum(1).mean(), rtol=1e-5)
     dominant = np.where(batch["mix"] >= 0.5, batch["label"], batch["label_b"])
     np.testing.assert_allclose(metrics["accuracy"], (log_p.argmax(1) == dominant).mean())
+
+
+def test_eval_flip_scores_the_mean_softmax_of_each_image_and_its_mirror():
+    config = load_config("configs/digits_mlp.py", {"augment.eval_flip": True})
+    task = classification.Task(config, data_lib.info("digits"))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+        "mask": np.ones(16, bool),
+    }
+    state = task.init_state(jax.random.PRNGKey(0), batch)
+    variables = {"params": nn.meta.unbox(state.params)}
+    log_p = np.asarray(jax.jit(task.predict)(state, batch))
+    mirrored = {**batch, "image": batch["image"][:, :, ::-1]}
+    probabilities = [
+        jax.nn.softmax(task.model.apply(variables, model_inputs(b), train=False))
+        for b in (batch, mirrored)
+    ]
+    np.testing.assert_allclose(np.exp(log_p), (probabilities[0] + probabilities[1]) / 2, rtol=1e-5)
+    # the score of an image and of its mirror are the same
+    np.testing.assert_allclose(jax.jit(task.predict)(state, mirrored), log_p, rtol=1e-5)
+    sums = jax.jit(task.eval_step)(state, batch)
+    assert float(sums["correct"]) == (log_p.argmax(1) == batch["label"]).sum()
 
 
 def test_the_fashion_cnn_trains_on_augmented_images_with_soft_targets(tmp_path):
@@ -338,3 +366,9 @@ def test_a_run_saved_before_augmentation_existed_loads_with_it_off(tmp_path):
     restored = config_lib.from_json(str(path))
     assert restored.augment.to_dict() == config.augment.to_dict()
     assert not restored.augment.flip and restored.augment.crop_padding == 0
+    # one written before test-time flips existed: an augment group without eval_flip
+    values["augment"] = {**config.augment.to_dict(), "flip": True}
+    del values["augment"]["eval_flip"]
+    path.write_text(json.dumps(values))
+    restored = config_lib.from_json(str(path))
+    assert restored.augment.flip and restored.augment.eval_flip is False

@@ -87,6 +87,25 @@ def test_detections_have_fixed_shapes_and_padding(task):
     assert ((scores > 0) == (labels >= 0)).all()
 
 
+@pytest.mark.parametrize("classes_per_box", [1, 2])
+def test_an_uncertain_cell_offers_its_box_under_its_likeliest_classes(classes_per_box):
+    """One confident box whose class is 60/30/10 Shirt-or-T-shirt-or-Coat: with k classes a box
+    it comes out under the k likeliest, each scored objectness * that class's probability."""
+    task = make_task({"detection.classes_per_box": classes_per_box})
+    raw = np.full((1, 12, 12, 25), -20.0, np.float32)
+    raw[0, 5, 5, :4] = 0.0
+    raw[0, 5, 5, 4] = 20.0  # objectness ~1
+    raw[0, 5, 5, 5:] = -30.0
+    raw[0, 5, 5, 5 + np.array([6, 0, 4])] = np.log([0.6, 0.3, 0.1])
+    found = task.detections(jnp.asarray(raw))
+    kept = np.asarray(found["scores"][0]) > 0.05
+    labels, scores = np.asarray(found["labels"][0])[kept], np.asarray(found["scores"][0])[kept]
+    np.testing.assert_array_equal(labels, [6, 0][:classes_per_box])
+    np.testing.assert_allclose(scores, [0.6, 0.3][:classes_per_box], rtol=1e-5)
+    boxes = np.asarray(found["boxes"][0])[kept]
+    np.testing.assert_allclose(boxes, np.broadcast_to(boxes[0], boxes.shape))
+
+
 def test_model_output_shape_and_receptive_field():
     model = get_model("yolo", widths=(16, 32, 64, 128), blocks=(1, 2, 2, 1))
     x = jnp.zeros((1, 96, 96, 1))
@@ -99,11 +118,22 @@ def test_model_output_shape_and_receptive_field():
     assert field + 2 * yolo.STRIDE > detection_data.MAX_SIDE  # a cell sees its largest object
 
 
-def test_config_errors_name_the_key():
+def test_config_errors_name_the_key(tmp_path):
     from dlx.errors import ConfigError
 
     with pytest.raises(ConfigError, match="num_classes=20"):
         make_task({"model.num_classes": 10})
+    assert "classes_per_box=21" in refused(
+        cli(
+            "--config",
+            SPEC,
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.detection.classes_per_box=21",
+        ),
+        "config.model.num_classes",
+    )
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="4 stages"):
         get_model("yolo", widths=(8, 16, 32, 64, 128), blocks=(1, 1, 1, 1, 1))
 

@@ -52,9 +52,10 @@ ERASING_ATTEMPTS = 10
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The `augment` config group: every augmentation off."""
+    """The `augment` config group: every augmentation off. `eval_flip` is not a training
+    augmentation: the classification task reads it (test-time flip averaging)."""
     return ml_collections.ConfigDict(
-        dict(crop_padding=0, flip=False, erasing=0.0, mixup=0.0, cutmix=0.0)
+        dict(crop_padding=0, flip=False, erasing=0.0, mixup=0.0, cutmix=0.0, eval_flip=False)
     )
 
 
@@ -64,6 +65,7 @@ RULES: dict[str, schema.Rule] = dict(
     erasing=schema.Float(0, 1),
     mixup=schema.Float(low=0),
     cutmix=schema.Float(low=0),
+    eval_flip=schema.Bool(),
 )
 
 

@@ -14,7 +14,11 @@ default (the batches are then those of the data set as it is):
     augment.cutmix        0.0    > 0: cutmix with box weights ~ Beta(cutmix, cutmix) per example;
                                  with mixup too, each example takes one of the two (p = 0.5)
 
-They run in that order on [H, W, C] uint8 images (the data set needs an "image" feature). Mixup
+    augment.eval_flip     False  test-time augmentation: eval and `predict` score each image
+                                 and its mirror and average the two softmaxes (the output is
+                                 then the log of that average)
+
+The training augmentations run in that order on [H, W, C] uint8 images (the data set needs an "image" feature). Mixup
 and cutmix mix example i with example B-1-i of the global batch: the loss is then
 mix * CE(label) + (1 - mix) * CE(partner's label), each smoothed by `loss.label_smoothing`, and
 the train accuracy counts the label of weight >= 0.5. Eval images are never augmented.
@@ -58,7 +62,8 @@ class Task(SupervisedTask):
 
     def __init__(self, config, data_info, data_dir: str | None = None, workdir: str | None = None):
         self.augment = augment_lib.Augment.from_config(config.augment)
-        if self.augment.enabled:
+        self.eval_flip = bool(config.augment.eval_flip)
+        if self.augment.enabled or self.eval_flip:
             _check_images_for_augmentation(config, data_info, self.augment)
         super().__init__(config, data_info, data_dir, workdir)
         check_outputs_cover_classes(config, self.model, data_info.num_classes, "labels")
@@ -90,10 +95,16 @@ class Task(SupervisedTask):
         accuracy = (logits.argmax(-1) == labels).mean()
         return loss, ({"cross_entropy": cross_entropy, "accuracy": accuracy}, model_state)
 
+    def predict(self, state, batch: dict) -> jax.Array:
+        logits = super().predict(state, batch)
+        if not self.eval_flip:
+            return logits
+        mirrored = super().predict(state, {**batch, "image": batch["image"][:, :, ::-1]})
+        both = jnp.stack([jax.nn.log_softmax(logits), jax.nn.log_softmax(mirrored)])
+        return jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)
+
     def eval_step(self, state, batch) -> dict:
-        logits, _ = apply_model(
-            state.apply_fn, state.params, state.model_state, model_inputs(batch), train=False
-        )
+        logits = self.predict(state, batch)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         predictions = logits.argmax(-1)
