@@ -9,7 +9,11 @@ evaluation of the 10,000 test images. Measured 2026-12-06: 94.22% test accuracy 
 0.25 s a step, 5,950 s with a test suite sharing the cores for 25 min; train accuracy under
 augmentation 95.1% at the end.
 
-Variants: `:resnet20` (the default), `:resnet56` (3x the step), `:resnet18` (ImageNet-style
+Test-time flips (`augment.eval_flip`: each test image and its mirror, softmaxes averaged) took
+the same final checkpoint from 94.22% to 94.47%.
+
+Variants: `:resnet20` (the default), `:resnet32` (1.6x the step, 34 epochs to stay in 2 h),
+`:resnet56` (3x the step), `:resnet18` (ImageNet-style
 blocks and widths with the 3x3 stem, 11.2 M parameters, 15x the FLOPs), `:test` tiny.
 
     python launch.py --config configs/fashion_resnet.py --workdir runs/fashion_resnet
@@ -18,7 +22,7 @@ blocks and widths with the 3x3 stem, 11.2 M parameters, 15x the FLOPs), `:test` 
 from configs._short import short_run
 from dlx.train.config import base_config
 
-VARIANTS = ("resnet20", "resnet56", "resnet18", "test")
+VARIANTS = ("resnet20", "resnet32", "resnet56", "resnet18", "test")
 
 
 def get_config(arg: str | None = None):
@@ -28,7 +32,7 @@ def get_config(arg: str | None = None):
     config.data.name = "fashion_mnist"
     config.data.batch_size = 128
     config.model = dict(name="resnet", depth=20, num_outputs=10, zero_init_residual=True)
-    config.augment.update(crop_padding=2, flip=True, erasing=0.25)
+    config.augment.update(crop_padding=2, flip=True, erasing=0.25, eval_flip=True)
     config.loss.label_smoothing = 0.1
     config.optimizer.name = "momentum"
     config.optimizer.momentum = 0.9
@@ -41,7 +45,10 @@ def get_config(arg: str | None = None):
     config.optimizer.weight_decay = 5e-3
     config.num_epochs = 40.0
     config.log_every_steps = 100
-    if arg == "resnet56":
+    if arg == "resnet32":
+        config.model.depth = 32
+        config.num_epochs = 34.0
+    elif arg == "resnet56":
         config.model.depth = 56
     elif arg == "resnet18":
         config.model.update(depth=18, stem="cifar")

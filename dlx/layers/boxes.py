@@ -83,13 +83,16 @@ def non_max_suppression(
     iou_threshold: float,
     score_threshold: float,
     max_detections: int,
+    max_candidates: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Greedy class-aware NMS of one image's candidates ([N, 4], [N], [N]): in descending score,
     a box is kept unless a kept box of the same label overlaps it by more than `iou_threshold`.
-    Returns the first `max_detections` kept (boxes, scores, labels), padded with zero boxes,
-    score 0 and label -1. vmap it over a batch."""
-    count = boxes.shape[0]
-    order = jnp.argsort(-scores)
+    Only the `max_candidates` highest-scored candidates are visited (all when None): the loop is
+    sequential and its pairwise overlaps quadratic in their number. Returns the first
+    `max_detections` kept (boxes, scores, labels), padded with zero boxes, score 0 and label -1.
+    vmap it over a batch."""
+    order = jnp.argsort(-scores)[:max_candidates]
+    count = order.shape[0]
     boxes, scores, labels = boxes[order], scores[order], labels[order]
     same_label = labels[:, None] == labels[None, :]
     suppresses = (pairwise_iou(boxes, boxes) > iou_threshold) & same_label
@@ -98,7 +101,7 @@ def non_max_suppression(
     def visit(i, keep):
         # Box i survives if no kept box before it suppresses it.
         earlier = jnp.arange(count) < i
-        suppressed = jnp.any(keep & earlier & suppresses[:, i])
+        suppressed = jnp.any(keep & earlier & suppresses[i])  # symmetric: row i, contiguous
         return keep.at[i].set(candidate[i] & ~suppressed)
 
     keep = jax.lax.fori_loop(0, count, visit, jnp.zeros(count, bool))

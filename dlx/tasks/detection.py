@@ -17,8 +17,9 @@ divided by the number of assigned cells:
 so objectness learns to rank boxes by how well they fit, which is what AP rewards.
 
 Prediction: each cell's box is a candidate under its `detection.classes_per_box` likeliest
-classes, scored sigmoid(objectness) * that class's probability; class-aware greedy NMS on
-device (`dlx.layers.boxes.non_max_suppression`), at most `detection.max_detections` per image.
+classes, scored sigmoid(objectness) * that class's probability; class-aware greedy NMS on device
+(`dlx.layers.boxes.non_max_suppression`) over the `detection.nms_candidates` highest-scored, at
+most `detection.max_detections` per image.
 Eval: COCO-style AP@0.5 and AP@[.5:.95] per class and their means (`dlx.metrics.detection`),
 the loss terms on the test split, and figures: test canvases with predicted (red) and true
 (green) boxes, a precision-recall curve per class (`plots/`).
@@ -70,6 +71,9 @@ class Task(SupervisedTask):
                 # evaluation; 1 is the top class only): AP ranks each class's candidates apart,
                 # so the true class's lower-scored box still counts.
                 classes_per_box=1,
+                # NMS visits this many of an image's highest-scored candidates (its cost is
+                # quadratic in them); 300 is every candidate of a 12x12 grid at 2 classes a box.
+                nms_candidates=300,
                 nms_iou=0.6,  # same-class boxes overlapping more are duplicates
                 score_threshold=0.001,  # COCO evaluation keeps low scores: AP ranks them
                 max_detections=100,
@@ -84,6 +88,7 @@ class Task(SupervisedTask):
             "detection",
             box_weight=Float(low=0),
             classes_per_box=Int(low=1),
+            nms_candidates=Int(low=1),
             nms_iou=Float(0, 1),
             score_threshold=Float(0, 1, high_open=True),
             max_detections=Int(low=1),
@@ -219,6 +224,7 @@ class Task(SupervisedTask):
                 iou_threshold=d.nms_iou,
                 score_threshold=d.score_threshold,
                 max_detections=d.max_detections,
+                max_candidates=d.nms_candidates,
             )
         )
         boxes, scores, labels = nms(

@@ -70,6 +70,7 @@ ADDED_KEYS = (
     "lora",
     "checkpoint_frozen",
     "detection.classes_per_box",
+    "detection.nms_candidates",
     "augment.eval_flip",
 )
 
