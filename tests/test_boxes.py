@@ -108,8 +108,10 @@ def _centre_distance_term(a, b):
     return distance / diagonal
 
 
-def reference_nms(boxes, scores, labels, iou_threshold, score_threshold, max_detections):
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+def reference_nms(
+    boxes, scores, labels, iou_threshold, score_threshold, max_detections, max_candidates=None
+):
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:max_candidates]
     kept = []
     for i in order:
         if scores[i] <= score_threshold:
@@ -122,12 +124,21 @@ def reference_nms(boxes, scores, labels, iou_threshold, score_threshold, max_det
     return kept[:max_detections]
 
 
-@pytest.mark.parametrize("max_detections", [5, 100])
-def test_nms_keeps_what_greedy_class_aware_nms_keeps(max_detections):
+@pytest.mark.parametrize(
+    "max_detections, max_candidates", [(5, None), (100, None), (5, 20), (100, 20)]
+)
+def test_nms_keeps_what_greedy_class_aware_nms_keeps(max_detections, max_candidates):
+    """Of the `max_candidates` best-scored candidates when given, all otherwise."""
     rng = np.random.default_rng(1)
     nms = jax.jit(
         lambda b, s, c: box_ops.non_max_suppression(
-            b, s, c, iou_threshold=0.5, score_threshold=0.05, max_detections=max_detections
+            b,
+            s,
+            c,
+            iou_threshold=0.5,
+            score_threshold=0.05,
+            max_detections=max_detections,
+            max_candidates=max_candidates,
         )
     )
     for _ in range(5):
@@ -138,7 +149,7 @@ def test_nms_keeps_what_greedy_class_aware_nms_keeps(max_detections):
         scores = rng.uniform(0, 1, count).astype(np.float32)
         labels = rng.integers(0, 2, count).astype(np.int32)
         got_boxes, got_scores, got_labels = map(np.asarray, nms(boxes, scores, labels))
-        want = reference_nms(boxes, scores, labels, 0.5, 0.05, max_detections)
+        want = reference_nms(boxes, scores, labels, 0.5, 0.05, max_detections, max_candidates)
         assert got_boxes.shape == (max_detections, 4)
         np.testing.assert_array_equal(got_scores[: len(want)], scores[want])
         np.testing.assert_array_equal(got_labels[: len(want)], labels[want])
