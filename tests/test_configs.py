@@ -1,4 +1,5 @@
-"""Every config file in configs/ and each of its variants loads and passes validation (model
+"""Every config file in configs/ and each of its variants (the common names and those a file
+lists in `VARIANTS`) loads and passes validation (model
 fields, task options, optimizer), so a typo in a config fails here, not an hour into a run."""
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ VARIANTS = (None, "small", "test", "demo")
 
 def variants_of(name: str):
     module = importlib.import_module(f"configs.{name}")
-    for variant in VARIANTS:
+    declared = tuple(v for v in getattr(module, "VARIANTS", ()) if v not in VARIANTS)
+    for variant in VARIANTS + declared:
         try:
             yield variant, module.get_config(variant)
         except ValueError as error:  # configs reject variants they do not have
-            assert variant is not None and "variant" in str(error), error
+            assert variant is not None and variant not in declared, error
+            assert "variant" in str(error), error
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
