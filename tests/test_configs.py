@@ -1,6 +1,6 @@
 """Every config file in configs/ and each of its variants (the common names and those a file
-lists in `VARIANTS`) loads and passes validation (model
-fields, task options, optimizer), so a typo in a config fails here, not an hour into a run."""
+lists in `VARIANTS`) loads and passes validation (model fields, task options, optimizer), so a
+typo in a config fails here, not an hour into a run."""
 
 from __future__ import annotations
 
