@@ -106,6 +106,21 @@ def test_an_uncertain_cell_offers_its_box_under_its_likeliest_classes(classes_pe
     np.testing.assert_allclose(boxes, np.broadcast_to(boxes[0], boxes.shape))
 
 
+def test_predict_shows_one_box_per_object_under_its_likeliest_class():
+    from dlx.tasks.detection import shown_detections
+
+    boxes = np.array(
+        [[10, 10, 40, 40], [11, 10, 41, 40], [60, 60, 80, 80], [12, 11, 40, 41], [0, 0, 5, 5]],
+        np.float32,
+    )
+    scores = np.array([0.9, 0.6, 0.5, 0.35, 0.2], np.float32)  # sorted, as detections are
+    # the second and fourth boxes overlap the first (other classes, or the same): left out; the
+    # third stands alone; the fifth is under the threshold
+    np.testing.assert_array_equal(shown_detections(boxes, scores, 0.3, 0.6), [0, 2])
+    np.testing.assert_array_equal(shown_detections(boxes, scores, 0.3, 0.99), [0, 1, 2, 3])
+    assert len(shown_detections(boxes[:0], scores[:0], 0.3, 0.6)) == 0
+
+
 def test_model_output_shape_and_receptive_field():
     model = get_model("yolo", widths=(16, 32, 64, 128), blocks=(1, 2, 2, 1))
     x = jnp.zeros((1, 96, 96, 1))

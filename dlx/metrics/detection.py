@@ -40,7 +40,7 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.0, round(1.0 / 0.01) + 1)
 AREA_RANGE = (0.0, 1e5**2)  # COCO's "all"
 
 
-def _xywh(boxes: np.ndarray) -> np.ndarray:
+def xywh(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, np.float64)
     return np.concatenate([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], axis=-1)
 
@@ -117,7 +117,7 @@ def average_precision(
     for name, labels, valid in (("gt", gt_labels, gt_valid), ("pred", pred_labels, pred_valid)):
         if (labels[valid] >= num_classes).any():
             raise ValueError(f"{name}_labels reach {labels[valid].max()}, not < {num_classes}")
-    gt_xywh = _xywh(gt_boxes)
+    gt_xywh = xywh(gt_boxes)
     if (gt_xywh[..., 2:][gt_valid] < 0).any():
         raise ValueError("a ground-truth box has x_max < x_min or y_max < y_min")
 
@@ -126,7 +126,7 @@ def average_precision(
     scores = np.take_along_axis(pred_scores, order, axis=1)
     labels = np.take_along_axis(pred_labels, order, axis=1)
     valid = np.take_along_axis(pred_valid, order, axis=1)
-    pred_xywh = _xywh(np.take_along_axis(pred_boxes, order[..., None], axis=1))
+    pred_xywh = xywh(np.take_along_axis(pred_boxes, order[..., None], axis=1))
     if num_preds > max_detections:  # keep each image's top max_detections of every class
         for c in np.unique(labels[valid]):
             of_class = valid & (labels == c)

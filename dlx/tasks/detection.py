@@ -298,6 +298,7 @@ class Task(SupervisedTask):
             shown,
             self.class_names,
             self.config.detection.draw_threshold,
+            self.config.detection.nms_iou,
         )
 
     def evaluator(self):
@@ -314,11 +315,13 @@ class Task(SupervisedTask):
         found = jax.device_get(predict({"image": images}))
         folder = os.path.join(workdir, "predictions")
         os.makedirs(folder, exist_ok=True)
-        threshold = self.config.detection.draw_threshold
+        d = self.config.detection
         for i, name in enumerate(names):
-            keep = found["scores"][i] >= threshold
+            keep = shown_detections(
+                found["boxes"][i], found["scores"][i], d.draw_threshold, d.nms_iou
+            )
             note = f" ({notes[i]})" if notes[i] else ""
-            out.write(f"{name}{note}: {int(keep.sum())} object(s)\n")
+            out.write(f"{name}{note}: {len(keep)} object(s)\n")
             for box, score, label in zip(
                 found["boxes"][i][keep], found["scores"][i][keep], found["labels"][i][keep]
             ):
@@ -327,8 +330,27 @@ class Task(SupervisedTask):
             one = {k: v[i : i + 1] for k, v in found.items()}
             stem = os.path.splitext(os.path.basename(name))[0]
             path = os.path.join(folder, f"{stem}.png")
-            draw_detections(path, images[i : i + 1], one, self.class_names, threshold, columns=1)
+            draw_detections(
+                path, images[i : i + 1], one, self.class_names, d.draw_threshold, d.nms_iou, 1
+            )
             out.write(f"  drawn to {path}\n")
+
+
+def shown_detections(
+    boxes: np.ndarray, scores: np.ndarray, threshold: float, iou_threshold: float
+) -> np.ndarray:
+    """Indices of one image's detections (sorted by score, as `Task.detections` returns them)
+    to print or draw: score >= `threshold`, and no higher-scored shown box of any class
+    overlapping by more than `iou_threshold`. Evaluation keeps them all, class by class; a
+    reader wants one box per object, under its likeliest class."""
+    candidates = np.flatnonzero(np.asarray(scores) >= threshold)
+    xywh = detection_metrics.xywh(np.asarray(boxes)[candidates])
+    overlaps = detection_metrics.box_iou(xywh, xywh)
+    shown: list[int] = []
+    for i in range(len(candidates)):
+        if all(overlaps[i, j] <= iou_threshold for j in shown):
+            shown.append(i)
+    return candidates[shown]
 
 
 def _class_names(data_name: str, num_classes: int) -> tuple[str, ...]:
@@ -351,9 +373,10 @@ def draw_detections(
     values: dict,
     class_names,
     threshold: float,
+    iou_threshold: float,
     columns: int = 4,
 ) -> None:
-    """Canvases with predicted boxes (red, class and score) above `threshold` and, when
+    """Canvases with predicted boxes (red, class and score; `shown_detections`) and, when
     `values` has them, the true boxes (green)."""
     import matplotlib
 
@@ -374,18 +397,15 @@ def draw_detections(
                 if label >= 0:
                     x0, y0, x1, y1 = box
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime"))
-        for box, score, label in zip(values["boxes"][i], values["scores"][i], values["labels"][i]):
-            if score >= threshold and label >= 0:
-                x0, y0, x1, y1 = box
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red"))
-                ax.text(
-                    x0,
-                    y0,
-                    f"{class_names[label]} {score:.2f}",
-                    color="red",
-                    fontsize=6,
-                    va="bottom",
-                )
+        keep = shown_detections(values["boxes"][i], values["scores"][i], threshold, iou_threshold)
+        for box, score, label in zip(
+            values["boxes"][i][keep], values["scores"][i][keep], values["labels"][i][keep]
+        ):
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red"))
+            ax.text(
+                x0, y0, f"{class_names[label]} {score:.2f}", color="red", fontsize=6, va="bottom"
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
