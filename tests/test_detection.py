@@ -119,6 +119,8 @@ def test_predict_shows_one_box_per_object_under_its_likeliest_class():
     np.testing.assert_array_equal(shown_detections(boxes, scores, 0.3, 0.6), [0, 2])
     np.testing.assert_array_equal(shown_detections(boxes, scores, 0.3, 0.99), [0, 1, 2, 3])
     assert len(shown_detections(boxes[:0], scores[:0], 0.3, 0.6)) == 0
+    padded = np.where(np.arange(5) < 3, scores, 0.0)  # rows past the detections: score 0
+    np.testing.assert_array_equal(shown_detections(boxes, padded, 0.0, 0.6), [0, 2])
 
 
 def test_model_output_shape_and_receptive_field():

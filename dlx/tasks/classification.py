@@ -18,10 +18,11 @@ default (the batches are then those of the data set as it is):
                                  and its mirror and average the two softmaxes (the output is
                                  then the log of that average)
 
-The training augmentations run in that order on [H, W, C] uint8 images (the data set needs an "image" feature). Mixup
-and cutmix mix example i with example B-1-i of the global batch: the loss is then
-mix * CE(label) + (1 - mix) * CE(partner's label), each smoothed by `loss.label_smoothing`, and
-the train accuracy counts the label of weight >= 0.5. Eval images are never augmented.
+The training augmentations run in that order on [H, W, C] uint8 images (the data set needs an
+"image" feature). Mixup and cutmix mix example i with example B-1-i of the global batch: the loss
+is then mix * CE(label) + (1 - mix) * CE(partner's label), each smoothed by
+`loss.label_smoothing`, and the train accuracy counts the label of weight >= 0.5. Eval images are
+never augmented (`eval_flip` aside).
 """
 
 from __future__ import annotations

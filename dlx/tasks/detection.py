@@ -343,7 +343,8 @@ def shown_detections(
     to print or draw: score >= `threshold`, and no higher-scored shown box of any class
     overlapping by more than `iou_threshold`. Evaluation keeps them all, class by class; a
     reader wants one box per object, under its likeliest class."""
-    candidates = np.flatnonzero(np.asarray(scores) >= threshold)
+    scores = np.asarray(scores)
+    candidates = np.flatnonzero((scores >= threshold) & (scores > 0))  # score 0: padding
     xywh = detection_metrics.xywh(np.asarray(boxes)[candidates])
     overlaps = detection_metrics.box_iou(xywh, xywh)
     shown: list[int] = []
