@@ -13,8 +13,8 @@ Test-time flips (`augment.eval_flip`: each test image and its mirror, softmaxes 
 the same final checkpoint from 94.22% to 94.47%.
 
 Variants: `:resnet20` (the default), `:resnet32` (463,866 parameters, 1.6x the step, 34 epochs to
-stay in 2 h; measured 2026-12-07: 94.60% with test-time flips, 94.39% without; 6,531 s alone at 2.7 steps/s),
-`:resnet56` (3x the step), `:resnet18` (ImageNet-style blocks and widths with the 3x3 stem,
+stay in 2 h; measured 2026-12-07: 94.60% with test-time flips, 94.39% without; 6,531 s alone at
+2.7 steps/s), `:resnet56` (3x the step), `:resnet18` (ImageNet-style blocks and widths with the 3x3 stem,
 11.2 M parameters, 15x the FLOPs), `:test` tiny.
 
     python launch.py --config configs/fashion_resnet.py --workdir runs/fashion_resnet
