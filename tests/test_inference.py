@@ -37,3 +37,47 @@ def test_a_run_loads_and_predicts_without_its_data_set(digits_run, monkeypatch):
     assert logits.shape == (len(labels), 10)
     accuracy = float(np.mean(np.argmax(logits, -1) == labels))
     assert accuracy == pytest.approx(summary["final_eval"]["accuracy"], abs=1e-6)
+
+
+def test_image_files_of_any_depth_and_orientation_read_as_the_runs_pixels(tmp_path):
+    from PIL import Image
+
+    from dlx.tasks.images import read_image_files
+
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (8, 1))  # [8, 16], dark to light
+    paths = {}
+    for name, image in {
+        "grey8": Image.fromarray(ramp),
+        "grey16": Image.fromarray(ramp.astype(np.uint16) * 257),  # PIL clips these at 255
+        "float": Image.fromarray(ramp.astype(np.float32) / 255),  # ...and these read as black
+        "colour": Image.fromarray(np.stack([ramp] * 3, -1)),
+    }.items():
+        paths[name] = str(tmp_path / f"{name}.{'tiff' if name == 'float' else 'png'}")
+        image.save(paths[name])
+    turned = Image.fromarray(np.ascontiguousarray(np.rot90(ramp)))  # stored sideways [16, 8]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: display rotated 90 degrees clockwise
+    paths["sideways"] = str(tmp_path / "sideways.jpg")
+    turned.save(paths["sideways"], exif=exif, quality=100)
+
+    images, notes = read_image_files(list(paths.values()), (8, 16, 1))
+    assert images.shape == (5, 8, 16, 1) and images.dtype == np.uint8
+    for name, image in zip(paths, images[..., 0]):
+        tolerance = 3 if name == "sideways" else 0  # JPEG
+        assert np.abs(image.astype(int) - ramp).max() <= tolerance, name
+    assert notes[0] == "" and notes[1] == "converted from I;16 to grey"
+    assert notes[4] == "turned upright by its EXIF orientation"
+    rgb, _ = read_image_files([paths["grey16"]], (8, 16, 3))
+    np.testing.assert_array_equal(rgb, np.repeat(ramp[..., None], 3, -1)[None])
+
+
+def test_image_files_whose_values_are_not_intensities_are_refused(tmp_path):
+    from PIL import Image
+
+    from dlx.errors import DataError
+    from dlx.tasks.images import read_image_files
+
+    path = str(tmp_path / "counts.tiff")
+    Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(path)
+    with pytest.raises(DataError, match="counts.tiff is an image of mode F with values from 300.0"):
+        read_image_files([path], (8, 8, 1))

@@ -83,29 +83,36 @@ def first_images(source, count: int) -> dict:
 
 def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
     """Image files as one uint8 batch [N, H, W, C] of a run's input `shape`, and a note per file
-    of what was done to it. A colour image for a one-channel model is converted to grey
-    (ITU-R 601 luma) and a grey one for a colour model repeated over the channels; an image of
-    another size is resized to the run's (bilinear; the aspect ratio is not kept). DataError,
-    naming the file, for a missing file or one that is not an image."""
-    from PIL import Image, UnidentifiedImageError
+    of what was done to it. The EXIF orientation of a photo is applied; 16-bit images are scaled
+    to 8 bits over their full range (0-65535) and float images read as [0, 1]. A colour image
+    for a one-channel model is converted to grey (ITU-R 601 luma) and a grey one for a colour
+    model repeated over the channels; an image of another size is resized to the run's
+    (bilinear; the aspect ratio is not kept). DataError, naming the file, for a missing file,
+    one that is not an image, or one whose pixel values cannot be read as intensities."""
+    from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
     height, width, channels = shape
+    mode = "L" if channels == 1 else "RGB"
     images, notes = [], []
     for path in paths:
         if not os.path.isfile(path):
             raise DataError(f"image file {path} does not exist")
-        mode = "L" if channels == 1 else "RGB"
         try:
             with Image.open(path) as opened:
-                image, original, original_mode = opened.convert(mode), opened.size, opened.mode
-        except (UnidentifiedImageError, OSError) as error:
+                original_mode = opened.mode
+                oriented = opened.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1)
+                image = ImageOps.exif_transpose(opened)
+                image = _to_eight_bits(image, path).convert(mode)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise DataError(f"{path} is not an image PIL can read ({error})") from None
         note = []
+        if oriented:
+            note.append("turned upright by its EXIF orientation")
         if original_mode != mode:
             note.append(f"converted from {original_mode} to {'grey' if channels == 1 else mode}")
-        if original != (width, height):
+        if image.size != (width, height):
+            note.append(f"resized from {image.size[0]}x{image.size[1]} to {width}x{height}")
             image = image.resize((width, height), Image.Resampling.BILINEAR)
-            note.append(f"resized from {original[0]}x{original[1]} to {width}x{height}")
         pixels_ = np.asarray(image, np.uint8).reshape(height, width, -1)
         if pixels_.shape[-1] != channels:
             pixels_ = np.repeat(pixels_[..., :1], channels, axis=-1)
@@ -114,3 +121,24 @@ def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.
     if not images:
         raise DataError("predict needs at least one image file")
     return np.stack(images), notes
+
+
+def _to_eight_bits(image, path: str):
+    """`image` as 8-bit grey ("L") when its mode holds more than 8 bits per pixel, else itself:
+    PIL's own conversion clips those values at 255 instead of scaling them, so a 16-bit PNG
+    would read as nearly all white and a float image in [0, 1] as black."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values, high = np.asarray(image, np.int64), 65535
+    elif image.mode == "F":
+        values, high = np.asarray(image, np.float64), 1
+    else:
+        return image
+    if values.size and (values.min() < 0 or values.max() > high or not np.isfinite(values).all()):
+        raise DataError(
+            f"{path} is an image of mode {image.mode} with values from {values.min()} to "
+            f"{values.max()}; predict reads integer images as 0-65535 and float images as 0-1: "
+            "save it as an 8-bit PNG"
+        )
+    return Image.fromarray(np.round(values * (255 / high)).astype(np.uint8), "L")
