@@ -22,12 +22,15 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from dlx import runtime
 from dlx.errors import ConfigError
 from dlx.tasks.images import read_image_files
 from dlx.train import config as config_lib
 from dlx.train import loop, sharding
+
+IMAGES_PER_CALL = 256  # images per forward pass of `Bundle.predict_images`
 
 
 @dataclasses.dataclass
@@ -60,8 +63,23 @@ class Bundle:
         images, notes = read_image_files(list(paths), shape)
         with loop._tracing_context(self.run.mesh, self.config):
             return self.task.predict_images(
-                self, images, list(paths), notes, self.workdir, out or sys.stdout
+                self._in_chunks, images, list(paths), notes, self.workdir, out or sys.stdout
             )
+
+    def _in_chunks(self, batch: dict) -> Any:
+        """`self(batch)` on host arrays, IMAGES_PER_CALL examples at a time (the last chunk
+        padded, so one compilation serves any number of files): memory stays bounded however
+        many files `launch.py predict` is given."""
+        count = len(batch["image"])
+        size = min(count, IMAGES_PER_CALL)
+        outputs = []
+        for start in range(0, count, size):
+            chunk = {k: v[start : start + size] for k, v in batch.items()}
+            chunk = {
+                k: np.concatenate([v, v[-1:].repeat(size - len(v), 0)]) for k, v in chunk.items()
+            }
+            outputs.append(jax.device_get(self(chunk)))
+        return jax.tree.map(lambda *parts: np.concatenate(parts)[:count], *outputs)
 
 
 def check_predicts_images(task, data_info) -> None:

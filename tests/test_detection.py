@@ -184,12 +184,19 @@ def test_predict_prints_and_draws_boxes_for_image_files(detector_run, tmp_path):
     Image.fromarray(canvas).save(grey)
     colour = tmp_path / "colour.jpg"  # another size and colour: converted, and said so
     Image.fromarray(np.stack([canvas] * 3, -1)).resize((150, 120)).save(colour)
-    result = cli("predict", "--workdir", str(workdir), str(grey), str(colour))
+    (tmp_path / "again").mkdir()
+    same_name = tmp_path / "again" / "canvas.png"  # its drawing must not overwrite the first's
+    Image.fromarray(canvas[:, ::-1]).save(same_name)
+    result = cli("predict", "--workdir", str(workdir), str(grey), str(colour), str(same_name))
     assert result.code == 0, result.stderr[-2000:]
     assert f"{grey}: " in result.stdout
     assert "converted from RGB to grey; resized from 150x120 to 96x96" in result.stdout
-    assert (workdir / "predictions" / "canvas.png").exists()
-    assert (workdir / "predictions" / "colour.png").exists()
+    drawn = workdir / "predictions"
+    assert (drawn / "canvas.png").exists() and (drawn / "colour.png").exists()
+    assert f"drawn to {drawn / 'canvas-2.png'}" in result.stdout
+    assert not np.array_equal(
+        np.asarray(Image.open(drawn / "canvas.png")), np.asarray(Image.open(drawn / "canvas-2.png"))
+    )
 
 
 def test_predict_refuses_bad_files_in_one_line(detector_run, tmp_path):

@@ -81,3 +81,31 @@ def test_image_files_whose_values_are_not_intensities_are_refused(tmp_path):
     Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(path)
     with pytest.raises(DataError, match="counts.tiff is an image of mode F with values from 300.0"):
         read_image_files([path], (8, 8, 1))
+
+
+def test_predict_images_runs_any_number_of_files_in_fixed_size_chunks(
+    digits_run, tmp_path, monkeypatch
+):
+    from PIL import Image
+
+    workdir, _ = digits_run
+    source = data_lib.source("digits", "test")
+    images = np.stack([np.asarray(source[i]["image"]) for i in range(5)])  # [5, 8, 8, 1]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image[..., 0]).save(paths[-1])
+    bundle = inference.load(str(workdir))
+    whole = np.asarray(bundle({"image": images}))
+    shapes = []
+    call = inference.Bundle.__call__
+    monkeypatch.setattr(inference, "IMAGES_PER_CALL", 2)
+    monkeypatch.setattr(
+        inference.Bundle,
+        "__call__",
+        lambda b, batch: shapes.append(batch["image"].shape) or call(b, batch),
+    )
+    probabilities = bundle.predict_images(paths, out=open(tmp_path / "out.txt", "w"))
+    assert shapes == [(2, 8, 8, 1)] * 3  # the last chunk padded: one compiled shape
+    softmax = np.exp(whole - whole.max(-1, keepdims=True))
+    np.testing.assert_allclose(probabilities, softmax / softmax.sum(-1, keepdims=True), atol=1e-6)

@@ -310,13 +310,13 @@ class Task(SupervisedTask):
     def predict_images(self, predict, images: np.ndarray, names, notes, workdir: str, out=None):
         """`launch.py predict`: prints each image's boxes with a score of at least
         detection.draw_threshold and draws them to `<workdir>/predictions/<name>.png`.
-        `predict(batch)` is the run's jitted `predict` (an `inference.Bundle`)."""
+        `predict(batch)` is the run's jitted `predict`, a chunk of images at a time."""
         out = out or sys.stdout
         found = jax.device_get(predict({"image": images}))
         folder = os.path.join(workdir, "predictions")
         os.makedirs(folder, exist_ok=True)
         d = self.config.detection
-        for i, name in enumerate(names):
+        for i, (name, stem) in enumerate(zip(names, unique_stems(names))):
             keep = shown_detections(
                 found["boxes"][i], found["scores"][i], d.draw_threshold, d.nms_iou
             )
@@ -328,12 +328,26 @@ class Task(SupervisedTask):
                 corners = ", ".join(f"{v:.1f}" for v in box)
                 out.write(f"  {self.class_names[label]:<14} {score:.3f}  [{corners}]\n")
             one = {k: v[i : i + 1] for k, v in found.items()}
-            stem = os.path.splitext(os.path.basename(name))[0]
             path = os.path.join(folder, f"{stem}.png")
             draw_detections(
                 path, images[i : i + 1], one, self.class_names, d.draw_threshold, d.nms_iou, 1
             )
             out.write(f"  drawn to {path}\n")
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """File names without folder and extension, a repeated one numbered from its second use
+    ("a/x.png", "b/x.jpg" -> "x", "x-2"), so that no drawing overwrites another."""
+    stems, seen = [], set()
+    for path in paths:
+        base = stem = os.path.splitext(os.path.basename(path))[0]
+        copy = 1
+        while stem in seen:
+            copy += 1
+            stem = f"{base}-{copy}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def shown_detections(
