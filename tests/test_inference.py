@@ -77,6 +77,8 @@ def test_image_files_whose_values_are_not_intensities_are_refused(tmp_path):
     from dlx.errors import DataError
     from dlx.tasks.images import read_image_files
 
+    with pytest.raises(DataError, match="is a folder; give the image files in it"):
+        read_image_files([str(tmp_path)], (8, 8, 1))
     path = str(tmp_path / "counts.tiff")
     Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(path)
     with pytest.raises(DataError, match="counts.tiff is an image of mode F with values from 300.0"):

@@ -95,6 +95,8 @@ def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.
     mode = "L" if channels == 1 else "RGB"
     images, notes = [], []
     for path in paths:
+        if os.path.isdir(path):
+            raise DataError(f"{path} is a folder; give the image files in it ({path}/*.png)")
         if not os.path.isfile(path):
             raise DataError(f"image file {path} does not exist")
         try:
