@@ -38,9 +38,9 @@ it. The runner never learns what a task trains. It calls, in this order:
                                               trees of that step (SupervisedTask has it)
     task.predict_images(predict, images, names, notes, workdir, out)
                                               `launch.py predict` on image files (optional;
-                                              `predict(batch)` is the run's jitted `predict`
-                                              on host arrays, a bounded number of examples
-                                              at a time; it returns host arrays)
+                                              `predict(batch)` runs the jitted `predict` on
+                                              host arrays of any length, in fixed-size
+                                              chunks, and returns host arrays)
 
 `nonfinite_metrics` are the train metrics the runner's NaN guard watches; `best_metric_default`
 is the eval metric whose best checkpoint is kept; `resumable_keys` are the task's config keys a

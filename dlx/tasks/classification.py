@@ -124,7 +124,7 @@ class Task(SupervisedTask):
 
     def predict_images(self, predict, images: np.ndarray, names, notes, workdir: str, out=None):
         """`launch.py predict`: the five most probable classes of each image file.
-        `predict(batch)` is the run's jitted `predict`, a chunk of images at a time."""
+        `predict(batch)` runs the jitted `predict` over any number of images, in fixed chunks."""
         out = out or sys.stdout
         logits = np.asarray(jax.device_get(predict({"image": images})), np.float64)
         probabilities = np.exp(logits - logits.max(-1, keepdims=True))

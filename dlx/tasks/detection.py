@@ -310,7 +310,7 @@ class Task(SupervisedTask):
     def predict_images(self, predict, images: np.ndarray, names, notes, workdir: str, out=None):
         """`launch.py predict`: prints each image's boxes with a score of at least
         detection.draw_threshold and draws them to `<workdir>/predictions/<name>.png`.
-        `predict(batch)` is the run's jitted `predict`, a chunk of images at a time."""
+        `predict(batch)` runs the jitted `predict` over any number of images, in fixed chunks."""
         out = out or sys.stdout
         found = jax.device_get(predict({"image": images}))
         folder = os.path.join(workdir, "predictions")
