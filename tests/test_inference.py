@@ -3,6 +3,8 @@ with no data set opened."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -107,7 +109,7 @@ def test_predict_images_runs_any_number_of_files_in_fixed_size_chunks(
         "__call__",
         lambda b, batch: shapes.append(batch["image"].shape) or call(b, batch),
     )
-    probabilities = bundle.predict_images(paths, out=open(tmp_path / "out.txt", "w"))
+    probabilities = bundle.predict_images(paths, out=io.StringIO())
     assert shapes == [(2, 8, 8, 1)] * 3  # the last chunk padded: one compiled shape
     softmax = np.exp(whole - whole.max(-1, keepdims=True))
     np.testing.assert_allclose(probabilities, softmax / softmax.sum(-1, keepdims=True), atol=1e-6)
