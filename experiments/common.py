@@ -117,6 +117,36 @@ class Protocol:
             **fields,
         )
 
+    @classmethod
+    def from_setup(cls, setup, out: Path, base: dict) -> Protocol:
+        """A study's protocol from its `Setup` (the full budget or `--quick`'s): the config,
+        seeds, splits and grid extensions it names."""
+        return cls(
+            config=setup.config,
+            out=out,
+            base=base,
+            seeds=setup.seeds,
+            train_split=setup.train_split,
+            validation_split=setup.validation_split,
+            test_split=setup.test_split,
+            grid_extensions=setup.grid_extensions,
+        )
+
+
+def fixed_steps(base: dict, steps: int, evals: int = 1) -> dict:
+    """`base` overridden to train exactly `steps` steps instead of its epochs, evaluated `evals`
+    times evenly along the way and checkpointed at the last step (`--train_steps` of the lessons:
+    a budget in steps, not epochs)."""
+    return {
+        **base,
+        "train_steps": steps,
+        "num_epochs": 0.0,
+        "eval_every_epochs": 0.0,
+        "eval_every_steps": max(1, steps // evals),
+        "checkpoint_every_epochs": 0.0,
+        "checkpoint_every_steps": steps,
+    }
+
 
 @dataclasses.dataclass
 class Arm:

@@ -81,14 +81,7 @@ def protocol(args, epoch_steps: int) -> common.Protocol:
         "progress_bar": False,
     }
     if args.train_steps:
-        base.update(
-            train_steps=args.train_steps,
-            num_epochs=0.0,
-            eval_every_epochs=0.0,
-            eval_every_steps=args.train_steps,
-            checkpoint_every_epochs=0.0,
-            checkpoint_every_steps=args.train_steps,
-        )
+        base = common.fixed_steps(base, args.train_steps)
     return common.Protocol.from_args(args, base)
 
 

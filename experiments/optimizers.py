@@ -53,12 +53,7 @@ def protocol(args) -> common.Protocol:
         "progress_bar": False,
     }
     if args.train_steps:
-        base.update(
-            train_steps=args.train_steps,
-            num_epochs=0.0,
-            eval_every_epochs=0.0,
-            eval_every_steps=max(1, args.train_steps // 4),
-        )
+        base = common.fixed_steps(base, args.train_steps, evals=4)
     return common.Protocol.from_args(args, base)
 
 

@@ -638,16 +638,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.perf_counter()
     common.use_compilation_cache(out)
-    protocol = common.Protocol(
-        config=setup.config,
-        out=out,
-        base=base_overrides(setup),
-        seeds=setup.seeds,
-        train_split=setup.train_split,
-        validation_split=setup.validation_split,
-        test_split=setup.test_split,
-        grid_extensions=setup.grid_extensions,
-    )
+    protocol = common.Protocol.from_setup(setup, out, base_overrides(setup))
     results = {}
     for name in setup.arms:
         rates = setup.learning_rates
