@@ -270,13 +270,20 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 5] + " ...)"
 
 
-def check(key: str, value: Any, rule: Rule) -> None:
+def check(key: str, value: Any, rule: Rule, where: str = "config.") -> None:
     """ConfigError "config.<key>=<value> is not allowed; expected <rule>" unless `rule` accepts
-    `value`."""
+    `value` (`where` replaces "config." for a value that did not come from a config)."""
     if not rule.accepts(value):
         raise ConfigError(
-            f"config.{key}={_short(value)} is not allowed; expected {rule}{rule.hint(value)}"
+            f"{where}{key}={_short(value)} is not allowed; expected {rule}{rule.hint(value)}"
         )
+
+
+def check_fields(owner: str, instance: Any, rules: Mapping[str, Rule]) -> None:
+    """The same rules for the fields of `instance`, a module built in Python rather than from a
+    config: ConfigError "<owner>.<field>=<value> is not allowed; ..." for the first it refuses."""
+    for field, rule in rules.items():
+        check(field, getattr(instance, field), rule, where=f"{owner}.")
 
 
 def check_values(group: Mapping[str, Any], rules: Mapping[str, Rule], where: str = "") -> None:

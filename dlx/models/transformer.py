@@ -58,6 +58,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers.activations import Dropout
 from dlx.layers.attention import IMPLEMENTATIONS, PAD_ID, MultiHeadAttention, padding_mask
@@ -249,18 +250,7 @@ class Model(nn.Module):
     # jax_enable_x64 and float64 params)
 
     def __post_init__(self):
-        for field, value, choices in [
-            ("kind", self.kind, KINDS),
-            ("norm", self.norm, NORMS),
-            ("norm_position", self.norm_position, NORM_POSITIONS),
-            ("mlp", self.mlp, MLPS),
-            ("position", self.position, POSITIONS),
-            ("attention", self.attention, IMPLEMENTATIONS),
-            ("dtype", self.dtype, DTYPES),
-            ("pooling", self.pooling, POOLINGS),
-        ]:
-            if value not in choices:
-                raise ConfigError(f"transformer: unknown {field} '{value}'; choose from {choices}")
+        schema.check_fields("transformer", self, FIELD_RULES)
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"transformer: embed_dim {self.embed_dim} is not a multiple of "

@@ -50,6 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers.activations import Dropout, random_bits
 from dlx.layers.linear import INIT_STDDEV, Projection
@@ -264,12 +265,7 @@ class Model(nn.Module):
     norm_eps: float = 1e-6
 
     def __post_init__(self):
-        for field, value, choices in [
-            ("pool", self.pool, POOLS),
-            ("positions", self.positions, POSITIONS),
-        ]:
-            if value not in choices:
-                raise ConfigError(f"vit: unknown {field} '{value}'; choose from {choices}")
+        schema.check_fields("vit", self, FIELD_RULES)
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"vit: embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}"
