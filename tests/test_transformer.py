@@ -137,7 +137,7 @@ def test_model_is_found_by_name_and_bad_fields_fail_clearly():
         _model(norm="batch")
     with pytest.raises(ConfigError, match="num_kv_heads"):
         _model(num_kv_heads=3)
-    with pytest.raises(ConfigError, match="dtype 'float16'.*bfloat16"):
+    with pytest.raises(ConfigError, match="dtype='float16'.*bfloat16"):
         _model(dtype="float16")
     with pytest.raises(ConfigError, match="float64.*JAX_ENABLE_X64"):
         _model(dtype="float64")  # would silently compute in float32

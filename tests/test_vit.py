@@ -163,8 +163,11 @@ def test_pooling_reads_the_class_token_or_the_mean_of_the_patches():
 def test_bad_fields_are_config_errors():
     with pytest.raises(ConfigError, match="multiple of num_heads"):
         vit.Model(embed_dim=30, num_heads=4)
-    with pytest.raises(ConfigError, match="pool"):
+    with pytest.raises(ConfigError, match="vit.pool='max' is not allowed.*'cls', 'mean'"):
         vit.Model(pool="max")
+    # Built in Python, a module meets the ranges its config would be held to.
+    with pytest.raises(ConfigError, match=r"vit.drop_path=1.0 .*\[0, 1\)"):
+        vit.Model(drop_path=1.0)
     with pytest.raises(ConfigError, match="patch_size=5"):
         jax.eval_shape(vit.Model(patch_size=5).init, jax.random.key(0), _images())
     with pytest.raises(ConfigError, match="model.positions"):
