@@ -13,7 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dlx.errors import ConfigError
-from dlx.models import available, cnn, get_model, mlp
+from dlx.models import available, check_config, cnn, get_model, mlp
 from dlx.models.cnn import pool2d
 from dlx.models.receptive_field import Layer, receptive_fields
 
@@ -159,8 +159,13 @@ def test_unknown_names_are_config_errors():
         get_model("cnnn")
     with pytest.raises(ConfigError, match="did you mean 'relu'"):
         get_model("mlp", activation="rlu")
-    with pytest.raises(ConfigError, match="pool must be"):
+    with pytest.raises(ConfigError, match="cnn.pool='maximum' is not allowed.*'max', 'avg'"):
         get_model("cnn", pool="maximum")
+    # From a config the same value is refused before anything is built.
+    with pytest.raises(ConfigError, match=r"config.model.padding='same' .*\('SAME', 'VALID'\)"):
+        check_config({"name": "cnn", "padding": "same"})
+    with pytest.raises(ConfigError, match="mlp.norm='batchnorm'.*did you mean 'batch'"):
+        get_model("mlp", norm="batchnorm")
 
 
 class _FlaxCNN(nn.Module):

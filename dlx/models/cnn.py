@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dlx.errors import ConfigError
+from dlx import schema
 from dlx.layers import activations, initializers, residual
 from dlx.layers.linear import batch_norm, dense
 from dlx.models import parameter_counts
 from dlx.models.receptive_field import Layer, receptive_fields
-from dlx.schema import Float, Int, Seq
+from dlx.schema import Float, Int, OneOf, Seq
 
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 ACTIVATION_AXES = ("batch", "height", "width", "conv_out")
@@ -256,6 +256,8 @@ FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.che
     features=Seq(Int(low=1)),
     kernel_size=Int(low=1),
     strides=Int(low=1),
+    padding=OneOf("SAME", "VALID"),
+    pool=OneOf("max", "avg", "none"),
     pool_size=Int(low=1),
     dense=Seq(Int(low=1)),
     dropout=Float(0, 1, high_open=True),
@@ -277,10 +279,7 @@ class Model(nn.Module):
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.pool not in ("max", "avg", "none"):
-            raise ConfigError(f"cnn pool must be max, avg or none, got '{self.pool}'")
-        if self.padding not in ("SAME", "VALID"):
-            raise ConfigError(f"cnn padding must be SAME or VALID, got '{self.padding}'")
+        schema.check_fields("cnn", self, FIELD_RULES)
         activations.get(self.activation)
         initializers.get(self.kernel_init)
         super().__post_init__()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers import activations, initializers
 from dlx.layers.linear import batch_norm, dense
@@ -45,8 +46,7 @@ class Model(nn.Module):
     def __post_init__(self):
         activations.get(self.activation)
         initializers.get(self.kernel_init)
-        if self.norm not in NORMS:
-            raise ConfigError(f"mlp norm must be one of {NORMS}, got '{self.norm}'")
+        schema.check_fields("mlp", self, FIELD_RULES)
         if self.batch_norm and self.norm not in ("none", "batch"):
             raise ConfigError(
                 f"mlp batch_norm=True and norm='{self.norm}' ask for two norms; set one of them"
