@@ -4,6 +4,9 @@ parameter, train/eval behaviour, sharded execution; the fast conv/pool path equa
 
 from __future__ import annotations
 
+import importlib
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.models import available, check_config, cnn, get_model, mlp
 from dlx.models.cnn import pool2d
@@ -166,6 +170,33 @@ def test_unknown_names_are_config_errors():
         check_config({"name": "cnn", "padding": "same"})
     with pytest.raises(ConfigError, match="mlp.norm='batchnorm'.*did you mean 'batch'"):
         get_model("mlp", norm="batchnorm")
+
+
+def _refused_values(rule: schema.Rule) -> list:
+    """Values `rule` refuses, one per kind of rule that names a set or a bound."""
+    if isinstance(rule, schema.OneOf):
+        return ["no-such-choice"]
+    if isinstance(rule, schema.Int) and rule.low is not None:
+        return [rule.low - 1]
+    if isinstance(rule, schema.Float) and rule.high is not None:
+        return [rule.high + 1.0]
+    return []
+
+
+@pytest.mark.parametrize("name", available())
+def test_a_model_built_in_python_is_held_to_the_rules_of_its_config(name):
+    """The same bad value is one ConfigError on both paths: from a config before anything is
+    built, and from Python when the module is constructed (a research module built by hand)."""
+    rules = importlib.import_module(f"dlx.models.{name}").FIELD_RULES
+    checked = 0
+    for field, rule in rules.items():
+        for bad in _refused_values(rule):
+            with pytest.raises(ConfigError, match=re.escape(f"config.model.{field}={bad!r} ")):
+                check_config({"name": name, field: bad})
+            with pytest.raises(ConfigError, match=re.escape(f"{name}.{field}={bad!r} ")):
+                get_model(name, **{field: bad})
+            checked += 1
+    assert checked, f"{name} declares no rule with a set of choices or a bound"
 
 
 class _FlaxCNN(nn.Module):

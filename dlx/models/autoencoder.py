@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers import activations
 from dlx.layers.images import conv, upsample
@@ -45,10 +46,7 @@ class Model(nn.Module):
     activation: str = "relu"
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ConfigError(f"model.kind must be one of {KINDS}, got '{self.kind}'")
-        if self.latent_dim < 1 or not self.hidden or min(self.hidden) < 1:
-            raise ConfigError("model.latent_dim and every model.hidden width must be >= 1")
+        schema.check_fields("autoencoder", self, FIELD_RULES)
         height, width, _ = self.image_shape
         if self.kind == "conv" and (height % 4 or width % 4 or len(self.hidden) != 2):
             raise ConfigError(

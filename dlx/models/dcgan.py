@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers.images import conv, upsample_conv
 from dlx.layers.linear import dense
@@ -86,14 +87,13 @@ class Model(nn.Module):
     image_shape: Sequence[int] = (28, 28, 1)
 
     def __post_init__(self):
+        schema.check_fields("dcgan", self, FIELD_RULES)
         height, width, _ = self.image_shape
         if height % 4 or width % 4:
             raise ConfigError(
                 f"dcgan upsamples twice: model.image_shape {tuple(self.image_shape)}"
                 f" needs height and width divisible by 4"
             )
-        if self.latent_dim < 1 or self.width < 1:
-            raise ConfigError("model.latent_dim and model.width must be >= 1")
         super().__post_init__()
 
     def setup(self):

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlx.errors import ConfigError
+from dlx import schema
 from dlx.layers import activations
 from dlx.layers.graph import Edges, GraphAttention, GraphConv, drop_edges, gcn_normalized
 from dlx.layers.linear import dense
@@ -54,8 +54,7 @@ class Model(nn.Module):
 
     def __post_init__(self):
         activations.get(self.activation)
-        if self.conv not in CONVS:
-            raise ConfigError(f"gcn conv must be one of {CONVS}, got '{self.conv}'")
+        schema.check_fields("gcn", self, FIELD_RULES)
         super().__post_init__()
 
     def _layer(self, width: int, output: bool, x, edges: Edges, train: bool) -> jax.Array:

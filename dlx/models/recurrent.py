@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers import recurrent as rnn
 from dlx.layers.linear import dense
@@ -61,11 +62,8 @@ class Model(nn.Module):
     unroll: int = 1
 
     def __post_init__(self):
+        schema.check_fields("recurrent", self, FIELD_RULES)
         rnn.check_cell(self.cell)
-        if self.num_outputs < 0:
-            raise ConfigError(
-                f"num_outputs must be >= 0 (0 = language model), got {self.num_outputs}"
-            )
         if self.bidirectional and self.num_outputs == 0:
             raise ConfigError(
                 "a bidirectional recurrent model can only be a classifier "

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers import residual
 from dlx.layers.linear import dense
@@ -71,6 +72,7 @@ class Model(nn.Module):
     formulation: str = "auto"  # batch norm: "fused" (CPU), "plain" (GPU/TPU), "auto"
 
     def __post_init__(self):
+        schema.check_fields("resnet", self, FIELD_RULES)
         plan(self)  # ConfigError for a depth the style cannot build
         super().__post_init__()
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers import recurrent as rnn
 from dlx.layers.linear import dense
@@ -259,14 +260,7 @@ class Model(nn.Module):
     unroll: int = 1
 
     def __post_init__(self):
-        if self.attention not in ("bahdanau", "luong"):
-            raise ConfigError(
-                f"seq2seq attention must be 'bahdanau' or 'luong', got '{self.attention}'"
-            )
-        if self.luong_score not in ("general", "dot"):
-            raise ConfigError(
-                f"seq2seq luong_score must be 'general' or 'dot', got '{self.luong_score}'"
-            )
+        schema.check_fields("seq2seq", self, FIELD_RULES)
         if self.attention == "bahdanau" and self.input_feeding:
             raise ConfigError(
                 "input_feeding is a Luong option: Bahdanau attention already "

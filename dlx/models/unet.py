@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers.images import conv, upsample_conv
 from dlx.layers.linear import dense
@@ -172,10 +173,9 @@ class Model(nn.Module):
     image_shape: Sequence[int] = (32, 32, 1)
 
     def __post_init__(self):
+        schema.check_fields("unet", self, FIELD_RULES)
         levels = len(self.channels)
         height, width, _ = self.image_shape
-        if levels < 1 or min(self.channels) < 1 or self.blocks < 1:
-            raise ConfigError("unet needs at least one level, channels >= 1 and blocks >= 1")
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
             raise ConfigError(
                 f"unet halves the image {levels - 1} times: model.image_shape "

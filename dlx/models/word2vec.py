@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.schema import Int
 
 FIELD_RULES = dict(vocab_size=Int(low=0), features=Int(low=1))
@@ -26,6 +27,10 @@ def _uniform_input_init(key, shape, dtype=jnp.float32):
 class Model(nn.Module):
     vocab_size: int = 0  # 0: the task's vocabulary size
     features: int = 100
+
+    def __post_init__(self):
+        schema.check_fields("word2vec", self, FIELD_RULES)
+        super().__post_init__()
 
     def setup(self):
         names = ("vocab", "embed")

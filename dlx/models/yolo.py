@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlx import schema
 from dlx.errors import ConfigError
 from dlx.layers import activations
 from dlx.layers.images import conv
@@ -70,6 +71,7 @@ class Model(nn.Module):
     activation: str = "silu"
 
     def __post_init__(self):
+        schema.check_fields("yolo", self, FIELD_RULES)
         activations.get(self.activation)
         if len(self.widths) != 4 or len(self.blocks) != 4:
             raise ConfigError(
