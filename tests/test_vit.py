@@ -305,3 +305,18 @@ def test_test_config_trains_and_the_attention_study_draws_its_maps(tmp_path):
         figure = vit_attention.main(["--workdir", str(tmp_path), "--images", "3"])
     assert figure == tmp_path / "plots" / "attention_maps.png"
     assert figure.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("cls", [True, False])
+def test_attention_study_reads_what_the_pooled_token_attends_to(cls):
+    from experiments import vit_attention
+
+    tokens = 5 if cls else 4  # 4 patches, plus the class token when there is one
+    attention = np.random.default_rng(0).dirichlet(np.ones(tokens), size=(2, 3, tokens))
+    row = vit_attention.pooled_row(attention, cls)  # [batch, heads, patches]
+    assert row.shape == (2, 3, 4)
+    expected = attention[:, :, 0, 1:] if cls else attention.mean(axis=2)
+    np.testing.assert_allclose(row, expected)
+    rolled = vit_attention.rollout(attention[None].repeat(2, axis=0))  # 2 blocks
+    assert rolled.shape[-2:] == (tokens, tokens)
+    np.testing.assert_allclose(rolled.sum(-1), 1.0, rtol=1e-6)  # rows stay distributions
