@@ -1,10 +1,11 @@
 """A PyTorch Vision Transformer written as a PyTorch user would (torch.nn, NCHW images, a stride-p
-Conv2d patch embedding, nn.MultiheadAttention), the reference for dlx/models/vit.py: the same
+Conv2d patch embedding or a stem of stride-2 Conv2d + BatchNorm2d + ReLU and a 1x1 Conv2d,
+nn.MultiheadAttention), the reference for dlx/models/vit.py: the same
 network by construction, checked equal on the same weights in tests/test_vit.py, and the
 other side of bench/vit.py.
 
     net = ViT.from_fields(config.model, (28, 28, 1))   # a dlx vit config group or its fields
-    load_dlx(net, params)                              # a dlx model's params (numpy or jax)
+    load_dlx(net, params, batch_stats)                 # a dlx model's variables (numpy or jax)
     step = torch_models.train_step(net, adamw(net, config.optimizer), 0.1)  # bench/torch_models.py
     loss = step(images_uint8_nchw, labels)
     maps = net.attention_maps(images)                  # [blocks, B, heads, tokens, tokens]
@@ -98,13 +99,28 @@ class ViT(nn.Module):
         drop_path: float = 0.0,
         pool: str = "cls",
         positions: str = "learned",
+        stem: str = "patch",
         norm_eps: float = 1e-6,
     ):
         super().__init__()
         height, width, channels = image_shape
         rows, cols = height // patch_size, width // patch_size
         self.pool = pool
-        self.patch_embed = nn.Conv2d(channels, embed_dim, patch_size, stride=patch_size)
+        if stem == "conv":  # log2(p) stride-2 3x3 convs, widths doubling up to embed_dim
+            count, layers = patch_size.bit_length() - 1, []
+            for i in range(count):
+                features = max(1, embed_dim >> (count - 1 - i))
+                layers += [
+                    nn.Conv2d(channels, features, 3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(features, eps=1e-5, momentum=0.1),
+                    nn.ReLU(),
+                ]
+                channels = features
+            self.stem = nn.Sequential(*layers)
+            self.patch_embed = nn.Conv2d(channels, embed_dim, 1)
+        else:
+            self.stem = nn.Identity()
+            self.patch_embed = nn.Conv2d(channels, embed_dim, patch_size, stride=patch_size)
         if pool == "cls":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         tokens = rows * cols + (pool == "cls")
@@ -143,7 +159,7 @@ class ViT(nn.Module):
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The blocks' input: patch embeddings, class token, positions, dropout."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, patches, width]
+        x = self.patch_embed(self.stem(images)).flatten(2).transpose(1, 2)  # [B, patches, width]
         if self.pool == "cls":
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.dropout(x + self.pos_embedding)
@@ -205,6 +221,10 @@ def dlx_state_dict(params: Mapping[str, Any], num_layers: int) -> dict[str, np.n
         "patch_embed.weight": p["patch_embed"]["kernel"].transpose(3, 2, 0, 1),
         "patch_embed.bias": p["patch_embed"]["bias"],
     }
+    for i in range(len([k for k in p if k.startswith("stem_")])):
+        stem = p[f"stem_{i}"]
+        state[f"stem.{3 * i}.weight"] = stem["conv"]["kernel"].transpose(3, 2, 0, 1)
+        state.update({f"stem.{3 * i + 1}.{k}": v for k, v in _norm(stem["bn"]).items()})
     if "cls_token" in p:
         state["cls_token"] = p["cls_token"].reshape(1, 1, -1)
     if "pos_embedding" in p:
@@ -218,9 +238,15 @@ def dlx_state_dict(params: Mapping[str, Any], num_layers: int) -> dict[str, np.n
     return state
 
 
-def load_dlx(net: ViT, params: Mapping[str, Any]) -> None:
-    """Copies a dlx vit.Model's params (nested dict of numpy or jax arrays) into `net`."""
+def load_dlx(net: ViT, params: Mapping[str, Any], batch_stats: Mapping[str, Any] | None = None):
+    """Copies a dlx vit.Model's params (nested dict of numpy or jax arrays) into `net`, and the
+    conv stem's batch-norm averages from `batch_stats` when given."""
     copy_parameters(net, dlx_state_dict(jax_free(params), len(net.blocks)))
+    with torch.no_grad():
+        for name, stats in sorted(jax_free(batch_stats or {}).items()):
+            norm = net.stem[3 * int(name.removeprefix("stem_")) + 1]
+            norm.running_mean.copy_(torch.from_numpy(np.array(stats["bn"]["mean"])))
+            norm.running_var.copy_(torch.from_numpy(np.array(stats["bn"]["var"])))
 
 
 def copy_parameters(module: nn.Module, values: Mapping[str, np.ndarray]) -> None:

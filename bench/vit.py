@@ -84,7 +84,7 @@ def torch_side(model: bench_run.DlxModel):
     net = torch_vit.ViT.from_fields(
         {k: v for k, v in config.model.items() if k != "name"}, image_shape
     )
-    torch_vit.load_dlx(net, model.state.params)
+    torch_vit.load_dlx(net, model.state.params, model.state.model_state.get("batch_stats"))
     optimizer = config.optimizer
     if optimizer.name != "adamw" or optimizer.frozen or optimizer.lr_multipliers:
         raise SystemExit("the PyTorch side implements AdamW without frozen params or multipliers")

@@ -56,7 +56,9 @@ def get_config(arg: str | None = None):
         config.eval_every_epochs = 1.0
         config.optimizer.warmup_steps = 100
     elif arg == "test":
-        config.model.update(patch_size=7, num_layers=2, embed_dim=16, num_heads=2, mlp_dim=32)
+        config.model.update(
+            patch_size=4, num_layers=2, embed_dim=16, num_heads=2, mlp_dim=32, stem="conv"
+        )
         config.data.batch_size = 32
         config.data.eval_batch_size = 200
         config.optimizer.warmup_steps = 2

@@ -22,6 +22,7 @@ from dlx.errors import ConfigError
 from dlx.layers.patches import PatchEmbedding, patchify, sinusoidal_2d
 from dlx.layers.positional import sinusoidal
 from dlx.models import check_config, get_model, parameter_counts, vit
+from dlx.models.receptive_field import receptive_fields
 from dlx.train.config import DEFAULT_RULES
 from dlx.train.sharding import logical_shardings
 from helpers import REPO, train
@@ -51,7 +52,8 @@ def _random_params(module: nn.Module, *args, seed: int = 0) -> dict:
         if names[-1] == "embedding":
             return rng.normal(0, 0.5, leaf.shape)
         path = "/".join(["", *names])
-        input_axes = 3 if path in ("/kernel", "/patch_embed/kernel") else 1
+        convolution = path in ("/kernel", "/patch_embed/kernel") or path.endswith("conv/kernel")
+        input_axes = 3 if convolution else 1
         if path.endswith("attn/proj/kernel"):
             input_axes = 2  # [heads, head_dim, embed]
         return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:input_axes])), leaf.shape)
@@ -60,10 +62,12 @@ def _random_params(module: nn.Module, *args, seed: int = 0) -> dict:
     return jax.tree_util.tree_map_with_path(lambda p, x: draw(p, x).astype(np.float32), shapes)
 
 
-def _torch_vit(model: vit.Model, params: dict, image_shape=IMAGES[1:]) -> torch_vit.ViT:
+def _torch_vit(
+    model: vit.Model, params: dict, batch_stats=None, image_shape=IMAGES[1:]
+) -> torch_vit.ViT:
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
     net = torch_vit.ViT.from_fields(fields, image_shape)
-    torch_vit.load_dlx(net, params)
+    torch_vit.load_dlx(net, params, batch_stats)
     return net
 
 
@@ -131,6 +135,40 @@ def test_shapes_parameter_counts_and_logical_names(pool, positions):
     logits = jax.eval_shape(model.apply, abstract, _images())
     assert logits.shape == (3, K) and logits.dtype == jnp.float32
     assert model.num_tokens(IMAGES[1:]) == 16 + (pool == "cls")
+
+
+def test_conv_stem_reaches_the_patch_grid_by_stride_2_convolutions():
+    """stem="conv" (a hybrid ViT: Xiao et al. 2021's convolutional stem): log2(patch_size)
+    stride-2 3x3 conv + batch norm + ReLU, widths doubling up to embed_dim, then a 1x1
+    projection; the same tokens, a 7x7 receptive field each instead of a 4x4 patch."""
+    model = vit.Model(**{**TINY, "patch_size": 4}, pool="mean", stem="conv")
+    assert model.stem_channels == (D // 2, D)
+    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), _images()))
+    params = abstract["params"]
+    assert params["stem_0"]["conv"]["kernel"].shape == (3, 3, 1, D // 2)
+    assert params["stem_1"]["conv"]["kernel"].shape == (3, 3, D // 2, D)
+    assert params["patch_embed"]["kernel"].shape == (1, 1, D, D)
+    stem = 9 * D // 2 + 2 * D // 2 + 9 * D // 2 * D + 2 * D + D * D + D
+    patch = vit.Model(**{**TINY, "patch_size": 4}, pool="mean")
+    counts = {m: sum(parameter_counts(m, IMAGES).values()) for m in (model, patch)}
+    assert counts[model] - counts[patch] == stem - (16 * D + D)
+    assert set(abstract["batch_stats"]) == {"stem_0", "stem_1"}
+    assert model.num_tokens(IMAGES[1:]) == 49
+    logits = jax.eval_shape(model.apply, abstract, _images())
+    assert logits.shape == (3, K)
+    fields = receptive_fields(vit.layer_stack(model), 28)
+    assert [(f.size, f.receptive_field) for f in fields] == [(14, 3), (7, 7), (7, 7)]
+    patch_field = receptive_fields(vit.layer_stack(patch), 28)[-1]
+    assert (patch_field.size, patch_field.receptive_field) == (7, 4)
+    # Matmul FLOPs: the two 3x3 convs at 14x14 and 7x7 added, the 1x1 costs the 4x4 patch's.
+    stem_flops = 2 * (14 * 14 * 9 * 1 * D // 2 + 7 * 7 * 9 * D // 2 * D)
+    assert vit.forward_flops_per_example(model, IMAGES[1:]) == pytest.approx(
+        vit.forward_flops_per_example(patch, IMAGES[1:]) + stem_flops
+    )
+    with pytest.raises(ConfigError, match="power of 2.*got 7"):
+        vit.Model(**TINY, stem="conv")
+    with pytest.raises(ConfigError, match="model.stem"):
+        check_config({"name": "vit", "stem": "resnet"})
 
 
 def test_vit_b16_has_the_published_parameter_count():
@@ -224,20 +262,32 @@ def test_block_matches_pytorch_with_gradients():
 
 
 @pytest.mark.parametrize(
-    "pool, positions, patch", [("cls", "learned", 7), ("mean", "sinusoidal", 4)]
+    "pool, positions, patch, stem",
+    [
+        ("cls", "learned", 7, "patch"),
+        ("mean", "sinusoidal", 4, "patch"),
+        ("cls", "learned", 4, "conv"),
+    ],
 )
-def test_whole_vit_matches_pytorch(pool, positions, patch):
+def test_whole_vit_matches_pytorch_in_training(pool, positions, patch, stem):
+    """Logits and every gradient of a training step; the conv stem's batch norm normalises with
+    the batch's statistics and moves its running mean as PyTorch's (momentum 0.1 there, 0.9 of
+    the old average here; PyTorch's running variance is the unbiased one, so it is not compared)."""
     x = _images()
-    model = vit.Model(**{**TINY, "patch_size": patch}, pool=pool, positions=positions)
+    model = vit.Model(**{**TINY, "patch_size": patch}, pool=pool, positions=positions, stem=stem)
     params = _random_params(model, x)
-    net = _torch_vit(model, params)
+    stats = nn.meta.unbox(model.init(jax.random.key(0), x)).get("batch_stats", {})
+    net = _torch_vit(model, params, stats).train()
     labels = jnp.array([1, 4, 7])
 
     def loss(p):
-        logits = model.apply({"params": p}, x)
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean(), logits
+        logits, updated = model.apply(
+            {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        log_p = jax.nn.log_softmax(logits)
+        return -jnp.take_along_axis(log_p, labels[:, None], 1).mean(), (logits, updated)
 
-    grads, logits = jax.jit(jax.grad(loss, has_aux=True))(params)
+    grads, (logits, updated) = jax.jit(jax.grad(loss, has_aux=True))(params)
     logits_t = net(_nchw(x))
     torch.nn.functional.cross_entropy(
         logits_t, torch.tensor(np.array(labels), dtype=torch.int64)
@@ -248,6 +298,28 @@ def test_whole_vit_matches_pytorch(pool, positions, patch):
         np.testing.assert_allclose(
             p.grad.numpy(), expected[name], rtol=1e-5, atol=1e-5, err_msg=name
         )
+    for i, features in enumerate(model.stem_channels):
+        running_mean = updated["batch_stats"][f"stem_{i}"]["bn"]["mean"]
+        assert running_mean.shape == (features,) and float(np.abs(running_mean).max()) > 0
+        np.testing.assert_allclose(
+            net.stem[3 * i + 1].running_mean.numpy(), running_mean, atol=1e-6
+        )
+
+
+def test_conv_stem_in_eval_reads_the_running_averages_as_pytorch():
+    x = _images()
+    model = vit.Model(**{**TINY, "patch_size": 4}, stem="conv")
+    params = _random_params(model, x)
+    rng = np.random.default_rng(5)
+    stats = {
+        f"stem_{i}": {"bn": {"mean": rng.normal(0, 0.3, c), "var": rng.uniform(0.5, 2.0, c)}}
+        for i, c in enumerate(model.stem_channels)
+    }
+    stats = jax.tree.map(lambda a: a.astype(np.float32), stats)
+    logits = jax.jit(model.apply)({"params": params, "batch_stats": stats}, x)
+    net = _torch_vit(model, params, stats).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(net(_nchw(x)).numpy(), logits, atol=1e-5)
 
 
 # ---- attention maps ----

@@ -1,8 +1,8 @@
 """Vision Transformer (Dosovitskiy et al. 2021) for image classification, config name "vit".
 
 `__call__(images [B, H, W, C] in [0, 1], *, train) -> logits [B, num_outputs]`:
-patches of patch_size x patch_size, each projected to embed_dim (`PatchEmbedding`: a stride-p
-conv as a reshape and a matmul) -> a learned class token in front (pool="cls") -> positions
+patches of patch_size x patch_size, each projected to embed_dim (stem="patch", `PatchEmbedding`:
+a stride-p conv as a reshape and a matmul; or stem="conv", below) -> a learned class token in front (pool="cls") -> positions
 added (learned, one vector per token, or fixed 2-D sinusoidal with a zero vector for the class
 token) -> dropout -> num_layers pre-norm encoder blocks -> LayerNorm -> the class token's vector
 (pool="cls") or the mean over the patch tokens (pool="mean") -> linear head.
@@ -21,8 +21,19 @@ drop_path (stochastic depth, Huang et al. 2016) drops a block's residual branche
 with a rate rising linearly from 0 in the first block to `drop_path` in the last (timm's
 schedule); dropout, attention dropout and drop_path draw from the "dropout" rng.
 
+stem="conv" is the convolutional stem of Xiao et al. 2021 ("Early convolutions help transformers
+see better"; the hybrid of Dosovitskiy et al. §3.1 at its smallest): log2(patch_size) 3x3
+stride-2 convolutions, each followed by batch norm and ReLU (dlx.layers.residual.ConvBN), their
+widths doubling up to embed_dim (64, 128 for patch 4 at width 128), then a 1x1 projection to
+embed_dim with a bias. It makes the same patch grid of tokens, but each token sees a
+(2^(n+1) - 1)-pixel square through two non-linear layers (7x7 for patch 4) where the patch
+projection is one linear map of p x p pixels; the batch-norm statistics are the
+"batch_stats" collection.
+
 Parameter names (logical axes as dlx's Transformer, so the same sharding rules apply):
-  patch_embed/kernel, bias        [p, p, C, embed], [embed]   (a conv's HWIO kernel)
+  patch_embed/kernel, bias        [p, p, C, embed], [embed]   (a conv's HWIO kernel; [1, 1,
+                                                               embed, embed] after a conv stem)
+  stem_{i}/conv/kernel, stem_{i}/bn/{scale,bias}                stem="conv" only
   cls_token                       [embed]                      pool="cls" only
   pos_embedding/embedding         [tokens, embed]              positions="learned"; row 0 is
                                                                the class token's with pool="cls"
@@ -56,10 +67,13 @@ from dlx.layers.activations import Dropout, random_bits
 from dlx.layers.linear import INIT_STDDEV, Projection
 from dlx.layers.norms import LayerNorm
 from dlx.layers.patches import LearnedPositions2D, PatchEmbedding, sinusoidal_2d
+from dlx.layers.residual import ConvBN
+from dlx.models.receptive_field import Layer
 from dlx.schema import Float, Int, OneOf
 
 POOLS = ("cls", "mean")
 POSITIONS = ("learned", "sinusoidal")
+STEMS = ("patch", "conv")
 TOKEN_AXES = ("batch", "length", "embed")
 
 
@@ -246,6 +260,7 @@ FIELD_RULES = dict(  # ranges, checked before the model is built (dlx.models.che
     drop_path=Float(0, 1, high_open=True),
     pool=OneOf(*POOLS),
     positions=OneOf(*POSITIONS),
+    stem=OneOf(*STEMS),
     norm_eps=Float(low=0, low_open=True),
 )
 
@@ -262,6 +277,7 @@ class Model(nn.Module):
     drop_path: float = 0.0  # stochastic depth: the last block's rate
     pool: str = "cls"  # "cls" | "mean"
     positions: str = "learned"  # "learned" | "sinusoidal"
+    stem: str = "patch"  # "patch" | "conv"
     norm_eps: float = 1e-6
 
     def __post_init__(self):
@@ -273,6 +289,11 @@ class Model(nn.Module):
         if self.positions == "sinusoidal" and self.embed_dim % 2:
             raise ConfigError(
                 f"vit: sinusoidal positions need an even embed_dim, got {self.embed_dim}"
+            )
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(
+                f"vit: stem='conv' reaches the patch grid by stride-2 convolutions, so "
+                f"model.patch_size must be a power of 2 (2, 4, 8, 16, ...), got {self.patch_size}"
             )
         super().__post_init__()
 
@@ -290,6 +311,15 @@ class Model(nn.Module):
             )
         return height // self.patch_size, width // self.patch_size
 
+    @property
+    def stem_channels(self) -> tuple[int, ...]:
+        """stem="conv": the widths of its log2(patch_size) stride-2 3x3 convolutions, doubling up
+        to embed_dim (64, 128 for patch 4 and width 128)."""
+        if self.stem != "conv":
+            return ()
+        count = self.patch_size.bit_length() - 1
+        return tuple(max(1, self.embed_dim >> (count - 1 - i)) for i in range(count))
+
     def num_tokens(self, image_shape: tuple[int, ...]) -> int:
         rows, cols = self.grid(image_shape)
         return rows * cols + (self.pool == "cls")
@@ -298,7 +328,13 @@ class Model(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         rows, cols = self.grid(images.shape[1:])
         d = self.embed_dim
-        x = PatchEmbedding(d, self.patch_size, name="patch_embed")(images)
+        if self.stem == "conv":
+            x = images
+            for i, features in enumerate(self.stem_channels):
+                x = ConvBN(features, 3, 2, name=f"stem_{i}")(x, train=train)
+            x = PatchEmbedding(d, 1, name="patch_embed")(x)  # the 1x1 convolution to embed_dim
+        else:
+            x = PatchEmbedding(d, self.patch_size, name="patch_embed")(images)
         x = nn.with_logical_constraint(x, TOKEN_AXES)
         cls = self.pool == "cls"
         if cls:
@@ -351,9 +387,27 @@ def forward_flops_per_example(model: Model, image_shape: tuple[int, int, int]) -
     over all tokens, and the head (norms, softmax, GELU left out, as for the Transformer)."""
     rows, cols = model.grid(image_shape)
     d, tokens = model.embed_dim, model.num_tokens(image_shape)
-    patch = 2 * rows * cols * model.patch_size**2 * image_shape[-1] * d
+    if model.stem == "conv":
+        patch, size, channels = 0, image_shape[0] * image_shape[1], image_shape[-1]
+        for features in model.stem_channels:
+            size //= 4
+            patch += 2 * size * 9 * channels * features
+            channels = features
+        patch += 2 * rows * cols * channels * d
+    else:
+        patch = 2 * rows * cols * model.patch_size**2 * image_shape[-1] * d
     per_token = 2 * (4 * d * d + 2 * d * model.hidden_dim) + 4 * d * tokens
     return patch + model.num_layers * tokens * per_token + 2 * d * model.num_outputs
+
+
+def layer_stack(model: Model) -> list[Layer]:
+    """The layers that make a token, for the receptive-field table of model_summary.txt: the
+    patch projection (a p x p, stride-p convolution) or the conv stem's stride-2 3x3 convolutions
+    and its 1x1 projection. Attention then mixes every token with every other."""
+    if model.stem == "conv":
+        layers = [Layer(f"stem_{i}", 3, 2, 1) for i in range(len(model.stem_channels))]
+        return [*layers, Layer("patch_embed", 1)]
+    return [Layer("patch_embed", model.patch_size, model.patch_size, 0)]
 
 
 def train_flops_per_example(model: Model, image_shape: tuple[int, int, int]) -> float:
