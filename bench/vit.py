@@ -179,7 +179,8 @@ def report(results: dict) -> str:
             f"| dlx/torch (goal <= {r['goal_ratio']}) | model GFLOP/step | XLA GFLOP fwd / step "
             "| dlx GFLOP/s (% peak) | torch GFLOP/s (% peak) | CPU ms a step, dlx / torch |",
             "|---|---|---|---|---|---|---|---|---|",
-            f"| patch {m['patch_size']}, {r['tokens']} tokens, {m['num_layers']} x "
+            f"| {'conv stem to ' if m.get('stem') == 'conv' else ''}patch {m['patch_size']}, "
+            f"{r['tokens']} tokens, {m['num_layers']} x "
             f"{m['embed_dim']}, {m['num_heads']} heads, mlp {m.get('mlp_dim') or 4 * m['embed_dim']}"
             f" | {r['dlx_ms']:.1f} | {r['torch_ms']:.1f} "
             f"| {r['ratio']:.2f} ({verdict(r['ratio'] <= r['goal_ratio'], r)}) "
