@@ -2,10 +2,11 @@
 
 `__call__(images [B, H, W, C] in [0, 1], *, train) -> logits [B, num_outputs]`:
 patches of patch_size x patch_size, each projected to embed_dim (stem="patch", `PatchEmbedding`:
-a stride-p conv as a reshape and a matmul; or stem="conv", below) -> a learned class token in front (pool="cls") -> positions
-added (learned, one vector per token, or fixed 2-D sinusoidal with a zero vector for the class
-token) -> dropout -> num_layers pre-norm encoder blocks -> LayerNorm -> the class token's vector
-(pool="cls") or the mean over the patch tokens (pool="mean") -> linear head.
+a stride-p conv as a reshape and a matmul; or stem="conv", below) -> a learned class token in
+front (pool="cls") -> positions added (learned, one vector per token, or fixed 2-D sinusoidal
+with a zero vector for the class token) -> dropout -> num_layers pre-norm encoder blocks ->
+LayerNorm -> the class token's vector (pool="cls") or the mean over the patch tokens
+(pool="mean") -> linear head.
 
 Block: x + drop_path(dropout(attn(ln_1(x)))), then x + drop_path(dropout(mlp(ln_2(x)))), with
 exact (erf) GELU and LayerNorm eps 1e-6 as ViT's. The parameters are those of dlx's
@@ -26,8 +27,8 @@ see better"; the hybrid of Dosovitskiy et al. §3.1 at its smallest): log2(patch
 stride-2 convolutions, each followed by batch norm and ReLU (dlx.layers.residual.ConvBN), their
 widths doubling up to embed_dim (64, 128 for patch 4 at width 128), then a 1x1 projection to
 embed_dim with a bias. It makes the same patch grid of tokens, but each token sees a
-(2^(n+1) - 1)-pixel square through two non-linear layers (7x7 for patch 4) where the patch
-projection is one linear map of p x p pixels; the batch-norm statistics are the
+(2p - 1)-pixel square through log2(p) non-linear layers (7x7 through two for patch 4) where the
+patch projection is one linear map of p x p pixels; the batch-norm statistics are the
 "batch_stats" collection.
 
 Parameter names (logical axes as dlx's Transformer, so the same sharding rules apply):
