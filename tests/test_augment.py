@@ -308,6 +308,34 @@ def test_eval_flip_scores_the_mean_softmax_of_each_image_and_its_mirror():
     assert float(sums["correct"]) == (log_p.argmax(1) == batch["label"]).sum()
 
 
+@pytest.mark.parametrize("eval_flip", [False, True])
+def test_eval_shifts_score_the_mean_softmax_of_the_image_and_its_four_shifts(eval_flip):
+    overrides = {"augment.eval_shifts": 2, "augment.eval_flip": eval_flip}
+    task = classification.Task(
+        load_config("configs/digits_mlp.py", overrides), data_lib.info("digits")
+    )
+    rng = np.random.default_rng(1)
+    images = rng.integers(1, 256, (8, 8, 8, 1), dtype=np.uint8)
+    batch = {"image": images, "label": rng.integers(0, 10, 8).astype(np.int32)}
+    state = task.init_state(jax.random.PRNGKey(0), batch)
+    variables = {"params": nn.meta.unbox(state.params)}
+    zeros = np.zeros_like(images)
+    down, up, right, left = zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy()
+    down[:, 2:], up[:, :-2] = images[:, :-2], images[:, 2:]
+    right[:, :, 2:], left[:, :, :-2] = images[:, :, :-2], images[:, :, 2:]
+    views = [images, down, up, right, left]
+    views += [view[:, :, ::-1] for view in views] if eval_flip else []
+    probabilities = [
+        jax.nn.softmax(task.model.apply(variables, model_inputs({"image": v}), train=False))
+        for v in views
+    ]
+    log_p = np.asarray(jax.jit(task.predict)(state, batch))
+    np.testing.assert_allclose(np.exp(log_p), np.mean(probabilities, 0), rtol=1e-5, atol=1e-7)
+    too_far = load_config("configs/digits_mlp.py", {"augment.eval_shifts": 8})
+    with pytest.raises(ConfigError, match="eval_shifts=8 is not smaller than the 8x8 images"):
+        classification.Task(too_far, data_lib.info("digits"))
+
+
 def test_the_fashion_cnn_trains_on_augmented_images_with_soft_targets(tmp_path):
     """configs/fashion_cnn.py:test on MNIST-5k (the same 28x28 images, a tenth of the reading)."""
     overrides = {
@@ -368,7 +396,8 @@ def test_a_run_saved_before_augmentation_existed_loads_with_it_off(tmp_path):
     assert not restored.augment.flip and restored.augment.crop_padding == 0
     # one written before test-time flips existed: an augment group without eval_flip
     values["augment"] = {**config.augment.to_dict(), "flip": True}
-    del values["augment"]["eval_flip"]
+    del values["augment"]["eval_flip"], values["augment"]["eval_shifts"]
     path.write_text(json.dumps(values))
     restored = config_lib.from_json(str(path))
     assert restored.augment.flip and restored.augment.eval_flip is False
+    assert restored.augment.eval_shifts == 0

@@ -52,10 +52,18 @@ ERASING_ATTEMPTS = 10
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The `augment` config group: every augmentation off. `eval_flip` is not a training
-    augmentation: the classification task reads it (test-time flip averaging)."""
+    """The `augment` config group: every augmentation off. `eval_flip` and `eval_shifts` are not
+    training augmentations: the classification task reads them (test-time averaging)."""
     return ml_collections.ConfigDict(
-        dict(crop_padding=0, flip=False, erasing=0.0, mixup=0.0, cutmix=0.0, eval_flip=False)
+        dict(
+            crop_padding=0,
+            flip=False,
+            erasing=0.0,
+            mixup=0.0,
+            cutmix=0.0,
+            eval_flip=False,
+            eval_shifts=0,
+        )
     )
 
 
@@ -66,6 +74,7 @@ RULES: dict[str, schema.Rule] = dict(
     mixup=schema.Float(low=0),
     cutmix=schema.Float(low=0),
     eval_flip=schema.Bool(),
+    eval_shifts=schema.Int(low=0),
 )
 
 

@@ -17,12 +17,15 @@ default (the batches are then those of the data set as it is):
     augment.eval_flip     False  test-time augmentation: eval and `predict` score each image
                                  and its mirror and average the two softmaxes (the output is
                                  then the log of that average)
+    augment.eval_shifts   0      > 0: test-time augmentation too: the image moved this many
+                                 pixels up, down, left and right (zero-filled) is scored with
+                                 it, 5 views averaged as above (10 with eval_flip)
 
 The training augmentations run in that order on [H, W, C] uint8 images (the data set needs an
 "image" feature). Mixup and cutmix mix example i with example B-1-i of the global batch: the loss
 is then mix * CE(label) + (1 - mix) * CE(partner's label), each smoothed by
 `loss.label_smoothing`, and the train accuracy counts the label of weight >= 0.5. Eval images are
-never augmented (`eval_flip` aside).
+never augmented (`eval_flip` and `eval_shifts` aside).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ class Task(SupervisedTask):
     def __init__(self, config, data_info, data_dir: str | None = None, workdir: str | None = None):
         self.augment = augment_lib.Augment.from_config(config.augment)
         self.eval_flip = bool(config.augment.eval_flip)
-        if self.augment.enabled or self.eval_flip:
+        self.eval_shifts = int(config.augment.eval_shifts)
+        if self.augment.enabled or self.eval_flip or self.eval_shifts:
             _check_images_for_augmentation(config, data_info, self.augment)
         super().__init__(config, data_info, data_dir, workdir)
         check_outputs_cover_classes(config, self.model, data_info.num_classes, "labels")
@@ -97,12 +101,16 @@ class Task(SupervisedTask):
         return loss, ({"cross_entropy": cross_entropy, "accuracy": accuracy}, model_state)
 
     def predict(self, state, batch: dict) -> jax.Array:
-        logits = super().predict(state, batch)
-        if not self.eval_flip:
-            return logits
-        mirrored = super().predict(state, {**batch, "image": batch["image"][:, :, ::-1]})
-        both = jnp.stack([jax.nn.log_softmax(logits), jax.nn.log_softmax(mirrored)])
-        return jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)
+        views = [batch["image"]]
+        if self.eval_shifts:
+            views += [_shifted(batch["image"], self.eval_shifts, axis) for axis in _SHIFTS]
+        if self.eval_flip:
+            views += [view[:, :, ::-1] for view in views]
+        score = super().predict
+        if len(views) == 1:
+            return score(state, batch)
+        log_p = [jax.nn.log_softmax(score(state, {**batch, "image": v})) for v in views]
+        return jax.nn.logsumexp(jnp.stack(log_p), axis=0) - jnp.log(float(len(views)))
 
     def eval_step(self, state, batch) -> dict:
         logits = self.predict(state, batch)
@@ -191,6 +199,18 @@ def check_outputs_cover_classes(config, model, num_classes: int | None, what: st
         )
 
 
+_SHIFTS = ((1, 1), (1, -1), (2, 1), (2, -1))  # (axis of [B, H, W, C], direction): down, up, ...
+
+
+def _shifted(images: jax.Array, pixels: int, axis_and_sign: tuple[int, int]) -> jax.Array:
+    """`images` moved `pixels` along one spatial axis, the uncovered border filled with zeros."""
+    axis, sign = axis_and_sign
+    pad = [(0, 0)] * images.ndim
+    pad[axis] = (pixels, 0) if sign > 0 else (0, pixels)
+    start = 0 if sign > 0 else pixels
+    return jax.lax.slice_in_dim(jnp.pad(images, pad), start, start + images.shape[axis], axis=axis)
+
+
 def _check_images_for_augmentation(config, data_info, augment: augment_lib.Augment) -> None:
     """ConfigError unless the data set's inputs are [H, W, C] uint8 images the augmentation
     fits."""
@@ -207,6 +227,12 @@ def _check_images_for_augmentation(config, data_info, augment: augment_lib.Augme
             f"fixed-size [H, W, C] uint8 'image' feature (it has {found}); turn config.augment off"
         )
     height, width = shape[:2]
+    eval_shifts = int(config.augment.eval_shifts)
+    if eval_shifts >= min(height, width):
+        raise ConfigError(
+            f"config.augment.eval_shifts={eval_shifts} is not smaller than the {height}x{width} "
+            f"images of '{config.data.name}'; use at most {min(height, width) - 1}"
+        )
     if augment.crop_padding >= min(height, width):
         raise ConfigError(
             f"config.augment.crop_padding={augment.crop_padding} is not smaller than the "

@@ -72,6 +72,7 @@ ADDED_KEYS = (
     "detection.classes_per_box",
     "detection.nms_candidates",
     "augment.eval_flip",
+    "augment.eval_shifts",
 )
 
 
