@@ -106,7 +106,7 @@ class Task(SupervisedTask):
             views += [_shifted(batch["image"], self.eval_shifts, axis) for axis in _SHIFTS]
         if self.eval_flip:
             views += [view[:, :, ::-1] for view in views]
-        score = super().predict
+        score = super().predict  # bound here: zero-argument super() fails in a comprehension
         if len(views) == 1:
             return score(state, batch)
         log_p = [jax.nn.log_softmax(score(state, {**batch, "image": v})) for v in views]
