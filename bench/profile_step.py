@@ -4,6 +4,7 @@ it) traced with jax.profiler, every XLA op's time per step, and one step's timel
     .venv/bin/python bench/profile_step.py cnn              # models: see bench/run.py MODELS
     .venv/bin/python bench/profile_step.py mlp --steps 50 --top 30 --timeline
     .venv/bin/python bench/profile_step.py gpt --steps 2   # bench/sequence.py's GPT steps too
+    .venv/bin/python bench/profile_step.py resnet20 --timeline   # bench/resnet.py's fused step
 
 Op times are wall times of the ops' kernels. Two ops can run at once (XLA:CPU runs independent
 ops concurrently), and an Eigen convolution's event covers only its launch: its work shows as the
@@ -29,7 +30,7 @@ sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
 import jax  # noqa: E402
 
-from bench import run, sequence  # noqa: E402
+from bench import resnet, run, sequence  # noqa: E402
 from dlx import runtime  # noqa: E402
 
 
@@ -100,7 +101,9 @@ def timeline(events: list[dict], ops: list[dict], min_ms: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=sorted(run.MODELS) + sorted(sequence.GPTS))
+    parser.add_argument(
+        "model", choices=sorted(run.MODELS) + sorted(sequence.GPTS) + sorted(resnet.DEPTHS)
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--timeline", action="store_true", help="print one step's ops in order")
@@ -108,9 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.model in sequence.GPTS:
         model = sequence.build_dlx_lm(sequence.gpt_config(sequence.GPTS[args.model]))
+    elif args.model in resnet.DEPTHS:
+        model = run.build_dlx(resnet.config_for(resnet.DEPTHS[args.model], "fused"))
     else:
         model = run.build_dlx(run.MODELS[args.model]())
-    model.run_steps(5 if args.model in run.MODELS else 2)  # compile and warm up
+    model.run_steps(2 if args.model in sequence.GPTS else 5)  # compile and warm up
     before = resource.getrusage(resource.RUSAGE_SELF)
     untraced = model.run_steps(args.steps) / args.steps
     after = resource.getrusage(resource.RUSAGE_SELF)
