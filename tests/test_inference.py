@@ -71,6 +71,12 @@ def test_image_files_of_any_depth_and_orientation_read_as_the_runs_pixels(tmp_pa
     assert notes[4] == "turned upright by its EXIF orientation"
     rgb, _ = read_image_files([paths["grey16"]], (8, 16, 3))
     np.testing.assert_array_equal(rgb, np.repeat(ramp[..., None], 3, -1)[None])
+    animated = str(tmp_path / "animated.gif")
+    frames = [Image.fromarray(ramp), Image.fromarray(255 - ramp), Image.fromarray(ramp // 2)]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    (first,), (note,) = read_image_files([animated], (8, 16, 1))
+    np.testing.assert_array_equal(first[..., 0], ramp)
+    assert note == "its first of 3 frames; converted from P to grey"
 
 
 def test_image_files_whose_values_are_not_intensities_are_refused(tmp_path):

@@ -87,7 +87,7 @@ def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.
     to 8 bits over their full range (0-65535) and float images read as [0, 1]. A colour image
     for a one-channel model is converted to grey (ITU-R 601 luma) and a grey one for a colour
     model repeated over the channels; an image of another size is resized to the run's
-    (bilinear; the aspect ratio is not kept). DataError, naming the file, for a missing file,
+    (bilinear; the aspect ratio is not kept); of an animated image the first frame is read. DataError, naming the file, for a missing file,
     one that is not an image, or one whose pixel values cannot be read as intensities."""
     from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
@@ -101,13 +101,15 @@ def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.
             raise DataError(f"image file {path} does not exist")
         try:
             with Image.open(path) as opened:
-                original_mode = opened.mode
+                original_mode, frames = opened.mode, getattr(opened, "n_frames", 1)
                 oriented = opened.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1)
                 image = ImageOps.exif_transpose(opened)
                 image = _to_eight_bits(image, path).convert(mode)
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise DataError(f"{path} is not an image PIL can read ({error})") from None
         note = []
+        if frames > 1:
+            note.append(f"its first of {frames} frames")
         if oriented:
             note.append("turned upright by its EXIF orientation")
         if original_mode != mode:
