@@ -139,6 +139,32 @@ def test_eval_mode_scores_latest_checkpoint_and_saves_it(cnn_run):
     assert saved["command"] == f"launch.py eval --workdir {workdir}"
 
 
+@pytest.mark.parametrize(
+    "mode, override, expected",
+    [
+        ("eval", "--config.model.features=(16,16)", "there but float32["),
+        ("eval", "--config.model.dense=(64,)", "this command changes model.dense of"),
+        ("eval", "--config.optimizer.name=sgd", "it holds ['opt_state/0/count'"),
+        ("predict", "--config.model.features=(8,)", "holds ['opt_state/0/mu/Conv_1/bias'"),
+    ],
+)
+def test_eval_or_predict_with_another_model_or_optimizer_is_one_clear_error(
+    cnn_run, tmp_path, mode, override, expected
+):
+    """The checkpoint is checked against the config before Orbax reads it: a changed model or
+    optimizer is one `error:` line naming the variable and the overrides, nothing written."""
+    from PIL import Image
+
+    workdir, _ = cnn_run
+    image = tmp_path / "item.png"
+    Image.new("L", (28, 28)).save(image)
+    before = tree_snapshot(workdir)
+    args = [mode, "--workdir", str(workdir), override] + ([str(image)] * (mode == "predict"))
+    message = refused(run(*args), expected)
+    assert "does not fit this config" in message and "leave out the overrides" in message
+    assert tree_snapshot(workdir) == before
+
+
 def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_summary(cnn_run):
     workdir, _ = cnn_run
     summary_before = (workdir / "summary.json").read_text()

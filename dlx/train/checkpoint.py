@@ -485,10 +485,24 @@ class Checkpointer:
         self, abstract_state: Any, shardings: Any, step: int | None = None, with_data: bool = True
     ) -> tuple[Any, dict | None]:
         """The state at `step` (default: the newest intact one), laid out with `shardings`, and
-        the data state."""
+        the data state. StateMismatch if the checkpoint's variables are not `abstract_state`'s
+        (another model or optimizer config)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"{self.directory} holds no finished checkpoint")
+        # Checked before Orbax reads anything: its failed restores leave its threads failing.
+        difference = None
+        with contextlib.suppress(Exception):  # unreadable metadata: the restore will say
+            difference = variables_difference(
+                ocp.PyTreeCheckpointHandler().metadata(
+                    epath.Path(self.directory) / str(step) / "state"
+                ),
+                abstract_state,
+            )
+        if difference:
+            raise StateMismatch(
+                f"checkpoint step {step} in {self.directory} does not fit this config: {difference}"
+            )
         target = _restore_target(abstract_state, shardings)
         items = {"state": ocp.args.StandardRestore(target)}
         if with_data:
@@ -517,6 +531,10 @@ class Checkpointer:
                 self._quiet.close()
 
 
+class StateMismatch(ConfigError):
+    """A checkpoint whose variables (names, shapes, dtypes) are not those the config makes."""
+
+
 def _named_leaves(tree: Any) -> dict[str, Any]:
     """{'params/Dense_0/kernel': leaf, ...}"""
     return {
@@ -541,25 +559,43 @@ def warm_start_step(workdir: str, abstract_state: Any, items: tuple[str, ...]) -
             f"has saved one (its checkpoints/ folder)"
         )
     stored = ocp.PyTreeCheckpointHandler().metadata(_state_dir(workdir, step))
-    stored = _named_leaves({k: stored[k] for k in items if k in stored})
-    wanted = _named_leaves({k: _item(abstract_state, k) for k in items})
+    difference = variables_difference(
+        {k: stored[k] for k in items if k in stored},
+        {k: _item(abstract_state, k) for k in items},
+    )
+    if difference:
+        raise ConfigError(
+            f"{where} (step {step}): {difference}; init_from needs the same model config"
+        )
+    return step
+
+
+def variables_difference(stored: Any, wanted: Any) -> str | None:
+    """What first differs between the leaves of a checkpoint's metadata `stored` and those of
+    the state `wanted` (names, then shapes and dtypes), said for a user: "it lacks [...]" are
+    variables of `wanted` the checkpoint does not have; None if nothing differs."""
+    stored, wanted = _named_leaves(stored), _named_leaves(wanted)
+    keys = {  # a key array is saved as its raw data, of another shape and dtype
+        name
+        for name, leaf in wanted.items()
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    }
+    stored = {name: leaf for name, leaf in stored.items() if name not in keys}
+    wanted = {name: leaf for name, leaf in wanted.items() if name not in keys}
     missing = sorted(wanted.keys() - stored.keys())
     extra = sorted(stored.keys() - wanted.keys())
     if missing or extra:
-        raise ConfigError(
-            f"{where} (step {step}) does not hold this model's variables: "
-            f"missing {missing[:3]}, not in this model {extra[:3]}; init_from needs "
-            f"the same model config"
-        )
+        lacks = f"lacks {missing[:3]}" if missing else ""
+        holds = f"holds {extra[:3]}, which this config does not make" if extra else ""
+        return "it " + " and ".join(part for part in (lacks, holds) if part)
     for name, leaf in wanted.items():
         have = stored[name]
         if tuple(have.shape) != tuple(leaf.shape) or have.dtype != leaf.dtype:
-            raise ConfigError(
-                f"{where} (step {step}): '{name}' is {have.dtype}{list(have.shape)} "
-                f"there but {leaf.dtype}{list(leaf.shape)} in this model; init_from "
-                f"needs the same model config"
+            return (
+                f"'{name}' is {have.dtype}{list(have.shape)} there but "
+                f"{leaf.dtype}{list(leaf.shape)} here"
             )
-    return step
+    return None
 
 
 def check_pretrained_items(source: str, items: dict, abstract_state: Any) -> list[str]:

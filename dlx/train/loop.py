@@ -32,6 +32,7 @@ from dlx.train import progress as progress_lib
 from dlx.train import workdir as workdir_lib
 from dlx.train.checkpoint import (
     Checkpointer,
+    StateMismatch,
     check_pretrained_items,
     finished_step,
     restore_items,
@@ -713,6 +714,18 @@ def restore_latest(run: Run, workdir: str):
         if step is None:
             raise ConfigError(f"{checkpoints} holds no finished checkpoint; train it first")
         state, _ = restore_state(run, checkpointer, step, with_data=False)
+    except StateMismatch as e:
+        path = os.path.join(workdir, "config.json")
+        changed = (
+            config_lib.differences(config_lib.from_json(path), run.config)
+            if os.path.exists(path)
+            else []
+        )
+        overrides = f" (this command changes {', '.join(changed[:5])} of {path})" if changed else ""
+        raise ConfigError(
+            f"{e}. The run's own model and optimizer config restore it: leave out the "
+            f"overrides that change them{overrides}"
+        ) from None
     finally:
         checkpointer.close()
     return state, step
