@@ -87,8 +87,9 @@ def read_image_files(paths: list[str], shape: tuple[int, int, int]) -> tuple[np.
     to 8 bits over their full range (0-65535) and float images read as [0, 1]. A colour image
     for a one-channel model is converted to grey (ITU-R 601 luma) and a grey one for a colour
     model repeated over the channels; an image of another size is resized to the run's
-    (bilinear; the aspect ratio is not kept); of an animated image the first frame is read. DataError, naming the file, for a missing file,
-    one that is not an image, or one whose pixel values cannot be read as intensities."""
+    (bilinear; the aspect ratio is not kept); of an animated image the first frame is read.
+    DataError, naming the file, for a missing file, one that is not an image, or one whose pixel
+    values cannot be read as intensities."""
     from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
     height, width, channels = shape

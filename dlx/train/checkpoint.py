@@ -75,8 +75,9 @@ def _whole_arrays_when_on_cpu() -> None:
             ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
-def _state_dir(workdir: str, step: int) -> epath.Path:
-    return epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state"
+def _state_dir(checkpoints: str, step: int) -> epath.Path:
+    """Where step `step`'s state lies in a Checkpointer's folder (`<workdir>/checkpoints`)."""
+    return epath.Path(os.path.abspath(checkpoints)) / str(step) / "state"
 
 
 @contextlib.contextmanager
@@ -494,9 +495,7 @@ class Checkpointer:
         difference = None
         with contextlib.suppress(Exception):  # unreadable metadata: the restore will say
             difference = variables_difference(
-                ocp.PyTreeCheckpointHandler().metadata(
-                    epath.Path(self.directory) / str(step) / "state"
-                ),
+                ocp.PyTreeCheckpointHandler().metadata(_state_dir(self.directory, step)),
                 abstract_state,
             )
         if difference:
@@ -558,7 +557,9 @@ def warm_start_step(workdir: str, abstract_state: Any, items: tuple[str, ...]) -
             f"{where} holds no finished checkpoint; give the workdir of a run that "
             f"has saved one (its checkpoints/ folder)"
         )
-    stored = ocp.PyTreeCheckpointHandler().metadata(_state_dir(workdir, step))
+    stored = ocp.PyTreeCheckpointHandler().metadata(
+        _state_dir(os.path.join(workdir, "checkpoints"), step)
+    )
     difference = variables_difference(
         {k: stored[k] for k in items if k in stored},
         {k: _item(abstract_state, k) for k in items},
@@ -631,7 +632,7 @@ def restore_items(
         if jax.tree.leaves(_item(abstract_state, k))
     }  # e.g. a model without model state
     restored = ocp.PyTreeCheckpointer().restore(
-        _state_dir(workdir, step),
+        _state_dir(os.path.join(workdir, "checkpoints"), step),
         args=ocp.args.PyTreeRestore(
             item=target,
             restore_args=ocp.checkpoint_utils.construct_restore_args(target),
